@@ -1,0 +1,138 @@
+//! The ingestion node's configuration: its one constructor.
+//!
+//! Values are layered, later wins: defaults in code, then a TOML file
+//! (`--config`), then `SWITCHBOARD_BROKER_*` environment variables (nested
+//! keys joined with `__`, e.g. `SWITCHBOARD_BROKER_KAFKA__BOOTSTRAP_SERVERS`),
+//! then command-line flags.
+
+use std::{net::SocketAddr, path::Path, time::Duration};
+
+use figment::{
+    Figment,
+    providers::{Env, Format, Serialized, Toml},
+};
+use serde::{Deserialize, Serialize};
+
+use crate::kafka::KafkaConfig;
+
+/// Configuration of an ingestion node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerConfig {
+    /// Address the gRPC server listens on.
+    pub grpc_addr: SocketAddr,
+    /// Address of the Prometheus `/metrics` endpoint; none disables it.
+    pub metrics_addr: Option<SocketAddr>,
+    /// How to reach Kafka.
+    pub kafka: KafkaConfig,
+    /// Topic that canonical envelopes are published to.
+    pub messages_topic: String,
+    /// Most publishes waiting for a Kafka ack at once, over all RPCs. Past
+    /// it, unary calls get `RESOURCE_EXHAUSTED` and streams stop reading.
+    pub max_in_flight: usize,
+    /// Most publishes in flight on one `PublishStream` call.
+    pub max_in_flight_per_stream: usize,
+    /// How long Kafka may take to acknowledge a message before the publish
+    /// fails with `UNAVAILABLE` (librdkafka `message.timeout.ms`).
+    #[serde(with = "humantime_serde")]
+    pub ack_timeout: Duration,
+    /// How long the producer may batch messages (librdkafka `linger.ms`).
+    #[serde(with = "humantime_serde")]
+    pub linger: Duration,
+    /// Largest accepted encoded envelope, in bytes.
+    pub max_envelope_bytes: usize,
+    /// Time allowed after the shutdown signal for in-flight calls to finish.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            metrics_addr: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+            kafka: KafkaConfig::default(),
+            messages_topic: "switchboard.messages.v1".into(),
+            max_in_flight: 10_000,
+            max_in_flight_per_stream: 1_024,
+            ack_timeout: Duration::from_secs(10),
+            linger: Duration::from_millis(2),
+            max_envelope_bytes: 1 << 20,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+impl BrokerConfig {
+    /// Loads defaults, then the optional TOML file, then the environment,
+    /// then `overrides` (typically the command-line flags that were given).
+    pub fn load(file: Option<&Path>, overrides: impl Serialize) -> anyhow::Result<Self> {
+        let mut figment = Figment::from(Serialized::defaults(Self::default()));
+        if let Some(file) = file {
+            anyhow::ensure!(
+                file.exists(),
+                "config file {} does not exist",
+                file.display()
+            );
+            figment = figment.merge(Toml::file(file));
+        }
+        let config: Self = figment
+            .merge(Env::prefixed("SWITCHBOARD_BROKER_").split("__"))
+            .merge(Serialized::defaults(overrides))
+            .extract()?;
+        config.check()?;
+        Ok(config)
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.max_in_flight > 0, "max_in_flight must be at least 1");
+        anyhow::ensure!(
+            self.max_in_flight_per_stream > 0,
+            "max_in_flight_per_stream must be at least 1"
+        );
+        anyhow::ensure!(
+            !self.messages_topic.is_empty(),
+            "messages_topic must not be empty"
+        );
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_file_then_overrides() {
+        let dir = std::env::temp_dir().join(format!("sb-broker-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("broker.toml");
+        std::fs::write(
+            &file,
+            "messages_topic = \"from-file\"\nack_timeout = \"3s\"\n[kafka]\nbootstrap_servers = \"k:1\"\n",
+        )
+        .unwrap();
+        let config = BrokerConfig::load(
+            Some(&file),
+            serde_json::json!({ "kafka": { "bootstrap_servers": "flag:2" } }),
+        )
+        .unwrap();
+        assert_eq!(config.messages_topic, "from-file");
+        assert_eq!(config.ack_timeout, Duration::from_secs(3));
+        assert_eq!(config.kafka.bootstrap_servers, "flag:2");
+        assert_eq!(config.max_in_flight, BrokerConfig::default().max_in_flight);
+    }
+
+    #[test]
+    fn rejects_unknown_fields_and_missing_files() {
+        let dir = std::env::temp_dir().join(format!("sb-broker-config-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("broker.toml");
+        std::fs::write(&file, "grpc_adress = \"127.0.0.1:1\"\n").unwrap();
+        let err = BrokerConfig::load(Some(&file), serde_json::json!({})).unwrap_err();
+        assert!(err.to_string().contains("grpc_adress"), "{err}");
+        let err =
+            BrokerConfig::load(Some(&dir.join("nope.toml")), serde_json::json!({})).unwrap_err();
+        assert!(err.to_string().contains("does not exist"), "{err}");
+    }
+}

@@ -1,0 +1,164 @@
+//! Typed ingestion errors, sorted into retryable and fatal, and mapped to
+//! precise gRPC status codes.
+
+use rdkafka::{error::KafkaError, types::RDKafkaErrorCode};
+use switchboard_proto::v1::ErrorDetail;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// One invalid field of a request, named by its path (e.g. `envelope.tenant_id`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    /// Path of the field in the request.
+    pub field: String,
+    /// What is wrong with it.
+    pub description: String,
+}
+
+impl FieldViolation {
+    /// A violation of `field`.
+    pub fn new(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            description: description.into(),
+        }
+    }
+}
+
+/// Why a publish failed.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// The request is malformed. Fatal: retrying the same request fails again.
+    #[error("invalid request: {}", summary(.0))]
+    InvalidArgument(Vec<FieldViolation>),
+    /// The node is at its in-flight bound. Retryable, after backing off.
+    #[error("overloaded: {0}")]
+    Overloaded(&'static str),
+    /// Kafka did not take the message in time. Retryable.
+    #[error("kafka unavailable: {0}")]
+    Unavailable(KafkaError),
+    /// Kafka refused the message for good (e.g. it is too large for the topic).
+    #[error("kafka rejected the message: {0}")]
+    Rejected(KafkaError),
+    /// The node is shutting down. Retryable, against another node.
+    #[error("shutting down")]
+    ShuttingDown,
+}
+
+fn summary(violations: &[FieldViolation]) -> String {
+    violations
+        .iter()
+        .map(|v| format!("{}: {}", v.field, v.description))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl IngestError {
+    /// A single field violation.
+    pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Self::InvalidArgument(vec![FieldViolation::new(field, description)])
+    }
+
+    /// Sorts a Kafka produce error into retryable or fatal.
+    pub fn from_kafka(error: KafkaError) -> Self {
+        match error.rdkafka_error_code() {
+            Some(
+                RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidMessageSize
+                | RDKafkaErrorCode::TopicAuthorizationFailed
+                | RDKafkaErrorCode::InvalidRecord,
+            ) => Self::Rejected(error),
+            Some(RDKafkaErrorCode::QueueFull) => Self::Overloaded("producer queue is full"),
+            _ => Self::Unavailable(error),
+        }
+    }
+
+    /// Whether the same request may succeed if retried later.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Self::Overloaded(_) | Self::Unavailable(_) | Self::ShuttingDown
+        )
+    }
+
+    /// The gRPC status code for this error.
+    pub fn code(&self) -> Code {
+        match self {
+            Self::InvalidArgument(_) => Code::InvalidArgument,
+            Self::Overloaded(_) => Code::ResourceExhausted,
+            Self::Unavailable(_) | Self::ShuttingDown => Code::Unavailable,
+            Self::Rejected(_) => Code::FailedPrecondition,
+        }
+    }
+
+    /// The in-band form used by `PublishStream` responses.
+    pub fn to_detail(&self) -> ErrorDetail {
+        ErrorDetail {
+            code: self.code() as i32,
+            message: self.to_string(),
+            fields: match self {
+                Self::InvalidArgument(v) => v.iter().map(|v| v.field.clone()).collect(),
+                _ => Vec::new(),
+            },
+        }
+    }
+}
+
+impl From<IngestError> for Status {
+    fn from(error: IngestError) -> Self {
+        let code = error.code();
+        let message = error.to_string();
+        match error {
+            IngestError::InvalidArgument(violations) => {
+                let mut details = ErrorDetails::new();
+                for v in violations {
+                    details.add_bad_request_violation(v.field, v.description);
+                }
+                Status::with_error_details(code, message, details)
+            }
+            _ => Status::new(code, message),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_argument_carries_bad_request_field_paths() {
+        let status: Status = IngestError::InvalidArgument(vec![
+            FieldViolation::new("envelope.tenant_id", "is required"),
+            FieldViolation::new("envelope.content", "is required"),
+        ])
+        .into();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        let bad = status
+            .get_details_bad_request()
+            .expect("BadRequest details");
+        let fields: Vec<_> = bad
+            .field_violations
+            .iter()
+            .map(|v| v.field.as_str())
+            .collect();
+        assert_eq!(fields, ["envelope.tenant_id", "envelope.content"]);
+    }
+
+    #[test]
+    fn kafka_errors_are_sorted() {
+        let full =
+            IngestError::from_kafka(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull));
+        assert_eq!(full.code(), Code::ResourceExhausted);
+        assert!(full.is_retryable());
+        let timeout = IngestError::from_kafka(KafkaError::MessageProduction(
+            RDKafkaErrorCode::MessageTimedOut,
+        ));
+        assert_eq!(timeout.code(), Code::Unavailable);
+        assert!(timeout.is_retryable());
+        let big = IngestError::from_kafka(KafkaError::MessageProduction(
+            RDKafkaErrorCode::MessageSizeTooLarge,
+        ));
+        assert_eq!(big.code(), Code::FailedPrecondition);
+        assert!(!big.is_retryable());
+    }
+}

@@ -1,0 +1,77 @@
+//! Kafka client settings shared by the ingestion node and the workers.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use rdkafka::{
+    ClientConfig,
+    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
+    client::DefaultClientContext,
+    types::RDKafkaErrorCode,
+};
+use serde::{Deserialize, Serialize};
+
+/// How to reach Kafka.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Comma-separated `host:port` list of Kafka brokers.
+    pub bootstrap_servers: String,
+    /// Extra librdkafka properties passed through as they are, e.g.
+    /// `security.protocol`, `sasl.mechanisms`, `ssl.ca.location`. They are
+    /// applied last, so they may override Switchboard's own settings.
+    pub properties: BTreeMap<String, String>,
+    /// Partitions for topics Switchboard creates when they are missing.
+    pub topic_partitions: i32,
+    /// Replication factor for topics Switchboard creates.
+    pub topic_replication: i32,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            bootstrap_servers: "127.0.0.1:9092".into(),
+            properties: BTreeMap::new(),
+            topic_partitions: 12,
+            topic_replication: 1,
+        }
+    }
+}
+
+impl KafkaConfig {
+    /// A client config with the bootstrap servers and pass-through properties.
+    /// `base` settings are applied first, so pass-through properties win.
+    pub fn client_config(&self, base: &[(&str, &str)]) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.bootstrap_servers);
+        for (k, v) in base {
+            config.set(*k, *v);
+        }
+        for (k, v) in &self.properties {
+            config.set(k, v);
+        }
+        config
+    }
+
+    /// Creates the given topics if they do not exist yet.
+    pub async fn ensure_topics(&self, topics: &[&str]) -> anyhow::Result<()> {
+        let admin: AdminClient<DefaultClientContext> = self.client_config(&[]).create()?;
+        let new: Vec<NewTopic<'_>> = topics
+            .iter()
+            .map(|t| {
+                NewTopic::new(
+                    t,
+                    self.topic_partitions,
+                    TopicReplication::Fixed(self.topic_replication),
+                )
+            })
+            .collect();
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        for result in admin.create_topics(&new, &opts).await? {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, code)) => anyhow::bail!("cannot create topic {topic}: {code}"),
+            }
+        }
+        Ok(())
+    }
+}

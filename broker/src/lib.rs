@@ -1,0 +1,29 @@
+//! Switchboard's ingestion node.
+//!
+//! Internal services publish canonical envelopes over gRPC; the node
+//! validates and normalizes them and publishes them to Kafka, keyed by
+//! conversation, acknowledging only once Kafka has the message.
+//!
+//! Layout, by role:
+//! - [`config`]: the node's one constructor ([`config::BrokerConfig`]), with
+//!   defaults in code and layering of file, environment and flags.
+//! - [`kafka`]: Kafka client settings shared with the workers, and topic setup.
+//! - [`validate`]: request validation and normalization (ids, timestamps).
+//! - [`publisher`]: the bounded Kafka producer behind every RPC.
+//! - [`service`]: the `switchboard.v1.Ingest` gRPC service.
+//! - [`server`]: the gRPC server (with health and reflection) and its lifecycle.
+//! - [`error`]: typed errors, sorted into retryable and fatal, mapped to gRPC codes.
+//! - [`telemetry`], [`shutdown`]: logs, Prometheus metrics and the one
+//!   shutdown signal, shared with the workers.
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod error;
+pub mod kafka;
+pub mod publisher;
+pub mod server;
+pub mod service;
+pub mod shutdown;
+pub mod telemetry;
+pub mod validate;

@@ -1,0 +1,76 @@
+//! `switchboard-broker`: runs one ingestion node.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use clap::Parser;
+use serde::Serialize;
+use switchboard_broker::{config::BrokerConfig, server::Broker, shutdown, telemetry};
+
+/// Switchboard ingestion node: gRPC in, canonical envelopes out to Kafka.
+///
+/// Settings are layered: defaults, then --config FILE, then
+/// SWITCHBOARD_BROKER_* environment variables, then these flags.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// TOML config file (see README for every key).
+    #[arg(long, env = "SWITCHBOARD_BROKER_CONFIG")]
+    config: Option<PathBuf>,
+    /// gRPC listen address [default: 127.0.0.1:50051].
+    #[arg(long)]
+    grpc_addr: Option<SocketAddr>,
+    /// Prometheus /metrics address [default: 127.0.0.1:9464].
+    #[arg(long)]
+    metrics_addr: Option<SocketAddr>,
+    /// Kafka bootstrap servers [default: 127.0.0.1:9092].
+    #[arg(long, env = "SWITCHBOARD_KAFKA_BOOTSTRAP")]
+    kafka_bootstrap: Option<String>,
+    /// Topic to publish envelopes to [default: switchboard.messages.v1].
+    #[arg(long)]
+    messages_topic: Option<String>,
+}
+
+#[derive(Serialize, Default)]
+struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    grpc_addr: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metrics_addr: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    messages_topic: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kafka: Option<KafkaOverrides>,
+}
+
+#[derive(Serialize)]
+struct KafkaOverrides {
+    bootstrap_servers: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    telemetry::init_logging();
+    let args = Args::parse();
+    let config = BrokerConfig::load(
+        args.config.as_deref(),
+        Overrides {
+            grpc_addr: args.grpc_addr,
+            metrics_addr: args.metrics_addr,
+            messages_topic: args.messages_topic,
+            kafka: args
+                .kafka_bootstrap
+                .map(|bootstrap_servers| KafkaOverrides { bootstrap_servers }),
+        },
+    )?;
+    if let Some(addr) = config.metrics_addr {
+        telemetry::install_metrics(addr).map_err(anyhow::Error::msg)?;
+        tracing::info!(%addr, "serving Prometheus metrics at /metrics");
+    }
+    config
+        .kafka
+        .ensure_topics(&[&config.messages_topic])
+        .await?;
+    let shutdown = shutdown::Shutdown::new();
+    shutdown::on_signals(shutdown.clone());
+    Broker::bind(config).await?.serve(shutdown).await
+}

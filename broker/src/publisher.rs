@@ -1,0 +1,168 @@
+//! The bounded Kafka producer behind every ingest RPC.
+//!
+//! [`Publisher::enqueue`] is synchronous: it takes an in-flight permit,
+//! encodes the envelope and hands it to librdkafka in call order, so messages
+//! of one conversation enter their partition in the order they were
+//! published, even when their acks are awaited concurrently. The returned
+//! [`PendingAck`] resolves once Kafka has the message (`acks=all`).
+
+use std::{sync::Arc, time::Instant};
+
+use prost::Message;
+use rdkafka::{
+    message::{Header, OwnedHeaders},
+    producer::{DeliveryFuture, FutureProducer, FutureRecord},
+};
+use switchboard_proto::v1::Envelope;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::{config::BrokerConfig, error::IngestError};
+
+/// Where a message landed in Kafka.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ack {
+    /// Kafka partition.
+    pub partition: i32,
+    /// Offset within the partition.
+    pub offset: i64,
+}
+
+/// Content type header value of every message Switchboard writes.
+pub const CONTENT_TYPE: &str = "application/x-protobuf; messageType=switchboard.v1.Envelope";
+
+/// Publishes envelopes to the messages topic, with a bound on work in flight.
+pub struct Publisher {
+    producer: FutureProducer,
+    topic: String,
+    in_flight: Arc<Semaphore>,
+    max_in_flight: usize,
+    max_envelope_bytes: usize,
+}
+
+impl Publisher {
+    /// Creates the producer. Nothing is sent until the first publish.
+    pub fn new(config: &BrokerConfig) -> anyhow::Result<Self> {
+        let timeout_ms = config.ack_timeout.as_millis().to_string();
+        let linger_ms = config.linger.as_millis().to_string();
+        let queue = (config.max_in_flight * 2).max(1_000).to_string();
+        let producer: FutureProducer = config
+            .kafka
+            .client_config(&[
+                ("acks", "all"),
+                ("enable.idempotence", "true"),
+                ("partitioner", "murmur2_random"),
+                ("compression.type", "lz4"),
+                ("linger.ms", &linger_ms),
+                ("message.timeout.ms", &timeout_ms),
+                ("queue.buffering.max.messages", &queue),
+            ])
+            .create()?;
+        Ok(Self {
+            producer,
+            topic: config.messages_topic.clone(),
+            in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
+            max_in_flight: config.max_in_flight,
+            max_envelope_bytes: config.max_envelope_bytes,
+        })
+    }
+
+    /// Takes an in-flight permit without waiting; fails with `Overloaded` at the bound.
+    pub fn try_permit(&self) -> Result<OwnedSemaphorePermit, IngestError> {
+        self.in_flight
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| IngestError::Overloaded("too many publishes in flight"))
+    }
+
+    /// Waits for an in-flight permit (used by streams, which push back instead of shedding).
+    pub async fn permit(&self) -> Result<OwnedSemaphorePermit, IngestError> {
+        self.in_flight
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| IngestError::ShuttingDown)
+    }
+
+    /// Publishes in flight right now.
+    pub fn in_flight(&self) -> usize {
+        self.max_in_flight - self.in_flight.available_permits()
+    }
+
+    /// Hands a validated envelope to Kafka, in call order, holding `permit`
+    /// until the ack arrives.
+    pub fn enqueue(
+        &self,
+        envelope: &Envelope,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<PendingAck, IngestError> {
+        let payload = envelope.encode_to_vec();
+        if payload.len() > self.max_envelope_bytes {
+            return Err(IngestError::invalid(
+                "envelope",
+                format!(
+                    "encodes to {} bytes, over the {} byte limit",
+                    payload.len(),
+                    self.max_envelope_bytes
+                ),
+            ));
+        }
+        let key = envelope.conversation_key();
+        let headers = OwnedHeaders::new_with_capacity(2)
+            .insert(Header {
+                key: "content-type",
+                value: Some(CONTENT_TYPE),
+            })
+            .insert(Header {
+                key: "message-id",
+                value: Some(envelope.message_id.as_str()),
+            });
+        let record = FutureRecord::to(&self.topic)
+            .key(&key)
+            .payload(&payload)
+            .headers(headers);
+        let delivery = self
+            .producer
+            .send_result(record)
+            .map_err(|(e, _)| IngestError::from_kafka(e))?;
+        Ok(PendingAck {
+            delivery,
+            _permit: permit,
+            started: Instant::now(),
+        })
+    }
+
+    /// Waits up to `timeout` for every queued message to be acknowledged.
+    pub fn flush(&self, timeout: std::time::Duration) {
+        use rdkafka::producer::Producer;
+        if let Err(e) = self.producer.flush(timeout) {
+            tracing::warn!(error = %e, "producer flush did not complete");
+        }
+    }
+}
+
+/// A message handed to Kafka, not yet acknowledged.
+pub struct PendingAck {
+    delivery: DeliveryFuture,
+    _permit: OwnedSemaphorePermit,
+    started: Instant,
+}
+
+impl PendingAck {
+    /// Waits for Kafka's delivery report.
+    pub async fn wait(self) -> Result<Ack, IngestError> {
+        let result = self.delivery.await;
+        metrics::histogram!("switchboard_ingest_kafka_ack_duration_seconds")
+            .record(self.started.elapsed().as_secs_f64());
+        match result {
+            Ok(Ok(delivery)) => Ok(Ack {
+                partition: delivery.partition,
+                offset: delivery.offset,
+            }),
+            Ok(Err((error, _))) => {
+                metrics::counter!("switchboard_ingest_kafka_errors_total").increment(1);
+                Err(IngestError::from_kafka(error))
+            }
+            Err(_canceled) => Err(IngestError::ShuttingDown),
+        }
+    }
+}

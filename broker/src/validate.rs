@@ -1,0 +1,179 @@
+//! Request validation and normalization.
+//!
+//! Every envelope is checked completely, so a caller learns about all bad
+//! fields at once, each named by its path. A valid envelope is normalized:
+//! it gets a UUIDv7 `message_id` and a `received_at` when it has none.
+
+use std::time::SystemTime;
+
+use switchboard_proto::v1::{Channel, Direction, Envelope};
+
+use crate::error::{FieldViolation, IngestError};
+
+/// Longest accepted id (tenant, conversation, message, party), in bytes.
+pub const MAX_ID_BYTES: usize = 256;
+
+/// Validates `envelope` (found at `path` in the request) and fills in the
+/// server-assigned fields.
+pub fn normalize(
+    path: &str,
+    mut envelope: Envelope,
+    now: SystemTime,
+) -> Result<Envelope, IngestError> {
+    let mut violations = Vec::new();
+    let mut required = |field: &str, value: &str| {
+        if value.is_empty() {
+            violations.push(FieldViolation::new(
+                format!("{path}.{field}"),
+                "is required",
+            ));
+        } else if value.len() > MAX_ID_BYTES {
+            violations.push(FieldViolation::new(
+                format!("{path}.{field}"),
+                format!("is longer than {MAX_ID_BYTES} bytes"),
+            ));
+        }
+    };
+    required("tenant_id", &envelope.tenant_id);
+    required("conversation_id", &envelope.conversation_id);
+    if !envelope.message_id.is_empty() {
+        required("message_id", &envelope.message_id);
+    }
+    if !envelope.channel_message_id.is_empty() {
+        required("channel_message_id", &envelope.channel_message_id);
+    }
+    if envelope.tenant_id.contains('/') {
+        violations.push(FieldViolation::new(
+            format!("{path}.tenant_id"),
+            "must not contain '/'",
+        ));
+    }
+    if Channel::try_from(envelope.channel).unwrap_or(Channel::Unspecified) == Channel::Unspecified {
+        violations.push(FieldViolation::new(
+            format!("{path}.channel"),
+            "must be one of WHATSAPP, MESSENGER, INSTAGRAM, SMS, WEBCHAT",
+        ));
+    }
+    if Direction::try_from(envelope.direction).unwrap_or(Direction::Unspecified)
+        == Direction::Unspecified
+    {
+        violations.push(FieldViolation::new(
+            format!("{path}.direction"),
+            "must be INBOUND or OUTBOUND",
+        ));
+    }
+    if envelope.content.is_none() {
+        violations.push(FieldViolation::new(
+            format!("{path}.content"),
+            "is required (text, media, ...)",
+        ));
+    }
+    for (field, ts) in [
+        ("sent_at", &envelope.sent_at),
+        ("received_at", &envelope.received_at),
+    ] {
+        if let Some(ts) = ts {
+            if ts.seconds < 0 || !(0..1_000_000_000).contains(&ts.nanos) {
+                violations.push(FieldViolation::new(
+                    format!("{path}.{field}"),
+                    "is not a valid timestamp",
+                ));
+            }
+        }
+    }
+    if !violations.is_empty() {
+        return Err(IngestError::InvalidArgument(violations));
+    }
+
+    if envelope.message_id.is_empty() {
+        envelope.message_id = uuid::Uuid::now_v7().to_string();
+    }
+    if envelope.received_at.is_none() {
+        envelope.received_at = Some(switchboard_proto::timestamp(now));
+    }
+    Ok(envelope)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchboard_proto::{
+        Timestamp,
+        v1::{Text, envelope::Content},
+    };
+
+    fn valid() -> Envelope {
+        Envelope {
+            tenant_id: "acme".into(),
+            channel: Channel::Webchat as i32,
+            direction: Direction::Inbound as i32,
+            conversation_id: "c-1".into(),
+            content: Some(Content::Text(Text { body: "hi".into() })),
+            ..Default::default()
+        }
+    }
+
+    fn fields(err: IngestError) -> Vec<String> {
+        match err {
+            IngestError::InvalidArgument(v) => v.into_iter().map(|v| v.field).collect(),
+            other => panic!("expected InvalidArgument, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn assigns_ids_and_received_at() {
+        let env = normalize("envelope", valid(), SystemTime::now()).unwrap();
+        let id = uuid::Uuid::parse_str(&env.message_id).unwrap();
+        assert_eq!(id.get_version_num(), 7);
+        assert!(env.received_at.is_some());
+        let keep = Envelope {
+            message_id: "given".into(),
+            ..valid()
+        };
+        assert_eq!(
+            normalize("envelope", keep, SystemTime::now())
+                .unwrap()
+                .message_id,
+            "given"
+        );
+    }
+
+    #[test]
+    fn names_every_missing_field() {
+        let err = normalize("envelope", Envelope::default(), SystemTime::now()).unwrap_err();
+        assert_eq!(
+            fields(err),
+            [
+                "envelope.tenant_id",
+                "envelope.conversation_id",
+                "envelope.channel",
+                "envelope.direction",
+                "envelope.content"
+            ]
+        );
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        let env = Envelope {
+            tenant_id: "a/b".into(),
+            conversation_id: "x".repeat(MAX_ID_BYTES + 1),
+            channel: 99,
+            sent_at: Some(Timestamp {
+                seconds: -1,
+                nanos: 0,
+            }),
+            ..valid()
+        };
+        let err = normalize("envelope", env, SystemTime::now()).unwrap_err();
+        assert_eq!(
+            fields(err),
+            [
+                "envelope.conversation_id",
+                "envelope.tenant_id",
+                "envelope.channel",
+                "envelope.sent_at"
+            ]
+        );
+    }
+}
