@@ -1,0 +1,101 @@
+//! The routing worker's configuration: its one constructor.
+//!
+//! Layered like the ingestion node's, later wins: defaults in code, a TOML
+//! file (`--config`), `SWITCHBOARD_WORKERS_*` environment variables (nested
+//! keys joined with `__`), then flags.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use figment::{
+    Figment,
+    providers::{Env, Format, Serialized, Toml},
+};
+use serde::{Deserialize, Serialize};
+use switchboard_broker::kafka::KafkaConfig;
+
+use crate::destinations::bot::BotConfig;
+
+/// Configuration of a routing worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkersConfig {
+    /// How to reach Kafka.
+    pub kafka: KafkaConfig,
+    /// Consumer group id; all workers of one deployment share it.
+    pub group_id: String,
+    /// Topic the ingestion nodes publish envelopes to.
+    pub messages_topic: String,
+    /// Topic that receives every message with its route decision.
+    pub analytics_topic: String,
+    /// Topic that receives agent-bound messages, keyed by queue name.
+    pub agent_queue_topic: String,
+    /// Routing rules file (TOML). Without one, every message goes to the
+    /// rules' default destination, analytics.
+    pub rules_file: Option<PathBuf>,
+    /// Bots, by the name rules use for them.
+    pub bots: BTreeMap<String, BotConfig>,
+    /// Most messages fetched but not yet routed, per partition.
+    pub max_in_flight_per_partition: usize,
+    /// First delay before retrying a destination that failed transiently;
+    /// it doubles per attempt up to `retry_backoff_max`.
+    #[serde(with = "humantime_serde")]
+    pub retry_backoff: Duration,
+    /// Longest delay between retries of one destination.
+    #[serde(with = "humantime_serde")]
+    pub retry_backoff_max: Duration,
+    /// Address of the Prometheus `/metrics` endpoint; none disables it.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Time allowed after the shutdown signal to finish in-flight messages.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for WorkersConfig {
+    fn default() -> Self {
+        Self {
+            kafka: KafkaConfig::default(),
+            group_id: "switchboard-workers".into(),
+            messages_topic: "switchboard.messages.v1".into(),
+            analytics_topic: "switchboard.analytics.v1".into(),
+            agent_queue_topic: "switchboard.agent-queue.v1".into(),
+            rules_file: None,
+            bots: BTreeMap::new(),
+            max_in_flight_per_partition: 256,
+            retry_backoff: Duration::from_millis(100),
+            retry_backoff_max: Duration::from_secs(5),
+            metrics_addr: Some(SocketAddr::from(([127, 0, 0, 1], 9465))),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+impl WorkersConfig {
+    /// Loads defaults, then the optional TOML file, then the environment,
+    /// then `overrides` (typically the command-line flags that were given).
+    pub fn load(file: Option<&Path>, overrides: impl Serialize) -> anyhow::Result<Self> {
+        let mut figment = Figment::from(Serialized::defaults(Self::default()));
+        if let Some(file) = file {
+            anyhow::ensure!(
+                file.exists(),
+                "config file {} does not exist",
+                file.display()
+            );
+            figment = figment.merge(Toml::file(file));
+        }
+        let config: Self = figment
+            .merge(Env::prefixed("SWITCHBOARD_WORKERS_").split("__"))
+            .merge(Serialized::defaults(overrides))
+            .extract()?;
+        anyhow::ensure!(
+            config.max_in_flight_per_partition > 0,
+            "max_in_flight_per_partition must be at least 1"
+        );
+        anyhow::ensure!(!config.group_id.is_empty(), "group_id must not be empty");
+        Ok(config)
+    }
+}

@@ -1,0 +1,243 @@
+//! The at-least-once consume loop.
+//!
+//! One consumer per worker reads the messages topic. Each assigned partition
+//! gets its own task and a bounded queue; the task routes its partition's
+//! messages one after another, so a conversation (which never spans
+//! partitions) stays in order. An offset is *stored* only after the router
+//! reports every destination done; librdkafka commits stored offsets every
+//! second, on revoke and at shutdown. A crash therefore never skips a
+//! message: at worst, messages that were in flight are routed again.
+//!
+//! On revoke, a partition's task is dropped together with its queue; the
+//! new owner starts from the last committed offset. On shutdown, tasks stop
+//! taking new messages, finish the current one within the grace period, the
+//! final offsets are committed synchronously, and the consumer leaves the
+//! group (behind a timeout, since closing librdkafka can hang).
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use prost::Message as _;
+use rdkafka::{
+    ClientContext, Message,
+    consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer},
+    error::KafkaError,
+    message::OwnedMessage,
+    types::RDKafkaErrorCode,
+};
+use switchboard_broker::shutdown::Shutdown;
+use switchboard_proto::v1::Envelope;
+use tokio::{sync::mpsc, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+
+use crate::{config::WorkersConfig, router::Router};
+
+/// Records revocations seen during a rebalance, for the loop to act on.
+#[derive(Default)]
+pub struct WorkerContext {
+    revoked: Mutex<Vec<(String, i32)>>,
+}
+
+impl ClientContext for WorkerContext {}
+
+impl ConsumerContext for WorkerContext {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(tpl) => {
+                metrics::counter!("switchboard_worker_rebalances_total", "event" => "revoke")
+                    .increment(1);
+                tracing::info!(partitions = tpl.count(), "partitions revoked");
+                let mut revoked = self.revoked.lock().expect("revoked list lock");
+                revoked.extend(
+                    tpl.elements()
+                        .iter()
+                        .map(|e| (e.topic().to_owned(), e.partition())),
+                );
+            }
+            Rebalance::Assign(tpl) => {
+                metrics::counter!("switchboard_worker_rebalances_total", "event" => "assign")
+                    .increment(1);
+                tracing::info!(partitions = tpl.count(), "partitions assigned");
+            }
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+        }
+    }
+}
+
+type Consumer_ = StreamConsumer<WorkerContext>;
+
+struct PartitionTask {
+    queue: mpsc::Sender<OwnedMessage>,
+    handle: JoinHandle<()>,
+}
+
+/// A routing worker: one group member on the messages topic.
+pub struct Worker {
+    consumer: Arc<Consumer_>,
+    router: Arc<Router>,
+    queue_len: usize,
+    grace: Duration,
+}
+
+impl Worker {
+    /// Creates the consumer and subscribes it to the messages topic.
+    pub fn new(config: &WorkersConfig, router: Arc<Router>) -> anyhow::Result<Self> {
+        let consumer: Consumer_ = config
+            .kafka
+            .client_config(&[
+                ("group.id", &config.group_id),
+                ("enable.auto.commit", "true"),
+                ("auto.commit.interval.ms", "1000"),
+                ("enable.auto.offset.store", "false"),
+                ("auto.offset.reset", "earliest"),
+                ("session.timeout.ms", "10000"),
+                ("heartbeat.interval.ms", "1000"),
+            ])
+            .create_with_context(WorkerContext::default())?;
+        consumer.subscribe(&[&config.messages_topic])?;
+        Ok(Self {
+            consumer: Arc::new(consumer),
+            router,
+            queue_len: config.max_in_flight_per_partition,
+            grace: config.shutdown_grace,
+        })
+    }
+
+    /// Consumes and routes until `shutdown` fires, then drains and commits.
+    pub async fn run(self, shutdown: Shutdown) -> anyhow::Result<()> {
+        let no_new_work = CancellationToken::new();
+        let abort = CancellationToken::new();
+        let mut partitions: HashMap<(String, i32), PartitionTask> = HashMap::new();
+        tracing::info!("routing worker started");
+        loop {
+            let next = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                next = self.consumer.recv() => next,
+            };
+            // Revocations happen inside recv(): drop those partitions' work,
+            // which will be redone from the committed offset by the new owner.
+            for key in std::mem::take(
+                &mut *self
+                    .consumer
+                    .context()
+                    .revoked
+                    .lock()
+                    .expect("revoked list lock"),
+            ) {
+                if let Some(task) = partitions.remove(&key) {
+                    task.handle.abort();
+                }
+            }
+            let message = match next {
+                Ok(message) => message.detach(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "consumer error");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let key = (message.topic().to_owned(), message.partition());
+            let task = partitions
+                .entry(key)
+                .or_insert_with_key(|(topic, partition)| {
+                    let (queue, rx) = mpsc::channel(self.queue_len);
+                    let handle = tokio::spawn(route_partition(
+                        self.consumer.clone(),
+                        self.router.clone(),
+                        topic.clone(),
+                        *partition,
+                        rx,
+                        no_new_work.clone(),
+                        abort.clone(),
+                    ));
+                    PartitionTask { queue, handle }
+                });
+            // A full queue makes the loop wait: memory stays bounded.
+            if task.queue.send(message).await.is_err() {
+                tracing::warn!("partition task ended unexpectedly");
+            }
+        }
+
+        tracing::info!(grace = ?self.grace, "routing worker draining");
+        no_new_work.cancel();
+        let handles: Vec<_> = partitions.into_values().map(|t| t.handle).collect();
+        let mut drain = futures::future::join_all(handles);
+        if tokio::time::timeout(self.grace, &mut drain).await.is_err() {
+            tracing::warn!(
+                "in-flight messages did not finish within the grace period; they will be redelivered"
+            );
+            abort.cancel();
+            let _ = drain.await;
+        }
+        let Self { consumer, .. } = self;
+        close(consumer).await;
+        Ok(())
+    }
+}
+
+/// Routes one partition's messages in order, storing each offset when done.
+async fn route_partition(
+    consumer: Arc<Consumer_>,
+    router: Arc<Router>,
+    topic: String,
+    partition: i32,
+    mut queue: mpsc::Receiver<OwnedMessage>,
+    no_new_work: CancellationToken,
+    abort: CancellationToken,
+) {
+    let routed = metrics::counter!("switchboard_worker_records_total", "outcome" => "routed");
+    let poison = metrics::counter!("switchboard_worker_records_total", "outcome" => "poison");
+    while let Some(message) = queue.recv().await {
+        if no_new_work.is_cancelled() {
+            break;
+        }
+        match message.payload().map(Envelope::decode) {
+            Some(Ok(envelope)) => match router.route(envelope, &abort).await {
+                Ok(_) => routed.increment(1),
+                Err(_interrupted) => break,
+            },
+            Some(Err(e)) => {
+                poison.increment(1);
+                tracing::error!(error = %e, partition, offset = message.offset(), "undecodable message skipped");
+            }
+            None => {
+                poison.increment(1);
+                tracing::error!(
+                    partition,
+                    offset = message.offset(),
+                    "message without payload skipped"
+                );
+            }
+        }
+        if let Err(e) = consumer.store_offset(&topic, partition, message.offset()) {
+            // The partition was revoked meanwhile; its new owner redoes this message.
+            tracing::debug!(error = %e, partition, "offset not stored");
+        }
+    }
+}
+
+/// Commits stored offsets and leaves the group, giving up after a timeout.
+async fn close(consumer: Arc<Consumer_>) {
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    // A plain thread, not spawn_blocking: if librdkafka hangs on close, the
+    // runtime can still shut down.
+    std::thread::spawn(move || {
+        match consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) => tracing::info!("final offsets committed"),
+            Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "final commit failed; the last messages will be redelivered")
+            }
+        }
+        consumer.unsubscribe();
+        drop(consumer);
+        let _ = done_tx.send(());
+    });
+    match tokio::time::timeout(Duration::from_secs(10), done_rx).await {
+        Ok(_) => tracing::info!("routing worker left the group"),
+        Err(_) => tracing::warn!("closing the consumer timed out; leaving it behind"),
+    }
+}

@@ -1,0 +1,24 @@
+//! Destinations, one folder per kind.
+//!
+//! - [`bot`]: a gRPC `switchboard.v1.Bot` service, called with a timeout.
+//! - [`topics`]: the Kafka outputs: the agent-queue topic (keyed by queue)
+//!   and the analytics topic (keyed by conversation).
+//!
+//! Every delivery error says whether a retry may help.
+
+pub mod bot;
+pub mod topics;
+
+/// A failed delivery.
+#[derive(Debug, thiserror::Error)]
+#[error("{kind} destination {name:?} failed: {message}")]
+pub struct DestinationError {
+    /// Destination kind (`bot`, `agent`, `analytics`).
+    pub kind: &'static str,
+    /// Destination name (bot name, queue name or topic).
+    pub name: String,
+    /// What went wrong.
+    pub message: String,
+    /// Whether the same delivery may succeed later.
+    pub retryable: bool,
+}

@@ -1,0 +1,83 @@
+//! `switchboard-workers`: runs one routing worker.
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+
+use clap::Parser;
+use serde::Serialize;
+use switchboard_broker::{shutdown, telemetry};
+use switchboard_workers::{config::WorkersConfig, consumer::Worker, router::Router};
+
+/// Switchboard routing worker: consumes envelopes from Kafka and routes
+/// them to bots, agent queues and analytics, at least once.
+///
+/// Settings are layered: defaults, then --config FILE, then
+/// SWITCHBOARD_WORKERS_* environment variables, then these flags.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// TOML config file (see README for every key).
+    #[arg(long, env = "SWITCHBOARD_WORKERS_CONFIG")]
+    config: Option<PathBuf>,
+    /// Routing rules file (TOML).
+    #[arg(long)]
+    rules_file: Option<PathBuf>,
+    /// Kafka bootstrap servers [default: 127.0.0.1:9092].
+    #[arg(long, env = "SWITCHBOARD_KAFKA_BOOTSTRAP")]
+    kafka_bootstrap: Option<String>,
+    /// Consumer group id [default: switchboard-workers].
+    #[arg(long)]
+    group_id: Option<String>,
+    /// Prometheus /metrics address [default: 127.0.0.1:9465].
+    #[arg(long)]
+    metrics_addr: Option<SocketAddr>,
+}
+
+#[derive(Serialize)]
+struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rules_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    group_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metrics_addr: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kafka: Option<KafkaOverrides>,
+}
+
+#[derive(Serialize)]
+struct KafkaOverrides {
+    bootstrap_servers: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    telemetry::init_logging();
+    let args = Args::parse();
+    let config = WorkersConfig::load(
+        args.config.as_deref(),
+        Overrides {
+            rules_file: args.rules_file,
+            group_id: args.group_id,
+            metrics_addr: args.metrics_addr,
+            kafka: args
+                .kafka_bootstrap
+                .map(|bootstrap_servers| KafkaOverrides { bootstrap_servers }),
+        },
+    )?;
+    if let Some(addr) = config.metrics_addr {
+        telemetry::install_metrics(addr).map_err(anyhow::Error::msg)?;
+        tracing::info!(%addr, "serving Prometheus metrics at /metrics");
+    }
+    config
+        .kafka
+        .ensure_topics(&[
+            &config.messages_topic,
+            &config.analytics_topic,
+            &config.agent_queue_topic,
+        ])
+        .await?;
+    let router = Arc::new(Router::new(&config)?);
+    let shutdown = shutdown::Shutdown::new();
+    shutdown::on_signals(shutdown.clone());
+    Worker::new(&config, router)?.run(shutdown).await
+}

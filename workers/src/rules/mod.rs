@@ -1,0 +1,312 @@
+//! Routing rules: which destinations a message goes to, and why.
+//!
+//! Rules live in a TOML file and are checked when loaded, with errors that
+//! name the rule and the field. The first rule that matches wins; a message
+//! no rule matches goes to `default`, never nowhere.
+//!
+//! ```toml
+//! # Where messages go when no rule matches.
+//! default = [{ agent = "general" }]
+//!
+//! [[rules]]
+//! id = "greetings"                  # unique, shows up in every RouteDecision
+//! channels = ["whatsapp", "webchat"]  # any of; empty or absent = all
+//! tenants = ["acme"]                # any of
+//! direction = "inbound"             # inbound | outbound
+//! content = ["text"]                # text, media, location, interactive_reply,
+//!                                   # reaction, order, postback, status, template
+//! keywords = ["hello", "hi"]        # any of, case-insensitive substring of the text
+//! destinations = [{ bot = "echo" }, { agent = "sales" }, "analytics"]
+//! ```
+
+use std::{collections::HashSet, path::Path};
+
+use serde::Deserialize;
+use switchboard_proto::v1::{Channel, Direction, Envelope, envelope::Content};
+
+#[cfg(test)]
+mod tests;
+
+/// Where a rule sends a message.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum DestinationSpec {
+    /// A bot, by its name in the worker config's `bots`.
+    Bot(String),
+    /// A human-agent queue, by name.
+    Agent(String),
+    /// Analytics only.
+    Analytics,
+}
+
+/// Content kinds a rule may match on.
+pub const CONTENT_KINDS: &[&str] = &[
+    "text",
+    "media",
+    "location",
+    "interactive_reply",
+    "reaction",
+    "order",
+    "postback",
+    "status",
+    "template",
+];
+
+/// One rule as written in the file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    /// Unique id, recorded in every decision this rule makes.
+    pub id: String,
+    /// Channels (`whatsapp`, `messenger`, `instagram`, `sms`, `webchat`); empty matches all.
+    #[serde(default)]
+    pub channels: Vec<String>,
+    /// Tenant ids; empty matches all.
+    #[serde(default)]
+    pub tenants: Vec<String>,
+    /// `inbound` or `outbound`; absent matches both.
+    #[serde(default)]
+    pub direction: Option<String>,
+    /// Content kinds (see [`CONTENT_KINDS`]); empty matches all.
+    #[serde(default)]
+    pub content: Vec<String>,
+    /// Case-insensitive substrings of the text body; any one matches. Empty matches all.
+    #[serde(default)]
+    pub keywords: Vec<String>,
+    /// Where matching messages go.
+    pub destinations: Vec<DestinationSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RulesFile {
+    #[serde(default = "default_destinations")]
+    default: Vec<DestinationSpec>,
+    #[serde(default)]
+    rules: Vec<Rule>,
+}
+
+fn default_destinations() -> Vec<DestinationSpec> {
+    vec![DestinationSpec::Analytics]
+}
+
+/// A rule ready to evaluate.
+#[derive(Debug, Clone)]
+struct Compiled {
+    rule: Rule,
+    channels: Vec<Channel>,
+    direction: Option<Direction>,
+    keywords: Vec<String>,
+}
+
+/// A problem in a rules file, naming the rule and field.
+#[derive(Debug, thiserror::Error)]
+pub enum RulesError {
+    /// The file could not be read.
+    #[error("cannot read rules file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown keys.
+    #[error("rules file is not valid: {0}")]
+    Parse(#[from] toml::de::Error),
+    /// A rule has a bad field.
+    #[error("rule {rule:?}: field `{field}`: {problem}")]
+    Invalid {
+        /// The rule id (or its position when it has none).
+        rule: String,
+        /// The field.
+        field: &'static str,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+/// What routing decided for one message.
+#[derive(Debug, Clone, Copy)]
+pub struct Decision<'a> {
+    /// The id of the rule that matched, or `default`.
+    pub rule_id: &'a str,
+    /// Where the message goes.
+    pub destinations: &'a [DestinationSpec],
+}
+
+/// A validated set of rules.
+#[derive(Debug, Clone)]
+pub struct RuleSet {
+    default: Vec<DestinationSpec>,
+    rules: Vec<Compiled>,
+}
+
+impl Default for RuleSet {
+    /// No rules: everything goes to analytics.
+    fn default() -> Self {
+        Self {
+            default: default_destinations(),
+            rules: Vec::new(),
+        }
+    }
+}
+
+impl RuleSet {
+    /// Reads and validates a rules file. `known_bots` are the bot names the
+    /// worker is configured with.
+    pub fn load(path: &Path, known_bots: &HashSet<&str>) -> Result<Self, RulesError> {
+        let text = std::fs::read_to_string(path).map_err(|source| RulesError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text, known_bots)
+    }
+
+    /// Parses and validates rules from TOML text.
+    pub fn parse(text: &str, known_bots: &HashSet<&str>) -> Result<Self, RulesError> {
+        let file: RulesFile = toml::from_str(text)?;
+        check_destinations("default", &file.default, known_bots)?;
+        let mut ids = HashSet::new();
+        let mut rules = Vec::with_capacity(file.rules.len());
+        for (i, rule) in file.rules.into_iter().enumerate() {
+            let name = if rule.id.is_empty() {
+                format!("#{}", i + 1)
+            } else {
+                rule.id.clone()
+            };
+            let invalid = |field, problem: String| RulesError::Invalid {
+                rule: name.clone(),
+                field,
+                problem,
+            };
+            if rule.id.is_empty() {
+                return Err(invalid("id", "is required".into()));
+            }
+            if rule.id == "default" || !ids.insert(rule.id.clone()) {
+                return Err(invalid("id", "must be unique and not `default`".into()));
+            }
+            check_destinations(&name, &rule.destinations, known_bots)?;
+            let channels = rule
+                .channels
+                .iter()
+                .map(|c| {
+                    Channel::from_str_name(&c.to_ascii_uppercase())
+                        .filter(|c| *c != Channel::Unspecified)
+                        .ok_or_else(|| invalid("channels", format!("unknown channel {c:?}")))
+                })
+                .collect::<Result<_, _>>()?;
+            let direction = match rule.direction.as_deref() {
+                None => None,
+                Some("inbound") => Some(Direction::Inbound),
+                Some("outbound") => Some(Direction::Outbound),
+                Some(other) => {
+                    return Err(invalid(
+                        "direction",
+                        format!("{other:?} is not `inbound` or `outbound`"),
+                    ));
+                }
+            };
+            if let Some(kind) = rule
+                .content
+                .iter()
+                .find(|k| !CONTENT_KINDS.contains(&k.as_str()))
+            {
+                return Err(invalid("content", format!("unknown content kind {kind:?}")));
+            }
+            if rule.keywords.iter().any(|k| k.trim().is_empty()) {
+                return Err(invalid(
+                    "keywords",
+                    "must not contain empty keywords".into(),
+                ));
+            }
+            let keywords = rule.keywords.iter().map(|k| k.to_lowercase()).collect();
+            rules.push(Compiled {
+                rule,
+                channels,
+                direction,
+                keywords,
+            });
+        }
+        Ok(Self {
+            default: file.default,
+            rules,
+        })
+    }
+
+    /// Every bot name the rules refer to.
+    pub fn bots(&self) -> impl Iterator<Item = &str> {
+        self.rules
+            .iter()
+            .flat_map(|c| c.rule.destinations.iter())
+            .chain(self.default.iter())
+            .filter_map(|d| match d {
+                DestinationSpec::Bot(name) => Some(name.as_str()),
+                _ => None,
+            })
+    }
+
+    /// The first matching rule's decision, or the default.
+    pub fn decide(&self, envelope: &Envelope) -> Decision<'_> {
+        let text = match &envelope.content {
+            Some(Content::Text(t)) => Some(t.body.to_lowercase()),
+            _ => None,
+        };
+        self.rules
+            .iter()
+            .find(|c| c.matches(envelope, text.as_deref()))
+            .map(|c| Decision {
+                rule_id: &c.rule.id,
+                destinations: &c.rule.destinations,
+            })
+            .unwrap_or(Decision {
+                rule_id: "default",
+                destinations: &self.default,
+            })
+    }
+}
+
+impl Compiled {
+    fn matches(&self, envelope: &Envelope, lowercase_text: Option<&str>) -> bool {
+        (self.channels.is_empty() || self.channels.contains(&envelope.channel()))
+            && (self.rule.tenants.is_empty()
+                || self.rule.tenants.iter().any(|t| *t == envelope.tenant_id))
+            && self.direction.is_none_or(|d| d == envelope.direction())
+            && (self.rule.content.is_empty()
+                || envelope
+                    .content
+                    .as_ref()
+                    .is_some_and(|c| self.rule.content.iter().any(|k| k == c.kind())))
+            && (self.keywords.is_empty()
+                || lowercase_text
+                    .is_some_and(|t| self.keywords.iter().any(|k| t.contains(k.as_str()))))
+    }
+}
+
+fn check_destinations(
+    rule: &str,
+    destinations: &[DestinationSpec],
+    known_bots: &HashSet<&str>,
+) -> Result<(), RulesError> {
+    let invalid = |problem: String| RulesError::Invalid {
+        rule: rule.to_owned(),
+        field: "destinations",
+        problem,
+    };
+    if destinations.is_empty() {
+        return Err(invalid("must name at least one destination".into()));
+    }
+    for d in destinations {
+        match d {
+            DestinationSpec::Bot(name) if !known_bots.contains(name.as_str()) => {
+                return Err(invalid(format!(
+                    "bot {name:?} is not configured under [bots]"
+                )));
+            }
+            DestinationSpec::Agent(queue) if queue.trim().is_empty() => {
+                return Err(invalid("agent queue name must not be empty".into()));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,157 @@
+use std::collections::HashSet;
+
+use switchboard_proto::v1::{Channel, Direction, Envelope, Media, Text, envelope::Content};
+
+use super::*;
+
+const RULES: &str = r#"
+default = [{ agent = "general" }]
+
+[[rules]]
+id = "acme-greetings"
+channels = ["whatsapp", "webchat"]
+tenants = ["acme"]
+direction = "inbound"
+content = ["text"]
+keywords = ["Hello", "hi there"]
+destinations = [{ bot = "echo" }]
+
+[[rules]]
+id = "media-to-humans"
+content = ["media"]
+destinations = [{ agent = "media" }, "analytics"]
+"#;
+
+fn bots() -> HashSet<&'static str> {
+    HashSet::from(["echo"])
+}
+
+fn text(tenant: &str, channel: Channel, body: &str) -> Envelope {
+    Envelope {
+        tenant_id: tenant.into(),
+        channel: channel as i32,
+        direction: Direction::Inbound as i32,
+        conversation_id: "c".into(),
+        content: Some(Content::Text(Text { body: body.into() })),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn first_matching_rule_wins_and_default_catches_the_rest() {
+    let rules = RuleSet::parse(RULES, &bots()).unwrap();
+    let d = rules.decide(&text("acme", Channel::Whatsapp, "well HELLO you"));
+    assert_eq!(d.rule_id, "acme-greetings");
+    assert_eq!(d.destinations, [DestinationSpec::Bot("echo".into())]);
+
+    // Wrong tenant, wrong channel, no keyword, outbound: all fall through to the default.
+    for env in [
+        text("other", Channel::Whatsapp, "hello"),
+        text("acme", Channel::Sms, "hello"),
+        text("acme", Channel::Webchat, "good morning"),
+        Envelope {
+            direction: Direction::Outbound as i32,
+            ..text("acme", Channel::Webchat, "hello")
+        },
+    ] {
+        let d = rules.decide(&env);
+        assert_eq!(d.rule_id, "default", "{env:?}");
+        assert_eq!(d.destinations, [DestinationSpec::Agent("general".into())]);
+    }
+
+    let media = Envelope {
+        content: Some(Content::Media(Media::default())),
+        ..text("x", Channel::Sms, "")
+    };
+    let d = rules.decide(&media);
+    assert_eq!(d.rule_id, "media-to-humans");
+    assert_eq!(
+        d.destinations,
+        [
+            DestinationSpec::Agent("media".into()),
+            DestinationSpec::Analytics
+        ]
+    );
+}
+
+#[test]
+fn empty_rules_send_everything_to_analytics() {
+    let rules = RuleSet::parse("", &bots()).unwrap();
+    let d = rules.decide(&text("acme", Channel::Sms, "x"));
+    assert_eq!(
+        (d.rule_id, d.destinations),
+        ("default", &[DestinationSpec::Analytics][..])
+    );
+}
+
+#[test]
+fn errors_name_the_rule_and_field() {
+    let cases = [
+        (
+            r#"[[rules]]
+id = "a"
+destinations = [{ bot = "nope" }]"#,
+            "rule \"a\": field `destinations`",
+        ),
+        (
+            r#"[[rules]]
+id = "b"
+channels = ["telegram"]
+destinations = ["analytics"]"#,
+            "rule \"b\": field `channels`",
+        ),
+        (
+            r#"[[rules]]
+id = "c"
+direction = "sideways"
+destinations = ["analytics"]"#,
+            "rule \"c\": field `direction`",
+        ),
+        (
+            r#"[[rules]]
+id = "d"
+content = ["hologram"]
+destinations = ["analytics"]"#,
+            "rule \"d\": field `content`",
+        ),
+        (
+            r#"[[rules]]
+id = "e"
+destinations = []"#,
+            "rule \"e\": field `destinations`",
+        ),
+        (
+            r#"[[rules]]
+id = "f"
+destinations = ["analytics"]
+[[rules]]
+id = "f"
+destinations = ["analytics"]"#,
+            "rule \"f\": field `id`",
+        ),
+        (
+            r#"[[rules]]
+id = "g"
+keywords = [" "]
+destinations = ["analytics"]"#,
+            "rule \"g\": field `keywords`",
+        ),
+        (
+            r#"[[rules]]
+id = "h"
+colour = "red"
+destinations = ["analytics"]"#,
+            "unknown field `colour`",
+        ),
+    ];
+    for (text, expected) in cases {
+        let err = RuleSet::parse(text, &bots()).unwrap_err().to_string();
+        assert!(err.contains(expected), "{expected:?} not in {err:?}");
+    }
+}
+
+#[test]
+fn lists_the_bots_it_needs() {
+    let rules = RuleSet::parse(RULES, &bots()).unwrap();
+    assert_eq!(rules.bots().collect::<Vec<_>>(), ["echo"]);
+}
