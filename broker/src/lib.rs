@@ -15,6 +15,7 @@
 //! - [`error`]: typed errors, sorted into retryable and fatal, mapped to gRPC codes.
 //! - [`telemetry`], [`shutdown`]: logs, Prometheus metrics and the one
 //!   shutdown signal, shared with the workers.
+//! - `testkit` (feature `testkit`): helpers for integration tests on real Kafka.
 
 #![forbid(unsafe_code)]
 
@@ -26,4 +27,6 @@ pub mod server;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 pub mod validate;

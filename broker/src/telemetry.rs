@@ -72,7 +72,15 @@ fn describe() {
     );
     describe_counter!(
         "switchboard_route_decisions_total",
-        "Destinations chosen by routing, by destination kind."
+        "Routing decisions, by whether a rule matched or the default applied."
+    );
+    describe_counter!(
+        "switchboard_destination_deliveries_total",
+        "Deliveries a destination acknowledged, by destination kind (bot, agent, analytics)."
+    );
+    describe_counter!(
+        "switchboard_bot_replies_total",
+        "Reply messages returned by bots."
     );
     describe_histogram!(
         "switchboard_destination_duration_seconds",

@@ -72,13 +72,13 @@ pub fn normalize(
         ("sent_at", &envelope.sent_at),
         ("received_at", &envelope.received_at),
     ] {
-        if let Some(ts) = ts {
-            if ts.seconds < 0 || !(0..1_000_000_000).contains(&ts.nanos) {
-                violations.push(FieldViolation::new(
-                    format!("{path}.{field}"),
-                    "is not a valid timestamp",
-                ));
-            }
+        if let Some(ts) = ts
+            && switchboard_proto::system_time(ts).is_none()
+        {
+            violations.push(FieldViolation::new(
+                format!("{path}.{field}"),
+                "is not a valid timestamp",
+            ));
         }
     }
     if !violations.is_empty() {

@@ -74,6 +74,12 @@ impl Router {
         stop: &CancellationToken,
     ) -> Result<RouteDecision, Interrupted> {
         let decision = self.rules.decide(&envelope);
+        let matched = if decision.rule_id == "default" {
+            "default"
+        } else {
+            "rule"
+        };
+        metrics::counter!("switchboard_route_decisions_total", "matched" => matched).increment(1);
         let route = RouteDecision {
             message_id: envelope.message_id.clone(),
             rule_id: decision.rule_id.to_owned(),

@@ -268,8 +268,7 @@ impl RuleSet {
 impl Compiled {
     fn matches(&self, envelope: &Envelope, lowercase_text: Option<&str>) -> bool {
         (self.channels.is_empty() || self.channels.contains(&envelope.channel()))
-            && (self.rule.tenants.is_empty()
-                || self.rule.tenants.iter().any(|t| *t == envelope.tenant_id))
+            && (self.rule.tenants.is_empty() || self.rule.tenants.contains(&envelope.tenant_id))
             && self.direction.is_none_or(|d| d == envelope.direction())
             && (self.rule.content.is_empty()
                 || envelope

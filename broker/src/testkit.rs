@@ -1,0 +1,185 @@
+//! Helpers for integration tests against Kafka (feature `testkit`).
+//!
+//! Tests that need the real local Kafka read its address from
+//! `SWITCHBOARD_TEST_KAFKA` (set by `deploy/test.sh`) and use random topic
+//! names, so runs never see each other's data.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use rdkafka::{
+    Offset, TopicPartitionList,
+    consumer::{BaseConsumer, Consumer},
+    message::OwnedMessage,
+};
+use switchboard_proto::v1::{BotRequest, BotResponse, Envelope, bot_server::Bot};
+
+use crate::kafka::KafkaConfig;
+
+/// The real Kafka's bootstrap address. Panics with instructions when unset.
+pub fn real_kafka() -> String {
+    std::env::var("SWITCHBOARD_TEST_KAFKA").unwrap_or_else(|_| {
+        panic!(
+            "SWITCHBOARD_TEST_KAFKA is not set. These tests need a real Kafka: run `deploy/test.sh`, \
+             or start one with `deploy/kafka/start.sh` and export SWITCHBOARD_TEST_KAFKA=127.0.0.1:9092"
+        )
+    })
+}
+
+/// A topic name that no other run uses.
+pub fn random_topic(prefix: &str) -> String {
+    format!("test.{prefix}.{}", uuid::Uuid::now_v7().simple())
+}
+
+/// Kafka settings for `bootstrap` with test-sized topics.
+pub fn kafka_config(bootstrap: &str, partitions: i32) -> KafkaConfig {
+    KafkaConfig {
+        bootstrap_servers: bootstrap.to_owned(),
+        topic_partitions: partitions,
+        ..KafkaConfig::default()
+    }
+}
+
+/// Reads `topic` from the beginning of every partition until `done` says
+/// the records read so far suffice, or `timeout` passes.
+pub fn read_topic(
+    bootstrap: &str,
+    topic: &str,
+    timeout: Duration,
+    done: impl Fn(&[OwnedMessage]) -> bool,
+) -> Vec<OwnedMessage> {
+    let consumer: BaseConsumer = kafka_config(bootstrap, 1)
+        .client_config(&[
+            ("group.id", &random_topic("reader")),
+            ("enable.auto.commit", "false"),
+        ])
+        .create()
+        .expect("test consumer");
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("topic metadata");
+    let mut tpl = TopicPartitionList::new();
+    for p in metadata.topics()[0].partitions() {
+        tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+            .expect("partition offset");
+    }
+    consumer.assign(&tpl).expect("assign");
+    let deadline = Instant::now() + timeout;
+    let mut records = Vec::new();
+    while !done(&records) && Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            records.push(m.detach());
+        }
+    }
+    records
+}
+
+/// Total records in `topic` (sum of high watermarks).
+pub fn topic_size(bootstrap: &str, topic: &str) -> i64 {
+    let consumer: BaseConsumer = kafka_config(bootstrap, 1)
+        .client_config(&[])
+        .create()
+        .expect("client");
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    metadata.topics()[0]
+        .partitions()
+        .iter()
+        .map(|p| {
+            let (low, high) = consumer
+                .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
+                .expect("watermarks");
+            high - low
+        })
+        .sum()
+}
+
+/// A bot that records every envelope it is sent, optionally slowly.
+#[derive(Clone, Default)]
+pub struct RecordingBot {
+    seen: Arc<Mutex<Vec<Envelope>>>,
+    delay: Duration,
+}
+
+impl RecordingBot {
+    /// A bot that takes `delay` per message.
+    pub fn with_delay(delay: Duration) -> Self {
+        Self {
+            delay,
+            ..Self::default()
+        }
+    }
+
+    /// Everything received so far, in arrival order.
+    pub fn seen(&self) -> Vec<Envelope> {
+        self.seen.lock().expect("lock").clone()
+    }
+
+    /// How many envelopes were received so far.
+    pub fn count(&self) -> usize {
+        self.seen.lock().expect("lock").len()
+    }
+
+    /// Received envelopes grouped by conversation, in arrival order.
+    pub fn by_conversation(&self) -> HashMap<String, Vec<Envelope>> {
+        let mut map: HashMap<String, Vec<Envelope>> = HashMap::new();
+        for e in self.seen() {
+            map.entry(e.conversation_key()).or_default().push(e);
+        }
+        map
+    }
+}
+
+#[tonic::async_trait]
+impl Bot for RecordingBot {
+    async fn handle(
+        &self,
+        request: tonic::Request<BotRequest>,
+    ) -> Result<tonic::Response<BotResponse>, tonic::Status> {
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
+        let envelope = request
+            .into_inner()
+            .envelope
+            .ok_or_else(|| tonic::Status::invalid_argument("no envelope"))?;
+        self.seen.lock().expect("lock").push(envelope);
+        Ok(tonic::Response::new(BotResponse::default()))
+    }
+}
+
+/// Offsets `group` has committed on `topic`, summed over partitions, next
+/// to the topic's total size: equal when the group consumed everything.
+pub fn committed_vs_size(bootstrap: &str, group: &str, topic: &str) -> (i64, i64) {
+    let consumer: BaseConsumer = kafka_config(bootstrap, 1)
+        .client_config(&[("group.id", group)])
+        .create()
+        .expect("client");
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    let mut tpl = TopicPartitionList::new();
+    let mut size = 0;
+    for p in metadata.topics()[0].partitions() {
+        tpl.add_partition(topic, p.id());
+        let (low, high) = consumer
+            .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
+            .expect("watermarks");
+        size += high - low;
+    }
+    let committed = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .expect("committed offsets");
+    let total = committed
+        .elements()
+        .iter()
+        .map(|e| e.offset().to_raw().unwrap_or(0).max(0))
+        .sum();
+    // Drop the list before the consumer: librdkafka can hang otherwise.
+    drop(committed);
+    (total, size)
+}

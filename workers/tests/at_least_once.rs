@@ -1,0 +1,213 @@
+//! At least once on the real local Kafka: a worker process killed with
+//! SIGKILL mid-stream loses nothing; its replacement routes every message,
+//! and duplicates are limited to what was in flight.
+//!
+//! Run with `deploy/test.sh` (it starts Kafka and sets `SWITCHBOARD_TEST_KAFKA`).
+
+use std::{
+    collections::HashSet,
+    path::Path,
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use prost::Message as _;
+use rdkafka::Message as _;
+use switchboard_broker::{
+    config::BrokerConfig, publisher::Publisher, testkit, testkit::RecordingBot,
+};
+use switchboard_proto::v1::{
+    AnalyticsRecord, Channel, Direction, Envelope, Text, envelope::Content,
+};
+use switchboard_workers::destinations::bot::echo;
+use tokio::{net::TcpListener, process::Child};
+
+const MESSAGES: usize = 600;
+const CONVERSATIONS: usize = 60;
+
+fn spawn_worker(config: &Path) -> Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_switchboard-workers"))
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start switchboard-workers")
+}
+
+async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn message_ids(records: &[rdkafka::message::OwnedMessage]) -> HashSet<String> {
+    records
+        .iter()
+        .map(|r| {
+            AnalyticsRecord::decode(r.payload().unwrap())
+                .unwrap()
+                .envelope
+                .unwrap()
+                .message_id
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the real local Kafka: run deploy/test.sh"]
+async fn killed_worker_loses_nothing() {
+    let bootstrap = testkit::real_kafka();
+    let kafka = testkit::kafka_config(&bootstrap, 12);
+    let messages = testkit::random_topic("alo.messages");
+    let analytics = testkit::random_topic("alo.analytics");
+    let agents = testkit::random_topic("alo.agents");
+    let group = testkit::random_topic("alo.group");
+    kafka
+        .ensure_topics(&[&messages, &analytics, &agents])
+        .await
+        .unwrap();
+
+    // Publish everything first, through the ingestion node's publisher.
+    let publisher = Publisher::new(&BrokerConfig {
+        kafka: kafka.clone(),
+        messages_topic: messages.clone(),
+        ..BrokerConfig::default()
+    })
+    .unwrap();
+    let mut pending = Vec::new();
+    for i in 0..MESSAGES {
+        let envelope = Envelope {
+            message_id: format!("m-{i}"),
+            tenant_id: "acme".into(),
+            channel: Channel::Sms as i32,
+            direction: Direction::Inbound as i32,
+            conversation_id: format!("conv-{}", i % CONVERSATIONS),
+            content: Some(Content::Text(Text {
+                body: format!("message {i}"),
+            })),
+            ..Default::default()
+        };
+        pending.push(
+            publisher
+                .enqueue(&envelope, publisher.permit().await.unwrap())
+                .unwrap(),
+        );
+    }
+    for p in pending {
+        p.wait().await.unwrap();
+    }
+
+    // A slow bot, so the first worker is surely mid-stream when killed.
+    let bot = RecordingBot::with_delay(Duration::from_millis(5));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let bot_addr = listener.local_addr().unwrap();
+    let stop_bot = tokio_util::sync::CancellationToken::new();
+    let bot_server = tokio::spawn(echo::serve(
+        bot.clone(),
+        listener,
+        stop_bot.clone().cancelled_owned(),
+    ));
+
+    let dir = std::env::temp_dir().join(testkit::random_topic("alo"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let rules = dir.join("rules.toml");
+    std::fs::write(&rules, "default = [{ bot = \"recorder\" }]\n").unwrap();
+    let config = dir.join("workers.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+group_id = "{group}"
+messages_topic = "{messages}"
+analytics_topic = "{analytics}"
+agent_queue_topic = "{agents}"
+rules_file = "{rules}"
+metrics_addr = "127.0.0.1:0"
+shutdown_grace = "5s"
+[kafka]
+bootstrap_servers = "{bootstrap}"
+[bots.recorder]
+endpoint = "http://{bot_addr}"
+"#,
+            rules = rules.display()
+        ),
+    )
+    .unwrap();
+
+    let mut first = spawn_worker(&config);
+    wait_until(
+        "the first worker to route 150 messages",
+        Duration::from_secs(60),
+        || bot.count() >= 150,
+    )
+    .await;
+    first.start_kill().unwrap(); // SIGKILL: no drain, no final commit
+    first.wait().await.unwrap();
+    let seen_before_kill = bot.count();
+    assert!(
+        seen_before_kill < MESSAGES,
+        "the worker was killed mid-stream ({seen_before_kill} seen)"
+    );
+
+    let mut second = spawn_worker(&config);
+    let analytics_records = tokio::task::spawn_blocking({
+        let (bootstrap, analytics) = (bootstrap.clone(), analytics.clone());
+        move || {
+            testkit::read_topic(
+                &bootstrap,
+                &analytics,
+                Duration::from_secs(120),
+                |records| message_ids(records).len() >= MESSAGES,
+            )
+        }
+    })
+    .await
+    .unwrap();
+
+    // Nothing lost: every message reached analytics and the bot.
+    let expected: HashSet<String> = (0..MESSAGES).map(|i| format!("m-{i}")).collect();
+    assert_eq!(message_ids(&analytics_records), expected);
+    let bot_ids: HashSet<String> = bot.seen().into_iter().map(|e| e.message_id).collect();
+    assert_eq!(bot_ids, expected);
+
+    // Duplicates are only messages routed but not yet committed when the
+    // first worker died: those in flight or done within the last commit
+    // interval (1 s), never more than were fetched.
+    let duplicates = bot.count() - MESSAGES;
+    assert!(
+        duplicates <= seen_before_kill,
+        "{duplicates} duplicates, {seen_before_kill} routed before the kill"
+    );
+    println!("killed after {seen_before_kill} bot calls; {duplicates} messages routed twice");
+
+    // A graceful stop commits everything it routed.
+    let pid = second.id().unwrap().to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = tokio::time::timeout(Duration::from_secs(30), second.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exit.success(), "worker exited with {exit}");
+    let (committed, size) = tokio::task::spawn_blocking(move || {
+        testkit::committed_vs_size(&bootstrap, &group, &messages)
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        (committed, size),
+        (MESSAGES as i64, MESSAGES as i64),
+        "all offsets committed at shutdown"
+    );
+
+    stop_bot.cancel();
+    bot_server.await.unwrap().unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}
