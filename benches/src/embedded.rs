@@ -1,0 +1,165 @@
+//! The embedded default: the whole pipeline on librdkafka's in-memory mock
+//! cluster, for trying Switchboard out with nothing installed.
+//!
+//! The mock cluster keeps everything in memory and loses it on exit; it is
+//! not Kafka and is not for production. Its AdminClient cannot create
+//! topics (the call times out), so topics are made with
+//! `MockCluster::create_topic`.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use rdkafka::{mocking::MockCluster, producer::DefaultProducerContext};
+use switchboard_broker::kafka::KafkaConfig;
+use switchboard_workers::destinations::bot::echo::EchoBot;
+
+use crate::pipeline::{Pipeline, PipelineConfig};
+
+/// The demo's routing rules, used when no rules file is given.
+pub const DEMO_RULES: &str = include_str!("../../deploy/rules/demo.toml");
+
+/// Where the embedded pipeline listens.
+#[derive(Debug, Clone)]
+pub struct EmbeddedConfig {
+    /// Ingestion node gRPC address.
+    pub grpc_addr: SocketAddr,
+    /// Demo bot gRPC address.
+    pub bot_addr: SocketAddr,
+    /// Rules file; the built-in demo rules when `None`.
+    pub rules_file: Option<PathBuf>,
+    /// Partitions per topic.
+    pub partitions: i32,
+    /// Routing workers in the group.
+    pub workers: usize,
+}
+
+/// A running embedded pipeline. Keep it alive as long as the pipeline runs.
+pub struct Embedded {
+    /// The in-memory Kafka.
+    pub mock: MockCluster<'static, DefaultProducerContext>,
+    /// The pipeline on top of it.
+    pub pipeline: Pipeline,
+    /// Its configuration (topics, group, Kafka address).
+    pub config: PipelineConfig,
+    _rules: Option<TempRules>,
+}
+
+struct TempRules(PathBuf);
+
+impl Drop for TempRules {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+impl Embedded {
+    /// Starts the mock cluster, creates the topics and starts the pipeline
+    /// with the echo bot.
+    pub async fn start(config: EmbeddedConfig) -> anyhow::Result<Self> {
+        let mock = MockCluster::new(3)?;
+        let kafka = KafkaConfig {
+            bootstrap_servers: mock.bootstrap_servers(),
+            ..KafkaConfig::default()
+        };
+        let mut pipeline_config = PipelineConfig::new(kafka);
+        for topic in [
+            &pipeline_config.messages_topic,
+            &pipeline_config.analytics_topic,
+            &pipeline_config.agent_queue_topic,
+        ] {
+            mock.create_topic(topic, config.partitions, 1)?;
+        }
+        let temp_rules = match config.rules_file {
+            Some(path) => {
+                pipeline_config.rules_file = Some(path);
+                None
+            }
+            None => {
+                let path = std::env::temp_dir()
+                    .join(format!("switchboard-demo-rules-{}.toml", uuid_like()));
+                std::fs::write(&path, DEMO_RULES)?;
+                pipeline_config.rules_file = Some(path.clone());
+                Some(TempRules(path))
+            }
+        };
+        pipeline_config.grpc_addr = config.grpc_addr;
+        pipeline_config.bot_addr = config.bot_addr;
+        pipeline_config.workers = config.workers;
+        let pipeline = Pipeline::start(&pipeline_config, EchoBot).await?;
+        Ok(Self {
+            mock,
+            pipeline,
+            config: pipeline_config,
+            _rules: temp_rules,
+        })
+    }
+}
+
+fn uuid_like() -> String {
+    format!("{}-{}", std::process::id(), rand::random::<u64>())
+}
+
+/// Logs a line for every agent-queue and analytics record, until `stop` fires.
+pub async fn log_traffic(
+    config: PipelineConfig,
+    stop: switchboard_broker::shutdown::Shutdown,
+) -> anyhow::Result<()> {
+    use prost::Message as _;
+    use rdkafka::{
+        Message as _,
+        consumer::{Consumer, StreamConsumer},
+    };
+    use switchboard_proto::v1::{AgentTask, AnalyticsRecord, destination::Kind};
+
+    let consumer: StreamConsumer = config
+        .kafka
+        .client_config(&[
+            ("group.id", "switchboard-embedded-traffic-log"),
+            ("auto.offset.reset", "latest"),
+        ])
+        .create()?;
+    consumer.subscribe(&[&config.agent_queue_topic, &config.analytics_topic])?;
+    loop {
+        let message = tokio::select! {
+            _ = stop.cancelled() => break,
+            m = consumer.recv() => m?,
+        };
+        let Some(payload) = message.payload() else {
+            continue;
+        };
+        if message.topic() == config.agent_queue_topic {
+            let task = AgentTask::decode(payload)?;
+            let envelope = task.envelope.unwrap_or_default();
+            tracing::info!(
+                target: "traffic",
+                queue = %task.queue,
+                conversation = %envelope.conversation_key(),
+                content = envelope.content.as_ref().map_or("none", |c| c.kind()),
+                "agent queue <- message"
+            );
+        } else {
+            let record = AnalyticsRecord::decode(payload)?;
+            let envelope = record.envelope.unwrap_or_default();
+            let decision = record.decision.unwrap_or_default();
+            let destinations: Vec<String> = decision
+                .destinations
+                .iter()
+                .filter_map(|d| d.kind.as_ref())
+                .map(|k| match k {
+                    Kind::Bot(name) => format!("bot:{name}"),
+                    Kind::AgentQueue(queue) => format!("agent:{queue}"),
+                    Kind::Analytics(_) => "analytics".to_owned(),
+                })
+                .collect();
+            tracing::info!(
+                target: "traffic",
+                conversation = %envelope.conversation_key(),
+                rule = %decision.rule_id,
+                destinations = %destinations.join(","),
+                "analytics <- routed"
+            );
+        }
+    }
+    // Closing a consumer on the mock cluster can hang; leave it to process exit.
+    std::mem::forget(consumer);
+    Ok(())
+}

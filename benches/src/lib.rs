@@ -1,0 +1,19 @@
+//! Switchboard's harness: the whole pipeline in one process, and load.
+//!
+//! - [`pipeline`]: starts an ingestion node, routing workers and a bot
+//!   against a given Kafka, in-process. The embedded demo
+//!   (`switchboard-embedded`) and the end-to-end tests use it.
+//! - [`embedded`]: the same pipeline on librdkafka's in-memory mock
+//!   cluster, for a first run with nothing installed.
+//! - [`loadgen`]: builds conversation workloads and publishes them through
+//!   `Publish` or `PublishStream`, keeping each conversation in order. The
+//!   load generator (`switchboard-bench`) and the tests use it.
+//!
+//! Binaries: `switchboard-embedded` (the in-memory demo) and
+//! `switchboard-bench` (the load generator).
+
+#![forbid(unsafe_code)]
+
+pub mod embedded;
+pub mod loadgen;
+pub mod pipeline;

@@ -1,0 +1,158 @@
+//! The whole pipeline in one process: bot, ingestion node and workers.
+
+use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use switchboard_broker::{
+    config::BrokerConfig, kafka::KafkaConfig, server::Broker, shutdown::Shutdown,
+};
+use switchboard_proto::v1::bot_server::Bot;
+use switchboard_workers::{
+    config::WorkersConfig, consumer::Worker, destinations::bot::BotConfig, destinations::bot::echo,
+    router::Router,
+};
+use tokio::{net::TcpListener, task::JoinHandle};
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    /// Kafka to use.
+    pub kafka: KafkaConfig,
+    /// Messages topic.
+    pub messages_topic: String,
+    /// Analytics topic.
+    pub analytics_topic: String,
+    /// Agent-queue topic.
+    pub agent_queue_topic: String,
+    /// Consumer group of the workers.
+    pub group_id: String,
+    /// Routing rules file; the bot is known to the rules as `bot_name`.
+    pub rules_file: Option<PathBuf>,
+    /// Name of the bot in the rules.
+    pub bot_name: String,
+    /// gRPC address of the ingestion node (port 0 for any).
+    pub grpc_addr: SocketAddr,
+    /// gRPC address of the bot (port 0 for any).
+    pub bot_addr: SocketAddr,
+    /// Number of routing workers (consumer group members).
+    pub workers: usize,
+}
+
+impl PipelineConfig {
+    /// Defaults for `kafka`, with the standard topic names and any free ports.
+    pub fn new(kafka: KafkaConfig) -> Self {
+        let defaults = WorkersConfig::default();
+        Self {
+            kafka,
+            messages_topic: defaults.messages_topic,
+            analytics_topic: defaults.analytics_topic,
+            agent_queue_topic: defaults.agent_queue_topic,
+            group_id: defaults.group_id,
+            rules_file: None,
+            bot_name: "echo".into(),
+            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            bot_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            workers: 1,
+        }
+    }
+
+    /// The workers' configuration for this pipeline.
+    pub fn workers_config(&self, bot_addr: SocketAddr) -> WorkersConfig {
+        WorkersConfig {
+            kafka: self.kafka.clone(),
+            group_id: self.group_id.clone(),
+            messages_topic: self.messages_topic.clone(),
+            analytics_topic: self.analytics_topic.clone(),
+            agent_queue_topic: self.agent_queue_topic.clone(),
+            rules_file: self.rules_file.clone(),
+            bots: BTreeMap::from([(
+                self.bot_name.clone(),
+                BotConfig {
+                    endpoint: format!("http://{bot_addr}"),
+                    timeout: Duration::from_secs(2),
+                },
+            )]),
+            metrics_addr: None,
+            shutdown_grace: Duration::from_secs(5),
+            ..WorkersConfig::default()
+        }
+    }
+}
+
+/// A running pipeline.
+pub struct Pipeline {
+    /// Where the ingestion node listens.
+    pub grpc_addr: SocketAddr,
+    /// Where the bot listens.
+    pub bot_addr: SocketAddr,
+    shutdown: Shutdown,
+    tasks: Vec<JoinHandle<anyhow::Result<()>>>,
+    bot_shutdown: Shutdown,
+    bot_task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Pipeline {
+    /// Starts `bot`, the ingestion node and the workers. Topics must exist.
+    pub async fn start(config: &PipelineConfig, bot: impl Bot) -> anyhow::Result<Self> {
+        let shutdown = Shutdown::new();
+        let mut tasks = Vec::new();
+
+        // The bot stops last, so that workers can finish their in-flight calls.
+        let bot_listener = TcpListener::bind(config.bot_addr).await?;
+        let bot_addr = bot_listener.local_addr()?;
+        let bot_shutdown = Shutdown::new();
+        let bot_stop = bot_shutdown.clone();
+        let bot_task = tokio::spawn(async move {
+            echo::serve(bot, bot_listener, bot_stop.cancelled_owned())
+                .await
+                .map_err(anyhow::Error::from)
+        });
+
+        let broker = Broker::bind(BrokerConfig {
+            grpc_addr: config.grpc_addr,
+            metrics_addr: None,
+            kafka: config.kafka.clone(),
+            messages_topic: config.messages_topic.clone(),
+            shutdown_grace: Duration::from_secs(5),
+            ..BrokerConfig::default()
+        })
+        .await?;
+        let grpc_addr = broker.local_addr();
+        tasks.push(tokio::spawn(broker.serve(shutdown.clone())));
+
+        let workers_config = config.workers_config(bot_addr);
+        let router = Arc::new(Router::new(&workers_config)?);
+        for _ in 0..config.workers {
+            let worker = Worker::new(&workers_config, router.clone())?;
+            tasks.push(tokio::spawn(worker.run(shutdown.clone())));
+        }
+        Ok(Self {
+            grpc_addr,
+            bot_addr,
+            shutdown,
+            tasks,
+            bot_shutdown,
+            bot_task,
+        })
+    }
+
+    /// A signal that stops the pipeline when fired.
+    pub fn shutdown(&self) -> Shutdown {
+        self.shutdown.clone()
+    }
+
+    /// Stops everything gracefully and reports the first failure.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        let mut first_error = None;
+        for task in self.tasks {
+            if let Err(e) = task.await? {
+                first_error.get_or_insert(e);
+            }
+        }
+        self.bot_shutdown.cancel();
+        if let Err(e) = self.bot_task.await? {
+            first_error.get_or_insert(e);
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
