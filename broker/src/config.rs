@@ -136,3 +136,16 @@ mod tests {
         assert!(err.to_string().contains("does not exist"), "{err}");
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    #[test]
+    fn example_config_parses_to_the_defaults() {
+        let file =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/config/broker.example.toml");
+        let config = BrokerConfig::load(Some(&file), serde_json::json!({})).unwrap();
+        assert_eq!(config, BrokerConfig::default());
+    }
+}

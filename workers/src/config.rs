@@ -99,3 +99,26 @@ impl WorkersConfig {
         Ok(config)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+    use crate::rules::RuleSet;
+
+    #[test]
+    fn example_config_and_demo_rules_load() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let config = WorkersConfig::load(
+            Some(&root.join("deploy/config/workers.example.toml")),
+            serde_json::json!({}),
+        )
+        .unwrap();
+        assert_eq!(config.bots["echo"].endpoint, "http://127.0.0.1:50061");
+        assert_eq!(config.group_id, WorkersConfig::default().group_id);
+        let bots: HashSet<&str> = config.bots.keys().map(String::as_str).collect();
+        let rules = RuleSet::load(&root.join(config.rules_file.unwrap()), &bots).unwrap();
+        assert_eq!(rules.bots().next(), Some("echo"));
+    }
+}

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Runs Switchboard's whole test suite against a real Apache Kafka:
+#   1. starts the local Kafka (deploy/kafka/start.sh; fetched from Maven Central on first use),
+#   2. runs every Rust test, including those marked #[ignore] because they need real Kafka,
+#   3. runs the interop checks (Python grpcio and grpcurl clients) when present,
+#   4. stops Kafka again if this script started it.
+# Extra arguments go to `cargo test`, e.g. `deploy/test.sh -p switchboard-workers`.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+pid_file=deploy/kafka/data/kafka.pid
+started_here=1
+if [[ -f "$pid_file" ]] && kill -0 "$(cat "$pid_file")" 2>/dev/null; then
+  started_here=0
+fi
+stop_kafka() {
+  if [[ "$started_here" == 1 ]]; then
+    echo "test: stopping Kafka" >&2
+    deploy/kafka/stop.sh || true
+  fi
+}
+trap stop_kafka EXIT
+
+echo "test: starting Apache Kafka" >&2
+eval "$(deploy/kafka/start.sh | grep '^KAFKA_BOOTSTRAP=')"
+export SWITCHBOARD_TEST_KAFKA="$KAFKA_BOOTSTRAP"
+echo "test: Kafka at $SWITCHBOARD_TEST_KAFKA" >&2
+
+echo "test: cargo test (all tiers)" >&2
+cargo test --workspace "$@" -- --include-ignored
+
+if [[ -x interop/run.sh && $# -eq 0 ]]; then
+  echo "test: interop checks (Python grpcio, grpcurl)" >&2
+  interop/run.sh
+fi
+echo "test: all green" >&2
