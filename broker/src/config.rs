@@ -64,22 +64,10 @@ impl Default for BrokerConfig {
 }
 
 impl BrokerConfig {
-    /// Loads defaults, then the optional TOML file, then the environment,
-    /// then `overrides` (typically the command-line flags that were given).
+    /// Loads defaults, then the optional TOML file, then
+    /// `SWITCHBOARD_BROKER_*` variables, then `overrides` (the flags given).
     pub fn load(file: Option<&Path>, overrides: impl Serialize) -> anyhow::Result<Self> {
-        let mut figment = Figment::from(Serialized::defaults(Self::default()));
-        if let Some(file) = file {
-            anyhow::ensure!(
-                file.exists(),
-                "config file {} does not exist",
-                file.display()
-            );
-            figment = figment.merge(Toml::file(file));
-        }
-        let config: Self = figment
-            .merge(Env::prefixed("SWITCHBOARD_BROKER_").split("__"))
-            .merge(Serialized::defaults(overrides))
-            .extract()?;
+        let config: Self = load_layered(file, "SWITCHBOARD_BROKER_", overrides)?;
         config.check()?;
         Ok(config)
     }
@@ -98,6 +86,54 @@ impl BrokerConfig {
     }
 }
 
+/// Loads a config: `T::default()`, then the optional TOML `file`, then
+/// environment variables starting with `env_prefix` (nested keys joined with
+/// `__`), then `overrides`. Unknown keys are errors when `T` denies them.
+pub fn load_layered<T>(
+    file: Option<&Path>,
+    env_prefix: &str,
+    overrides: impl Serialize,
+) -> anyhow::Result<T>
+where
+    T: Default + Serialize + serde::de::DeserializeOwned,
+{
+    let mut figment = Figment::from(Serialized::defaults(T::default()));
+    if let Some(file) = file {
+        anyhow::ensure!(
+            file.exists(),
+            "config file {} does not exist",
+            file.display()
+        );
+        figment = figment.merge(Toml::file(file));
+    }
+    Ok(figment
+        .merge(Env::prefixed(env_prefix).split("__"))
+        .merge(Serialized::defaults(overrides))
+        .extract()?)
+}
+
+/// Command-line flags that override the other layers; flags not given are skipped.
+#[derive(Debug, Default, Serialize)]
+pub struct Overrides(serde_json::Map<String, serde_json::Value>);
+
+impl Overrides {
+    /// Sets top-level `key` when the flag was given.
+    pub fn set(mut self, key: &str, value: Option<impl Serialize>) -> Self {
+        if let Some(value) = value.and_then(|v| serde_json::to_value(v).ok()) {
+            self.0.insert(key.to_owned(), value);
+        }
+        self
+    }
+
+    /// Sets `kafka.bootstrap_servers` when the flag was given.
+    pub fn kafka_bootstrap(self, bootstrap: Option<String>) -> Self {
+        self.set(
+            "kafka",
+            bootstrap.map(|b| serde_json::json!({ "bootstrap_servers": b })),
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,11 +148,10 @@ mod tests {
             "messages_topic = \"from-file\"\nack_timeout = \"3s\"\n[kafka]\nbootstrap_servers = \"k:1\"\n",
         )
         .unwrap();
-        let config = BrokerConfig::load(
-            Some(&file),
-            serde_json::json!({ "kafka": { "bootstrap_servers": "flag:2" } }),
-        )
-        .unwrap();
+        let overrides = Overrides::default()
+            .kafka_bootstrap(Some("flag:2".into()))
+            .set("grpc_addr", None::<String>);
+        let config = BrokerConfig::load(Some(&file), overrides).unwrap();
         assert_eq!(config.messages_topic, "from-file");
         assert_eq!(config.ack_timeout, Duration::from_secs(3));
         assert_eq!(config.kafka.bootstrap_servers, "flag:2");

@@ -3,8 +3,11 @@
 use std::{net::SocketAddr, path::PathBuf};
 
 use clap::Parser;
-use serde::Serialize;
-use switchboard_broker::{config::BrokerConfig, server::Broker, shutdown, telemetry};
+use switchboard_broker::{
+    config::{BrokerConfig, Overrides},
+    server::Broker,
+    shutdown, telemetry,
+};
 
 /// Switchboard ingestion node: gRPC in, canonical envelopes out to Kafka.
 ///
@@ -30,37 +33,17 @@ struct Args {
     messages_topic: Option<String>,
 }
 
-#[derive(Serialize, Default)]
-struct Overrides {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    grpc_addr: Option<SocketAddr>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    metrics_addr: Option<SocketAddr>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    messages_topic: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    kafka: Option<KafkaOverrides>,
-}
-
-#[derive(Serialize)]
-struct KafkaOverrides {
-    bootstrap_servers: String,
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     telemetry::init_logging();
     let args = Args::parse();
     let config = BrokerConfig::load(
         args.config.as_deref(),
-        Overrides {
-            grpc_addr: args.grpc_addr,
-            metrics_addr: args.metrics_addr,
-            messages_topic: args.messages_topic,
-            kafka: args
-                .kafka_bootstrap
-                .map(|bootstrap_servers| KafkaOverrides { bootstrap_servers }),
-        },
+        Overrides::default()
+            .set("grpc_addr", args.grpc_addr)
+            .set("metrics_addr", args.metrics_addr)
+            .set("messages_topic", args.messages_topic)
+            .kafka_bootstrap(args.kafka_bootstrap),
     )?;
     if let Some(addr) = config.metrics_addr {
         telemetry::install_metrics(addr).map_err(anyhow::Error::msg)?;

@@ -183,3 +183,18 @@ pub fn committed_vs_size(bootstrap: &str, group: &str, topic: &str) -> (i64, i64
     drop(committed);
     (total, size)
 }
+
+/// The message ids in a list of analytics-topic records.
+pub fn analytics_message_ids(records: &[OwnedMessage]) -> std::collections::HashSet<String> {
+    use prost::Message as _;
+    use rdkafka::Message as _;
+    records
+        .iter()
+        .map(|r| {
+            let record =
+                switchboard_proto::v1::AnalyticsRecord::decode(r.payload().expect("payload"))
+                    .expect("an AnalyticsRecord");
+            record.envelope.expect("envelope").message_id
+        })
+        .collect()
+}

@@ -11,12 +11,8 @@ use std::{
     time::Duration,
 };
 
-use figment::{
-    Figment,
-    providers::{Env, Format, Serialized, Toml},
-};
 use serde::{Deserialize, Serialize};
-use switchboard_broker::kafka::KafkaConfig;
+use switchboard_broker::{config::load_layered, kafka::KafkaConfig};
 
 use crate::destinations::bot::BotConfig;
 
@@ -78,19 +74,7 @@ impl WorkersConfig {
     /// Loads defaults, then the optional TOML file, then the environment,
     /// then `overrides` (typically the command-line flags that were given).
     pub fn load(file: Option<&Path>, overrides: impl Serialize) -> anyhow::Result<Self> {
-        let mut figment = Figment::from(Serialized::defaults(Self::default()));
-        if let Some(file) = file {
-            anyhow::ensure!(
-                file.exists(),
-                "config file {} does not exist",
-                file.display()
-            );
-            figment = figment.merge(Toml::file(file));
-        }
-        let config: Self = figment
-            .merge(Env::prefixed("SWITCHBOARD_WORKERS_").split("__"))
-            .merge(Serialized::defaults(overrides))
-            .extract()?;
+        let config: Self = load_layered(file, "SWITCHBOARD_WORKERS_", overrides)?;
         anyhow::ensure!(
             config.max_in_flight_per_partition > 0,
             "max_in_flight_per_partition must be at least 1"

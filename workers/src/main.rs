@@ -3,8 +3,7 @@
 use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
 use clap::Parser;
-use serde::Serialize;
-use switchboard_broker::{shutdown, telemetry};
+use switchboard_broker::{config::Overrides, shutdown, telemetry};
 use switchboard_workers::{config::WorkersConfig, consumer::Worker, router::Router};
 
 /// Switchboard routing worker: consumes envelopes from Kafka and routes
@@ -32,37 +31,17 @@ struct Args {
     metrics_addr: Option<SocketAddr>,
 }
 
-#[derive(Serialize)]
-struct Overrides {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    rules_file: Option<PathBuf>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    group_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    metrics_addr: Option<SocketAddr>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    kafka: Option<KafkaOverrides>,
-}
-
-#[derive(Serialize)]
-struct KafkaOverrides {
-    bootstrap_servers: String,
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     telemetry::init_logging();
     let args = Args::parse();
     let config = WorkersConfig::load(
         args.config.as_deref(),
-        Overrides {
-            rules_file: args.rules_file,
-            group_id: args.group_id,
-            metrics_addr: args.metrics_addr,
-            kafka: args
-                .kafka_bootstrap
-                .map(|bootstrap_servers| KafkaOverrides { bootstrap_servers }),
-        },
+        Overrides::default()
+            .set("rules_file", args.rules_file)
+            .set("group_id", args.group_id)
+            .set("metrics_addr", args.metrics_addr)
+            .kafka_bootstrap(args.kafka_bootstrap),
     )?;
     if let Some(addr) = config.metrics_addr {
         telemetry::install_metrics(addr).map_err(anyhow::Error::msg)?;

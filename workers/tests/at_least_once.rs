@@ -11,14 +11,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use prost::Message as _;
-use rdkafka::Message as _;
 use switchboard_broker::{
     config::BrokerConfig, publisher::Publisher, testkit, testkit::RecordingBot,
 };
-use switchboard_proto::v1::{
-    AnalyticsRecord, Channel, Direction, Envelope, Text, envelope::Content,
-};
+use switchboard_proto::v1::{Channel, Direction, Envelope, Text, envelope::Content};
 use switchboard_workers::destinations::bot::echo;
 use tokio::{net::TcpListener, process::Child};
 
@@ -42,19 +38,6 @@ async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> boo
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-fn message_ids(records: &[rdkafka::message::OwnedMessage]) -> HashSet<String> {
-    records
-        .iter()
-        .map(|r| {
-            AnalyticsRecord::decode(r.payload().unwrap())
-                .unwrap()
-                .envelope
-                .unwrap()
-                .message_id
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -161,7 +144,7 @@ endpoint = "http://{bot_addr}"
                 &bootstrap,
                 &analytics,
                 Duration::from_secs(120),
-                |records| message_ids(records).len() >= MESSAGES,
+                |records| testkit::analytics_message_ids(records).len() >= MESSAGES,
             )
         }
     })
@@ -170,7 +153,7 @@ endpoint = "http://{bot_addr}"
 
     // Nothing lost: every message reached analytics and the bot.
     let expected: HashSet<String> = (0..MESSAGES).map(|i| format!("m-{i}")).collect();
-    assert_eq!(message_ids(&analytics_records), expected);
+    assert_eq!(testkit::analytics_message_ids(&analytics_records), expected);
     let bot_ids: HashSet<String> = bot.seen().into_iter().map(|e| e.message_id).collect();
     assert_eq!(bot_ids, expected);
 
