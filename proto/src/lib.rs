@@ -57,6 +57,12 @@ impl v1::envelope::Content {
             Content::Postback(_) => "postback",
             Content::Status(_) => "status",
             Content::Template(_) => "template",
+            Content::Unsupported(_) => "unsupported",
+            Content::System(_) => "system",
+            Content::Consent(_) => "consent",
+            Content::Deletion(_) => "deletion",
+            Content::Attachments(_) => "attachments",
+            Content::Handover(_) => "handover",
         }
     }
 }

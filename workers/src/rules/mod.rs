@@ -50,6 +50,12 @@ pub const CONTENT_KINDS: &[&str] = &[
     "postback",
     "status",
     "template",
+    "unsupported",
+    "system",
+    "consent",
+    "deletion",
+    "attachments",
+    "handover",
 ];
 
 /// One rule as written in the file.
