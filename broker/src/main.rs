@@ -37,6 +37,8 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     telemetry::init_logging();
     let args = Args::parse();
+    let shutdown = shutdown::Shutdown::new();
+    shutdown::on_signals(shutdown.clone());
     let config = BrokerConfig::load(
         args.config.as_deref(),
         Overrides::default()
@@ -49,11 +51,11 @@ async fn main() -> anyhow::Result<()> {
         telemetry::install_metrics(addr).map_err(anyhow::Error::msg)?;
         tracing::info!(%addr, "serving Prometheus metrics at /metrics");
     }
-    config
-        .kafka
-        .ensure_topics(&[&config.messages_topic])
-        .await?;
-    let shutdown = shutdown::Shutdown::new();
-    shutdown::on_signals(shutdown.clone());
+    // Creating topics can take a while; a signal meanwhile ends the process.
+    let topics = [config.messages_topic.as_str()];
+    tokio::select! {
+        created = config.kafka.ensure_topics(&topics) => created?,
+        _ = shutdown.cancelled() => return Ok(()),
+    }
     Broker::bind(config).await?.serve(shutdown).await
 }

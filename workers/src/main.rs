@@ -35,6 +35,8 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     telemetry::init_logging();
     let args = Args::parse();
+    let shutdown = shutdown::Shutdown::new();
+    shutdown::on_signals(shutdown.clone());
     let config = WorkersConfig::load(
         args.config.as_deref(),
         Overrides::default()
@@ -47,16 +49,16 @@ async fn main() -> anyhow::Result<()> {
         telemetry::install_metrics(addr).map_err(anyhow::Error::msg)?;
         tracing::info!(%addr, "serving Prometheus metrics at /metrics");
     }
-    config
-        .kafka
-        .ensure_topics(&[
-            &config.messages_topic,
-            &config.analytics_topic,
-            &config.agent_queue_topic,
-        ])
-        .await?;
+    // Creating topics can take a while; a signal meanwhile ends the process.
+    let topics = [
+        config.messages_topic.as_str(),
+        config.analytics_topic.as_str(),
+        config.agent_queue_topic.as_str(),
+    ];
+    tokio::select! {
+        created = config.kafka.ensure_topics(&topics) => created?,
+        _ = shutdown.cancelled() => return Ok(()),
+    }
     let router = Arc::new(Router::new(&config)?);
-    let shutdown = shutdown::Shutdown::new();
-    shutdown::on_signals(shutdown.clone());
     Worker::new(&config, router)?.run(shutdown).await
 }

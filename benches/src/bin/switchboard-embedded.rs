@@ -37,17 +37,20 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     telemetry::init_logging();
     let args = Args::parse();
+    let stop = shutdown::Shutdown::new();
+    shutdown::on_signals(stop.clone());
     telemetry::install_metrics(args.metrics_addr).map_err(anyhow::Error::msg)?;
-    let embedded = Embedded::start(EmbeddedConfig {
+    let starting = Embedded::start(EmbeddedConfig {
         grpc_addr: args.grpc_addr,
         bot_addr: args.bot_addr,
         rules_file: args.rules,
         partitions: args.partitions,
         workers: args.workers,
-    })
-    .await?;
-    let stop = shutdown::Shutdown::new();
-    shutdown::on_signals(stop.clone());
+    });
+    let embedded = tokio::select! {
+        embedded = starting => embedded?,
+        _ = stop.cancelled() => return Ok(()),
+    };
     let traffic = tokio::spawn(log_traffic(embedded.config.clone(), stop.clone()));
 
     let grpc = embedded.pipeline.grpc_addr;
