@@ -37,6 +37,11 @@ pub struct WorkersConfig {
     pub bots: BTreeMap<String, BotConfig>,
     /// Most messages fetched but not yet routed, per partition.
     pub max_in_flight_per_partition: usize,
+    /// Channel message ids remembered per partition to drop copies that
+    /// reached Kafka twice (through different ingestion nodes, or after a
+    /// node's dedupe window). Rebuilt from Kafka when a partition is taken
+    /// over. 0 turns this check off.
+    pub dedupe_lookback: usize,
     /// First delay before retrying a destination that failed transiently;
     /// it doubles per attempt up to `retry_backoff_max`.
     #[serde(with = "humantime_serde")]
@@ -62,6 +67,7 @@ impl Default for WorkersConfig {
             rules_file: None,
             bots: BTreeMap::new(),
             max_in_flight_per_partition: 256,
+            dedupe_lookback: 10_000,
             retry_backoff: Duration::from_millis(100),
             retry_backoff_max: Duration::from_secs(5),
             metrics_addr: Some(SocketAddr::from(([127, 0, 0, 1], 9465))),

@@ -28,12 +28,12 @@ use rdkafka::{
     message::OwnedMessage,
     types::RDKafkaErrorCode,
 };
-use switchboard_broker::shutdown::Shutdown;
+use switchboard_broker::{kafka::KafkaConfig, shutdown::Shutdown};
 use switchboard_proto::v1::Envelope;
 use tokio::{sync::mpsc, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
-use crate::{config::WorkersConfig, router::Router};
+use crate::{config::WorkersConfig, dedupe::RecentIds, router::Router};
 
 /// Records revocations seen during a rebalance, for the loop to act on.
 #[derive(Default)]
@@ -78,6 +78,8 @@ struct PartitionTask {
 pub struct Worker {
     consumer: Arc<Consumer_>,
     router: Arc<Router>,
+    kafka: KafkaConfig,
+    dedupe_lookback: usize,
     queue_len: usize,
     grace: Duration,
 }
@@ -101,6 +103,8 @@ impl Worker {
         Ok(Self {
             consumer: Arc::new(consumer),
             router,
+            kafka: config.kafka.clone(),
+            dedupe_lookback: config.dedupe_lookback,
             queue_len: config.max_in_flight_per_partition,
             grace: config.shutdown_grace,
         })
@@ -145,10 +149,14 @@ impl Worker {
                 .or_insert_with_key(|(topic, partition)| {
                     let (queue, rx) = mpsc::channel(self.queue_len);
                     let handle = tokio::spawn(route_partition(
-                        self.consumer.clone(),
-                        self.router.clone(),
-                        topic.clone(),
-                        *partition,
+                        PartitionContext {
+                            consumer: self.consumer.clone(),
+                            router: self.router.clone(),
+                            kafka: self.kafka.clone(),
+                            dedupe_lookback: self.dedupe_lookback,
+                            topic: topic.clone(),
+                            partition: *partition,
+                        },
                         rx,
                         no_new_work.clone(),
                         abort.clone(),
@@ -178,23 +186,67 @@ impl Worker {
     }
 }
 
-/// Routes one partition's messages in order, storing each offset when done.
-async fn route_partition(
+/// What a partition task needs.
+struct PartitionContext {
     consumer: Arc<Consumer_>,
     router: Arc<Router>,
+    kafka: KafkaConfig,
+    dedupe_lookback: usize,
     topic: String,
     partition: i32,
+}
+
+/// Routes one partition's messages in order, storing each offset when done.
+/// First rebuilds the partition's recent channel message ids from Kafka, so
+/// copies of a message that reached Kafka twice are routed once.
+async fn route_partition(
+    cx: PartitionContext,
     mut queue: mpsc::Receiver<OwnedMessage>,
     no_new_work: CancellationToken,
     abort: CancellationToken,
 ) {
+    let PartitionContext {
+        consumer,
+        router,
+        kafka,
+        dedupe_lookback,
+        topic,
+        partition,
+    } = cx;
     let routed = metrics::counter!("switchboard_worker_records_total", "outcome" => "routed");
     let poison = metrics::counter!("switchboard_worker_records_total", "outcome" => "poison");
+    let duplicate = metrics::counter!("switchboard_worker_records_total", "outcome" => "duplicate");
+    let mut recent: Option<RecentIds> = None;
     while let Some(message) = queue.recv().await {
         if no_new_work.is_cancelled() {
             break;
         }
+        let recent = match &mut recent {
+            Some(recent) => recent,
+            None => {
+                let (kafka, topic, before) = (kafka.clone(), topic.clone(), message.offset());
+                let rebuilt = tokio::task::spawn_blocking(move || {
+                    RecentIds::rebuild(&kafka, &topic, partition, before, dedupe_lookback)
+                })
+                .await;
+                recent.insert(match rebuilt {
+                    Ok(Ok(ids)) => ids,
+                    other => {
+                        tracing::warn!(?other, partition, "cannot rebuild dedupe ids; copies from before this point may be routed again");
+                        RecentIds::new(dedupe_lookback)
+                    }
+                })
+            }
+        };
         match message.payload().map(Envelope::decode) {
+            Some(Ok(envelope)) if recent.is_duplicate(&envelope) => {
+                duplicate.increment(1);
+                tracing::debug!(
+                    partition,
+                    offset = message.offset(),
+                    "copy of an earlier channel message dropped"
+                );
+            }
             Some(Ok(envelope)) => match router.route(envelope, &abort).await {
                 Ok(_) => routed.increment(1),
                 Err(_interrupted) => break,

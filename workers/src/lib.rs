@@ -9,6 +9,7 @@
 //! Layout, by role:
 //! - [`config`]: the worker's one constructor, [`config::WorkersConfig`].
 //! - [`rules`]: the routing rules file: parsing, validation at load, evaluation.
+//! - [`dedupe`]: drops copies of a channel message that reached Kafka twice.
 //! - [`destinations`]: one folder per destination kind (`bot`, `agent`,
 //!   `analytics`), each with its config and its delivery code.
 //! - [`router`]: decides and delivers one message, retrying transient failures.
@@ -20,6 +21,7 @@
 
 pub mod config;
 pub mod consumer;
+pub mod dedupe;
 pub mod destinations;
 pub mod router;
 pub mod rules;
