@@ -5,6 +5,7 @@
 //! conversation, acknowledging only once Kafka has the message.
 //!
 //! Layout, by role:
+//! - [`channels`]: webhook normalizers, one module per channel.
 //! - [`config`]: the node's one constructor ([`config::BrokerConfig`]), with
 //!   defaults in code and layering of file, environment and flags.
 //! - [`kafka`]: Kafka client settings shared with the workers, and topic setup.
@@ -19,6 +20,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod channels;
 pub mod config;
 pub mod error;
 pub mod kafka;
