@@ -26,7 +26,7 @@ impl FieldViolation {
 }
 
 /// Why a publish failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum IngestError {
     /// The request is malformed. Fatal: retrying the same request fails again.
     #[error("invalid request: {}", summary(.0))]
@@ -43,6 +43,20 @@ pub enum IngestError {
     /// The node is shutting down. Retryable, against another node.
     #[error("shutting down")]
     ShuttingDown,
+    /// No valid API key was presented.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(&'static str),
+    /// The API key may not publish this data.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
+    /// The tenant is over its rate limit. Retryable after `retry_after`.
+    #[error("tenant {tenant:?} is over its rate limit; retry in {retry_after:?}")]
+    RateLimited {
+        /// The tenant.
+        tenant: String,
+        /// When a retry can succeed.
+        retry_after: std::time::Duration,
+    },
 }
 
 fn summary(violations: &[FieldViolation]) -> String {
@@ -85,7 +99,9 @@ impl IngestError {
     pub fn code(&self) -> Code {
         match self {
             Self::InvalidArgument(_) => Code::InvalidArgument,
-            Self::Overloaded(_) => Code::ResourceExhausted,
+            Self::Overloaded(_) | Self::RateLimited { .. } => Code::ResourceExhausted,
+            Self::Unauthenticated(_) => Code::Unauthenticated,
+            Self::PermissionDenied(_) => Code::PermissionDenied,
             Self::Unavailable(_) | Self::ShuttingDown => Code::Unavailable,
             Self::Rejected(_) => Code::FailedPrecondition,
         }
@@ -116,6 +132,11 @@ impl From<IngestError> for Status {
                 }
                 Status::with_error_details(code, message, details)
             }
+            IngestError::RateLimited { retry_after, .. } => Status::with_error_details(
+                code,
+                message,
+                ErrorDetails::with_retry_info(Some(retry_after)),
+            ),
             _ => Status::new(code, message),
         }
     }

@@ -8,6 +8,7 @@
 //! - [`channels`]: webhook normalizers, one module per channel.
 //! - [`config`]: the node's one constructor ([`config::BrokerConfig`]), with
 //!   defaults in code and layering of file, environment and flags.
+//! - [`auth`]: tenants, hashed API keys and per-tenant rate limits.
 //! - [`kafka`]: Kafka client settings shared with the workers, and topic setup.
 //! - [`validate`]: request validation and normalization (ids, timestamps).
 //! - [`publisher`]: the bounded Kafka producer behind every RPC.
@@ -20,6 +21,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod channels;
 pub mod config;
 pub mod error;

@@ -1,0 +1,287 @@
+//! Tenants, API keys and per-tenant rate limits.
+//!
+//! Callers present a tenant API key as `authorization: Bearer <key>`. The
+//! tenants file stores only SHA-256 digests of keys
+//! (`printf %s "$KEY" | sha256sum`), with each tenant's rate limit:
+//!
+//! ```toml
+//! [[tenants]]
+//! id = "acme"
+//! api_keys_sha256 = ["<64 hex digits>"]   # several keys allow rotation
+//! rate_limit_per_second = 1000            # sustained messages per second
+//! rate_limit_burst = 2000                 # messages allowed at once
+//! ```
+//!
+//! The file is re-read when it changes, without a restart. A file that
+//! fails to load is refused with an error in the log, and the previous
+//! tenants stay in force. A tenant whose limits are unchanged keeps its
+//! bucket across reloads.
+//!
+//! Without a tenants file, authentication is off: every caller may publish
+//! for any tenant, without limits. That suits local development only.
+
+use std::{
+    collections::HashMap,
+    num::NonZeroU32,
+    path::{Path, PathBuf},
+    sync::{Arc, RwLock},
+    time::{Duration, SystemTime},
+};
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter, clock::Clock};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use tonic::metadata::MetadataMap;
+
+use crate::error::IngestError;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TenantsFile {
+    #[serde(default)]
+    tenants: Vec<TenantEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TenantEntry {
+    id: String,
+    api_keys_sha256: Vec<String>,
+    rate_limit_per_second: u32,
+    #[serde(default)]
+    rate_limit_burst: Option<u32>,
+}
+
+struct Tenant {
+    entry: TenantEntry,
+    limiter: Arc<DefaultDirectRateLimiter>,
+}
+
+/// One loaded tenants file: key digests to tenant ids, and the tenants.
+#[derive(Default)]
+struct Snapshot {
+    keys: HashMap<[u8; 32], String>,
+    tenants: HashMap<String, Tenant>,
+}
+
+/// Authenticates callers and applies tenant rate limits.
+pub struct Auth {
+    file: Option<PathBuf>,
+    state: RwLock<(Arc<Snapshot>, Option<SystemTime>)>,
+}
+
+/// Who is calling.
+#[derive(Clone)]
+pub enum Caller {
+    /// Authentication is off.
+    Anyone,
+    /// An authenticated tenant.
+    Tenant {
+        /// The tenant id.
+        id: String,
+        /// Its rate limiter.
+        limiter: Arc<DefaultDirectRateLimiter>,
+    },
+}
+
+impl Caller {
+    /// Checks that the caller may publish for `tenant_id` (found at `field`),
+    /// and takes `messages` from its rate limit.
+    pub fn admit(&self, field: &str, tenant_id: &str, messages: u32) -> Result<(), IngestError> {
+        let Self::Tenant { id, limiter } = self else {
+            return Ok(());
+        };
+        if tenant_id != id && !tenant_id.is_empty() {
+            return Err(IngestError::PermissionDenied(format!(
+                "this API key belongs to tenant {id:?}, not {tenant_id:?} ({field})"
+            )));
+        }
+        let Some(n) = NonZeroU32::new(messages) else {
+            return Ok(());
+        };
+        match limiter.check_n(n) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(not_until)) => Err(IngestError::RateLimited {
+                tenant: id.clone(),
+                retry_after: not_until
+                    .wait_time_from(governor::clock::DefaultClock::default().now()),
+            }),
+            Err(_insufficient) => Err(IngestError::RateLimited {
+                tenant: id.clone(),
+                retry_after: Duration::from_secs(1),
+            }),
+        }
+    }
+
+    /// The tenant the caller is bound to, when authentication is on.
+    pub fn tenant(&self) -> Option<&str> {
+        match self {
+            Self::Anyone => None,
+            Self::Tenant { id, .. } => Some(id),
+        }
+    }
+}
+
+impl Auth {
+    /// Loads the tenants file, if any. Fails if it is given but invalid.
+    pub fn new(file: Option<&Path>) -> anyhow::Result<Self> {
+        let auth = Self {
+            file: file.map(Path::to_path_buf),
+            state: RwLock::new((Arc::default(), None)),
+        };
+        if let Some(file) = file {
+            let modified = std::fs::metadata(file)?.modified().ok();
+            let snapshot = load(file, &Snapshot::default())?;
+            *auth.state.write().expect("auth lock") = (Arc::new(snapshot), modified);
+        }
+        Ok(auth)
+    }
+
+    /// Whether callers must authenticate.
+    pub fn enabled(&self) -> bool {
+        self.file.is_some()
+    }
+
+    /// Identifies the caller from its `authorization` metadata.
+    pub fn authenticate(&self, metadata: &MetadataMap) -> Result<Caller, IngestError> {
+        if !self.enabled() {
+            return Ok(Caller::Anyone);
+        }
+        let header = metadata.get("authorization").ok_or_else(|| {
+            IngestError::Unauthenticated("missing `authorization: Bearer <API key>` metadata")
+        })?;
+        let key = header
+            .to_str()
+            .ok()
+            .and_then(|h| {
+                h.strip_prefix("Bearer ")
+                    .or_else(|| h.strip_prefix("bearer "))
+            })
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .ok_or_else(|| {
+                IngestError::Unauthenticated("`authorization` must be `Bearer <API key>`")
+            })?;
+        let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+        let snapshot = self.state.read().expect("auth lock").0.clone();
+        let tenant = snapshot
+            .keys
+            .get(&digest)
+            .ok_or(IngestError::Unauthenticated("unknown API key"))?;
+        let limiter = snapshot.tenants[tenant].limiter.clone();
+        Ok(Caller::Tenant {
+            id: tenant.clone(),
+            limiter,
+        })
+    }
+
+    /// Re-reads the tenants file if it changed. On error the old tenants stay.
+    pub fn reload_if_changed(&self) -> anyhow::Result<bool> {
+        let Some(file) = &self.file else {
+            return Ok(false);
+        };
+        let modified = std::fs::metadata(file)?.modified().ok();
+        let current = {
+            let state = self.state.read().expect("auth lock");
+            if state.1 == modified {
+                return Ok(false);
+            }
+            state.0.clone()
+        };
+        let snapshot = load(file, &current)?;
+        *self.state.write().expect("auth lock") = (Arc::new(snapshot), modified);
+        Ok(true)
+    }
+
+    /// Reloads the tenants file every `interval` until `stop` fires.
+    pub fn spawn_reloader(self: &Arc<Self>, interval: Duration, stop: crate::shutdown::Shutdown) {
+        if !self.enabled() {
+            return;
+        }
+        let auth = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            while tokio::select! { _ = tick.tick() => true, _ = stop.cancelled() => false } {
+                match auth.reload_if_changed() {
+                    Ok(true) => tracing::info!(file = ?auth.file, "tenants reloaded"),
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::error!(error = %e, "tenants file refused; keeping the previous tenants")
+                    }
+                }
+            }
+        });
+    }
+}
+
+fn load(path: &Path, previous: &Snapshot) -> anyhow::Result<Snapshot> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("cannot read tenants file {}: {e}", path.display()))?;
+    let file: TenantsFile = toml::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("tenants file {} is not valid: {e}", path.display()))?;
+    let mut snapshot = Snapshot::default();
+    for entry in file.tenants {
+        let problem = |what: String| anyhow::anyhow!("tenant {:?}: {what}", entry.id);
+        if entry.id.is_empty() || entry.id.contains('/') {
+            return Err(problem(
+                "`id` must be non-empty and must not contain '/'".into(),
+            ));
+        }
+        if entry.api_keys_sha256.is_empty() {
+            return Err(problem(
+                "`api_keys_sha256` must list at least one key digest".into(),
+            ));
+        }
+        for hex_digest in &entry.api_keys_sha256 {
+            let digest: [u8; 32] = hex::decode(hex_digest)
+                .ok()
+                .and_then(|d| d.try_into().ok())
+                .ok_or_else(|| {
+                    problem(format!(
+                        "{hex_digest:?} is not a SHA-256 digest (64 hex digits)"
+                    ))
+                })?;
+            if let Some(other) = snapshot.keys.insert(digest, entry.id.clone()) {
+                return Err(problem(format!(
+                    "a key digest is also listed for tenant {other:?}"
+                )));
+            }
+        }
+        let per_second = NonZeroU32::new(entry.rate_limit_per_second)
+            .ok_or_else(|| problem("`rate_limit_per_second` must be at least 1".into()))?;
+        let burst = NonZeroU32::new(
+            entry
+                .rate_limit_burst
+                .unwrap_or(entry.rate_limit_per_second),
+        )
+        .ok_or_else(|| problem("`rate_limit_burst` must be at least 1".into()))?;
+        // A tenant whose limits did not change keeps its bucket.
+        let limiter = match previous.tenants.get(&entry.id) {
+            Some(old)
+                if old.entry.rate_limit_per_second == entry.rate_limit_per_second
+                    && old.entry.rate_limit_burst == entry.rate_limit_burst =>
+            {
+                old.limiter.clone()
+            }
+            _ => Arc::new(RateLimiter::direct(
+                Quota::per_second(per_second).allow_burst(burst),
+            )),
+        };
+        if snapshot
+            .tenants
+            .insert(entry.id.clone(), Tenant { entry, limiter })
+            .is_some()
+        {
+            return Err(anyhow::anyhow!("a tenant is listed twice"));
+        }
+    }
+    Ok(snapshot)
+}
+
+/// The SHA-256 digest of an API key, as the tenants file stores it.
+pub fn key_digest(key: &str) -> String {
+    hex::encode(Sha256::digest(key.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests;
