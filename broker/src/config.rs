@@ -5,7 +5,11 @@
 //! keys joined with `__`, e.g. `SWITCHBOARD_BROKER_KAFKA__BOOTSTRAP_SERVERS`),
 //! then command-line flags.
 
-use std::{net::SocketAddr, path::Path, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use figment::{
     Figment,
@@ -13,7 +17,7 @@ use figment::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::kafka::KafkaConfig;
+use crate::{channels::Limits, dedupe::DedupeConfig, kafka::KafkaConfig};
 
 /// Configuration of an ingestion node.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -44,6 +48,31 @@ pub struct BrokerConfig {
     /// Time allowed after the shutdown signal for in-flight calls to finish.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Tenants file: hashed API keys and rate limits (see `auth`). Without
+    /// one, authentication and rate limits are off.
+    pub auth_file: Option<PathBuf>,
+    /// How often the tenants file is checked for changes.
+    #[serde(with = "humantime_serde")]
+    pub auth_reload_interval: Duration,
+    /// The node's dedupe cache of channel message ids.
+    pub dedupe: DedupeConfig,
+    /// Size limits for `IngestWebhook` payloads.
+    pub webhook_limits: Limits,
+    /// TLS for the gRPC listener; plaintext when absent.
+    pub tls: Option<TlsConfig>,
+}
+
+/// TLS (and optionally mutual TLS) for the gRPC listener.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain of the server.
+    pub cert_file: PathBuf,
+    /// PEM private key of the server.
+    pub key_file: PathBuf,
+    /// PEM CA bundle; when set, clients must present a certificate it signed (mTLS).
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
 }
 
 impl Default for BrokerConfig {
@@ -55,10 +84,15 @@ impl Default for BrokerConfig {
             messages_topic: "switchboard.messages.v1".into(),
             max_in_flight: 10_000,
             max_in_flight_per_stream: 1_024,
-            ack_timeout: Duration::from_secs(10),
+            ack_timeout: Duration::from_secs(1),
             linger: Duration::from_millis(2),
             max_envelope_bytes: 1 << 20,
             shutdown_grace: Duration::from_secs(10),
+            auth_file: None,
+            auth_reload_interval: Duration::from_secs(2),
+            dedupe: DedupeConfig::default(),
+            webhook_limits: Limits::default(),
+            tls: None,
         }
     }
 }

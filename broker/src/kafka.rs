@@ -75,3 +75,47 @@ impl KafkaConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::producer::BaseProducer;
+
+    use super::*;
+
+    /// Security settings pass through to librdkafka, which is built with TLS.
+    #[test]
+    fn sasl_ssl_settings_pass_through() {
+        let config = KafkaConfig {
+            properties: [
+                ("security.protocol", "SASL_SSL"),
+                ("sasl.mechanisms", "PLAIN"),
+                ("sasl.username", "switchboard"),
+                ("sasl.password", "secret"),
+                ("ssl.endpoint.identification.algorithm", "https"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+            ..KafkaConfig::default()
+        };
+        let client = config.client_config(&[("security.protocol", "PLAINTEXT")]);
+        assert_eq!(
+            client.get("security.protocol"),
+            Some("SASL_SSL"),
+            "pass-through wins"
+        );
+        client
+            .create::<BaseProducer>()
+            .expect("librdkafka accepts SASL_SSL");
+        // An unknown property is refused at startup, with its name.
+        let mut bad = config.clone();
+        bad.properties.insert("no.such.property".into(), "1".into());
+        let err = bad
+            .client_config(&[])
+            .create::<BaseProducer>()
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("no.such.property"), "{err}");
+    }
+}

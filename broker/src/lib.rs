@@ -9,6 +9,7 @@
 //! - [`config`]: the node's one constructor ([`config::BrokerConfig`]), with
 //!   defaults in code and layering of file, environment and flags.
 //! - [`auth`]: tenants, hashed API keys and per-tenant rate limits.
+//! - [`dedupe`]: the node's bounded, time-windowed dedupe of retried webhooks.
 //! - [`kafka`]: Kafka client settings shared with the workers, and topic setup.
 //! - [`validate`]: request validation and normalization (ids, timestamps).
 //! - [`publisher`]: the bounded Kafka producer behind every RPC.
@@ -24,6 +25,7 @@
 pub mod auth;
 pub mod channels;
 pub mod config;
+pub mod dedupe;
 pub mod error;
 pub mod kafka;
 pub mod publisher;

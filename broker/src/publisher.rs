@@ -6,12 +6,21 @@
 //! published, even when their acks are awaited concurrently. The returned
 //! [`PendingAck`] resolves once Kafka has the message (`acks=all`).
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
 use prost::Message;
 use rdkafka::{
+    ClientContext,
+    error::KafkaError,
     message::{Header, OwnedHeaders},
-    producer::{DeliveryFuture, FutureProducer, FutureRecord},
+    producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer},
+    types::RDKafkaErrorCode,
 };
 use switchboard_proto::v1::Envelope;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -30,9 +39,45 @@ pub struct Ack {
 /// Content type header value of every message Switchboard writes.
 pub const CONTENT_TYPE: &str = "application/x-protobuf; messageType=switchboard.v1.Envelope";
 
+/// Tracks whether Kafka is reachable, from librdkafka's error events.
+/// Cheap to clone: clones share the state.
+#[derive(Clone, Default)]
+pub struct KafkaHealth {
+    down: Arc<AtomicBool>,
+}
+
+impl KafkaHealth {
+    fn set_down(&self, down: bool) {
+        if self.down.swap(down, Ordering::Relaxed) != down {
+            if down {
+                tracing::error!("all Kafka brokers are down; publishes fail fast with UNAVAILABLE");
+            } else {
+                tracing::info!("Kafka is reachable again");
+            }
+            metrics::gauge!("switchboard_ingest_kafka_up").set(if down { 0.0 } else { 1.0 });
+        }
+    }
+
+    /// Whether librdkafka reported every broker down and none came back yet.
+    pub fn is_down(&self) -> bool {
+        self.down.load(Ordering::Relaxed)
+    }
+}
+
+impl ClientContext for KafkaHealth {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            self.set_down(true);
+        } else {
+            tracing::warn!(%error, reason, "kafka client error");
+        }
+    }
+}
+
 /// Publishes envelopes to the messages topic, with a bound on work in flight.
 pub struct Publisher {
-    producer: FutureProducer,
+    producer: FutureProducer<KafkaHealth>,
+    health: KafkaHealth,
     topic: String,
     in_flight: Arc<Semaphore>,
     max_in_flight: usize,
@@ -45,7 +90,8 @@ impl Publisher {
         let timeout_ms = config.ack_timeout.as_millis().to_string();
         let linger_ms = config.linger.as_millis().to_string();
         let queue = (config.max_in_flight * 2).max(1_000).to_string();
-        let producer: FutureProducer = config
+        let health = KafkaHealth::default();
+        let producer = config
             .kafka
             .client_config(&[
                 ("acks", "all"),
@@ -55,10 +101,13 @@ impl Publisher {
                 ("linger.ms", &linger_ms),
                 ("message.timeout.ms", &timeout_ms),
                 ("queue.buffering.max.messages", &queue),
+                // Notice a returning broker quickly.
+                ("reconnect.backoff.max.ms", "1000"),
             ])
-            .create()?;
+            .create_with_context(health.clone())?;
         Ok(Self {
             producer,
+            health,
             topic: config.messages_topic.clone(),
             in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
             max_in_flight: config.max_in_flight,
@@ -95,6 +144,11 @@ impl Publisher {
         envelope: &Envelope,
         permit: OwnedSemaphorePermit,
     ) -> Result<PendingAck, IngestError> {
+        if self.health.is_down() {
+            return Err(IngestError::Unavailable(KafkaError::Global(
+                RDKafkaErrorCode::AllBrokersDown,
+            )));
+        }
         let payload = envelope.encode_to_vec();
         if payload.len() > self.max_envelope_bytes {
             return Err(IngestError::invalid(
@@ -131,9 +185,36 @@ impl Publisher {
         })
     }
 
+    /// While Kafka is marked down, asks it for metadata every `interval` and
+    /// clears the mark once it answers. Runs until `stop` fires.
+    pub async fn watch_recovery(
+        self: Arc<Self>,
+        interval: Duration,
+        stop: crate::shutdown::Shutdown,
+    ) {
+        let mut tick = tokio::time::interval(interval);
+        while tokio::select! { _ = tick.tick() => true, _ = stop.cancelled() => false } {
+            if !self.health.is_down() {
+                continue;
+            }
+            let publisher = self.clone();
+            let reachable = tokio::task::spawn_blocking(move || {
+                publisher
+                    .producer
+                    .client()
+                    .fetch_metadata(Some(&publisher.topic), interval)
+                    .is_ok()
+            })
+            .await
+            .unwrap_or(false);
+            if reachable {
+                self.health.set_down(false);
+            }
+        }
+    }
+
     /// Waits up to `timeout` for every queued message to be acknowledged.
-    pub fn flush(&self, timeout: std::time::Duration) {
-        use rdkafka::producer::Producer;
+    pub fn flush(&self, timeout: Duration) {
         if let Err(e) = self.producer.flush(timeout) {
             tracing::warn!(error = %e, "producer flush did not complete");
         }

@@ -7,7 +7,8 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::{
-    config::BrokerConfig, publisher::Publisher, service::IngestService, shutdown::Shutdown,
+    auth::Auth, config::BrokerConfig, dedupe::Dedupe, publisher::Publisher, service::IngestService,
+    shutdown::Shutdown,
 };
 
 /// A bound, not yet serving, ingestion node.
@@ -15,6 +16,7 @@ pub struct Broker {
     config: BrokerConfig,
     listener: TcpListener,
     publisher: Arc<Publisher>,
+    auth: Arc<Auth>,
 }
 
 impl Broker {
@@ -24,10 +26,17 @@ impl Broker {
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.grpc_addr))?;
         let publisher = Arc::new(Publisher::new(&config)?);
+        let auth = Arc::new(Auth::new(config.auth_file.as_deref())?);
+        if !auth.enabled() {
+            tracing::warn!(
+                "no auth_file: authentication and rate limits are OFF; any caller may publish for any tenant"
+            );
+        }
         Ok(Self {
             config,
             listener,
             publisher,
+            auth,
         })
     }
 
@@ -45,6 +54,7 @@ impl Broker {
             config,
             listener,
             publisher,
+            auth,
         } = self;
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<IngestServer<IngestService>>().await;
@@ -64,7 +74,14 @@ impl Broker {
         let reflection_v1 = reflection().build_v1()?;
         let reflection_v1alpha = reflection().build_v1alpha()?;
 
-        let service = IngestService::new(publisher.clone(), config.max_in_flight_per_stream);
+        auth.spawn_reloader(config.auth_reload_interval, shutdown.clone());
+        let service = IngestService::new(
+            publisher.clone(),
+            auth,
+            Arc::new(Dedupe::new(config.dedupe.clone())),
+            config.webhook_limits.clone(),
+            config.max_in_flight_per_stream,
+        );
         let gauge_publisher = publisher.clone();
         let gauge_stop = shutdown.clone();
         tokio::spawn(async move {
@@ -75,10 +92,20 @@ impl Broker {
             }
         });
 
+        tokio::spawn(
+            publisher
+                .clone()
+                .watch_recovery(Duration::from_millis(500), shutdown.clone()),
+        );
+
         let addr = listener.local_addr()?;
         tracing::info!(%addr, topic = %config.messages_topic, "ingestion node serving gRPC");
         let stopping = shutdown.clone();
-        let server = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = &config.tls {
+            builder = builder.tls_config(server_tls(tls)?)?;
+        }
+        let server = builder
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -102,4 +129,21 @@ impl Broker {
         tracing::info!("ingestion node stopped");
         Ok(())
     }
+}
+
+/// The listener's TLS settings, read from the configured PEM files.
+fn server_tls(tls: &crate::config::TlsConfig) -> anyhow::Result<tonic::transport::ServerTlsConfig> {
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    let read = |path: &std::path::Path| {
+        std::fs::read(path)
+            .map_err(|e| anyhow::anyhow!("cannot read TLS file {}: {e}", path.display()))
+    };
+    let mut config = ServerTlsConfig::new().identity(Identity::from_pem(
+        read(&tls.cert_file)?,
+        read(&tls.key_file)?,
+    ));
+    if let Some(ca) = &tls.client_ca_file {
+        config = config.client_ca_root(Certificate::from_pem(read(ca)?));
+    }
+    Ok(config)
 }

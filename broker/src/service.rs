@@ -1,19 +1,29 @@
 //! The `switchboard.v1.Ingest` gRPC service.
+//!
+//! Every envelope, whichever RPC brings it, takes the same path:
+//! authenticate the caller (once per call), validate and normalize, check
+//! the caller may publish for the envelope's tenant and take it from the
+//! tenant's rate limit, then publish through the node's dedupe cache, so a
+//! retried channel message is answered with `duplicate = true` and the
+//! original message id instead of being published again.
 
 use std::{pin::Pin, sync::Arc, time::SystemTime};
 
-use futures::{Stream, StreamExt, stream::FuturesUnordered};
+use futures::{FutureExt, Stream, StreamExt, stream::FuturesUnordered};
 use switchboard_proto::v1::{
     Channel, Envelope, PublishRequest, PublishResponse, WebhookRequest, WebhookResponse,
     ingest_server::Ingest,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
+    auth::{Auth, Caller},
+    channels::{self, Limits},
+    dedupe::{Dedupe, Published, SharedPublish},
     error::IngestError,
-    publisher::{Ack, PendingAck, Publisher},
+    publisher::Publisher,
     validate,
 };
 
@@ -21,40 +31,84 @@ use crate::{
 #[derive(Clone)]
 pub struct IngestService {
     publisher: Arc<Publisher>,
+    auth: Arc<Auth>,
+    dedupe: Arc<Dedupe>,
+    limits: Arc<Limits>,
     max_in_flight_per_stream: usize,
+}
+
+/// A publish handed to Kafka (or recognised as a copy), not yet acknowledged.
+struct Pending {
+    outcome: SharedPublish,
+    duplicate: bool,
+}
+
+impl Pending {
+    async fn response(self, sequence: u64) -> Result<PublishResponse, IngestError> {
+        let Published { message_id, ack } = self.outcome.await?;
+        Ok(PublishResponse {
+            message_id,
+            partition: ack.partition,
+            offset: ack.offset,
+            duplicate: self.duplicate,
+            sequence,
+            error: None,
+        })
+    }
 }
 
 impl IngestService {
     /// A service publishing through `publisher`.
-    pub fn new(publisher: Arc<Publisher>, max_in_flight_per_stream: usize) -> Self {
+    pub fn new(
+        publisher: Arc<Publisher>,
+        auth: Arc<Auth>,
+        dedupe: Arc<Dedupe>,
+        limits: Limits,
+        max_in_flight_per_stream: usize,
+    ) -> Self {
         Self {
             publisher,
+            auth,
+            dedupe,
+            limits: Arc::new(limits),
             max_in_flight_per_stream,
         }
     }
 
-    /// Validates and enqueues one envelope, taking a permit from `permit`.
+    /// Hands a validated, admitted envelope to Kafka through the dedupe
+    /// cache. Synchronous, so envelopes enter Kafka in call order.
     fn enqueue(
         &self,
-        path: &str,
-        envelope: Option<Envelope>,
-        permit: tokio::sync::OwnedSemaphorePermit,
-    ) -> Result<(String, PendingAck), IngestError> {
-        let envelope = envelope.ok_or_else(|| IngestError::invalid(path, "is required"))?;
-        let envelope = validate::normalize(path, envelope, SystemTime::now())?;
-        let pending = self.publisher.enqueue(&envelope, permit)?;
-        Ok((envelope.message_id, pending))
+        envelope: Envelope,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<Pending, IngestError> {
+        let (outcome, duplicate) = self.dedupe.publish_once(
+            &envelope.tenant_id,
+            envelope.channel,
+            &envelope.channel_message_id,
+            || {
+                let message_id = envelope.message_id.clone();
+                let ack = self.publisher.enqueue(&envelope, permit)?;
+                Ok(
+                    async move { ack.wait().await.map(|ack| Published { message_id, ack }) }
+                        .boxed(),
+                )
+            },
+        )?;
+        Ok(Pending { outcome, duplicate })
     }
-}
 
-fn response(message_id: String, ack: Ack, sequence: u64) -> PublishResponse {
-    PublishResponse {
-        message_id,
-        partition: ack.partition,
-        offset: ack.offset,
-        duplicate: false,
-        sequence,
-        error: None,
+    /// Admits and enqueues one `PublishRequest` envelope.
+    fn enqueue_request(
+        &self,
+        caller: &Caller,
+        envelope: Option<Envelope>,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<Pending, IngestError> {
+        let envelope = envelope.ok_or_else(|| IngestError::invalid("envelope", "is required"))?;
+        let envelope = validate::normalize("envelope", envelope, SystemTime::now())?;
+        caller.admit("envelope.tenant_id", &envelope.tenant_id, 1)?;
+        self.enqueue(envelope, permit)
     }
 }
 
@@ -69,7 +123,8 @@ fn code_label(code: tonic::Code) -> &'static str {
         tonic::Code::ResourceExhausted => "resource_exhausted",
         tonic::Code::Unavailable => "unavailable",
         tonic::Code::FailedPrecondition => "failed_precondition",
-        tonic::Code::Unimplemented => "unimplemented",
+        tonic::Code::Unauthenticated => "unauthenticated",
+        tonic::Code::PermissionDenied => "permission_denied",
         _ => "other",
     }
 }
@@ -92,15 +147,13 @@ impl Ingest for IngestService {
         &self,
         request: Request<PublishRequest>,
     ) -> Result<Response<PublishResponse>, Status> {
-        let request = request.into_inner();
         let result = async {
+            let caller = self.auth.authenticate(request.metadata())?;
+            let request = request.into_inner();
             let permit = self.publisher.try_permit()?;
-            let (message_id, pending) = self.enqueue("envelope", request.envelope, permit)?;
-            Ok(response(
-                message_id,
-                pending.wait().await?,
-                request.sequence,
-            ))
+            self.enqueue_request(&caller, request.envelope, permit)?
+                .response(request.sequence)
+                .await
         }
         .await;
         record("publish", &result);
@@ -113,6 +166,10 @@ impl Ingest for IngestService {
         &self,
         request: Request<Streaming<PublishRequest>>,
     ) -> Result<Response<Self::PublishStreamStream>, Status> {
+        let caller = self
+            .auth
+            .authenticate(request.metadata())
+            .inspect_err(|e| count("publish_stream", e.code(), 1))?;
         let mut inbound = request.into_inner();
         let limit = self.max_in_flight_per_stream;
         let (tx, rx) = mpsc::channel(limit);
@@ -141,10 +198,10 @@ impl Ingest for IngestService {
                         Ok(Some(req)) => {
                             let sequence = req.sequence;
                             let permit = permit.take().expect("guarded by the select condition");
-                            let queued = service.enqueue("envelope", req.envelope, permit);
+                            let queued = service.enqueue_request(&caller, req.envelope, permit);
                             pending.push(async move {
                                 let result = match queued {
-                                    Ok((id, ack)) => ack.wait().await.map(|ack| response(id, ack, sequence)),
+                                    Ok(queued) => queued.response(sequence).await,
                                     Err(e) => Err(e),
                                 };
                                 record("publish_stream", &result);
@@ -171,110 +228,47 @@ impl Ingest for IngestService {
         &self,
         request: Request<WebhookRequest>,
     ) -> Result<Response<WebhookResponse>, Status> {
-        let request = request.into_inner();
         let result = async {
-            let mut envelope = parse_webhook(&request)?;
-            envelope.tenant_id.clone_from(&request.tenant_id);
-            envelope.channel = request.channel;
-            let permit = self.publisher.try_permit()?;
-            let (message_id, pending) = self.enqueue("payload", Some(envelope), permit)?;
-            Ok(WebhookResponse {
-                results: vec![response(message_id, pending.wait().await?, 0)],
-            })
+            let caller = self.auth.authenticate(request.metadata())?;
+            let request = request.into_inner();
+            if request.tenant_id.is_empty() {
+                return Err(IngestError::invalid("tenant_id", "is required"));
+            }
+            caller.admit("tenant_id", &request.tenant_id, 0)?;
+            let channel = Channel::try_from(request.channel).unwrap_or(Channel::Unspecified);
+            let envelopes = channels::normalize(
+                channel,
+                &request.tenant_id,
+                &request.payload,
+                &request.content_type,
+                &self.limits,
+                SystemTime::now(),
+            )?;
+            caller.admit(
+                "tenant_id",
+                &request.tenant_id,
+                u32::try_from(envelopes.len()).unwrap_or(u32::MAX),
+            )?;
+            // All or nothing at the edge: every envelope is validated and
+            // holds a permit before any is handed to Kafka.
+            let mut admitted = Vec::with_capacity(envelopes.len());
+            for (i, envelope) in envelopes.into_iter().enumerate() {
+                let envelope =
+                    validate::normalize(&format!("payload[{i}]"), envelope, SystemTime::now())?;
+                admitted.push((envelope, self.publisher.try_permit()?));
+            }
+            let pending = admitted
+                .into_iter()
+                .map(|(envelope, permit)| self.enqueue(envelope, permit))
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut results = Vec::with_capacity(pending.len());
+            for (i, p) in pending.into_iter().enumerate() {
+                results.push(p.response(i as u64).await?);
+            }
+            Ok(WebhookResponse { results })
         }
         .await;
         record("ingest_webhook", &result);
         Ok(Response::new(result?))
-    }
-}
-
-/// Turns a webhook body into an envelope. Web chat posts the canonical
-/// envelope itself, as proto3 JSON or binary protobuf.
-fn parse_webhook(request: &WebhookRequest) -> Result<Envelope, IngestError> {
-    if request.tenant_id.is_empty() {
-        return Err(IngestError::invalid("tenant_id", "is required"));
-    }
-    match Channel::try_from(request.channel).unwrap_or(Channel::Unspecified) {
-        Channel::Webchat => {}
-        Channel::Unspecified => return Err(IngestError::invalid("channel", "is required")),
-        other => {
-            return Err(IngestError::invalid(
-                "channel",
-                format!(
-                    "no webhook normalizer for {} yet; publish canonical envelopes with Publish",
-                    other.as_str_name()
-                ),
-            ));
-        }
-    }
-    let content_type = request.content_type.split(';').next().unwrap_or("").trim();
-    match content_type {
-        "" | "application/json" => serde_json::from_slice(&request.payload)
-            .map_err(|e| IngestError::invalid("payload", format!("is not a JSON envelope: {e}"))),
-        "application/x-protobuf" | "application/protobuf" => {
-            prost::Message::decode(request.payload.clone()).map_err(|e| {
-                IngestError::invalid("payload", format!("is not a protobuf envelope: {e}"))
-            })
-        }
-        other => Err(IngestError::invalid(
-            "content_type",
-            format!("{other:?} is not supported: use application/json or application/x-protobuf"),
-        )),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn webchat(payload: &str, content_type: &str) -> WebhookRequest {
-        WebhookRequest {
-            tenant_id: "acme".into(),
-            channel: Channel::Webchat as i32,
-            payload: payload.as_bytes().to_vec().into(),
-            content_type: content_type.into(),
-        }
-    }
-
-    #[test]
-    fn webchat_json_envelope_parses() {
-        let env = parse_webhook(&webchat(
-            r#"{"conversationId":"c-9","direction":"INBOUND","text":{"body":"hello"},"attributes":{"language":"en"}}"#,
-            "application/json; charset=utf-8",
-        ))
-        .unwrap();
-        assert_eq!(env.conversation_id, "c-9");
-        assert_eq!(
-            env.direction,
-            switchboard_proto::v1::Direction::Inbound as i32
-        );
-        assert_eq!(env.attributes["language"], "en");
-        assert!(
-            matches!(env.content, Some(switchboard_proto::v1::envelope::Content::Text(ref t)) if t.body == "hello")
-        );
-    }
-
-    #[test]
-    fn webhook_errors_name_the_field() {
-        let field = |r: WebhookRequest| match parse_webhook(&r).unwrap_err() {
-            IngestError::InvalidArgument(v) => v[0].field.clone(),
-            e => panic!("{e:?}"),
-        };
-        assert_eq!(field(webchat("{not json", "application/json")), "payload");
-        assert_eq!(field(webchat("{}", "text/plain")), "content_type");
-        assert_eq!(
-            field(WebhookRequest {
-                tenant_id: String::new(),
-                ..webchat("{}", "")
-            }),
-            "tenant_id"
-        );
-        assert_eq!(
-            field(WebhookRequest {
-                channel: Channel::Sms as i32,
-                ..webchat("{}", "")
-            }),
-            "channel"
-        );
     }
 }

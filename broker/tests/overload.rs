@@ -1,5 +1,6 @@
-//! Load shedding and Kafka outages at the gRPC edge, with no Kafka at all:
-//! the node points at a closed port, so every publish waits for Kafka.
+//! Load shedding and Kafka outages at the gRPC edge, with no real Kafka: a
+//! silent listener makes every publish wait, and a closed port makes
+//! librdkafka report every broker down.
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -25,17 +26,35 @@ fn request() -> PublishRequest {
     }
 }
 
-#[tokio::test]
-async fn sheds_load_past_the_bound_and_fails_fast_when_kafka_is_down() {
+/// A "Kafka" that accepts connections and never answers: publishes wait.
+async fn silent_kafka() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    (addr, task)
+}
+
+async fn node(
+    bootstrap: String,
+    max_in_flight: usize,
+) -> (
+    IngestClient<tonic::transport::Channel>,
+    Shutdown,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
     let broker = Broker::bind(BrokerConfig {
         grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         metrics_addr: None,
-        // Nothing listens on port 1: Kafka never answers.
         kafka: KafkaConfig {
-            bootstrap_servers: "127.0.0.1:1".into(),
+            bootstrap_servers: bootstrap,
             ..KafkaConfig::default()
         },
-        max_in_flight: 1,
+        max_in_flight,
         ack_timeout: Duration::from_millis(1500),
         shutdown_grace: Duration::from_secs(3),
         ..BrokerConfig::default()
@@ -45,9 +64,19 @@ async fn sheds_load_past_the_bound_and_fails_fast_when_kafka_is_down() {
     let addr = broker.local_addr();
     let shutdown = Shutdown::new();
     let server = tokio::spawn(broker.serve(shutdown.clone()));
-    let client = IngestClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
+    (
+        IngestClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap(),
+        shutdown,
+        server,
+    )
+}
+
+#[tokio::test]
+async fn sheds_load_past_the_in_flight_bound() {
+    let (kafka, silent) = silent_kafka().await;
+    let (client, shutdown, server) = node(kafka.to_string(), 1).await;
 
     // The first publish takes the only in-flight slot and waits for Kafka.
     let first = tokio::spawn({
@@ -62,14 +91,37 @@ async fn sheds_load_past_the_bound_and_fails_fast_when_kafka_is_down() {
     assert_eq!(shed.code(), tonic::Code::ResourceExhausted, "{shed:?}");
     assert!(started.elapsed() < Duration::from_millis(500));
 
-    // The first fails with UNAVAILABLE once the ack timeout passes.
+    // The first fails with UNAVAILABLE once the ack timeout passes...
     let down = first.await.unwrap().unwrap_err();
     assert_eq!(down.code(), tonic::Code::Unavailable, "{down:?}");
-
-    // The slot is free again: the next publish is admitted (and times out the same way).
+    // ...which frees the slot: the next publish is admitted (and times out the same way).
     let again = client.clone().publish(request()).await.unwrap_err();
     assert_eq!(again.code(), tonic::Code::Unavailable);
 
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    silent.abort();
+}
+
+#[tokio::test]
+async fn fails_fast_when_no_kafka_broker_is_reachable() {
+    // Nothing listens on port 1: librdkafka soon reports every broker down.
+    let (client, shutdown, server) = node("127.0.0.1:1".into(), 10).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for _ in 0..3 {
+        let started = std::time::Instant::now();
+        let status = client.clone().publish(request()).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+        assert!(
+            started.elapsed() < Duration::from_millis(300),
+            "took {:?}",
+            started.elapsed()
+        );
+    }
     shutdown.cancel();
     tokio::time::timeout(Duration::from_secs(10), server)
         .await
