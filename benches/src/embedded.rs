@@ -132,7 +132,7 @@ pub async fn log_traffic(
             tracing::info!(
                 target: "traffic",
                 queue = %task.queue,
-                conversation = %envelope.conversation_key(),
+                conversation = %switchboard_broker::telemetry::redact(&envelope.conversation_key()),
                 content = envelope.content.as_ref().map_or("none", |c| c.kind()),
                 "agent queue <- message"
             );
@@ -152,7 +152,7 @@ pub async fn log_traffic(
                 .collect();
             tracing::info!(
                 target: "traffic",
-                conversation = %envelope.conversation_key(),
+                conversation = %switchboard_broker::telemetry::redact(&envelope.conversation_key()),
                 rule = %decision.rule_id,
                 destinations = %destinations.join(","),
                 "analytics <- routed"

@@ -55,6 +55,21 @@ impl PipelineConfig {
         }
     }
 
+    /// The ingestion node's configuration for this pipeline; tests bind more
+    /// nodes with it.
+    pub fn broker_config(&self) -> BrokerConfig {
+        BrokerConfig {
+            grpc_addr: self.grpc_addr,
+            metrics_addr: None,
+            kafka: self.kafka.clone(),
+            messages_topic: self.messages_topic.clone(),
+            shutdown_grace: Duration::from_secs(5),
+            // Tests and demos run on busy 2-core machines: give Kafka time.
+            ack_timeout: Duration::from_secs(10),
+            ..BrokerConfig::default()
+        }
+    }
+
     /// The workers' configuration for this pipeline.
     pub fn workers_config(&self, bot_addr: SocketAddr) -> WorkersConfig {
         WorkersConfig {
@@ -107,15 +122,7 @@ impl Pipeline {
                 .map_err(anyhow::Error::from)
         });
 
-        let broker = Broker::bind(BrokerConfig {
-            grpc_addr: config.grpc_addr,
-            metrics_addr: None,
-            kafka: config.kafka.clone(),
-            messages_topic: config.messages_topic.clone(),
-            shutdown_grace: Duration::from_secs(5),
-            ..BrokerConfig::default()
-        })
-        .await?;
+        let broker = Broker::bind(config.broker_config()).await?;
         let grpc_addr = broker.local_addr();
         tasks.push(tokio::spawn(broker.serve(shutdown.clone())));
 

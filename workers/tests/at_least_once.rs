@@ -58,6 +58,7 @@ async fn killed_worker_loses_nothing() {
     let publisher = Publisher::new(&BrokerConfig {
         kafka: kafka.clone(),
         messages_topic: messages.clone(),
+        ack_timeout: Duration::from_secs(10),
         ..BrokerConfig::default()
     })
     .unwrap();

@@ -68,7 +68,7 @@ Switchboard embedded is running.
 
 Send a message (in another terminal):
   cargo run --release --bin switchboard-bench -- --target http://{grpc} --messages 200
-  grpcurl -plaintext -d '{{"envelope":{{"tenantId":"demo","channel":"WEBCHAT","direction":"INBOUND","conversationId":"c-1","text":{{"body":"hello"}}}}}}' {grpc} switchboard.v1.Ingest/Publish
+  grpcurl -plaintext -emit-defaults -d '{{"envelope":{{"tenantId":"demo","channel":"WEBCHAT","direction":"INBOUND","conversationId":"c-1","text":{{"body":"hello"}}}}}}' {grpc} switchboard.v1.Ingest/Publish
 
 Routed traffic is logged below. Ctrl-C stops everything.
 "#,

@@ -1,0 +1,169 @@
+//! A Kafka outage seen from the gRPC edge, on a real Apache Kafka of the
+//! test's own (another port and data folder, so other tests are not
+//! disturbed): publishes fail fast with UNAVAILABLE while Kafka is down,
+//! and work again once it is back, without restarting the node.
+//!
+//! Run with `deploy/test.sh` (it fetches the Kafka jars).
+
+use std::{
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use switchboard_broker::{config::BrokerConfig, server::Broker, shutdown::Shutdown, testkit};
+use switchboard_proto::v1::{
+    Channel, Direction, Envelope, PublishRequest, Text, envelope::Content,
+    ingest_client::IngestClient,
+};
+
+struct OwnKafka {
+    port: u16,
+    data: PathBuf,
+}
+
+impl OwnKafka {
+    fn script(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../deploy/kafka")
+            .join(name)
+    }
+
+    fn run(&self, script: &str) {
+        let status = Command::new(Self::script(script))
+            .env("KAFKA_PORT", self.port.to_string())
+            .env("KAFKA_CONTROLLER_PORT", (self.port + 1).to_string())
+            .env("KAFKA_DATA_DIR", &self.data)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "{script} failed");
+    }
+
+    fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for OwnKafka {
+    fn drop(&mut self) {
+        let _ = Command::new(Self::script("stop.sh"))
+            .arg("--clean")
+            .env("KAFKA_PORT", self.port.to_string())
+            .env("KAFKA_DATA_DIR", &self.data)
+            .status();
+    }
+}
+
+/// Two free neighbouring ports (client and controller).
+fn free_port_pair() -> u16 {
+    for _ in 0..50 {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if port < 65535
+            && TcpListener::bind(("127.0.0.1", port + 1)).is_ok()
+            && TcpListener::bind(("127.0.0.1", port)).is_ok()
+        {
+            return port;
+        }
+    }
+    panic!("no free port pair");
+}
+
+fn request(i: usize) -> PublishRequest {
+    PublishRequest {
+        envelope: Some(Envelope {
+            tenant_id: "acme".into(),
+            channel: Channel::Sms as i32,
+            direction: Direction::Inbound as i32,
+            conversation_id: format!("c-{i}"),
+            content: Some(Content::Text(Text {
+                body: format!("message {i}"),
+            })),
+            ..Default::default()
+        }),
+        sequence: 0,
+    }
+}
+
+/// Publishes until Kafka acknowledges; every failure meanwhile must be UNAVAILABLE.
+async fn publish_until_ok(
+    client: &mut IngestClient<tonic::transport::Channel>,
+    within: Duration,
+) -> switchboard_proto::v1::PublishResponse {
+    let deadline = Instant::now() + within;
+    loop {
+        match client.publish(request(100)).await {
+            Ok(ack) => return ack.into_inner(),
+            Err(status) => {
+                assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+                assert!(Instant::now() < deadline, "Kafka never acknowledged");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "starts its own Apache Kafka: run deploy/test.sh"]
+async fn publishes_fail_fast_while_kafka_is_down_and_recover_after() {
+    let _shared = testkit::real_kafka(); // only run where deploy/test.sh prepared Kafka
+    let kafka = OwnKafka {
+        port: free_port_pair(),
+        data: std::env::temp_dir().join(testkit::random_topic("outage")),
+    };
+    kafka.run("start.sh");
+    let config = BrokerConfig {
+        grpc_addr: "127.0.0.1:0".parse().unwrap(),
+        metrics_addr: None,
+        kafka: testkit::kafka_config(&kafka.bootstrap(), 3),
+        messages_topic: testkit::random_topic("outage.messages"),
+        ..BrokerConfig::default()
+    };
+    config
+        .kafka
+        .ensure_topics(&[&config.messages_topic])
+        .await
+        .unwrap();
+    let broker = Broker::bind(config).await.unwrap();
+    let addr = broker.local_addr();
+    let stop = Shutdown::new();
+    let server = tokio::spawn(broker.serve(stop.clone()));
+    let mut client = IngestClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    // A fresh Kafka takes a moment to elect the new topic's leaders.
+    publish_until_ok(&mut client, Duration::from_secs(60)).await;
+
+    kafka.run("stop.sh");
+    // Every publish while Kafka is down answers UNAVAILABLE within about a
+    // second (the ack timeout), and soon at once (the node knows Kafka is down).
+    let mut fastest = Duration::MAX;
+    for i in 1..=8 {
+        let started = Instant::now();
+        let status = client.publish(request(i)).await.unwrap_err();
+        let took = started.elapsed();
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+        assert!(
+            took < Duration::from_millis(1_800),
+            "publish {i} took {took:?}"
+        );
+        fastest = fastest.min(took);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        fastest < Duration::from_millis(200),
+        "fail-fast once Kafka is known down ({fastest:?})"
+    );
+
+    kafka.run("start.sh");
+    let recovered = publish_until_ok(&mut client, Duration::from_secs(60)).await;
+    assert!(!recovered.message_id.is_empty());
+
+    stop.cancel();
+    server.await.unwrap().unwrap();
+}
