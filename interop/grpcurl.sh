@@ -40,11 +40,13 @@ else
   fail "describe switchboard.v1.Envelope (rc=$rc)"
 fi
 
-# 3. Publish with -d JSON (proto3 JSON names, enums by name).
-g -d "{\"envelope\":{\"tenantId\":\"interop-grpcurl\",\"channel\":\"WEBCHAT\",\"direction\":\"INBOUND\",\"conversationId\":\"$run_id\",\"text\":{\"body\":\"hello from grpcurl\"}}}" \
+# 3. Publish with -d JSON (proto3 JSON names, enums by name). -emit-defaults
+#    shows partition and offset even when they are 0 (proto3 JSON omits zeros).
+g -emit-defaults -d "{\"envelope\":{\"tenantId\":\"interop-grpcurl\",\"channel\":\"WEBCHAT\",\"direction\":\"INBOUND\",\"conversationId\":\"$run_id\",\"text\":{\"body\":\"hello from grpcurl\"}}}" \
   "$ADDR" switchboard.v1.Ingest/Publish
-if [[ $rc -eq 0 ]] && grep -Eq '"messageId": "[0-9a-f-]{36}"' <<<"$out" && grep -q '"partition"' <<<"$out"; then
-  ok "Publish with -d JSON returns a messageId"
+if [[ $rc -eq 0 ]] && grep -Eq '"messageId": "[0-9a-f-]{36}"' <<<"$out" && grep -q '"partition"' <<<"$out" \
+   && grep -q '"offset"' <<<"$out"; then
+  ok "Publish with -d JSON returns a messageId, partition and offset"
 else
   fail "Publish with -d JSON (rc=$rc)"
 fi
