@@ -485,24 +485,25 @@ async fn outbound_envelopes_keep_what_consent_checks_need() {
             .await
             .unwrap();
     }
-    // Different conversations, so different partitions: wait for each.
-    analytics_until(&config, |e| e.tag == MessageTag::HumanAgent as i32).await;
-    let routed =
-        analytics_until(&config, |e| matches!(e.content, Some(Content::Template(_)))).await;
-    let sent = routed
-        .iter()
-        .find(|e| matches!(e.content, Some(Content::Template(_))))
-        .expect("template routed");
+    // Different conversations, so different partitions: read until each shows up.
+    let is_template = |e: &Envelope| matches!(e.content, Some(Content::Template(_)));
+    let is_tagged = |e: &Envelope| e.tag == MessageTag::HumanAgent as i32;
+    let sent = analytics_until(&config, is_template)
+        .await
+        .into_iter()
+        .find(is_template)
+        .unwrap();
+    let reply = analytics_until(&config, is_tagged)
+        .await
+        .into_iter()
+        .find(is_tagged)
+        .unwrap();
     assert_eq!(sent.direction(), Direction::Outbound);
     assert!(
         matches!(&sent.content, Some(Content::Template(t)) if t.name == "order_update" && t.parameters == ["#1234"])
     );
-    let reply = routed
-        .iter()
-        .find(|e| e.tag == MessageTag::HumanAgent as i32)
-        .unwrap();
     assert_eq!(
-        (reply.direction(), text(reply)),
+        (reply.direction(), text(&reply)),
         (Direction::Outbound, "An agent here")
     );
     pipeline.stop().await.unwrap();

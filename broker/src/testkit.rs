@@ -103,6 +103,8 @@ pub fn topic_size(bootstrap: &str, topic: &str) -> i64 {
 pub struct RecordingBot {
     seen: Arc<Mutex<Vec<Envelope>>>,
     delay: Duration,
+    /// Extra delay of up to this much, chosen per message from its id.
+    jitter: Duration,
 }
 
 impl RecordingBot {
@@ -112,6 +114,30 @@ impl RecordingBot {
             delay,
             ..Self::default()
         }
+    }
+
+    /// A bot that takes between `min` and `max` per message, varying
+    /// pseudo-randomly (and repeatably) with the message id.
+    pub fn with_random_delay(min: Duration, max: Duration) -> Self {
+        Self {
+            delay: min,
+            jitter: max.saturating_sub(min),
+            ..Self::default()
+        }
+    }
+
+    /// The delay this bot takes for `envelope`.
+    pub fn delay_for(&self, envelope: &Envelope) -> Duration {
+        if self.jitter.is_zero() {
+            return self.delay;
+        }
+        let hash = envelope
+            .message_id
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+            });
+        self.delay + self.jitter.mul_f64((hash % 1_000) as f64 / 1_000.0)
     }
 
     /// Everything received so far, in arrival order.
@@ -140,13 +166,14 @@ impl Bot for RecordingBot {
         &self,
         request: tonic::Request<BotRequest>,
     ) -> Result<tonic::Response<BotResponse>, tonic::Status> {
-        if !self.delay.is_zero() {
-            tokio::time::sleep(self.delay).await;
-        }
         let envelope = request
             .into_inner()
             .envelope
             .ok_or_else(|| tonic::Status::invalid_argument("no envelope"))?;
+        let delay = self.delay_for(&envelope);
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         self.seen.lock().expect("lock").push(envelope);
         Ok(tonic::Response::new(BotResponse::default()))
     }

@@ -35,8 +35,12 @@ pub struct WorkersConfig {
     pub rules_file: Option<PathBuf>,
     /// Bots, by the name rules use for them.
     pub bots: BTreeMap<String, BotConfig>,
-    /// Most messages fetched but not yet routed, per partition.
+    /// Most messages of one partition in flight at once. Different
+    /// conversations are routed concurrently up to this bound; one
+    /// conversation's messages always go one after the other.
     pub max_in_flight_per_partition: usize,
+    /// Most messages in flight at once over all partitions of a worker.
+    pub max_in_flight_per_worker: usize,
     /// Channel message ids remembered per partition to drop copies that
     /// reached Kafka twice (through different ingestion nodes, or after a
     /// node's dedupe window). Rebuilt from Kafka when a partition is taken
@@ -67,6 +71,7 @@ impl Default for WorkersConfig {
             rules_file: None,
             bots: BTreeMap::new(),
             max_in_flight_per_partition: 256,
+            max_in_flight_per_worker: 4096,
             dedupe_lookback: 10_000,
             retry_backoff: Duration::from_millis(100),
             retry_backoff_max: Duration::from_secs(5),
@@ -84,6 +89,10 @@ impl WorkersConfig {
         anyhow::ensure!(
             config.max_in_flight_per_partition > 0,
             "max_in_flight_per_partition must be at least 1"
+        );
+        anyhow::ensure!(
+            config.max_in_flight_per_worker > 0,
+            "max_in_flight_per_worker must be at least 1"
         );
         anyhow::ensure!(!config.group_id.is_empty(), "group_id must not be empty");
         Ok(config)

@@ -20,6 +20,8 @@ use std::{
     time::Duration,
 };
 
+use futures::FutureExt as _;
+use futures::future::Shared;
 use prost::Message as _;
 use rdkafka::{
     ClientContext, Message,
@@ -30,10 +32,13 @@ use rdkafka::{
 };
 use switchboard_broker::{kafka::KafkaConfig, shutdown::Shutdown};
 use switchboard_proto::v1::Envelope;
-use tokio::{sync::mpsc, task::JoinHandle};
+use tokio::{
+    sync::{Semaphore, mpsc, oneshot},
+    task::{JoinHandle, JoinSet},
+};
 use tokio_util::sync::CancellationToken;
 
-use crate::{config::WorkersConfig, dedupe::RecentIds, router::Router};
+use crate::{config::WorkersConfig, dedupe::RecentIds, offsets::OffsetTracker, router::Router};
 
 /// Records revocations seen during a rebalance, for the loop to act on.
 #[derive(Default)]
@@ -81,6 +86,7 @@ pub struct Worker {
     kafka: KafkaConfig,
     dedupe_lookback: usize,
     queue_len: usize,
+    worker_permits: Arc<Semaphore>,
     grace: Duration,
 }
 
@@ -106,6 +112,7 @@ impl Worker {
             kafka: config.kafka.clone(),
             dedupe_lookback: config.dedupe_lookback,
             queue_len: config.max_in_flight_per_partition,
+            worker_permits: Arc::new(Semaphore::new(config.max_in_flight_per_worker)),
             grace: config.shutdown_grace,
         })
     }
@@ -156,6 +163,8 @@ impl Worker {
                             dedupe_lookback: self.dedupe_lookback,
                             topic: topic.clone(),
                             partition: *partition,
+                            max_in_flight: self.queue_len,
+                            worker_permits: self.worker_permits.clone(),
                         },
                         rx,
                         no_new_work.clone(),
@@ -194,79 +203,140 @@ struct PartitionContext {
     dedupe_lookback: usize,
     topic: String,
     partition: i32,
+    /// Most messages of this partition in flight at once.
+    max_in_flight: usize,
+    /// Shared by all partitions of this worker.
+    worker_permits: Arc<Semaphore>,
 }
 
-/// Routes one partition's messages in order, storing each offset when done.
+/// Signals that a conversation's message is done, so its next may start.
+type Done = Shared<oneshot::Receiver<()>>;
+
+/// Routes one partition: conversations concurrently, each one strictly in
+/// order, and stores the contiguous prefix of completed offsets.
+///
 /// First rebuilds the partition's recent channel message ids from Kafka, so
-/// copies of a message that reached Kafka twice are routed once.
+/// copies of a message that reached Kafka twice are routed once. Messages
+/// are taken in offset order; each waits for the previous message of its
+/// conversation (if still running) and then routes on its own task. At most
+/// `max_in_flight` messages of the partition, and the worker's bound over
+/// all partitions, run at once. Dropping this future (on revoke) drops every
+/// task it started; nothing they did not finish gets stored.
 async fn route_partition(
     cx: PartitionContext,
     mut queue: mpsc::Receiver<OwnedMessage>,
     no_new_work: CancellationToken,
     abort: CancellationToken,
 ) {
-    let PartitionContext {
-        consumer,
-        router,
-        kafka,
-        dedupe_lookback,
-        topic,
-        partition,
-    } = cx;
     let routed = metrics::counter!("switchboard_worker_records_total", "outcome" => "routed");
     let poison = metrics::counter!("switchboard_worker_records_total", "outcome" => "poison");
     let duplicate = metrics::counter!("switchboard_worker_records_total", "outcome" => "duplicate");
+    let partition = cx.partition;
     let mut recent: Option<RecentIds> = None;
-    while let Some(message) = queue.recv().await {
-        if no_new_work.is_cancelled() {
-            break;
-        }
-        let recent = match &mut recent {
-            Some(recent) => recent,
-            None => {
-                let (kafka, topic, before) = (kafka.clone(), topic.clone(), message.offset());
-                let rebuilt = tokio::task::spawn_blocking(move || {
-                    RecentIds::rebuild(&kafka, &topic, partition, before, dedupe_lookback)
-                })
-                .await;
-                recent.insert(match rebuilt {
-                    Ok(Ok(ids)) => ids,
+    let mut tasks: JoinSet<(i64, String, bool)> = JoinSet::new();
+    // The last message started per conversation, while it runs.
+    let mut lanes: HashMap<String, (i64, Done)> = HashMap::new();
+    let mut offsets = OffsetTracker::default();
+    let mut open = true;
+    loop {
+        tokio::select! {
+            biased;
+            Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
+                let Ok((offset, key, completed)) = joined else { continue };
+                if lanes.get(&key).is_some_and(|(latest, _)| *latest == offset) {
+                    lanes.remove(&key);
+                }
+                if completed {
+                    routed.increment(1);
+                    store(&cx, offsets.complete(offset));
+                }
+            }
+            next = queue.recv(), if open && tasks.len() < cx.max_in_flight => {
+                let Some(message) = next.filter(|_| !no_new_work.is_cancelled()) else {
+                    open = false;
+                    continue;
+                };
+                let offset = message.offset();
+                offsets.start(offset);
+                let recent = match &mut recent {
+                    Some(recent) => recent,
+                    None => recent.insert(rebuild_recent_ids(&cx, offset).await),
+                };
+                let envelope = match message.payload().map(Envelope::decode) {
+                    Some(Ok(envelope)) => envelope,
                     other => {
-                        tracing::warn!(?other, partition, "cannot rebuild dedupe ids; copies from before this point may be routed again");
-                        RecentIds::new(dedupe_lookback)
+                        poison.increment(1);
+                        let error = other.map(|r| r.err().map(|e| e.to_string()));
+                        tracing::error!(?error, partition, offset, "undecodable message skipped");
+                        store(&cx, offsets.complete(offset));
+                        continue;
                     }
-                })
+                };
+                if recent.is_duplicate(&envelope) {
+                    duplicate.increment(1);
+                    tracing::debug!(partition, offset, "copy of an earlier channel message dropped");
+                    store(&cx, offsets.complete(offset));
+                    continue;
+                }
+                let Ok(permit) = cx.worker_permits.clone().acquire_owned().await else { break };
+                let key = envelope.conversation_key();
+                let (done_tx, done_rx) = oneshot::channel();
+                let previous = lanes.insert(key.clone(), (offset, done_rx.shared())).map(|(_, done)| done);
+                let (router, abort, no_new_work) = (cx.router.clone(), abort.clone(), no_new_work.clone());
+                tasks.spawn(async move {
+                    let _permit = permit;
+                    // In order within the conversation: wait for the one before.
+                    if let Some(previous) = previous
+                        && previous.await.is_err()
+                    {
+                        return (offset, key, false); // it did not finish: neither may this
+                    }
+                    if no_new_work.is_cancelled() {
+                        return (offset, key, false);
+                    }
+                    let completed = router.route(envelope, &abort).await.is_ok();
+                    if completed {
+                        let _ = done_tx.send(());
+                    }
+                    (offset, key, completed)
+                });
             }
-        };
-        match message.payload().map(Envelope::decode) {
-            Some(Ok(envelope)) if recent.is_duplicate(&envelope) => {
-                duplicate.increment(1);
-                tracing::debug!(
-                    partition,
-                    offset = message.offset(),
-                    "copy of an earlier channel message dropped"
-                );
-            }
-            Some(Ok(envelope)) => match router.route(envelope, &abort).await {
-                Ok(_) => routed.increment(1),
-                Err(_interrupted) => break,
-            },
-            Some(Err(e)) => {
-                poison.increment(1);
-                tracing::error!(error = %e, partition, offset = message.offset(), "undecodable message skipped");
-            }
-            None => {
-                poison.increment(1);
-                tracing::error!(
-                    partition,
-                    offset = message.offset(),
-                    "message without payload skipped"
-                );
-            }
+            else => break,
         }
-        if let Err(e) = consumer.store_offset(&topic, partition, message.offset()) {
-            // The partition was revoked meanwhile; its new owner redoes this message.
-            tracing::debug!(error = %e, partition, "offset not stored");
+    }
+}
+
+/// Stores `safe` (when it moved) as the partition's next commit.
+fn store(cx: &PartitionContext, safe: Option<i64>) {
+    if let Some(offset) = safe
+        && let Err(e) = cx.consumer.store_offset(&cx.topic, cx.partition, offset)
+    {
+        // The partition was revoked meanwhile; its new owner redoes the rest.
+        tracing::debug!(error = %e, partition = cx.partition, "offset not stored");
+    }
+}
+
+/// The partition's recent channel message ids, read back from Kafka.
+async fn rebuild_recent_ids(cx: &PartitionContext, before: i64) -> RecentIds {
+    let (kafka, topic, partition, lookback) = (
+        cx.kafka.clone(),
+        cx.topic.clone(),
+        cx.partition,
+        cx.dedupe_lookback,
+    );
+    match tokio::task::spawn_blocking(move || {
+        RecentIds::rebuild(&kafka, &topic, partition, before, lookback)
+    })
+    .await
+    {
+        Ok(Ok(ids)) => ids,
+        other => {
+            tracing::warn!(
+                ?other,
+                partition,
+                "cannot rebuild dedupe ids; earlier copies may be routed again"
+            );
+            RecentIds::new(lookback)
         }
     }
 }

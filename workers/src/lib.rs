@@ -12,6 +12,7 @@
 //! - [`dedupe`]: drops copies of a channel message that reached Kafka twice.
 //! - [`destinations`]: one folder per destination kind (`bot`, `agent`,
 //!   `analytics`), each with its config and its delivery code.
+//! - [`offsets`]: the contiguous prefix of completed offsets, safe to commit.
 //! - [`router`]: decides and delivers one message, retrying transient failures.
 //! - [`consumer`]: the at-least-once consume loop: an offset is stored only
 //!   after every destination acknowledged the message, and stored offsets are
@@ -23,5 +24,6 @@ pub mod config;
 pub mod consumer;
 pub mod dedupe;
 pub mod destinations;
+pub mod offsets;
 pub mod router;
 pub mod rules;
