@@ -65,6 +65,7 @@ impl Embedded {
             &pipeline_config.messages_topic,
             &pipeline_config.analytics_topic,
             &pipeline_config.agent_queue_topic,
+            &pipeline_config.dlq_topic,
         ] {
             mock.create_topic(topic, config.partitions, 1)?;
         }

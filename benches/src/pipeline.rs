@@ -23,6 +23,8 @@ pub struct PipelineConfig {
     pub analytics_topic: String,
     /// Agent-queue topic.
     pub agent_queue_topic: String,
+    /// Dead-letter topic.
+    pub dlq_topic: String,
     /// Consumer group of the workers.
     pub group_id: String,
     /// Routing rules file; the bot is known to the rules as `bot_name`.
@@ -35,6 +37,10 @@ pub struct PipelineConfig {
     pub bot_addr: SocketAddr,
     /// Number of routing workers (consumer group members).
     pub workers: usize,
+    /// Delivery attempts per destination before the dead-letter topic.
+    pub max_attempts: u32,
+    /// First retry delay.
+    pub retry_backoff: Duration,
 }
 
 impl PipelineConfig {
@@ -46,12 +52,15 @@ impl PipelineConfig {
             messages_topic: defaults.messages_topic,
             analytics_topic: defaults.analytics_topic,
             agent_queue_topic: defaults.agent_queue_topic,
+            dlq_topic: defaults.dlq_topic,
             group_id: defaults.group_id,
             rules_file: None,
             bot_name: "echo".into(),
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             bot_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             workers: 1,
+            max_attempts: defaults.max_attempts,
+            retry_backoff: defaults.retry_backoff,
         }
     }
 
@@ -78,6 +87,7 @@ impl PipelineConfig {
             messages_topic: self.messages_topic.clone(),
             analytics_topic: self.analytics_topic.clone(),
             agent_queue_topic: self.agent_queue_topic.clone(),
+            dlq_topic: self.dlq_topic.clone(),
             rules_file: self.rules_file.clone(),
             bots: BTreeMap::from([(
                 self.bot_name.clone(),
@@ -88,6 +98,8 @@ impl PipelineConfig {
             )]),
             metrics_addr: None,
             shutdown_grace: Duration::from_secs(5),
+            max_attempts: self.max_attempts,
+            retry_backoff: self.retry_backoff,
             ..WorkersConfig::default()
         }
     }

@@ -30,6 +30,9 @@ pub struct WorkersConfig {
     pub analytics_topic: String,
     /// Topic that receives agent-bound messages, keyed by queue name.
     pub agent_queue_topic: String,
+    /// Dead-letter topic: messages that could not be decoded, or that a
+    /// destination refused for good, with headers saying why.
+    pub dlq_topic: String,
     /// Routing rules file (TOML). Without one, every message goes to the
     /// rules' default destination, analytics.
     pub rules_file: Option<PathBuf>,
@@ -46,6 +49,10 @@ pub struct WorkersConfig {
     /// node's dedupe window). Rebuilt from Kafka when a partition is taken
     /// over. 0 turns this check off.
     pub dedupe_lookback: usize,
+    /// Delivery attempts per destination before a message goes to the
+    /// dead-letter topic and its conversation moves on; 0 retries transient
+    /// failures forever (the conversation waits).
+    pub max_attempts: u32,
     /// First delay before retrying a destination that failed transiently;
     /// it doubles per attempt up to `retry_backoff_max`.
     #[serde(with = "humantime_serde")]
@@ -68,11 +75,13 @@ impl Default for WorkersConfig {
             messages_topic: "switchboard.messages.v1".into(),
             analytics_topic: "switchboard.analytics.v1".into(),
             agent_queue_topic: "switchboard.agent-queue.v1".into(),
+            dlq_topic: "switchboard.dlq.v1".into(),
             rules_file: None,
             bots: BTreeMap::new(),
             max_in_flight_per_partition: 256,
             max_in_flight_per_worker: 4096,
             dedupe_lookback: 10_000,
+            max_attempts: 8,
             retry_backoff: Duration::from_millis(100),
             retry_backoff_max: Duration::from_secs(5),
             metrics_addr: Some(SocketAddr::from(([127, 0, 0, 1], 9465))),

@@ -38,7 +38,12 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::{config::WorkersConfig, dedupe::RecentIds, offsets::OffsetTracker, router::Router};
+use crate::{
+    config::WorkersConfig,
+    dedupe::RecentIds,
+    offsets::OffsetTracker,
+    router::{Router, Source},
+};
 
 /// Records revocations seen during a rebalance, for the loop to act on.
 #[derive(Default)]
@@ -247,7 +252,9 @@ async fn route_partition(
                     lanes.remove(&key);
                 }
                 if completed {
-                    routed.increment(1);
+                    if !key.is_empty() {
+                        routed.increment(1);
+                    }
                     store(&cx, offsets.complete(offset));
                 }
             }
@@ -265,10 +272,19 @@ async fn route_partition(
                 let envelope = match message.payload().map(Envelope::decode) {
                     Some(Ok(envelope)) => envelope,
                     other => {
+                        // Poison: straight to the dead-letter topic, in no conversation's lane.
                         poison.increment(1);
-                        let error = other.map(|r| r.err().map(|e| e.to_string()));
-                        tracing::error!(?error, partition, offset, "undecodable message skipped");
-                        store(&cx, offsets.complete(offset));
+                        let error = match other {
+                            Some(Err(e)) => e.to_string(),
+                            _ => "no payload".to_owned(),
+                        };
+                        let payload = message.payload().unwrap_or_default().to_vec();
+                        let (router, abort, topic) = (cx.router.clone(), abort.clone(), cx.topic.clone());
+                        tasks.spawn(async move {
+                            let source = Source { topic: &topic, partition, offset };
+                            let done = router.dead_letter_poison(&payload, &error, source, &abort).await.is_ok();
+                            (offset, String::new(), done)
+                        });
                         continue;
                     }
                 };
@@ -283,6 +299,7 @@ async fn route_partition(
                 let (done_tx, done_rx) = oneshot::channel();
                 let previous = lanes.insert(key.clone(), (offset, done_rx.shared())).map(|(_, done)| done);
                 let (router, abort, no_new_work) = (cx.router.clone(), abort.clone(), no_new_work.clone());
+                let topic = cx.topic.clone();
                 tasks.spawn(async move {
                     let _permit = permit;
                     // In order within the conversation: wait for the one before.
@@ -294,7 +311,8 @@ async fn route_partition(
                     if no_new_work.is_cancelled() {
                         return (offset, key, false);
                     }
-                    let completed = router.route(envelope, &abort).await.is_ok();
+                    let source = Source { topic: &topic, partition, offset };
+                    let completed = router.route(envelope, source, &abort).await.is_ok();
                     if completed {
                         let _ = done_tx.send(());
                     }

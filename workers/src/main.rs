@@ -54,6 +54,7 @@ async fn main() -> anyhow::Result<()> {
         config.messages_topic.as_str(),
         config.analytics_topic.as_str(),
         config.agent_queue_topic.as_str(),
+        config.dlq_topic.as_str(),
     ];
     tokio::select! {
         created = config.kafka.ensure_topics(&topics) => created?,

@@ -1,18 +1,21 @@
 //! Decides where one message goes and delivers it there.
 //!
-//! A message is done only when every destination has acknowledged it:
-//! the rule's bots and agent queues, then analytics. Transient failures are
-//! retried with jittered exponential backoff, holding back only this message
-//! (and so its partition); fatal ones are logged and counted.
+//! A message is done when every destination of its rule has acknowledged it
+//! or has failed for good, and analytics has it. Transient failures are
+//! retried with jittered exponential backoff, up to `max_attempts` per
+//! destination; this holds back only the message's own conversation. A
+//! destination that fails for good (a fatal error, or the retry budget
+//! spent) sends the message to the dead-letter topic, with headers saying
+//! why, and the conversation continues.
 
 use std::{
-    collections::HashMap,
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
 
 use futures::future::join_all;
+use prost::Message as _;
 use switchboard_proto::v1::{
     AgentTask, AnalyticsRecord, BotRequest, Destination, Envelope, RouteDecision, destination,
 };
@@ -20,7 +23,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     config::WorkersConfig,
-    destinations::{DestinationError, bot::BotDestination, topics::TopicOutputs},
+    destinations::{
+        DestinationError,
+        bot::BotDestination,
+        topics::{DeadLetter, TopicOutputs},
+    },
     rules::{DestinationSpec, RuleSet},
 };
 
@@ -30,6 +37,24 @@ use crate::{
 #[error("routing interrupted")]
 pub struct Interrupted;
 
+/// Where a message was read from.
+#[derive(Debug, Clone, Copy)]
+pub struct Source<'a> {
+    /// Topic.
+    pub topic: &'a str,
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+}
+
+/// A destination that failed for good.
+struct Failure {
+    destination: String,
+    error: DestinationError,
+    attempts: u32,
+}
+
 /// Routes messages according to a rule set.
 pub struct Router {
     rules: Arc<RuleSet>,
@@ -37,6 +62,7 @@ pub struct Router {
     outputs: TopicOutputs,
     backoff: Duration,
     backoff_max: Duration,
+    max_attempts: u32,
 }
 
 impl Router {
@@ -55,22 +81,20 @@ impl Router {
         Ok(Self {
             rules: Arc::new(rules),
             bots,
-            outputs: TopicOutputs::new(
-                &config.kafka,
-                &config.agent_queue_topic,
-                &config.analytics_topic,
-            )?,
+            outputs: TopicOutputs::new(config)?,
             backoff: config.retry_backoff,
             backoff_max: config.retry_backoff_max,
+            max_attempts: config.max_attempts,
         })
     }
 
-    /// Routes one envelope. Returns its decision once every destination has
-    /// acknowledged it (or failed for good), or [`Interrupted`] if `stop`
-    /// fired first.
+    /// Routes one envelope read from `source`. Returns its decision once
+    /// every destination has acknowledged it or failed for good (and was
+    /// dead-lettered), or [`Interrupted`] if `stop` fired first.
     pub async fn route(
         &self,
         envelope: Envelope,
+        source: Source<'_>,
         stop: &CancellationToken,
     ) -> Result<RouteDecision, Interrupted> {
         let decision = self.rules.decide(&envelope);
@@ -80,7 +104,7 @@ impl Router {
             "rule"
         };
         metrics::counter!("switchboard_route_decisions_total", "matched" => matched).increment(1);
-        let route = RouteDecision {
+        let mut route = RouteDecision {
             message_id: envelope.message_id.clone(),
             rule_id: decision.rule_id.to_owned(),
             reason: if decision.rule_id == "default" {
@@ -95,40 +119,103 @@ impl Router {
             .destinations
             .iter()
             .map(|spec| self.deliver(spec, &envelope, &route, stop));
+        let mut failures = Vec::new();
         for result in join_all(deliveries).await {
-            result?;
+            failures.extend(result?);
         }
         let key = envelope.conversation_key();
+        for failure in &failures {
+            route.reason.push_str(&format!(
+                "; {} failed, sent to the dead-letter topic",
+                failure.destination
+            ));
+            let letter = DeadLetter {
+                key: &key,
+                payload: envelope.encode_to_vec(),
+                error: failure.error.to_string(),
+                destination: &failure.destination,
+                attempts: failure.attempts,
+                source,
+            };
+            self.dead_letter("destination", &letter, stop).await?;
+        }
         let record = AnalyticsRecord {
             envelope: Some(envelope),
             decision: Some(route),
         };
-        self.retrying("analytics", stop, || self.outputs.analytics(&key, &record))
-            .await?;
+        self.retrying("analytics", 0, stop, || {
+            self.outputs.analytics(&key, &record)
+        })
+        .await?
+        .map_err(|_| Interrupted)?;
         Ok(record.decision.expect("set above"))
     }
 
+    /// Sends a record that cannot be decoded straight to the dead-letter topic.
+    pub async fn dead_letter_poison(
+        &self,
+        payload: &[u8],
+        error: &str,
+        source: Source<'_>,
+        stop: &CancellationToken,
+    ) -> Result<(), Interrupted> {
+        let letter = DeadLetter {
+            key: "",
+            payload: payload.to_vec(),
+            error: format!("undecodable: {error}"),
+            destination: "none",
+            attempts: 0,
+            source,
+        };
+        self.dead_letter("poison", &letter, stop).await
+    }
+
+    /// Writes to the dead-letter topic, retrying until Kafka takes it.
+    async fn dead_letter(
+        &self,
+        reason: &'static str,
+        letter: &DeadLetter<'_>,
+        stop: &CancellationToken,
+    ) -> Result<(), Interrupted> {
+        tracing::warn!(
+            reason,
+            destination = letter.destination,
+            partition = letter.source.partition,
+            offset = letter.source.offset,
+            "message sent to the dead-letter topic"
+        );
+        self.retrying("dlq", 0, stop, || self.outputs.dead_letter(letter))
+            .await?
+            .map_err(|_| Interrupted)?;
+        metrics::counter!("switchboard_dlq_records_total", "reason" => reason).increment(1);
+        Ok(())
+    }
+
+    /// Delivers to one destination; `Some` when it failed for good.
     async fn deliver(
         &self,
         spec: &DestinationSpec,
         envelope: &Envelope,
         route: &RouteDecision,
         stop: &CancellationToken,
-    ) -> Result<(), Interrupted> {
-        match spec {
+    ) -> Result<Option<Failure>, Interrupted> {
+        let (destination, outcome) = match spec {
             DestinationSpec::Bot(name) => {
                 let bot = &self.bots[name]; // checked when the rules were loaded
                 let request = BotRequest {
                     envelope: Some(envelope.clone()),
                     decision: Some(route.clone()),
                 };
-                if let Some(response) = self
-                    .retrying("bot", stop, || bot.handle(request.clone()))
-                    .await?
-                {
+                let outcome = self
+                    .retrying("bot", self.max_attempts, stop, || {
+                        bot.handle(request.clone())
+                    })
+                    .await?;
+                if let Ok(response) = &outcome {
                     metrics::counter!("switchboard_bot_replies_total")
                         .increment(response.replies.len() as u64);
                 }
+                (format!("bot:{name}"), outcome.map(|_| ()))
             }
             DestinationSpec::Agent(queue) => {
                 let task = AgentTask {
@@ -136,29 +223,40 @@ impl Router {
                     envelope: Some(envelope.clone()),
                     decision: Some(route.clone()),
                 };
-                self.retrying("agent", stop, || self.outputs.agent(&task))
+                let outcome = self
+                    .retrying("agent", self.max_attempts, stop, || {
+                        self.outputs.agent(&task)
+                    })
                     .await?;
+                (format!("agent:{queue}"), outcome)
             }
             // Every message reaches analytics once, after its other destinations.
-            DestinationSpec::Analytics => {}
-        }
-        Ok(())
+            DestinationSpec::Analytics => return Ok(None),
+        };
+        Ok(outcome.err().map(|(error, attempts)| Failure {
+            destination,
+            error,
+            attempts,
+        }))
     }
 
-    /// Runs `attempt` until it succeeds, fails for good (`Ok(None)`), or
-    /// `stop` fires.
+    /// Runs `attempt` until it succeeds, fails for good (a fatal error, or
+    /// `max_attempts` attempts; 0 means no limit), or `stop` fires.
     async fn retrying<T, F, Fut>(
         &self,
         kind: &'static str,
+        max_attempts: u32,
         stop: &CancellationToken,
         mut attempt: F,
-    ) -> Result<Option<T>, Interrupted>
+    ) -> Result<Result<T, (DestinationError, u32)>, Interrupted>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, DestinationError>>,
     {
         let mut delay = self.backoff;
+        let mut attempts = 0;
         loop {
+            attempts += 1;
             let started = Instant::now();
             let result = tokio::select! {
                 r = attempt() => r,
@@ -166,22 +264,21 @@ impl Router {
             };
             metrics::histogram!("switchboard_destination_duration_seconds", "kind" => kind)
                 .record(started.elapsed().as_secs_f64());
-            match result {
+            let error = match result {
                 Ok(value) => {
-                    metrics::counter!("switchboard_route_decisions_total", "kind" => kind)
+                    metrics::counter!("switchboard_destination_deliveries_total", "kind" => kind)
                         .increment(1);
-                    return Ok(Some(value));
+                    return Ok(Ok(value));
                 }
-                Err(error) => {
-                    metrics::counter!("switchboard_destination_errors_total", "kind" => kind)
-                        .increment(1);
-                    if !error.retryable {
-                        tracing::error!(%error, "giving up on destination");
-                        return Ok(None);
-                    }
-                    tracing::warn!(%error, retry_in = ?delay, "destination failed, retrying");
-                }
+                Err(error) => error,
+            };
+            metrics::counter!("switchboard_destination_errors_total", "kind" => kind).increment(1);
+            if !error.retryable || (max_attempts > 0 && attempts >= max_attempts) {
+                tracing::error!(%error, attempts, "giving up on destination");
+                return Ok(Err((error, attempts)));
             }
+            tracing::warn!(%error, retry_in = ?delay, "destination failed, retrying");
+            metrics::counter!("switchboard_destination_retries_total", "kind" => kind).increment(1);
             let jittered = delay.mul_f64(rand::random_range(0.5..1.0));
             tokio::select! {
                 _ = tokio::time::sleep(jittered) => {}

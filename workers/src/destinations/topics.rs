@@ -1,33 +1,67 @@
-//! Kafka-topic destinations: the agent-queue topic and the analytics topic.
+//! Kafka-topic destinations: the agent-queue topic, the analytics topic and
+//! the dead-letter topic.
 //!
-//! Both are written with the same idempotent, `acks=all`, `murmur2`
+//! All are written with the same idempotent, `acks=all`, `murmur2`
 //! producer settings as the ingestion node, so a delivery counts only once
 //! Kafka has it.
 
 use std::time::Duration;
 
 use prost::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use switchboard_broker::kafka::KafkaConfig;
+use rdkafka::{
+    message::{Header, OwnedHeaders},
+    producer::{FutureProducer, FutureRecord},
+};
 use switchboard_proto::v1::{AgentTask, AnalyticsRecord};
 
 use super::DestinationError;
+use crate::{config::WorkersConfig, router::Source};
 
-/// The producer and topic names for agent queues and analytics.
+/// A message that could not be delivered, for the dead-letter topic.
+pub struct DeadLetter<'a> {
+    /// Kafka key: the conversation key, empty when unknown.
+    pub key: &'a str,
+    /// The original record's value.
+    pub payload: Vec<u8>,
+    /// Why delivery failed.
+    pub error: String,
+    /// The destination that failed (`bot:NAME`, `agent:QUEUE`, or `none`).
+    pub destination: &'a str,
+    /// Delivery attempts made.
+    pub attempts: u32,
+    /// Where the message was read from.
+    pub source: Source<'a>,
+}
+
+/// Dead-letter record headers.
+pub mod headers {
+    /// Why delivery failed.
+    pub const ERROR: &str = "switchboard-error";
+    /// The destination that failed.
+    pub const DESTINATION: &str = "switchboard-destination";
+    /// Delivery attempts made.
+    pub const ATTEMPTS: &str = "switchboard-attempts";
+    /// Topic the message was read from.
+    pub const ORIGINAL_TOPIC: &str = "switchboard-original-topic";
+    /// Partition the message was read from.
+    pub const ORIGINAL_PARTITION: &str = "switchboard-original-partition";
+    /// Offset the message was read from.
+    pub const ORIGINAL_OFFSET: &str = "switchboard-original-offset";
+}
+
+/// The producer and topic names of the Kafka-topic destinations.
 pub struct TopicOutputs {
     producer: FutureProducer,
     agent_queue_topic: String,
     analytics_topic: String,
+    dlq_topic: String,
 }
 
 impl TopicOutputs {
     /// Creates the producer.
-    pub fn new(
-        kafka: &KafkaConfig,
-        agent_queue_topic: &str,
-        analytics_topic: &str,
-    ) -> anyhow::Result<Self> {
-        let producer = kafka
+    pub fn new(config: &WorkersConfig) -> anyhow::Result<Self> {
+        let producer = config
+            .kafka
             .client_config(&[
                 ("acks", "all"),
                 ("enable.idempotence", "true"),
@@ -39,8 +73,9 @@ impl TopicOutputs {
             .create()?;
         Ok(Self {
             producer,
-            agent_queue_topic: agent_queue_topic.to_owned(),
-            analytics_topic: analytics_topic.to_owned(),
+            agent_queue_topic: config.agent_queue_topic.clone(),
+            analytics_topic: config.analytics_topic.clone(),
+            dlq_topic: config.dlq_topic.clone(),
         })
     }
 
@@ -50,7 +85,8 @@ impl TopicOutputs {
             "agent",
             &self.agent_queue_topic,
             &task.queue,
-            task.encode_to_vec(),
+            &task.encode_to_vec(),
+            OwnedHeaders::new(),
         )
         .await
     }
@@ -65,9 +101,36 @@ impl TopicOutputs {
             "analytics",
             &self.analytics_topic,
             key,
-            record.encode_to_vec(),
+            &record.encode_to_vec(),
+            OwnedHeaders::new(),
         )
         .await
+    }
+
+    /// Publishes a dead letter, with headers saying why and where it came from.
+    pub async fn dead_letter(&self, letter: &DeadLetter<'_>) -> Result<(), DestinationError> {
+        let (attempts, partition, offset) = (
+            letter.attempts.to_string(),
+            letter.source.partition.to_string(),
+            letter.source.offset.to_string(),
+        );
+        let headers = [
+            (headers::ERROR, letter.error.as_str()),
+            (headers::DESTINATION, letter.destination),
+            (headers::ATTEMPTS, attempts.as_str()),
+            (headers::ORIGINAL_TOPIC, letter.source.topic),
+            (headers::ORIGINAL_PARTITION, partition.as_str()),
+            (headers::ORIGINAL_OFFSET, offset.as_str()),
+        ]
+        .into_iter()
+        .fold(OwnedHeaders::new_with_capacity(6), |h, (key, value)| {
+            h.insert(Header {
+                key,
+                value: Some(value),
+            })
+        });
+        self.send("dlq", &self.dlq_topic, letter.key, &letter.payload, headers)
+            .await
     }
 
     async fn send(
@@ -75,22 +138,24 @@ impl TopicOutputs {
         kind: &'static str,
         topic: &str,
         key: &str,
-        payload: Vec<u8>,
+        payload: &[u8],
+        headers: OwnedHeaders,
     ) -> Result<(), DestinationError> {
-        let record = FutureRecord::to(topic).key(key).payload(&payload);
+        let record = FutureRecord::to(topic)
+            .key(key)
+            .payload(payload)
+            .headers(headers);
         self.producer
             .send(record, Duration::from_secs(5))
             .await
             .map(|_| ())
-            .map_err(|(e, _)| {
-                DestinationError {
-                    kind,
-                    name: topic.to_owned(),
-                    message: e.to_string(),
-                    // librdkafka already retried within message.timeout.ms; a
-                    // timeout or a full queue may still clear up.
-                    retryable: true,
-                }
+            .map_err(|(e, _)| DestinationError {
+                kind,
+                name: topic.to_owned(),
+                message: e.to_string(),
+                // librdkafka already retried within message.timeout.ms; a
+                // timeout or a full queue may still clear up.
+                retryable: true,
             })
     }
 }
