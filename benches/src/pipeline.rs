@@ -140,6 +140,7 @@ impl Pipeline {
 
         let workers_config = config.workers_config(bot_addr);
         let router = Arc::new(Router::new(&workers_config)?);
+        router.spawn_rules_reloader(workers_config.rules_reload_interval, shutdown.clone());
         for _ in 0..config.workers {
             let worker = Worker::new(&workers_config, router.clone())?;
             tasks.push(tokio::spawn(worker.run(shutdown.clone())));

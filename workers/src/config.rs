@@ -36,6 +36,10 @@ pub struct WorkersConfig {
     /// Routing rules file (TOML). Without one, every message goes to the
     /// rules' default destination, analytics.
     pub rules_file: Option<PathBuf>,
+    /// How often the rules file is checked for changes; a changed file is
+    /// reloaded without dropping messages.
+    #[serde(with = "humantime_serde")]
+    pub rules_reload_interval: Duration,
     /// Bots, by the name rules use for them.
     pub bots: BTreeMap<String, BotConfig>,
     /// Most messages of one partition in flight at once. Different
@@ -77,6 +81,7 @@ impl Default for WorkersConfig {
             agent_queue_topic: "switchboard.agent-queue.v1".into(),
             dlq_topic: "switchboard.dlq.v1".into(),
             rules_file: None,
+            rules_reload_interval: Duration::from_secs(1),
             bots: BTreeMap::new(),
             max_in_flight_per_partition: 256,
             max_in_flight_per_worker: 4096,

@@ -61,5 +61,6 @@ async fn main() -> anyhow::Result<()> {
         _ = shutdown.cancelled() => return Ok(()),
     }
     let router = Arc::new(Router::new(&config)?);
+    router.spawn_rules_reloader(config.rules_reload_interval, shutdown.clone());
     Worker::new(&config, router)?.run(shutdown).await
 }

@@ -7,12 +7,18 @@
 //! destination that fails for good (a fatal error, or the retry budget
 //! spent) sends the message to the dead-letter topic, with headers saying
 //! why, and the conversation continues.
+//!
+//! The rules file is re-read when it changes; a file that does not load is
+//! refused and the previous rules keep routing.
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::Arc,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime},
 };
+
+use arc_swap::ArcSwap;
 
 use futures::future::join_all;
 use prost::Message as _;
@@ -28,8 +34,12 @@ use crate::{
         bot::BotDestination,
         topics::{DeadLetter, TopicOutputs},
     },
-    rules::{DestinationSpec, RuleSet},
+    rules::{DestinationSpec, RuleSet, RulesError},
 };
+
+fn modified(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
 
 /// Routing stopped because the worker is shutting down or lost the partition;
 /// the message was not completed and will be redelivered.
@@ -55,9 +65,17 @@ struct Failure {
     attempts: u32,
 }
 
+/// The rules file and what its last accepted version was.
+struct RulesSource {
+    path: PathBuf,
+    known_bots: HashSet<String>,
+    modified: Mutex<Option<SystemTime>>,
+}
+
 /// Routes messages according to a rule set.
 pub struct Router {
-    rules: Arc<RuleSet>,
+    rules: ArcSwap<RuleSet>,
+    source: Option<RulesSource>,
     bots: HashMap<String, BotDestination>,
     outputs: TopicOutputs,
     backoff: Duration,
@@ -69,9 +87,21 @@ impl Router {
     /// Loads the rules and creates the bot clients and the producer.
     pub fn new(config: &WorkersConfig) -> anyhow::Result<Self> {
         let known: HashSet<&str> = config.bots.keys().map(String::as_str).collect();
-        let rules = match &config.rules_file {
-            Some(path) => RuleSet::load(path, &known)?,
-            None => RuleSet::default(),
+        let (rules, source) = match &config.rules_file {
+            Some(path) => {
+                let modified = modified(path);
+                let rules = RuleSet::load(path, &known)?;
+                let known_bots = known.iter().map(|b| (*b).to_owned()).collect();
+                (
+                    rules,
+                    Some(RulesSource {
+                        path: path.clone(),
+                        known_bots,
+                        modified: Mutex::new(modified),
+                    }),
+                )
+            }
+            None => (RuleSet::default(), None),
         };
         let bots = config
             .bots
@@ -79,13 +109,65 @@ impl Router {
             .map(|(name, c)| Ok((name.clone(), BotDestination::new(name, c)?)))
             .collect::<anyhow::Result<_>>()?;
         Ok(Self {
-            rules: Arc::new(rules),
+            rules: ArcSwap::from_pointee(rules),
+            source,
             bots,
             outputs: TopicOutputs::new(config)?,
             backoff: config.retry_backoff,
             backoff_max: config.retry_backoff_max,
             max_attempts: config.max_attempts,
         })
+    }
+
+    /// Re-reads the rules file if it changed since the last accepted
+    /// version. A file that does not load is refused and the current rules
+    /// stay; the same file is not tried again until it changes.
+    pub fn reload_rules_if_changed(&self) -> Result<bool, RulesError> {
+        let Some(source) = &self.source else {
+            return Ok(false);
+        };
+        let modified = modified(&source.path);
+        {
+            let mut last = source.modified.lock().expect("rules lock");
+            if *last == modified {
+                return Ok(false);
+            }
+            *last = modified;
+        }
+        let known: HashSet<&str> = source.known_bots.iter().map(String::as_str).collect();
+        match RuleSet::load(&source.path, &known) {
+            Ok(rules) => {
+                self.rules.store(Arc::new(rules));
+                metrics::counter!("switchboard_rules_reloads_total", "outcome" => "applied")
+                    .increment(1);
+                Ok(true)
+            }
+            Err(e) => {
+                metrics::counter!("switchboard_rules_reloads_total", "outcome" => "refused")
+                    .increment(1);
+                Err(e)
+            }
+        }
+    }
+
+    /// Checks the rules file every `interval` until `stop` fires.
+    pub fn spawn_rules_reloader(self: &Arc<Self>, interval: Duration, stop: CancellationToken) {
+        if self.source.is_none() {
+            return;
+        }
+        let router = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            while tokio::select! { _ = tick.tick() => true, _ = stop.cancelled() => false } {
+                match router.reload_rules_if_changed() {
+                    Ok(true) => tracing::info!("routing rules reloaded"),
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::error!(error = %e, "new routing rules refused; the previous rules stay in force")
+                    }
+                }
+            }
+        });
     }
 
     /// Routes one envelope read from `source`. Returns its decision once
@@ -97,7 +179,8 @@ impl Router {
         source: Source<'_>,
         stop: &CancellationToken,
     ) -> Result<RouteDecision, Interrupted> {
-        let decision = self.rules.decide(&envelope);
+        let rules = self.rules.load();
+        let decision = rules.decide(&envelope);
         let matched = if decision.rule_id == "default" {
             "default"
         } else {
