@@ -28,7 +28,7 @@ export SWITCHBOARD_TEST_KAFKA="$KAFKA_BOOTSTRAP"
 echo "test: Kafka at $SWITCHBOARD_TEST_KAFKA" >&2
 
 echo "test: cargo test (all tiers)" >&2
-cargo test --workspace "$@" -- --include-ignored
+cargo test --workspace --no-fail-fast "$@" -- --include-ignored
 
 if [[ -x interop/run.sh && $# -eq 0 ]]; then
   echo "test: interop checks (Python grpcio, grpcurl)" >&2

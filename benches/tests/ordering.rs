@@ -84,8 +84,9 @@ async fn ten_thousand_conversations_stay_in_order_under_a_slow_random_bot() {
         p.wait().await.unwrap();
     }
 
-    // A bot taking 5 to 50 ms per message, so later messages often finish first.
-    let bot = RecordingBot::with_random_delay(Duration::from_millis(5), Duration::from_millis(50));
+    // A bot taking 10 to 100 ms per message, so later messages often finish first.
+    let bot =
+        RecordingBot::with_random_delay(Duration::from_millis(10), Duration::from_millis(100));
     let started = std::time::Instant::now();
     let pipeline = Pipeline::start(&config, bot.clone()).await.unwrap();
     let total = CONVERSATIONS * PER_CONVERSATION;
