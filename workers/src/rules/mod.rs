@@ -16,16 +16,31 @@
 //! content = ["text"]                # text, media, location, interactive_reply,
 //!                                   # reaction, order, postback, status, template
 //! keywords = ["hello", "hi"]        # any of, case-insensitive substring of the text
+//! regex = ["(?i)order #\\d+"]        # any of, on the text
+//! languages = ["en"]                # the `language` attribute; `en` matches `en-US`
+//! referral_sources = ["ADS"]        # the referral's source
+//! when_open = "support"             # or when_closed: a calendar below
 //! destinations = [{ bot = "echo" }, { agent = "sales" }, "analytics"]
+//!
+//! [calendars.support]
+//! timezone = "Europe/Paris"
+//! mon = ["09:00-18:00"]             # days not listed are closed
 //! ```
 
-use std::{collections::HashSet, path::Path};
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    path::Path,
+    sync::Arc,
+};
 
 use serde::Deserialize;
 use switchboard_proto::v1::{Channel, Direction, Envelope, envelope::Content};
 
+mod calendar;
 #[cfg(test)]
 mod tests;
+
+pub use calendar::{Calendar, CalendarSpec};
 
 /// Where a rule sends a message.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -79,6 +94,21 @@ pub struct Rule {
     /// Case-insensitive substrings of the text body; any one matches. Empty matches all.
     #[serde(default)]
     pub keywords: Vec<String>,
+    /// Regular expressions on the text body; any one matches. Empty matches all.
+    #[serde(default)]
+    pub regex: Vec<String>,
+    /// Languages (the `language` attribute, e.g. `en` also matches `en-US`); empty matches all.
+    #[serde(default)]
+    pub languages: Vec<String>,
+    /// Referral sources (`ADS`, `SHORTLINK`, ...; case-insensitive); empty matches all.
+    #[serde(default)]
+    pub referral_sources: Vec<String>,
+    /// Matches only while this calendar is open (at the message's `received_at`).
+    #[serde(default)]
+    pub when_open: Option<String>,
+    /// Matches only while this calendar is closed (at the message's `received_at`).
+    #[serde(default)]
+    pub when_closed: Option<String>,
     /// Where matching messages go.
     pub destinations: Vec<DestinationSpec>,
 }
@@ -88,6 +118,8 @@ pub struct Rule {
 struct RulesFile {
     #[serde(default = "default_destinations")]
     default: Vec<DestinationSpec>,
+    #[serde(default)]
+    calendars: BTreeMap<String, CalendarSpec>,
     #[serde(default)]
     rules: Vec<Rule>,
 }
@@ -103,6 +135,10 @@ struct Compiled {
     channels: Vec<Channel>,
     direction: Option<Direction>,
     keywords: Vec<String>,
+    regex: Vec<regex::Regex>,
+    languages: Vec<String>,
+    /// The calendar, and whether the rule wants it open (true) or closed.
+    hours: Option<(Arc<Calendar>, bool)>,
 }
 
 /// A problem in a rules file, naming the rule and field.
@@ -172,6 +208,19 @@ impl RuleSet {
     pub fn parse(text: &str, known_bots: &HashSet<&str>) -> Result<Self, RulesError> {
         let file: RulesFile = toml::from_str(text)?;
         check_destinations("default", &file.default, known_bots)?;
+        let calendars: HashMap<&str, Arc<Calendar>> = file
+            .calendars
+            .iter()
+            .map(|(name, spec)| {
+                Calendar::compile(spec)
+                    .map(|c| (name.as_str(), Arc::new(c)))
+                    .map_err(|problem| RulesError::Invalid {
+                        rule: format!("calendars.{name}"),
+                        field: "calendar",
+                        problem,
+                    })
+            })
+            .collect::<Result<_, _>>()?;
         let mut ids = HashSet::new();
         let mut rules = Vec::with_capacity(file.rules.len());
         for (i, rule) in file.rules.into_iter().enumerate() {
@@ -226,11 +275,40 @@ impl RuleSet {
                 ));
             }
             let keywords = rule.keywords.iter().map(|k| k.to_lowercase()).collect();
+            let regex = rule
+                .regex
+                .iter()
+                .map(|r| regex::Regex::new(r).map_err(|e| invalid("regex", format!("{r:?}: {e}"))))
+                .collect::<Result<_, _>>()?;
+            let languages = rule.languages.iter().map(|l| l.to_lowercase()).collect();
+            let hours = match (&rule.when_open, &rule.when_closed) {
+                (Some(_), Some(_)) => {
+                    return Err(invalid(
+                        "when_open",
+                        "use when_open or when_closed, not both".into(),
+                    ));
+                }
+                (Some(name), None) | (None, Some(name)) => {
+                    let field = if rule.when_open.is_some() {
+                        "when_open"
+                    } else {
+                        "when_closed"
+                    };
+                    let calendar = calendars.get(name.as_str()).ok_or_else(|| {
+                        invalid(field, format!("no calendar {name:?} under [calendars]"))
+                    })?;
+                    Some((calendar.clone(), rule.when_open.is_some()))
+                }
+                (None, None) => None,
+            };
             rules.push(Compiled {
                 rule,
                 channels,
                 direction,
                 keywords,
+                regex,
+                languages,
+                hours,
             });
         }
         Ok(Self {
@@ -254,12 +332,22 @@ impl RuleSet {
     /// The first matching rule's decision, or the default.
     pub fn decide(&self, envelope: &Envelope) -> Decision<'_> {
         let text = match &envelope.content {
-            Some(Content::Text(t)) => Some(t.body.to_lowercase()),
+            Some(Content::Text(t)) => Some(t.body.as_str()),
             _ => None,
+        };
+        let message = Message {
+            envelope,
+            text,
+            lowercase: text.map(str::to_lowercase),
+            at: envelope
+                .received_at
+                .as_ref()
+                .and_then(|t| jiff::Timestamp::new(t.seconds, t.nanos).ok())
+                .unwrap_or_else(jiff::Timestamp::now),
         };
         self.rules
             .iter()
-            .find(|c| c.matches(envelope, text.as_deref()))
+            .find(|c| c.matches(&message))
             .map(|c| Decision {
                 rule_id: &c.rule.id,
                 destinations: &c.rule.destinations,
@@ -271,8 +359,21 @@ impl RuleSet {
     }
 }
 
+/// What the rules look at, computed once per message.
+struct Message<'a> {
+    envelope: &'a Envelope,
+    text: Option<&'a str>,
+    lowercase: Option<String>,
+    at: jiff::Timestamp,
+}
+
 impl Compiled {
-    fn matches(&self, envelope: &Envelope, lowercase_text: Option<&str>) -> bool {
+    fn matches(&self, m: &Message<'_>) -> bool {
+        let envelope = m.envelope;
+        let language = envelope
+            .attributes
+            .get("language")
+            .map(|l| l.to_lowercase());
         (self.channels.is_empty() || self.channels.contains(&envelope.channel()))
             && (self.rule.tenants.is_empty() || self.rule.tenants.contains(&envelope.tenant_id))
             && self.direction.is_none_or(|d| d == envelope.direction())
@@ -282,8 +383,31 @@ impl Compiled {
                     .as_ref()
                     .is_some_and(|c| self.rule.content.iter().any(|k| k == c.kind())))
             && (self.keywords.is_empty()
-                || lowercase_text
+                || m.lowercase
+                    .as_deref()
                     .is_some_and(|t| self.keywords.iter().any(|k| t.contains(k.as_str()))))
+            && (self.regex.is_empty()
+                || m.text
+                    .is_some_and(|t| self.regex.iter().any(|r| r.is_match(t))))
+            && (self.languages.is_empty()
+                || language.is_some_and(|l| {
+                    self.languages.iter().any(|want| {
+                        l == *want
+                            || l.strip_prefix(want.as_str())
+                                .is_some_and(|r| r.starts_with('-'))
+                    })
+                }))
+            && (self.rule.referral_sources.is_empty()
+                || envelope.referral.as_ref().is_some_and(|r| {
+                    self.rule
+                        .referral_sources
+                        .iter()
+                        .any(|s| s.eq_ignore_ascii_case(&r.source))
+                }))
+            && self
+                .hours
+                .as_ref()
+                .is_none_or(|(calendar, open)| calendar.is_open(m.at) == *open)
     }
 }
 

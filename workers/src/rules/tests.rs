@@ -155,3 +155,100 @@ fn lists_the_bots_it_needs() {
     let rules = RuleSet::parse(RULES, &bots()).unwrap();
     assert_eq!(rules.bots().collect::<Vec<_>>(), ["echo"]);
 }
+
+#[test]
+fn regex_language_referral_and_business_hours() {
+    let rules = RuleSet::parse(
+        r#"
+default = ["analytics"]
+
+[calendars.support]
+timezone = "America/New_York"
+mon = ["09:00-17:00"]
+
+[[rules]]
+id = "order-numbers"
+regex = ['(?i)order\s+#\d+']
+destinations = [{ agent = "orders" }]
+
+[[rules]]
+id = "spanish"
+languages = ["es"]
+destinations = [{ agent = "es" }]
+
+[[rules]]
+id = "from-ads"
+referral_sources = ["ads"]
+destinations = [{ bot = "echo" }]
+
+[[rules]]
+id = "after-hours"
+when_closed = "support"
+destinations = [{ bot = "echo" }]
+"#,
+        &bots(),
+    )
+    .unwrap();
+    // Monday 2026-11-23 15:00 UTC is 10:00 in New York: open.
+    let open = Some(switchboard_proto::Timestamp {
+        seconds: 1_795_446_000,
+        nanos: 0,
+    });
+    let at = |e: Envelope, ts: Option<switchboard_proto::Timestamp>| Envelope {
+        received_at: ts,
+        ..e
+    };
+    let id = |e: Envelope| rules.decide(&e).rule_id.to_owned();
+
+    assert_eq!(
+        id(at(text("a", Channel::Sms, "where is Order  #123?"), open)),
+        "order-numbers"
+    );
+    assert_eq!(id(at(text("a", Channel::Sms, "order #x"), open)), "default");
+    let mut es = at(text("a", Channel::Sms, "hola"), open);
+    es.attributes.insert("language".into(), "es-MX".into());
+    assert_eq!(id(es.clone()), "spanish");
+    es.attributes.insert("language".into(), "est".into());
+    assert_eq!(id(es), "default", "es does not match est");
+    let mut ad = at(text("a", Channel::Messenger, "hi"), open);
+    ad.referral = Some(switchboard_proto::v1::Referral {
+        source: "ADS".into(),
+        ..Default::default()
+    });
+    assert_eq!(id(ad), "from-ads");
+    // Eight hours later it is 18:00 in New York: closed.
+    let closed = Some(switchboard_proto::Timestamp {
+        seconds: 1_795_446_000 + 8 * 3600,
+        nanos: 0,
+    });
+    assert_eq!(
+        id(at(text("a", Channel::Sms, "hello"), closed)),
+        "after-hours"
+    );
+    assert_eq!(id(at(text("a", Channel::Sms, "hello"), open)), "default");
+}
+
+#[test]
+fn new_fields_are_validated_with_rule_and_field() {
+    for (text, expected) in [
+        (
+            "[[rules]]\nid = \"r\"\nregex = [\"(\"]\ndestinations = [\"analytics\"]",
+            "rule \"r\": field `regex`",
+        ),
+        (
+            "[[rules]]\nid = \"h\"\nwhen_open = \"nope\"\ndestinations = [\"analytics\"]",
+            "rule \"h\": field `when_open`",
+        ),
+        (
+            "[calendars.c]\ntimezone = \"UTC\"\n[[rules]]\nid = \"b\"\nwhen_open = \"c\"\nwhen_closed = \"c\"\ndestinations = [\"analytics\"]",
+            "rule \"b\": field `when_open`",
+        ),
+        (
+            "[calendars.c]\ntimezone = \"Nowhere/Land\"\n",
+            "calendars.c",
+        ),
+    ] {
+        let err = RuleSet::parse(text, &bots()).unwrap_err().to_string();
+        assert!(err.contains(expected), "{expected:?} not in {err:?}");
+    }
+}
