@@ -61,13 +61,8 @@ impl Embedded {
             ..KafkaConfig::default()
         };
         let mut pipeline_config = PipelineConfig::new(kafka);
-        for topic in [
-            &pipeline_config.messages_topic,
-            &pipeline_config.analytics_topic,
-            &pipeline_config.agent_queue_topic,
-            &pipeline_config.dlq_topic,
-        ] {
-            mock.create_topic(topic, config.partitions, 1)?;
+        for topic in pipeline_config.workers_config(config.bot_addr).topics() {
+            mock.create_topic(&topic, config.partitions, 1)?;
         }
         let temp_rules = match config.rules_file {
             Some(path) => {

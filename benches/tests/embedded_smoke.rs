@@ -6,6 +6,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use switchboard_benches::embedded::{Embedded, EmbeddedConfig};
 use switchboard_broker::testkit;
+use switchboard_proto::v1::{Channel, Direction, Envelope, envelope::Content};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_generator_drives_the_embedded_pipeline() {
@@ -85,6 +86,32 @@ async fn load_generator_drives_the_embedded_pipeline() {
     .unwrap();
     let ids = testkit::analytics_message_ids(&records);
     assert_eq!(ids.len(), 400);
+
+    // The echo bot's replies go back into the pipeline, on the channel's outbound topic.
+    let bootstrap = embedded.config.kafka.bootstrap_servers.clone();
+    let outbound = embedded
+        .config
+        .workers_config(embedded.pipeline.bot_addr)
+        .outbound_topic(Channel::Webchat);
+    let replies = tokio::task::spawn_blocking(move || {
+        testkit::read_topic(&bootstrap, &outbound, Duration::from_secs(60), |r| {
+            r.len() >= 400
+        })
+    })
+    .await
+    .unwrap();
+    assert!(replies.len() >= 400, "{} replies", replies.len());
+    for reply in &replies {
+        use prost::Message as _;
+        use rdkafka::Message as _;
+        let envelope = Envelope::decode(reply.payload().unwrap()).unwrap();
+        assert_eq!(envelope.direction(), Direction::Outbound);
+        assert_eq!(envelope.tenant_id, "demo");
+        assert!(
+            matches!(&envelope.content, Some(Content::Text(t)) if t.body.starts_with("echo: hello"))
+        );
+        assert_eq!(reply.key().unwrap(), envelope.conversation_key().as_bytes());
+    }
 
     let Embedded { mock, pipeline, .. } = embedded;
     pipeline.stop().await.unwrap();

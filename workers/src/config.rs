@@ -30,6 +30,10 @@ pub struct WorkersConfig {
     pub analytics_topic: String,
     /// Topic that receives agent-bound messages, keyed by queue name.
     pub agent_queue_topic: String,
+    /// Bot replies go to `<outbound_topic_prefix>.<channel>` (e.g.
+    /// `switchboard.outbound.v1.whatsapp`), keyed by conversation, for the
+    /// channel senders.
+    pub outbound_topic_prefix: String,
     /// Dead-letter topic: messages that could not be decoded, or that a
     /// destination refused for good, with headers saying why.
     pub dlq_topic: String,
@@ -80,6 +84,7 @@ impl Default for WorkersConfig {
             analytics_topic: "switchboard.analytics.v1".into(),
             agent_queue_topic: "switchboard.agent-queue.v1".into(),
             dlq_topic: "switchboard.dlq.v1".into(),
+            outbound_topic_prefix: "switchboard.outbound.v1".into(),
             rules_file: None,
             rules_reload_interval: Duration::from_secs(1),
             bots: BTreeMap::new(),
@@ -96,6 +101,33 @@ impl Default for WorkersConfig {
 }
 
 impl WorkersConfig {
+    /// The outbound topic of one channel.
+    pub fn outbound_topic(&self, channel: switchboard_proto::v1::Channel) -> String {
+        format!("{}.{}", self.outbound_topic_prefix, channel.slug())
+    }
+
+    /// Every topic the workers write to or read from.
+    pub fn topics(&self) -> Vec<String> {
+        use switchboard_proto::v1::Channel;
+        let mut topics = vec![
+            self.messages_topic.clone(),
+            self.analytics_topic.clone(),
+            self.agent_queue_topic.clone(),
+            self.dlq_topic.clone(),
+        ];
+        topics.extend(
+            [
+                Channel::Whatsapp,
+                Channel::Messenger,
+                Channel::Instagram,
+                Channel::Sms,
+                Channel::Webchat,
+            ]
+            .map(|c| self.outbound_topic(c)),
+        );
+        topics
+    }
+
     /// Loads defaults, then the optional TOML file, then the environment,
     /// then `overrides` (typically the command-line flags that were given).
     pub fn load(file: Option<&Path>, overrides: impl Serialize) -> anyhow::Result<Self> {

@@ -297,6 +297,13 @@ impl Router {
                 if let Ok(response) = &outcome {
                     metrics::counter!("switchboard_bot_replies_total")
                         .increment(response.replies.len() as u64);
+                    // Replies go back into the pipeline, to the channel's outbound topic.
+                    for reply in &response.replies {
+                        let reply = as_reply(reply, envelope);
+                        self.retrying("outbound", 0, stop, || self.outputs.outbound(&reply))
+                            .await?
+                            .map_err(|_| Interrupted)?;
+                    }
                 }
                 (format!("bot:{name}"), outcome.map(|_| ()))
             }
@@ -370,6 +377,30 @@ impl Router {
             delay = (delay * 2).min(self.backoff_max);
         }
     }
+}
+
+/// A bot's reply as an outbound envelope of the conversation it answers:
+/// the conversation's tenant, channel, id and parties, `OUTBOUND`, and a
+/// fresh message id unless the bot set its own.
+fn as_reply(reply: &Envelope, to: &Envelope) -> Envelope {
+    let mut reply = reply.clone();
+    reply.tenant_id.clone_from(&to.tenant_id);
+    reply.channel = to.channel;
+    reply.conversation_id.clone_from(&to.conversation_id);
+    reply.direction = switchboard_proto::v1::Direction::Outbound as i32;
+    if reply.customer.is_none() {
+        reply.customer.clone_from(&to.customer);
+    }
+    if reply.business.is_none() {
+        reply.business.clone_from(&to.business);
+    }
+    if reply.message_id.is_empty() {
+        reply.message_id = uuid::Uuid::now_v7().to_string();
+    }
+    if reply.received_at.is_none() {
+        reply.received_at = Some(switchboard_proto::timestamp(SystemTime::now()));
+    }
+    reply
 }
 
 fn to_proto(spec: &DestinationSpec) -> Destination {

@@ -1,5 +1,5 @@
-//! Kafka-topic destinations: the agent-queue topic, the analytics topic and
-//! the dead-letter topic.
+//! Kafka-topic destinations: the agent-queue topic, the analytics topic,
+//! the per-channel outbound topics and the dead-letter topic.
 //!
 //! All are written with the same idempotent, `acks=all`, `murmur2`
 //! producer settings as the ingestion node, so a delivery counts only once
@@ -12,7 +12,7 @@ use rdkafka::{
     message::{Header, OwnedHeaders},
     producer::{FutureProducer, FutureRecord},
 };
-use switchboard_proto::v1::{AgentTask, AnalyticsRecord};
+use switchboard_proto::v1::{AgentTask, AnalyticsRecord, Envelope};
 
 use super::DestinationError;
 use crate::{config::WorkersConfig, router::Source};
@@ -55,6 +55,7 @@ pub struct TopicOutputs {
     agent_queue_topic: String,
     analytics_topic: String,
     dlq_topic: String,
+    outbound_topic_prefix: String,
 }
 
 impl TopicOutputs {
@@ -76,6 +77,7 @@ impl TopicOutputs {
             agent_queue_topic: config.agent_queue_topic.clone(),
             analytics_topic: config.analytics_topic.clone(),
             dlq_topic: config.dlq_topic.clone(),
+            outbound_topic_prefix: config.outbound_topic_prefix.clone(),
         })
     }
 
@@ -102,6 +104,25 @@ impl TopicOutputs {
             &self.analytics_topic,
             key,
             &record.encode_to_vec(),
+            OwnedHeaders::new(),
+        )
+        .await
+    }
+
+    /// Publishes an outbound envelope (a bot's reply) to its channel's
+    /// outbound topic, keyed by conversation.
+    pub async fn outbound(&self, envelope: &Envelope) -> Result<(), DestinationError> {
+        let topic = format!(
+            "{}.{}",
+            self.outbound_topic_prefix,
+            envelope.channel().slug()
+        );
+        let key = envelope.conversation_key();
+        self.send(
+            "outbound",
+            &topic,
+            &key,
+            &envelope.encode_to_vec(),
             OwnedHeaders::new(),
         )
         .await
