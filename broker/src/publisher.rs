@@ -91,6 +91,7 @@ impl Publisher {
         let linger_ms = config.linger.as_millis().to_string();
         let queue = (config.max_in_flight * 2).max(1_000).to_string();
         let health = KafkaHealth::default();
+        metrics::gauge!("switchboard_ingest_kafka_up").set(1.0);
         let producer = config
             .kafka
             .client_config(&[

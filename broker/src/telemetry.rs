@@ -107,10 +107,117 @@ fn describe() {
         "switchboard_worker_rebalances_total",
         "Partition assignments and revocations."
     );
+    describe_counter!(
+        "switchboard_destination_retries_total",
+        "Retries of a failed delivery, by destination kind."
+    );
+    describe_counter!(
+        "switchboard_dlq_records_total",
+        "Records written to the dead-letter topic, by reason (poison, destination)."
+    );
+    describe_counter!(
+        "switchboard_ingest_dedupe_hits_total",
+        "Publishes answered from the node's dedupe cache (duplicate = true)."
+    );
+    describe_gauge!(
+        "switchboard_ingest_kafka_up",
+        "1 while Kafka is reachable, 0 after every broker went down."
+    );
+    describe_counter!(
+        "switchboard_rules_reloads_total",
+        "Routing rules file changes, by outcome (applied, refused)."
+    );
+    describe_histogram!(
+        "switchboard_worker_state_rebuild_duration_seconds",
+        metrics::Unit::Seconds,
+        "Time to rebuild a partition's state (recent channel message ids) from Kafka."
+    );
+    zero_known_series();
+}
+
+/// Creates the series whose labels are known in advance at zero, so the
+/// first increase after a start shows in `rate()` and `increase()`.
+fn zero_known_series() {
+    for rpc in ["publish", "publish_stream", "ingest_webhook"] {
+        for code in [
+            "ok",
+            "invalid_argument",
+            "resource_exhausted",
+            "unavailable",
+            "unauthenticated",
+            "permission_denied",
+        ] {
+            metrics::counter!("switchboard_ingest_requests_total", "rpc" => rpc, "code" => code)
+                .absolute(0);
+        }
+    }
+    for outcome in ["routed", "poison", "duplicate"] {
+        metrics::counter!("switchboard_worker_records_total", "outcome" => outcome).absolute(0);
+    }
+    for kind in ["bot", "agent", "analytics", "outbound", "dlq"] {
+        metrics::counter!("switchboard_destination_errors_total", "kind" => kind).absolute(0);
+        metrics::counter!("switchboard_destination_deliveries_total", "kind" => kind).absolute(0);
+    }
+    for reason in ["poison", "destination"] {
+        metrics::counter!("switchboard_dlq_records_total", "reason" => reason).absolute(0);
+    }
+    metrics::counter!("switchboard_ingest_kafka_errors_total").absolute(0);
+    metrics::counter!("switchboard_ingest_dedupe_hits_total").absolute(0);
 }
 
 #[cfg(test)]
 mod tests {
+    /// Every metric the code emits has help text (promtool wants it).
+    #[test]
+    fn every_emitted_metric_is_described() {
+        fn names(text: &str) -> std::collections::BTreeSet<&str> {
+            let is_name = |s: &&str| {
+                s.len() > "switchboard_".len()
+                    && s.starts_with("switchboard_")
+                    && s.chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            };
+            text.split('"').filter(is_name).collect()
+        }
+        let this = include_str!("telemetry.rs");
+        let body = &this
+            [this.find("fn describe()").unwrap()..this.find("fn zero_known_series()").unwrap()];
+        let described = names(body);
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut undescribed = Vec::new();
+        for dir in ["broker/src", "workers/src", "benches/src"] {
+            for file in walk(&root.join(dir))
+                .into_iter()
+                .filter(|f| !f.ends_with("telemetry.rs"))
+            {
+                let text = std::fs::read_to_string(&file).unwrap();
+                undescribed.extend(
+                    names(&text)
+                        .into_iter()
+                        .filter(|n| !described.contains(n))
+                        .map(str::to_owned),
+                );
+            }
+        }
+        assert!(
+            undescribed.is_empty(),
+            "no describe_*! for: {undescribed:?}"
+        );
+    }
+
+    fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                files.extend(walk(&path));
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                files.push(path);
+            }
+        }
+        files
+    }
+
     #[test]
     fn redaction_is_stable_and_hides_the_value() {
         let key = "acme/whatsapp/106540352242922:16505551234";
