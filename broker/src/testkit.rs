@@ -90,12 +90,25 @@ pub fn topic_size(bootstrap: &str, topic: &str) -> i64 {
         .partitions()
         .iter()
         .map(|p| {
-            let (low, high) = consumer
-                .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
-                .expect("watermarks");
+            let (low, high) = watermarks(&consumer, topic, p.id());
             high - low
         })
         .sum()
+}
+
+/// A partition's watermarks, retried while a new topic's leaders are elected.
+fn watermarks(consumer: &BaseConsumer, topic: &str, partition: i32) -> (i64, i64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match consumer.fetch_watermarks(topic, partition, Duration::from_secs(10)) {
+            Ok(marks) => return marks,
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!(error = %e, "watermarks not ready yet");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => panic!("watermarks of {topic}/{partition}: {e}"),
+        }
+    }
 }
 
 /// A bot that records every envelope it is sent, optionally slowly.
@@ -193,9 +206,7 @@ pub fn committed_vs_size(bootstrap: &str, group: &str, topic: &str) -> (i64, i64
     let mut size = 0;
     for p in metadata.topics()[0].partitions() {
         tpl.add_partition(topic, p.id());
-        let (low, high) = consumer
-            .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
-            .expect("watermarks");
+        let (low, high) = watermarks(&consumer, topic, p.id());
         size += high - low;
     }
     let committed = consumer
