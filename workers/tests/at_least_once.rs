@@ -131,6 +131,8 @@ endpoint = "http://{bot_addr}"
     .await;
     first.start_kill().unwrap(); // SIGKILL: no drain, no final commit
     first.wait().await.unwrap();
+    // Bot calls in flight at the kill still finish on the bot's side.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let seen_before_kill = bot.count();
     assert!(
         seen_before_kill < MESSAGES,
