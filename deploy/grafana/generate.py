@@ -1,0 +1,197 @@
+#!/usr/bin/env python3
+"""Generates the Switchboard Grafana dashboards (deploy/grafana/dashboards/*.json).
+
+Edit this file, then run it:  python3 deploy/grafana/generate.py
+deploy/ops/check.sh fails when the JSON files differ from what this writes, and
+checks that every query names only metrics the code exports.
+Queries use $__rate_interval and an $instance variable; the data source is the
+provisioned one (uid switchboard-prometheus) unless another is picked.
+"""
+import json
+import pathlib
+import sys
+
+OUT = pathlib.Path(sys.argv[1]) if len(sys.argv) > 1 else pathlib.Path(__file__).resolve().parent / "dashboards"
+DS = {"type": "prometheus", "uid": "${datasource}"}
+RI = "$__rate_interval"
+
+def templating(job):
+    return {"list": [
+        {"name": "datasource", "label": "Data source", "type": "datasource", "query": "prometheus",
+         "current": {"selected": False, "text": "Prometheus", "value": "switchboard-prometheus"},
+         "hide": 0, "refresh": 1, "regex": "", "options": []},
+        {"name": "instance", "label": "Instance", "type": "query", "datasource": DS,
+         "definition": f'label_values(up{{job="{job}"}}, instance)',
+         "query": {"query": f'label_values(up{{job="{job}"}}, instance)', "refId": "instance"},
+         "includeAll": True, "multi": True, "allValue": ".*",
+         "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
+         "refresh": 2, "sort": 1, "hide": 0, "regex": "", "options": []},
+    ]}
+
+class Board:
+    def __init__(self):
+        self.panels, self.y, self.x, self.h, self.next_id = [], 0, 0, 0, 1
+    def _place(self, w, h):
+        if self.x + w > 24:
+            self.x, self.y = 0, self.y + self.h
+            self.h = 0
+        pos = {"h": h, "w": w, "x": self.x, "y": self.y}
+        self.x += w; self.h = max(self.h, h)
+        return pos
+    def row(self, title):
+        if self.x: self.x, self.y, self.h = 0, self.y + self.h, 0
+        self.panels.append({"id": self.next_id, "type": "row", "title": title, "collapsed": False,
+                            "gridPos": {"h": 1, "w": 24, "x": 0, "y": self.y}, "panels": []})
+        self.next_id += 1; self.y += 1
+    def panel(self, kind, title, desc, targets, unit="short", w=12, h=8, **extra):
+        p = {"id": self.next_id, "type": kind, "title": title, "description": desc,
+             "datasource": DS, "gridPos": self._place(w, h),
+             "targets": [{"refId": chr(65 + i), "datasource": DS, "expr": e, "legendFormat": l,
+                          **({"instant": True, "range": False} if kind == "stat" else {"range": True})}
+                         for i, (e, l) in enumerate(targets)],
+             "fieldConfig": {"defaults": {"unit": unit, **extra.pop("defaults", {})}, "overrides": []}}
+        if kind == "timeseries":
+            p["options"] = {"legend": {"displayMode": "table", "placement": "bottom", "showLegend": True,
+                                       "calcs": ["mean", "max", "lastNotNull"]},
+                            "tooltip": {"mode": "multi", "sort": "desc"}}
+            p["fieldConfig"]["defaults"].setdefault("custom", {"drawStyle": "line", "lineWidth": 1, "fillOpacity": 10, "showPoints": "never"})
+        elif kind == "stat":
+            p["options"] = {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+                            "colorMode": "value", "graphMode": "none", "textMode": "auto", "justifyMode": "auto",
+                            "orientation": "auto"}
+        p.update(extra)
+        self.panels.append(p); self.next_id += 1
+    def text(self, title, content, w=24, h=5):
+        self.panels.append({"id": self.next_id, "type": "text", "title": title, "gridPos": self._place(w, h),
+                            "options": {"mode": "markdown", "content": content}})
+        self.next_id += 1
+
+def thresholds(*steps):
+    return {"thresholds": {"mode": "absolute", "steps": [{"color": c, "value": v} for v, c in steps]}}
+
+def dashboard(uid, title, desc, job, board, links):
+    return {"uid": uid, "title": title, "description": desc, "tags": ["switchboard"],
+            "editable": True, "graphTooltip": 1, "schemaVersion": 39, "version": 1,
+            "refresh": "30s", "time": {"from": "now-1h", "to": "now"}, "timezone": "browser",
+            "links": [{"title": t, "type": "link", "url": f"/d/{u}", "targetBlank": False, "icon": "dashboard"} for t, u in links],
+            "templating": templating(job), "annotations": {"list": []}, "panels": board.panels}
+
+LINKS = [("Ingest", "switchboard-ingest"), ("Routing", "switchboard-routing"), ("Agents", "switchboard-agents")]
+I = 'instance=~"$instance"'
+
+# ---------------------------------------------------------------- ingest
+b = Board()
+b.row("Overview")
+b.panel("stat", "Accepted publishes/s", "Envelopes acked by Kafka per second (code=ok).",
+        [(f'sum(rate(switchboard_ingest_requests_total{{code="ok",{I}}}[{RI}]))', "ok")], unit="reqps", w=4, h=4)
+b.panel("stat", "Server error ratio", "Share of envelopes that failed with unavailable, failed_precondition or other (alert: SwitchboardIngestErrorRatioHigh, 5%).",
+        [(f'sum(rate(switchboard_ingest_requests_total{{code=~"unavailable|failed_precondition|other",{I}}}[{RI}])) / sum(rate(switchboard_ingest_requests_total{{{I}}}[{RI}]))', "errors")],
+        unit="percentunit", w=4, h=4, defaults=thresholds((None, "green"), (0.01, "orange"), (0.05, "red")))
+b.panel("stat", "Shed ratio", "Share of envelopes answered RESOURCE_EXHAUSTED: node at max_in_flight or tenant over its rate limit (alert: SwitchboardIngestShedding, 1%).",
+        [(f'sum(rate(switchboard_ingest_requests_total{{code="resource_exhausted",{I}}}[{RI}])) / sum(rate(switchboard_ingest_requests_total{{{I}}}[{RI}]))', "shed")],
+        unit="percentunit", w=4, h=4, defaults=thresholds((None, "green"), (0.01, "red")))
+b.panel("stat", "Kafka ack p99", "99th percentile of the time from handing an envelope to the producer until Kafka acked it (alert budget: 250 ms).",
+        [(f'histogram_quantile(0.99, sum by (le) (rate(switchboard_ingest_kafka_ack_duration_seconds_bucket{{{I}}}[{RI}])))', "p99")],
+        unit="s", w=4, h=4, defaults=thresholds((None, "green"), (0.1, "orange"), (0.25, "red")))
+b.panel("stat", "Ingestion nodes up", "switchboard-broker targets answering scrapes.",
+        [('sum(up{job="switchboard-broker"})', "up")], w=4, h=4, defaults=thresholds((None, "red"), (1, "green")))
+b.panel("stat", "Nodes with Kafka down", "Nodes whose librdkafka reports every broker down (switchboard_ingest_kafka_up == 0). The gauge appears on a node's first outage; no data means no node lost Kafka since it started.",
+        [(f'count(switchboard_ingest_kafka_up{{{I}}} == 0) or vector(0)', "down")], w=4, h=4, defaults=thresholds((None, "green"), (1, "red")))
+b.row("Requests")
+b.panel("timeseries", "Envelopes by result code", "switchboard_ingest_requests_total by gRPC code. A webhook counts each of its events.",
+        [(f'sum by (code) (rate(switchboard_ingest_requests_total{{{I}}}[{RI}]))', "{{code}}")], unit="reqps")
+b.panel("timeseries", "Envelopes by RPC", "switchboard_ingest_requests_total by RPC (publish, publish_stream, ingest_webhook).",
+        [(f'sum by (rpc) (rate(switchboard_ingest_requests_total{{{I}}}[{RI}]))', "{{rpc}}")], unit="reqps")
+b.row("Kafka")
+b.panel("timeseries", "Kafka ack latency", "Time from handing an envelope to the producer until Kafka's delivery report (failures included).",
+        [(f'histogram_quantile({q}, sum by (le) (rate(switchboard_ingest_kafka_ack_duration_seconds_bucket{{{I}}}[{RI}])))', f"p{int(q*100)}") for q in (0.5, 0.9, 0.99)], unit="s")
+b.panel("timeseries", "Publishes in flight", "Publishes waiting for a Kafka ack, per node. Past max_in_flight (default 10000) unary calls are shed.",
+        [(f'switchboard_ingest_in_flight{{{I}}}', "{{instance}}")])
+b.panel("timeseries", "Kafka produce errors", "Produce attempts Kafka failed, per node (timeouts, refused messages). Each failed publish also shows as unavailable or failed_precondition above.",
+        [(f'sum by (instance) (rate(switchboard_ingest_kafka_errors_total{{{I}}}[{RI}]))', "{{instance}}")], unit="ops")
+b.panel("timeseries", "Kafka reachable", "switchboard_ingest_kafka_up per node: 0 while librdkafka reports every broker down. Appears on a node's first outage.",
+        [(f'switchboard_ingest_kafka_up{{{I}}}', "{{instance}}")], defaults={"min": 0, "max": 1})
+b.row("Dedupe")
+b.panel("timeseries", "Dedupe cache hits", "Retried channel messages answered from a node's dedupe cache instead of being published again.",
+        [(f'sum by (instance) (rate(switchboard_ingest_dedupe_hits_total{{{I}}}[{RI}]))', "{{instance}}")], unit="ops", w=24)
+ingest = dashboard("switchboard-ingest", "Switchboard / Ingest",
+                   "Ingestion nodes (switchboard-broker): gRPC publishes in, envelopes out to Kafka.",
+                   "switchboard-broker", b, LINKS)
+
+# ---------------------------------------------------------------- routing
+b = Board()
+b.row("Overview")
+b.panel("stat", "Routed records/s", "Records the workers consumed and routed.",
+        [(f'sum(rate(switchboard_worker_records_total{{outcome="routed",{I}}}[{RI}]))', "routed")], unit="ops", w=6, h=4)
+b.panel("stat", "Workers up", "switchboard-workers targets answering scrapes. Workers beyond the partition count idle.",
+        [('sum(up{job="switchboard-workers"})', "up")], w=6, h=4, defaults=thresholds((None, "red"), (1, "green")))
+b.panel("stat", "Dead letters (1h)", "Records written to the dead-letter topic in the last hour: undeliverable (a destination failed for good or max_attempts was spent) and poison (undecodable).",
+        [(f'sum(increase(switchboard_dlq_records_total{{{I}}}[1h]))', "dead letters")], w=6, h=4, defaults=thresholds((None, "green"), (1, "orange")))
+b.panel("stat", "Destination error ratio", "Failed delivery attempts over all attempts, all destination kinds (alert: SwitchboardDestinationErrors, 5% per kind).",
+        [(f'sum(rate(switchboard_destination_errors_total{{{I}}}[{RI}])) / sum(rate(switchboard_destination_duration_seconds_count{{{I}}}[{RI}]))', "errors")],
+        unit="percentunit", w=6, h=4, defaults=thresholds((None, "green"), (0.01, "orange"), (0.05, "red")))
+b.row("Consumption")
+b.panel("timeseries", "Records by outcome", "routed; duplicate (a copy of a channel message already routed, dropped by the partition owner); poison (undecodable, sent to the dead-letter topic).",
+        [(f'sum by (outcome) (rate(switchboard_worker_records_total{{{I}}}[{RI}]))', "{{outcome}}")], unit="ops")
+b.panel("timeseries", "Routing decisions", "Whether a rule matched or the rules' default applied.",
+        [(f'sum by (matched) (rate(switchboard_route_decisions_total{{matched!="",{I}}}[{RI}]))', "{{matched}}")], unit="ops")
+b.panel("timeseries", "Rebalances", "Partition assignments and revocations in the consumer group. Bursts follow deploys and scaling; a steady stream is a problem.",
+        [(f'sum by (event) (increase(switchboard_worker_rebalances_total{{{I}}}[{RI}]))', "{{event}}")])
+b.panel("timeseries", "Dedupe state rebuild", "Time to rebuild a partition's recent channel message ids from Kafka when a worker takes the partition over.",
+        [(f'histogram_quantile(0.99, sum by (le) (rate(switchboard_worker_state_rebuild_duration_seconds_bucket{{{I}}}[{RI}])))', "p99"),
+         (f'sum(rate(switchboard_worker_state_rebuild_duration_seconds_count{{{I}}}[{RI}]))', "rebuilds/s")], unit="s")
+b.panel("timeseries", "Rules file reloads", "Changes of the rules file each worker picked up: applied, or refused (the worker keeps its previous rules).",
+        [(f'sum by (instance, outcome) (increase(switchboard_rules_reloads_total{{{I}}}[{RI}]))', "{{instance}} {{outcome}}")], w=24)
+b.row("Destinations")
+b.panel("timeseries", "Delivery attempts by kind", "Every attempt to deliver to a destination (bot, agent, analytics), successful or not; retries count each time.",
+        [(f'sum by (kind) (rate(switchboard_destination_duration_seconds_count{{{I}}}[{RI}]))', "{{kind}}")], unit="ops")
+b.panel("timeseries", "Deliveries acknowledged by kind", "switchboard_destination_deliveries_total: deliveries a destination acknowledged.",
+        [(f'sum by (kind) (rate(switchboard_destination_deliveries_total{{{I}}}[{RI}]))', "{{kind}}")], unit="ops")
+b.panel("timeseries", "Destination errors by kind", "Failed delivery attempts (kind dlq: writes to the dead-letter topic). Transient failures are retried with backoff, up to max_attempts, holding back their conversation; then, or on a fatal failure, the message goes to the dead-letter topic.",
+        [(f'sum by (kind) (rate(switchboard_destination_errors_total{{{I}}}[{RI}]))', "{{kind}}")], unit="ops")
+b.panel("timeseries", "Destination latency p99 by kind", "99th percentile time per delivery attempt.",
+        [(f'histogram_quantile(0.99, sum by (kind, le) (rate(switchboard_destination_duration_seconds_bucket{{{I}}}[{RI}])))', "{{kind}}")], unit="s")
+b.panel("timeseries", "Destination retries by kind", "Retries of failed deliveries (each after a jittered exponential backoff).",
+        [(f'sum by (kind) (rate(switchboard_destination_retries_total{{{I}}}[{RI}]))', "{{kind}}")], unit="ops")
+b.panel("timeseries", "Bot replies", "Reply messages returned by bots.",
+        [(f'sum(rate(switchboard_bot_replies_total{{{I}}}[{RI}]))', "replies")], unit="ops")
+b.row("Dead letters")
+b.panel("timeseries", "Dead letters by reason", "Records written to the dead-letter topic (dlq_topic): destination (a destination failed for good, or max_attempts spent) or poison (undecodable). Their headers say why, where and from which offset. Replay is not built yet.",
+        [(f'sum by (reason) (rate(switchboard_dlq_records_total{{{I}}}[{RI}]))', "{{reason}}")], unit="ops")
+b.panel("timeseries", "Dead letters per routed record", "Share of consumed records that ended in the dead-letter topic.",
+        [(f'sum(rate(switchboard_dlq_records_total{{{I}}}[{RI}])) / sum(rate(switchboard_worker_records_total{{{I}}}[{RI}]))', "dead letters")], unit="percentunit")
+routing = dashboard("switchboard-routing", "Switchboard / Routing",
+                    "Routing workers (switchboard-workers): consumption from the messages topic, rule decisions, destinations.",
+                    "switchboard-workers", b, LINKS)
+
+# ---------------------------------------------------------------- agents
+AGENT_NOTE = ("Shows what exists today: AgentTasks written to the agent-queue topic (destination kind \"agent\"). "
+              "Queue depth, wait time and per-queue or per-agent panels come with agent assignment, which is not built yet.")
+b = Board()
+b.text("About this dashboard",
+       "Switchboard routes agent-bound messages to the **agent-queue topic** as `AgentTask`s, keyed by queue name. "
+       "The panels below show those writes (`switchboard_destination_*{kind=\"agent\"}`).\n\n"
+       "**Queue depth, wait time and per-queue / per-agent panels come with agent assignment**, which is not built yet: "
+       "no metric for them exists today, and queue names are not a metric label.", h=4)
+b.panel("stat", "Agent-queue deliveries/s", "AgentTasks the agent-queue topic acknowledged.",
+        [(f'sum(rate(switchboard_destination_deliveries_total{{kind="agent",{I}}}[{RI}]))', "agent")], unit="ops", w=8, h=4)
+b.panel("stat", "Agent-queue error ratio", "Failed agent-queue write attempts over all attempts.",
+        [(f'sum(rate(switchboard_destination_errors_total{{kind="agent",{I}}}[{RI}])) / sum(rate(switchboard_destination_duration_seconds_count{{kind="agent",{I}}}[{RI}]))', "errors")],
+        unit="percentunit", w=8, h=4, defaults=thresholds((None, "green"), (0.01, "orange"), (0.05, "red")))
+b.panel("stat", "Share of routed messages sent to agents", "Agent-queue deliveries per routed record.",
+        [(f'sum(rate(switchboard_destination_deliveries_total{{kind="agent",{I}}}[{RI}])) / sum(rate(switchboard_worker_records_total{{outcome="routed",{I}}}[{RI}]))', "agents")],
+        unit="percentunit", w=8, h=4)
+b.panel("timeseries", "Agent-queue writes", "Attempts (successful or not) and acknowledged deliveries to the agent-queue topic.",
+        [(f'sum(rate(switchboard_destination_duration_seconds_count{{kind="agent",{I}}}[{RI}]))', "attempts"),
+         (f'sum(rate(switchboard_destination_deliveries_total{{kind="agent",{I}}}[{RI}]))', "acknowledged")], unit="ops")
+b.panel("timeseries", "Agent-queue errors", "Failed writes to the agent-queue topic; transient ones are retried.",
+        [(f'sum by (instance) (rate(switchboard_destination_errors_total{{kind="agent",{I}}}[{RI}]))', "{{instance}}")], unit="ops")
+b.panel("timeseries", "Agent-queue write latency", "Time for the agent-queue topic to acknowledge an AgentTask.",
+        [(f'histogram_quantile({q}, sum by (le) (rate(switchboard_destination_duration_seconds_bucket{{kind="agent",{I}}}[{RI}])))', f"p{int(q*100)}") for q in (0.5, 0.99)], unit="s")
+b.panel("timeseries", "Rule matches vs default", "How many messages a rule matched (agent routing is rule-driven) against the default destination.",
+        [(f'sum by (matched) (rate(switchboard_route_decisions_total{{matched!="",{I}}}[{RI}]))', "{{matched}}")], unit="ops")
+agents = dashboard("switchboard-agents", "Switchboard / Agents", AGENT_NOTE, "switchboard-workers", b, LINKS)
+
+for name, d in (("ingest", ingest), ("routing", routing), ("agents", agents)):
+    (OUT / f"switchboard-{name}.json").write_text(json.dumps(d, indent=2) + "\n")
+    print(OUT / f"switchboard-{name}.json")
