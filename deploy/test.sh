@@ -2,8 +2,10 @@
 # Runs Switchboard's whole test suite against a real Apache Kafka:
 #   1. starts the local Kafka (deploy/kafka/start.sh; fetched from Maven Central on first use),
 #   2. runs every Rust test, including those marked #[ignore] because they need real Kafka,
-#   3. runs the interop checks (Python grpcio and grpcurl clients) when present,
-#   4. stops Kafka again if this script started it.
+#   3. runs the interop checks (Python grpcio and grpcurl clients),
+#   4. runs the operations checks (a real Prometheus scraping both binaries, alert
+#      rules and their unit tests, dashboards, Kubernetes and compose validation),
+#   5. stops Kafka again if this script started it.
 # Extra arguments go to `cargo test`, e.g. `deploy/test.sh -p switchboard-workers`.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -33,5 +35,10 @@ cargo test --workspace --no-fail-fast "$@" -- --include-ignored
 if [[ -x interop/run.sh && $# -eq 0 ]]; then
   echo "test: interop checks (Python grpcio, grpcurl)" >&2
   interop/run.sh
+fi
+if [[ -x deploy/ops/check.sh && $# -eq 0 ]]; then
+  echo "test: operations checks (Prometheus scrape, alerts, dashboards, manifests)" >&2
+  cargo build --bins
+  deploy/ops/check.sh
 fi
 echo "test: all green" >&2
