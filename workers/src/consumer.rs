@@ -1,16 +1,17 @@
 //! The at-least-once consume loop.
 //!
 //! One consumer per worker reads the messages topic. Each assigned partition
-//! gets its own task and a bounded queue; the task routes its partition's
-//! messages one after another, so a conversation (which never spans
-//! partitions) stays in order. An offset is *stored* only after the router
-//! reports every destination done; librdkafka commits stored offsets every
-//! second, on revoke and at shutdown. A crash therefore never skips a
-//! message: at worst, messages that were in flight are routed again.
+//! gets its own task and a bounded queue. The task routes different
+//! conversations concurrently and each conversation (which never spans
+//! partitions) strictly in order. An offset is *stored* only when every
+//! message up to it is done (the contiguous prefix, see [`crate::offsets`]);
+//! librdkafka commits stored offsets every second, on revoke and at
+//! shutdown. A crash therefore never skips a message: at worst, messages
+//! that were in flight or done since the last commit are routed again.
 //!
 //! On revoke, a partition's task is dropped together with its queue; the
 //! new owner starts from the last committed offset. On shutdown, tasks stop
-//! taking new messages, finish the current one within the grace period, the
+//! taking new messages, finish those in hand within the grace period, the
 //! final offsets are committed synchronously, and the consumer leaves the
 //! group (behind a timeout, since closing librdkafka can hang).
 

@@ -2,21 +2,24 @@
 //!
 //! A worker is a member of one Kafka consumer group on the messages topic.
 //! For every envelope it evaluates the routing rules and delivers the
-//! message to each destination the matching rule names: a bot (gRPC), a
-//! human-agent queue (a Kafka topic) and analytics (a Kafka topic). Workers
-//! keep no state on disk; everything they need is in Kafka.
+//! message to each destination the matching rule names: a bot (gRPC, whose
+//! replies go to a per-channel outbound topic), a human-agent queue (a Kafka
+//! topic) and analytics (a Kafka topic); what cannot be delivered goes to a
+//! dead-letter topic. Workers keep no state on disk; everything they need
+//! is in Kafka.
 //!
 //! Layout, by role:
 //! - [`config`]: the worker's one constructor, [`config::WorkersConfig`].
 //! - [`rules`]: the routing rules file: parsing, validation at load, evaluation.
 //! - [`dedupe`]: drops copies of a channel message that reached Kafka twice.
-//! - [`destinations`]: one folder per destination kind (`bot`, `agent`,
-//!   `analytics`), each with its config and its delivery code.
+//! - [`destinations`]: `bot/` (config, client, demo echo bot) and `topics`
+//!   (agent queue, analytics, outbound and dead-letter topics).
 //! - [`offsets`]: the contiguous prefix of completed offsets, safe to commit.
-//! - [`router`]: decides and delivers one message, retrying transient failures.
-//! - [`consumer`]: the at-least-once consume loop: an offset is stored only
-//!   after every destination acknowledged the message, and stored offsets are
-//!   committed on an interval, on revoke and at shutdown.
+//! - [`router`]: decides and delivers one message, retrying transient
+//!   failures up to a budget, then dead-lettering; reloads the rules file.
+//! - [`consumer`]: the at-least-once consume loop: conversations of a
+//!   partition run concurrently, each in order, and only the contiguous
+//!   prefix of completed offsets is stored and committed.
 
 #![forbid(unsafe_code)]
 

@@ -1,8 +1,9 @@
 //! Destinations, one folder per kind.
 //!
 //! - [`bot`]: a gRPC `switchboard.v1.Bot` service, called with a timeout.
-//! - [`topics`]: the Kafka outputs: the agent-queue topic (keyed by queue)
-//!   and the analytics topic (keyed by conversation).
+//! - [`topics`]: the Kafka outputs: the agent-queue topic (keyed by queue),
+//!   the analytics and per-channel outbound topics (keyed by conversation)
+//!   and the dead-letter topic.
 //!
 //! Every delivery error says whether a retry may help.
 
