@@ -8,6 +8,7 @@
 use std::{collections::HashMap, time::Duration};
 
 use switchboard_benches::pipeline::{Pipeline, PipelineConfig};
+use switchboard_broker::trace::TraceParent;
 use switchboard_broker::{
     config::BrokerConfig,
     publisher::Publisher,
@@ -74,7 +75,11 @@ async fn ten_thousand_conversations_stay_in_order_under_a_slow_random_bot() {
             };
             pending.push(
                 publisher
-                    .enqueue(&envelope, publisher.permit().await.unwrap())
+                    .enqueue(
+                        &envelope,
+                        TraceParent::root(),
+                        publisher.permit().await.unwrap(),
+                    )
                     .unwrap(),
             );
             sent.push(envelope);

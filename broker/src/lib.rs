@@ -16,6 +16,7 @@
 //! - [`service`]: the `switchboard.v1.Ingest` gRPC service.
 //! - [`server`]: the gRPC server (with health and reflection) and its lifecycle.
 //! - [`error`]: typed errors, sorted into retryable and fatal, mapped to gRPC codes.
+//! - [`trace`]: W3C `traceparent` carried from gRPC through Kafka headers.
 //! - [`telemetry`], [`shutdown`]: logs, Prometheus metrics and the one
 //!   shutdown signal, shared with the workers.
 //! - `testkit` (feature `testkit`): helpers for integration tests on real Kafka.
@@ -35,4 +36,5 @@ pub mod shutdown;
 pub mod telemetry;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+pub mod trace;
 pub mod validate;

@@ -25,7 +25,11 @@ use rdkafka::{
 use switchboard_proto::v1::Envelope;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::{config::BrokerConfig, error::IngestError};
+use crate::{
+    config::BrokerConfig,
+    error::IngestError,
+    trace::{TRACEPARENT, TraceParent},
+};
 
 /// Where a message landed in Kafka.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,10 +143,12 @@ impl Publisher {
     }
 
     /// Hands a validated envelope to Kafka, in call order, holding `permit`
-    /// until the ack arrives.
+    /// until the ack arrives. `trace` (this hop's span) goes in the
+    /// `traceparent` header.
     pub fn enqueue(
         &self,
         envelope: &Envelope,
+        trace: TraceParent,
         permit: OwnedSemaphorePermit,
     ) -> Result<PendingAck, IngestError> {
         if self.health.is_down() {
@@ -162,7 +168,8 @@ impl Publisher {
             ));
         }
         let key = envelope.conversation_key();
-        let headers = OwnedHeaders::new_with_capacity(2)
+        let traceparent = trace.to_string();
+        let headers = OwnedHeaders::new_with_capacity(3)
             .insert(Header {
                 key: "content-type",
                 value: Some(CONTENT_TYPE),
@@ -170,6 +177,10 @@ impl Publisher {
             .insert(Header {
                 key: "message-id",
                 value: Some(envelope.message_id.as_str()),
+            })
+            .insert(Header {
+                key: TRACEPARENT,
+                value: Some(traceparent.as_str()),
             });
         let record = FutureRecord::to(&self.topic)
             .key(&key)

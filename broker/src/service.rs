@@ -24,6 +24,7 @@ use crate::{
     dedupe::{Dedupe, Published, SharedPublish},
     error::IngestError,
     publisher::Publisher,
+    trace::{TRACEPARENT, TraceParent},
     validate,
 };
 
@@ -80,6 +81,7 @@ impl IngestService {
     fn enqueue(
         &self,
         envelope: Envelope,
+        trace: TraceParent,
         permit: OwnedSemaphorePermit,
     ) -> Result<Pending, IngestError> {
         let (outcome, duplicate) = self.dedupe.publish_once(
@@ -88,7 +90,7 @@ impl IngestService {
             &envelope.channel_message_id,
             || {
                 let message_id = envelope.message_id.clone();
-                let ack = self.publisher.enqueue(&envelope, permit)?;
+                let ack = self.publisher.enqueue(&envelope, trace, permit)?;
                 Ok(
                     async move { ack.wait().await.map(|ack| Published { message_id, ack }) }
                         .boxed(),
@@ -103,13 +105,24 @@ impl IngestService {
         &self,
         caller: &Caller,
         envelope: Option<Envelope>,
+        trace: TraceParent,
         permit: OwnedSemaphorePermit,
     ) -> Result<Pending, IngestError> {
         let envelope = envelope.ok_or_else(|| IngestError::invalid("envelope", "is required"))?;
         let envelope = validate::normalize("envelope", envelope, SystemTime::now())?;
         caller.admit("envelope.tenant_id", &envelope.tenant_id, 1)?;
-        self.enqueue(envelope, permit)
+        self.enqueue(envelope, trace, permit)
     }
+}
+
+/// This hop's span: a child of the caller's `traceparent`, or a new trace.
+fn trace_of<T>(request: &Request<T>) -> TraceParent {
+    TraceParent::continue_from(
+        request
+            .metadata()
+            .get(TRACEPARENT)
+            .and_then(|v| v.to_str().ok()),
+    )
 }
 
 fn count(rpc: &'static str, code: tonic::Code, n: u64) {
@@ -149,9 +162,10 @@ impl Ingest for IngestService {
     ) -> Result<Response<PublishResponse>, Status> {
         let result = async {
             let caller = self.auth.authenticate(request.metadata())?;
+            let trace = trace_of(&request);
             let request = request.into_inner();
             let permit = self.publisher.try_permit()?;
-            self.enqueue_request(&caller, request.envelope, permit)?
+            self.enqueue_request(&caller, request.envelope, trace, permit)?
                 .response(request.sequence)
                 .await
         }
@@ -170,6 +184,7 @@ impl Ingest for IngestService {
             .auth
             .authenticate(request.metadata())
             .inspect_err(|e| count("publish_stream", e.code(), 1))?;
+        let trace = trace_of(&request);
         let mut inbound = request.into_inner();
         let limit = self.max_in_flight_per_stream;
         let (tx, rx) = mpsc::channel(limit);
@@ -198,7 +213,7 @@ impl Ingest for IngestService {
                         Ok(Some(req)) => {
                             let sequence = req.sequence;
                             let permit = permit.take().expect("guarded by the select condition");
-                            let queued = service.enqueue_request(&caller, req.envelope, permit);
+                            let queued = service.enqueue_request(&caller, req.envelope, trace.child(), permit);
                             pending.push(async move {
                                 let result = match queued {
                                     Ok(queued) => queued.response(sequence).await,
@@ -230,6 +245,7 @@ impl Ingest for IngestService {
     ) -> Result<Response<WebhookResponse>, Status> {
         let result = async {
             let caller = self.auth.authenticate(request.metadata())?;
+            let trace = trace_of(&request);
             let request = request.into_inner();
             if request.tenant_id.is_empty() {
                 return Err(IngestError::invalid("tenant_id", "is required"));
@@ -259,7 +275,7 @@ impl Ingest for IngestService {
             }
             let pending = admitted
                 .into_iter()
-                .map(|(envelope, permit)| self.enqueue(envelope, permit))
+                .map(|(envelope, permit)| self.enqueue(envelope, trace.child(), permit))
                 .collect::<Result<Vec<_>, _>>()?;
             let mut results = Vec::with_capacity(pending.len());
             for (i, p) in pending.into_iter().enumerate() {

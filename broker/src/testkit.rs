@@ -115,6 +115,7 @@ fn watermarks(consumer: &BaseConsumer, topic: &str, partition: i32) -> (i64, i64
 #[derive(Clone, Default)]
 pub struct RecordingBot {
     seen: Arc<Mutex<Vec<Envelope>>>,
+    traceparents: Arc<Mutex<Vec<Option<String>>>>,
     delay: Duration,
     /// Extra delay of up to this much, chosen per message from its id.
     jitter: Duration,
@@ -158,6 +159,11 @@ impl RecordingBot {
         self.seen.lock().expect("lock").clone()
     }
 
+    /// The `traceparent` metadata of every call, in arrival order.
+    pub fn traceparents(&self) -> Vec<Option<String>> {
+        self.traceparents.lock().expect("lock").clone()
+    }
+
     /// How many envelopes were received so far.
     pub fn count(&self) -> usize {
         self.seen.lock().expect("lock").len()
@@ -179,6 +185,12 @@ impl Bot for RecordingBot {
         &self,
         request: tonic::Request<BotRequest>,
     ) -> Result<tonic::Response<BotResponse>, tonic::Status> {
+        let traceparent = request
+            .metadata()
+            .get(crate::trace::TRACEPARENT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        self.traceparents.lock().expect("lock").push(traceparent);
         let envelope = request
             .into_inner()
             .envelope

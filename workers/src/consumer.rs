@@ -28,10 +28,14 @@ use rdkafka::{
     ClientContext, Message,
     consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer},
     error::KafkaError,
-    message::OwnedMessage,
+    message::{Headers, OwnedMessage},
     types::RDKafkaErrorCode,
 };
-use switchboard_broker::{kafka::KafkaConfig, shutdown::Shutdown};
+use switchboard_broker::{
+    kafka::KafkaConfig,
+    shutdown::Shutdown,
+    trace::{TRACEPARENT, TraceParent},
+};
 use switchboard_proto::v1::Envelope;
 use tokio::{
     sync::{Semaphore, mpsc, oneshot},
@@ -266,6 +270,14 @@ async fn route_partition(
                 };
                 let offset = message.offset();
                 offsets.start(offset);
+                // This worker's span, continuing the trace from the record's header.
+                let trace = TraceParent::continue_from(
+                    message
+                        .headers()
+                        .and_then(|h| h.iter().find(|h| h.key == TRACEPARENT))
+                        .and_then(|h| h.value)
+                        .and_then(|v| std::str::from_utf8(v).ok()),
+                );
                 let recent = match &mut recent {
                     Some(recent) => recent,
                     None => recent.insert(rebuild_recent_ids(&cx, offset).await),
@@ -282,7 +294,7 @@ async fn route_partition(
                         let payload = message.payload().unwrap_or_default().to_vec();
                         let (router, abort, topic) = (cx.router.clone(), abort.clone(), cx.topic.clone());
                         tasks.spawn(async move {
-                            let source = Source { topic: &topic, partition, offset };
+                            let source = Source { topic: &topic, partition, offset, trace };
                             let done = router.dead_letter_poison(&payload, &error, source, &abort).await.is_ok();
                             (offset, String::new(), done)
                         });
@@ -312,7 +324,7 @@ async fn route_partition(
                     if no_new_work.is_cancelled() {
                         return (offset, key, false);
                     }
-                    let source = Source { topic: &topic, partition, offset };
+                    let source = Source { topic: &topic, partition, offset, trace };
                     let completed = router.route(envelope, source, &abort).await.is_ok();
                     if completed {
                         let _ = done_tx.send(());

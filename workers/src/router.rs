@@ -19,6 +19,7 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
+use switchboard_broker::trace::TraceParent;
 
 use futures::future::join_all;
 use prost::Message as _;
@@ -56,6 +57,9 @@ pub struct Source<'a> {
     pub partition: i32,
     /// Offset.
     pub offset: i64,
+    /// This worker's span of the message's trace, sent on to bots and in
+    /// the headers of everything written for the message.
+    pub trace: TraceParent,
 }
 
 /// A destination that failed for good.
@@ -201,7 +205,7 @@ impl Router {
         let deliveries = decision
             .destinations
             .iter()
-            .map(|spec| self.deliver(spec, &envelope, &route, stop));
+            .map(|spec| self.deliver(spec, &envelope, &route, &source.trace, stop));
         let mut failures = Vec::new();
         for result in join_all(deliveries).await {
             failures.extend(result?);
@@ -227,7 +231,7 @@ impl Router {
             decision: Some(route),
         };
         self.retrying("analytics", 0, stop, || {
-            self.outputs.analytics(&key, &record)
+            self.outputs.analytics(&key, &record, &source.trace)
         })
         .await?
         .map_err(|_| Interrupted)?;
@@ -280,6 +284,7 @@ impl Router {
         spec: &DestinationSpec,
         envelope: &Envelope,
         route: &RouteDecision,
+        trace: &TraceParent,
         stop: &CancellationToken,
     ) -> Result<Option<Failure>, Interrupted> {
         let (destination, outcome) = match spec {
@@ -291,7 +296,7 @@ impl Router {
                 };
                 let outcome = self
                     .retrying("bot", self.max_attempts, stop, || {
-                        bot.handle(request.clone())
+                        bot.handle(request.clone(), trace)
                     })
                     .await?;
                 if let Ok(response) = &outcome {
@@ -300,7 +305,7 @@ impl Router {
                     // Replies go back into the pipeline, to the channel's outbound topic.
                     for reply in &response.replies {
                         let reply = as_reply(reply, envelope);
-                        self.retrying("outbound", 0, stop, || self.outputs.outbound(&reply))
+                        self.retrying("outbound", 0, stop, || self.outputs.outbound(&reply, trace))
                             .await?
                             .map_err(|_| Interrupted)?;
                     }
@@ -315,7 +320,7 @@ impl Router {
                 };
                 let outcome = self
                     .retrying("agent", self.max_attempts, stop, || {
-                        self.outputs.agent(&task)
+                        self.outputs.agent(&task, trace)
                     })
                     .await?;
                 (format!("agent:{queue}"), outcome)

@@ -11,6 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use switchboard_broker::trace::TraceParent;
 use switchboard_broker::{
     config::BrokerConfig, publisher::Publisher, testkit, testkit::RecordingBot,
 };
@@ -77,7 +78,11 @@ async fn killed_worker_loses_nothing() {
         };
         pending.push(
             publisher
-                .enqueue(&envelope, publisher.permit().await.unwrap())
+                .enqueue(
+                    &envelope,
+                    TraceParent::root(),
+                    publisher.permit().await.unwrap(),
+                )
                 .unwrap(),
         );
     }

@@ -14,6 +14,8 @@ use rdkafka::{
 };
 use switchboard_proto::v1::{AgentTask, AnalyticsRecord, Envelope};
 
+use switchboard_broker::trace::{TRACEPARENT, TraceParent};
+
 use super::DestinationError;
 use crate::{config::WorkersConfig, router::Source};
 
@@ -49,6 +51,15 @@ pub mod headers {
     pub const ORIGINAL_OFFSET: &str = "switchboard-original-offset";
 }
 
+/// Headers carrying this hop's trace context.
+fn traced(trace: &TraceParent) -> OwnedHeaders {
+    let value = trace.to_string();
+    OwnedHeaders::new_with_capacity(1).insert(Header {
+        key: TRACEPARENT,
+        value: Some(value.as_str()),
+    })
+}
+
 /// The producer and topic names of the Kafka-topic destinations.
 pub struct TopicOutputs {
     producer: FutureProducer,
@@ -82,13 +93,17 @@ impl TopicOutputs {
     }
 
     /// Publishes an agent task, keyed by its queue so one queue's tasks stay in order.
-    pub async fn agent(&self, task: &AgentTask) -> Result<(), DestinationError> {
+    pub async fn agent(
+        &self,
+        task: &AgentTask,
+        trace: &TraceParent,
+    ) -> Result<(), DestinationError> {
         self.send(
             "agent",
             &self.agent_queue_topic,
             &task.queue,
             &task.encode_to_vec(),
-            OwnedHeaders::new(),
+            traced(trace),
         )
         .await
     }
@@ -98,20 +113,25 @@ impl TopicOutputs {
         &self,
         key: &str,
         record: &AnalyticsRecord,
+        trace: &TraceParent,
     ) -> Result<(), DestinationError> {
         self.send(
             "analytics",
             &self.analytics_topic,
             key,
             &record.encode_to_vec(),
-            OwnedHeaders::new(),
+            traced(trace),
         )
         .await
     }
 
     /// Publishes an outbound envelope (a bot's reply) to its channel's
     /// outbound topic, keyed by conversation.
-    pub async fn outbound(&self, envelope: &Envelope) -> Result<(), DestinationError> {
+    pub async fn outbound(
+        &self,
+        envelope: &Envelope,
+        trace: &TraceParent,
+    ) -> Result<(), DestinationError> {
         let topic = format!(
             "{}.{}",
             self.outbound_topic_prefix,
@@ -123,7 +143,7 @@ impl TopicOutputs {
             &topic,
             &key,
             &envelope.encode_to_vec(),
-            OwnedHeaders::new(),
+            traced(trace),
         )
         .await
     }

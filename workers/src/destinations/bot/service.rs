@@ -3,6 +3,8 @@ use std::time::Duration;
 use switchboard_proto::v1::{BotRequest, BotResponse, bot_client::BotClient};
 use tonic::{Code, transport::Channel};
 
+use switchboard_broker::trace::{TRACEPARENT, TraceParent};
+
 use super::BotConfig;
 use crate::destinations::DestinationError;
 
@@ -35,9 +37,16 @@ impl BotDestination {
     }
 
     /// Delivers one message, waiting at most the configured timeout.
-    pub async fn handle(&self, request: BotRequest) -> Result<BotResponse, DestinationError> {
+    pub async fn handle(
+        &self,
+        request: BotRequest,
+        trace: &TraceParent,
+    ) -> Result<BotResponse, DestinationError> {
         let mut request = tonic::Request::new(request);
         request.set_timeout(self.timeout);
+        if let Ok(value) = trace.to_string().parse() {
+            request.metadata_mut().insert(TRACEPARENT, value);
+        }
         let mut client = self.client.clone();
         let result = tokio::time::timeout(self.timeout, client.handle(request)).await;
         let status = match result {
