@@ -25,6 +25,8 @@ pub struct PipelineConfig {
     pub agent_queue_topic: String,
     /// Dead-letter topic.
     pub dlq_topic: String,
+    /// Prefix of the per-channel outbound topics.
+    pub outbound_topic_prefix: String,
     /// Consumer group of the workers.
     pub group_id: String,
     /// Routing rules file; the bot is known to the rules as `bot_name`.
@@ -53,6 +55,7 @@ impl PipelineConfig {
             analytics_topic: defaults.analytics_topic,
             agent_queue_topic: defaults.agent_queue_topic,
             dlq_topic: defaults.dlq_topic,
+            outbound_topic_prefix: defaults.outbound_topic_prefix,
             group_id: defaults.group_id,
             rules_file: None,
             bot_name: "echo".into(),
@@ -62,6 +65,34 @@ impl PipelineConfig {
             max_attempts: defaults.max_attempts,
             retry_backoff: defaults.retry_backoff,
         }
+    }
+
+    /// A pipeline of its own on a shared Kafka: every topic and the consumer
+    /// group get unique names starting with `prefix`, so runs (tests,
+    /// benchmarks) never see each other's data.
+    pub fn isolated(kafka: KafkaConfig, prefix: &str) -> Self {
+        let unique = |what: &str| format!("{prefix}.{what}.{}", uuid::Uuid::now_v7().simple());
+        Self {
+            messages_topic: unique("messages"),
+            analytics_topic: unique("analytics"),
+            agent_queue_topic: unique("agents"),
+            dlq_topic: unique("dlq"),
+            outbound_topic_prefix: unique("outbound"),
+            group_id: unique("group"),
+            ..Self::new(kafka)
+        }
+    }
+
+    /// Creates the topics the pipeline reads and writes (outbound topics are
+    /// created by Kafka when first written, if it allows that).
+    pub async fn create_topics(&self) -> anyhow::Result<()> {
+        let topics = [
+            &self.messages_topic,
+            &self.analytics_topic,
+            &self.agent_queue_topic,
+            &self.dlq_topic,
+        ];
+        self.kafka.ensure_topics(&topics.map(String::as_str)).await
     }
 
     /// The ingestion node's configuration for this pipeline; tests bind more
@@ -88,6 +119,7 @@ impl PipelineConfig {
             analytics_topic: self.analytics_topic.clone(),
             agent_queue_topic: self.agent_queue_topic.clone(),
             dlq_topic: self.dlq_topic.clone(),
+            outbound_topic_prefix: self.outbound_topic_prefix.clone(),
             rules_file: self.rules_file.clone(),
             bots: BTreeMap::from([(
                 self.bot_name.clone(),

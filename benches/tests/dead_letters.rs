@@ -62,12 +62,7 @@ fn text(conversation: &str, body: &str) -> PublishRequest {
 #[ignore = "needs the real local Kafka: run deploy/test.sh"]
 async fn poison_and_permanent_failures_go_to_the_dlq_and_conversations_continue() {
     let bootstrap = testkit::real_kafka();
-    let mut config = PipelineConfig::new(testkit::kafka_config(&bootstrap, 4));
-    config.messages_topic = testkit::random_topic("dlq.messages");
-    config.analytics_topic = testkit::random_topic("dlq.analytics");
-    config.agent_queue_topic = testkit::random_topic("dlq.agents");
-    config.dlq_topic = testkit::random_topic("dlq.dlq");
-    config.group_id = testkit::random_topic("dlq.group");
+    let mut config = PipelineConfig::isolated(testkit::kafka_config(&bootstrap, 4), "test.dlq");
     config.max_attempts = 3;
     config.retry_backoff = Duration::from_millis(10);
     let dir = std::env::temp_dir().join(testkit::random_topic("dlq"));
@@ -76,17 +71,7 @@ async fn poison_and_permanent_failures_go_to_the_dlq_and_conversations_continue(
     std::fs::write(&rules, "default = [{ bot = \"selective\" }]\n").unwrap();
     config.rules_file = Some(rules);
     config.bot_name = "selective".into();
-    let topics = [
-        &config.messages_topic,
-        &config.analytics_topic,
-        &config.agent_queue_topic,
-        &config.dlq_topic,
-    ];
-    config
-        .kafka
-        .ensure_topics(&topics.map(String::as_str))
-        .await
-        .unwrap();
+    config.create_topics().await.unwrap();
 
     // A poison record, written around the ingestion node.
     let producer: FutureProducer = config.kafka.client_config(&[]).create().unwrap();

@@ -51,21 +51,12 @@ async fn client(addr: SocketAddr) -> IngestClient<tonic::transport::Channel> {
 
 async fn pipeline_config(name: &str) -> PipelineConfig {
     let bootstrap = testkit::real_kafka();
-    let mut config = PipelineConfig::new(testkit::kafka_config(&bootstrap, 6));
-    config.messages_topic = testkit::random_topic(&format!("{name}.messages"));
-    config.analytics_topic = testkit::random_topic(&format!("{name}.analytics"));
-    config.agent_queue_topic = testkit::random_topic(&format!("{name}.agents"));
-    config.group_id = testkit::random_topic(&format!("{name}.group"));
+    let mut config = PipelineConfig::isolated(
+        testkit::kafka_config(&bootstrap, 6),
+        &format!("test.{name}"),
+    );
     config.bot_name = "echo".into(); // no rules file: everything goes to analytics only
-    config
-        .kafka
-        .ensure_topics(&[
-            &config.messages_topic,
-            &config.analytics_topic,
-            &config.agent_queue_topic,
-        ])
-        .await
-        .unwrap();
+    config.create_topics().await.unwrap();
     config
 }
 

@@ -79,22 +79,10 @@ async fn setup(name: &str) -> Setup {
     let rules_dir = TempDir::new(name);
     let rules_file = rules_dir.0.join("rules.toml");
     std::fs::write(&rules_file, RULES).unwrap();
-    let mut config = PipelineConfig::new(kafka);
-    config.messages_topic = testkit::random_topic(&format!("{name}.messages"));
-    config.analytics_topic = testkit::random_topic(&format!("{name}.analytics"));
-    config.agent_queue_topic = testkit::random_topic(&format!("{name}.agents"));
-    config.group_id = testkit::random_topic(&format!("{name}.group"));
+    let mut config = PipelineConfig::isolated(kafka, &format!("test.{name}"));
     config.rules_file = Some(rules_file);
     config.bot_name = "recorder".into();
-    config
-        .kafka
-        .ensure_topics(&[
-            &config.messages_topic,
-            &config.analytics_topic,
-            &config.agent_queue_topic,
-        ])
-        .await
-        .unwrap();
+    config.create_topics().await.unwrap();
     Setup {
         bootstrap,
         config,

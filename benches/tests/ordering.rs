@@ -27,20 +27,9 @@ const PER_CONVERSATION: usize = 2;
 #[ignore = "needs the real local Kafka: run deploy/test.sh"]
 async fn ten_thousand_conversations_stay_in_order_under_a_slow_random_bot() {
     let bootstrap = testkit::real_kafka();
-    let mut config = PipelineConfig::new(testkit::kafka_config(&bootstrap, PARTITIONS));
-    config.messages_topic = testkit::random_topic("order.messages");
-    config.analytics_topic = testkit::random_topic("order.analytics");
-    config.agent_queue_topic = testkit::random_topic("order.agents");
-    config.group_id = testkit::random_topic("order.group");
-    config
-        .kafka
-        .ensure_topics(&[
-            &config.messages_topic,
-            &config.analytics_topic,
-            &config.agent_queue_topic,
-        ])
-        .await
-        .unwrap();
+    let mut config =
+        PipelineConfig::isolated(testkit::kafka_config(&bootstrap, PARTITIONS), "test.order");
+    config.create_topics().await.unwrap();
     let dir = std::env::temp_dir().join(testkit::random_topic("order"));
     std::fs::create_dir_all(&dir).unwrap();
     let rules = dir.join("rules.toml");

@@ -74,23 +74,8 @@ async fn decisions(config: &PipelineConfig, at_least: usize) -> HashMap<String, 
 #[ignore = "needs the real local Kafka: run deploy/test.sh"]
 async fn rules_reload_while_traffic_flows_and_bad_files_are_refused() {
     let bootstrap = testkit::real_kafka();
-    let mut config = PipelineConfig::new(testkit::kafka_config(&bootstrap, 4));
-    config.messages_topic = testkit::random_topic("reload.messages");
-    config.analytics_topic = testkit::random_topic("reload.analytics");
-    config.agent_queue_topic = testkit::random_topic("reload.agents");
-    config.dlq_topic = testkit::random_topic("reload.dlq");
-    config.group_id = testkit::random_topic("reload.group");
-    let topics = [
-        &config.messages_topic,
-        &config.analytics_topic,
-        &config.agent_queue_topic,
-        &config.dlq_topic,
-    ];
-    config
-        .kafka
-        .ensure_topics(&topics.map(String::as_str))
-        .await
-        .unwrap();
+    let mut config = PipelineConfig::isolated(testkit::kafka_config(&bootstrap, 4), "test.reload");
+    config.create_topics().await.unwrap();
     let dir = std::env::temp_dir().join(testkit::random_topic("reload"));
     std::fs::create_dir_all(&dir).unwrap();
     let rules = dir.join("rules.toml");

@@ -30,21 +30,8 @@ fn header(record: &rdkafka::message::OwnedMessage) -> TraceParent {
 #[ignore = "needs the real local Kafka: run deploy/test.sh"]
 async fn traceparent_crosses_kafka_to_the_bot() {
     let bootstrap = testkit::real_kafka();
-    let mut config = PipelineConfig::new(testkit::kafka_config(&bootstrap, 3));
-    config.messages_topic = testkit::random_topic("trace.messages");
-    config.analytics_topic = testkit::random_topic("trace.analytics");
-    config.agent_queue_topic = testkit::random_topic("trace.agents");
-    config.group_id = testkit::random_topic("trace.group");
-    let topics = [
-        &config.messages_topic,
-        &config.analytics_topic,
-        &config.agent_queue_topic,
-    ];
-    config
-        .kafka
-        .ensure_topics(&topics.map(String::as_str))
-        .await
-        .unwrap();
+    let mut config = PipelineConfig::isolated(testkit::kafka_config(&bootstrap, 3), "test.trace");
+    config.create_topics().await.unwrap();
     let dir = std::env::temp_dir().join(testkit::random_topic("trace"));
     std::fs::create_dir_all(&dir).unwrap();
     let rules = dir.join("rules.toml");
