@@ -52,6 +52,22 @@ impl KafkaConfig {
         config
     }
 
+    /// A producer config with the settings every Switchboard producer shares:
+    /// acknowledged by all in-sync replicas, idempotent (no duplicates or
+    /// reordering on retries), Kafka Java's `murmur2` partitioner (so Java
+    /// clients agree on a conversation's partition) and lz4. `extra`
+    /// settings come next, then the pass-through properties.
+    pub fn producer_config(&self, extra: &[(&str, &str)]) -> ClientConfig {
+        let mut base = vec![
+            ("acks", "all"),
+            ("enable.idempotence", "true"),
+            ("partitioner", "murmur2_random"),
+            ("compression.type", "lz4"),
+        ];
+        base.extend_from_slice(extra);
+        self.client_config(&base)
+    }
+
     /// Creates the given topics if they do not exist yet.
     pub async fn ensure_topics(&self, topics: &[&str]) -> anyhow::Result<()> {
         let admin: AdminClient<DefaultClientContext> = self.client_config(&[]).create()?;
@@ -81,6 +97,24 @@ mod tests {
     use rdkafka::producer::BaseProducer;
 
     use super::*;
+
+    #[test]
+    fn producers_share_durable_settings_and_pass_through_wins() {
+        let mut config = KafkaConfig::default();
+        config
+            .properties
+            .insert("compression.type".into(), "zstd".into());
+        let producer = config.producer_config(&[("linger.ms", "7")]);
+        for (key, value) in [
+            ("acks", "all"),
+            ("enable.idempotence", "true"),
+            ("partitioner", "murmur2_random"),
+            ("linger.ms", "7"),
+            ("compression.type", "zstd"),
+        ] {
+            assert_eq!(producer.get(key), Some(value), "{key}");
+        }
+    }
 
     /// Security settings pass through to librdkafka, which is built with TLS.
     #[test]

@@ -98,11 +98,7 @@ impl Publisher {
         metrics::gauge!("switchboard_ingest_kafka_up").set(1.0);
         let producer = config
             .kafka
-            .client_config(&[
-                ("acks", "all"),
-                ("enable.idempotence", "true"),
-                ("partitioner", "murmur2_random"),
-                ("compression.type", "lz4"),
+            .producer_config(&[
                 ("linger.ms", &linger_ms),
                 ("message.timeout.ms", &timeout_ms),
                 ("queue.buffering.max.messages", &queue),

@@ -1,9 +1,9 @@
 //! Kafka-topic destinations: the agent-queue topic, the analytics topic,
 //! the per-channel outbound topics and the dead-letter topic.
 //!
-//! All are written with the same idempotent, `acks=all`, `murmur2`
-//! producer settings as the ingestion node, so a delivery counts only once
-//! Kafka has it.
+//! All are written with the ingestion node's producer settings
+//! ([`KafkaConfig::producer_config`](switchboard_broker::kafka::KafkaConfig::producer_config)),
+//! so a delivery counts only once Kafka has it.
 
 use std::time::Duration;
 
@@ -74,14 +74,7 @@ impl TopicOutputs {
     pub fn new(config: &WorkersConfig) -> anyhow::Result<Self> {
         let producer = config
             .kafka
-            .client_config(&[
-                ("acks", "all"),
-                ("enable.idempotence", "true"),
-                ("partitioner", "murmur2_random"),
-                ("compression.type", "lz4"),
-                ("linger.ms", "2"),
-                ("message.timeout.ms", "10000"),
-            ])
+            .producer_config(&[("linger.ms", "2"), ("message.timeout.ms", "10000")])
             .create()?;
         Ok(Self {
             producer,
