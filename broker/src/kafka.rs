@@ -68,28 +68,74 @@ impl KafkaConfig {
         self.client_config(&base)
     }
 
-    /// Creates the given topics if they do not exist yet.
+    /// Creates the given topics if they do not exist yet. Transient
+    /// failures (a busy controller, a timeout) are retried for up to a
+    /// minute, so a node starting while Kafka is busy does not give up.
     pub async fn ensure_topics(&self, topics: &[&str]) -> anyhow::Result<()> {
         let admin: AdminClient<DefaultClientContext> = self.client_config(&[]).create()?;
-        let new: Vec<NewTopic<'_>> = topics
-            .iter()
-            .map(|t| {
-                NewTopic::new(
-                    t,
-                    self.topic_partitions,
-                    TopicReplication::Fixed(self.topic_replication),
-                )
-            })
-            .collect();
         let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-        for result in admin.create_topics(&new, &opts).await? {
-            match result {
-                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((topic, code)) => anyhow::bail!("cannot create topic {topic}: {code}"),
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let mut missing: Vec<&str> = topics.to_vec();
+        loop {
+            let new: Vec<NewTopic<'_>> = missing
+                .iter()
+                .map(|t| {
+                    NewTopic::new(
+                        t,
+                        self.topic_partitions,
+                        TopicReplication::Fixed(self.topic_replication),
+                    )
+                })
+                .collect();
+            let mut retry = Vec::new();
+            match admin.create_topics(&new, &opts).await {
+                Ok(results) => {
+                    for result in results {
+                        match result {
+                            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                            Err((topic, code)) if is_transient(code) => {
+                                tracing::warn!(%topic, %code, "topic not created yet; retrying");
+                                retry.push(topic);
+                            }
+                            Err((topic, code)) => {
+                                anyhow::bail!("cannot create topic {topic}: {code}")
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "creating topics failed; retrying");
+                    retry = missing.iter().map(|t| (*t).to_owned()).collect();
+                }
             }
+            if retry.is_empty() {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "cannot create topics {retry:?} within a minute; is Kafka at {} up?",
+                self.bootstrap_servers
+            );
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            missing.retain(|t| retry.iter().any(|r| r == t));
         }
-        Ok(())
     }
+}
+
+/// Errors that a later attempt at creating a topic may not hit.
+fn is_transient(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::OperationTimedOut
+            | RDKafkaErrorCode::RequestTimedOut
+            | RDKafkaErrorCode::NotController
+            | RDKafkaErrorCode::CoordinatorLoadInProgress
+            | RDKafkaErrorCode::CoordinatorNotAvailable
+            | RDKafkaErrorCode::BrokerTransportFailure
+            | RDKafkaErrorCode::AllBrokersDown
+            | RDKafkaErrorCode::LeaderNotAvailable
+            | RDKafkaErrorCode::NotEnoughReplicas
+    )
 }
 
 #[cfg(test)]

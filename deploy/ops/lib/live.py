@@ -101,7 +101,7 @@ class Procs:
     def alive(self, name: str) -> bool:
         return self.running[name].poll() is None
 
-    def log_tail(self, name: str, lines: int = 15) -> str:
+    def log_tail(self, name: str, lines: int = 60) -> str:
         path = self.workdir / f"{name}.log"
         text = path.read_text(errors="replace").splitlines() if path.exists() else []
         return "\n".join("      " + line for line in text[-lines:])
