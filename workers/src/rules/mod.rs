@@ -339,6 +339,10 @@ impl RuleSet {
             envelope,
             text,
             lowercase: text.map(str::to_lowercase),
+            language: envelope
+                .attributes
+                .get("language")
+                .map(|l| l.to_lowercase()),
             at: envelope
                 .received_at
                 .as_ref()
@@ -364,16 +368,13 @@ struct Message<'a> {
     envelope: &'a Envelope,
     text: Option<&'a str>,
     lowercase: Option<String>,
+    language: Option<String>,
     at: jiff::Timestamp,
 }
 
 impl Compiled {
     fn matches(&self, m: &Message<'_>) -> bool {
         let envelope = m.envelope;
-        let language = envelope
-            .attributes
-            .get("language")
-            .map(|l| l.to_lowercase());
         (self.channels.is_empty() || self.channels.contains(&envelope.channel()))
             && (self.rule.tenants.is_empty() || self.rule.tenants.contains(&envelope.tenant_id))
             && self.direction.is_none_or(|d| d == envelope.direction())
@@ -390,7 +391,7 @@ impl Compiled {
                 || m.text
                     .is_some_and(|t| self.regex.iter().any(|r| r.is_match(t))))
             && (self.languages.is_empty()
-                || language.is_some_and(|l| {
+                || m.language.as_deref().is_some_and(|l| {
                     self.languages.iter().any(|want| {
                         l == *want
                             || l.strip_prefix(want.as_str())
