@@ -144,6 +144,7 @@ pub async fn log_traffic(
                     Kind::Bot(name) => format!("bot:{name}"),
                     Kind::AgentQueue(queue) => format!("agent:{queue}"),
                     Kind::Analytics(_) => "analytics".to_owned(),
+                    Kind::Outbound(_) => "outbound".to_owned(),
                 })
                 .collect();
             tracing::info!(

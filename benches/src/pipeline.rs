@@ -25,6 +25,10 @@ pub struct PipelineConfig {
     pub agent_queue_topic: String,
     /// Dead-letter topic.
     pub dlq_topic: String,
+    /// Conversation state topic (compacted).
+    pub state_topic: String,
+    /// Consent rejections topic.
+    pub rejections_topic: String,
     /// Prefix of the per-channel outbound topics.
     pub outbound_topic_prefix: String,
     /// Consumer group of the workers.
@@ -55,6 +59,8 @@ impl PipelineConfig {
             analytics_topic: defaults.analytics_topic,
             agent_queue_topic: defaults.agent_queue_topic,
             dlq_topic: defaults.dlq_topic,
+            state_topic: defaults.state_topic,
+            rejections_topic: defaults.rejections_topic,
             outbound_topic_prefix: defaults.outbound_topic_prefix,
             group_id: defaults.group_id,
             rules_file: None,
@@ -77,22 +83,17 @@ impl PipelineConfig {
             analytics_topic: unique("analytics"),
             agent_queue_topic: unique("agents"),
             dlq_topic: unique("dlq"),
+            state_topic: unique("state"),
+            rejections_topic: unique("rejections"),
             outbound_topic_prefix: unique("outbound"),
             group_id: unique("group"),
             ..Self::new(kafka)
         }
     }
 
-    /// Creates the topics the pipeline reads and writes (outbound topics are
-    /// created by Kafka when first written, if it allows that).
+    /// Creates the topics the pipeline reads and writes.
     pub async fn create_topics(&self) -> anyhow::Result<()> {
-        let topics = [
-            &self.messages_topic,
-            &self.analytics_topic,
-            &self.agent_queue_topic,
-            &self.dlq_topic,
-        ];
-        self.kafka.ensure_topics(&topics.map(String::as_str)).await
+        self.workers_config(self.bot_addr).ensure_topics().await
     }
 
     /// The ingestion node's configuration for this pipeline; tests bind more
@@ -119,6 +120,8 @@ impl PipelineConfig {
             analytics_topic: self.analytics_topic.clone(),
             agent_queue_topic: self.agent_queue_topic.clone(),
             dlq_topic: self.dlq_topic.clone(),
+            state_topic: self.state_topic.clone(),
+            rejections_topic: self.rejections_topic.clone(),
             outbound_topic_prefix: self.outbound_topic_prefix.clone(),
             rules_file: self.rules_file.clone(),
             bots: BTreeMap::from([(

@@ -68,10 +68,39 @@ impl KafkaConfig {
         self.client_config(&base)
     }
 
+    /// The number of partitions of `topic`. Blocking (a metadata request
+    /// of up to 10 s): call it off the async runtime's hot paths.
+    pub fn partition_count(&self, topic: &str) -> anyhow::Result<usize> {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let consumer: BaseConsumer = self.client_config(&[]).create()?;
+        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+        let topic_metadata = metadata
+            .topics()
+            .first()
+            .ok_or_else(|| anyhow::anyhow!("no metadata for topic {topic}"))?;
+        if let Some(e) = topic_metadata.error() {
+            anyhow::bail!(
+                "topic {topic}: {}",
+                rdkafka::types::RDKafkaErrorCode::from(e)
+            );
+        }
+        Ok(topic_metadata.partitions().len())
+    }
+
     /// Creates the given topics if they do not exist yet. Transient
     /// failures (a busy controller, a timeout) are retried for up to a
     /// minute, so a node starting while Kafka is busy does not give up.
     pub async fn ensure_topics(&self, topics: &[&str]) -> anyhow::Result<()> {
+        self.ensure_topics_with(topics, &[]).await
+    }
+
+    /// Like [`ensure_topics`](Self::ensure_topics), creating missing topics
+    /// with the given topic configs (e.g. `cleanup.policy=compact`).
+    pub async fn ensure_topics_with(
+        &self,
+        topics: &[&str],
+        configs: &[(&str, &str)],
+    ) -> anyhow::Result<()> {
         let admin: AdminClient<DefaultClientContext> = self.client_config(&[]).create()?;
         let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -80,10 +109,13 @@ impl KafkaConfig {
             let new: Vec<NewTopic<'_>> = missing
                 .iter()
                 .map(|t| {
-                    NewTopic::new(
-                        t,
-                        self.topic_partitions,
-                        TopicReplication::Fixed(self.topic_replication),
+                    configs.iter().fold(
+                        NewTopic::new(
+                            t,
+                            self.topic_partitions,
+                            TopicReplication::Fixed(self.topic_replication),
+                        ),
+                        |topic, (key, value)| topic.set(key, value),
                     )
                 })
                 .collect();

@@ -130,7 +130,20 @@ fn describe() {
     describe_histogram!(
         "switchboard_worker_state_rebuild_duration_seconds",
         metrics::Unit::Seconds,
-        "Time to rebuild a partition's state (recent channel message ids) from Kafka."
+        "Time to rebuild a partition's conversation states from the state topic."
+    );
+    describe_counter!(
+        "switchboard_consent_rejections_total",
+        "Outbound messages refused by consent rules, by channel and reason (outside_window, no_inbound, opted_out)."
+    );
+    describe_counter!(
+        "switchboard_ownership_changes_total",
+        "Conversation ownership changes, by event (handoff to a human, release to the bot, assign to an agent)."
+    );
+    describe_histogram!(
+        "switchboard_end_to_end_duration_seconds",
+        metrics::Unit::Seconds,
+        "Time from a message's received_at at the ingestion node until every destination acknowledged it."
     );
     zero_known_series();
 }
@@ -154,12 +167,29 @@ fn zero_known_series() {
     for outcome in ["routed", "poison", "duplicate"] {
         metrics::counter!("switchboard_worker_records_total", "outcome" => outcome).absolute(0);
     }
-    for kind in ["bot", "agent", "analytics", "outbound", "dlq"] {
+    for kind in [
+        "bot",
+        "agent",
+        "analytics",
+        "outbound",
+        "dlq",
+        "state",
+        "rejections",
+    ] {
         metrics::counter!("switchboard_destination_errors_total", "kind" => kind).absolute(0);
         metrics::counter!("switchboard_destination_deliveries_total", "kind" => kind).absolute(0);
     }
     for reason in ["poison", "destination"] {
         metrics::counter!("switchboard_dlq_records_total", "reason" => reason).absolute(0);
+    }
+    for channel in ["whatsapp", "messenger", "instagram", "sms", "webchat"] {
+        for reason in ["outside_window", "no_inbound", "opted_out"] {
+            metrics::counter!("switchboard_consent_rejections_total", "channel" => channel, "reason" => reason)
+                .absolute(0);
+        }
+    }
+    for event in ["handoff", "release", "assign"] {
+        metrics::counter!("switchboard_ownership_changes_total", "event" => event).absolute(0);
     }
     metrics::counter!("switchboard_ingest_kafka_errors_total").absolute(0);
     metrics::counter!("switchboard_ingest_dedupe_hits_total").absolute(0);

@@ -6,7 +6,7 @@
 
 use std::time::SystemTime;
 
-use switchboard_proto::v1::{Channel, Direction, Envelope};
+use switchboard_proto::v1::{Channel, Direction, Envelope, envelope::Content};
 
 use crate::error::{FieldViolation, IngestError};
 
@@ -62,11 +62,28 @@ pub fn normalize(
             "must be INBOUND or OUTBOUND",
         ));
     }
-    if envelope.content.is_none() {
-        violations.push(FieldViolation::new(
+    match &envelope.content {
+        None => violations.push(FieldViolation::new(
             format!("{path}.content"),
             "is required (text, media, ...)",
-        ));
+        )),
+        Some(Content::Control(control)) => {
+            use switchboard_proto::v1::conversation_control::Action;
+            match control.action() {
+                Action::Unspecified => violations.push(FieldViolation::new(
+                    format!("{path}.control.action"),
+                    "must be HANDOFF, RELEASE or ASSIGN",
+                )),
+                Action::Assign if control.agent_id.is_empty() => {
+                    violations.push(FieldViolation::new(
+                        format!("{path}.control.agent_id"),
+                        "is required to ASSIGN",
+                    ))
+                }
+                _ => {}
+            }
+        }
+        Some(_) => {}
     }
     for (field, ts) in [
         ("sent_at", &envelope.sent_at),
@@ -97,10 +114,7 @@ pub fn normalize(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use switchboard_proto::{
-        Timestamp,
-        v1::{Text, envelope::Content},
-    };
+    use switchboard_proto::{Timestamp, v1::Text};
 
     fn valid() -> Envelope {
         Envelope {

@@ -63,6 +63,7 @@ impl v1::envelope::Content {
             Content::Deletion(_) => "deletion",
             Content::Attachments(_) => "attachments",
             Content::Handover(_) => "handover",
+            Content::Control(_) => "control",
         }
     }
 }

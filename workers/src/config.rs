@@ -37,6 +37,22 @@ pub struct WorkersConfig {
     /// Dead-letter topic: messages that could not be decoded, or that a
     /// destination refused for good, with headers saying why.
     pub dlq_topic: String,
+    /// Compacted topic of conversation states, keyed by conversation. It
+    /// must have as many partitions as the messages topic (checked at start).
+    pub state_topic: String,
+    /// Outbound messages refused by consent rules, with the reason.
+    pub rejections_topic: String,
+    /// The agent queue a conversation goes to when a bot hands it off
+    /// without naming one.
+    pub handoff_queue: String,
+    /// Free-form outbound messages are allowed this long after the
+    /// customer's last inbound message (WhatsApp, Messenger, Instagram).
+    #[serde(with = "humantime_serde")]
+    pub service_window: Duration,
+    /// The window for `HUMAN_AGENT`-tagged messages, and after a
+    /// click-to-message ad (Messenger, Instagram).
+    #[serde(with = "humantime_serde")]
+    pub extended_window: Duration,
     /// Routing rules file (TOML). Without one, every message goes to the
     /// rules' default destination, analytics.
     pub rules_file: Option<PathBuf>,
@@ -52,11 +68,10 @@ pub struct WorkersConfig {
     pub max_in_flight_per_partition: usize,
     /// Most messages in flight at once over all partitions of a worker.
     pub max_in_flight_per_worker: usize,
-    /// Channel message ids remembered per partition to drop copies that
-    /// reached Kafka twice (through different ingestion nodes, or after a
-    /// node's dedupe window). Rebuilt from Kafka when a partition is taken
-    /// over. 0 turns this check off.
-    pub dedupe_lookback: usize,
+    /// Channel message ids remembered per conversation (in its state) to
+    /// drop copies that reached Kafka twice (through different ingestion
+    /// nodes, or after a node's dedupe window). 0 turns this check off.
+    pub recent_message_ids: usize,
     /// Delivery attempts per destination before a message goes to the
     /// dead-letter topic and its conversation moves on; 0 retries transient
     /// failures forever (the conversation waits).
@@ -85,12 +100,17 @@ impl Default for WorkersConfig {
             agent_queue_topic: "switchboard.agent-queue.v1".into(),
             dlq_topic: "switchboard.dlq.v1".into(),
             outbound_topic_prefix: "switchboard.outbound.v1".into(),
+            state_topic: "switchboard.conversation-state.v1".into(),
+            rejections_topic: "switchboard.rejections.v1".into(),
+            handoff_queue: "support".into(),
+            service_window: Duration::from_secs(24 * 3600),
+            extended_window: Duration::from_secs(7 * 24 * 3600),
             rules_file: None,
             rules_reload_interval: Duration::from_secs(1),
             bots: BTreeMap::new(),
             max_in_flight_per_partition: 256,
             max_in_flight_per_worker: 4096,
-            dedupe_lookback: 10_000,
+            recent_message_ids: 20,
             max_attempts: 8,
             retry_backoff: Duration::from_millis(100),
             retry_backoff_max: Duration::from_secs(5),
@@ -114,6 +134,8 @@ impl WorkersConfig {
             self.analytics_topic.clone(),
             self.agent_queue_topic.clone(),
             self.dlq_topic.clone(),
+            self.rejections_topic.clone(),
+            self.state_topic.clone(),
         ];
         topics.extend(
             [
@@ -126,6 +148,65 @@ impl WorkersConfig {
             .map(|c| self.outbound_topic(c)),
         );
         topics
+    }
+
+    /// Creates every topic that is missing (the state topic compacted) and
+    /// checks that the state topic is partitioned like the messages topic.
+    pub async fn ensure_topics(&self) -> anyhow::Result<()> {
+        let topics = self.topics();
+        let plain: Vec<&str> = topics
+            .iter()
+            .map(String::as_str)
+            .filter(|t| *t != self.state_topic)
+            .collect();
+        self.kafka.ensure_topics(&plain).await?;
+        self.kafka
+            .ensure_topics_with(&[&self.state_topic], &[("cleanup.policy", "compact")])
+            .await?;
+        // A topic just created may take a moment to show in metadata.
+        let count = |topic: String| {
+            let kafka = self.kafka.clone();
+            async move {
+                let mut tries = 0;
+                loop {
+                    let kafka = kafka.clone();
+                    let topic_ = topic.clone();
+                    match tokio::task::spawn_blocking(move || kafka.partition_count(&topic_))
+                        .await?
+                    {
+                        Ok(n) if n > 0 => return anyhow::Ok(n),
+                        Ok(_) if tries < 30 => {}
+                        Err(e) if tries < 30 => {
+                            tracing::debug!(error = %e, %topic, "no metadata yet")
+                        }
+                        Ok(_) => anyhow::bail!("topic {topic} has no partitions"),
+                        Err(e) => return Err(e),
+                    }
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        };
+        let (messages, state) = (
+            count(self.messages_topic.clone()).await?,
+            count(self.state_topic.clone()).await?,
+        );
+        anyhow::ensure!(
+            messages == state,
+            "state topic {} has {state} partitions but messages topic {} has {messages}; \
+             they must match so each conversation's state sits in its messages' partition",
+            self.state_topic,
+            self.messages_topic
+        );
+        Ok(())
+    }
+
+    /// The consent rules' windows.
+    pub fn consent(&self) -> crate::state::consent::ConsentPolicy {
+        crate::state::consent::ConsentPolicy {
+            service_window: self.service_window,
+            extended_window: self.extended_window,
+        }
     }
 
     /// Loads defaults, then the optional TOML file, then the environment,

@@ -45,9 +45,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     config::WorkersConfig,
-    dedupe::RecentIds,
+    destinations::topics::headers,
     offsets::OffsetTracker,
     router::{Router, Source},
+    state::{PartitionStates, effects},
 };
 
 /// Records revocations seen during a rebalance, for the loop to act on.
@@ -94,7 +95,7 @@ pub struct Worker {
     consumer: Arc<Consumer_>,
     router: Arc<Router>,
     kafka: KafkaConfig,
-    dedupe_lookback: usize,
+    state_topic: String,
     queue_len: usize,
     worker_permits: Arc<Semaphore>,
     grace: Duration,
@@ -120,7 +121,7 @@ impl Worker {
             consumer: Arc::new(consumer),
             router,
             kafka: config.kafka.clone(),
-            dedupe_lookback: config.dedupe_lookback,
+            state_topic: config.state_topic.clone(),
             queue_len: config.max_in_flight_per_partition,
             worker_permits: Arc::new(Semaphore::new(config.max_in_flight_per_worker)),
             grace: config.shutdown_grace,
@@ -170,7 +171,7 @@ impl Worker {
                             consumer: self.consumer.clone(),
                             router: self.router.clone(),
                             kafka: self.kafka.clone(),
-                            dedupe_lookback: self.dedupe_lookback,
+                            state_topic: self.state_topic.clone(),
                             topic: topic.clone(),
                             partition: *partition,
                             max_in_flight: self.queue_len,
@@ -210,7 +211,7 @@ struct PartitionContext {
     consumer: Arc<Consumer_>,
     router: Arc<Router>,
     kafka: KafkaConfig,
-    dedupe_lookback: usize,
+    state_topic: String,
     topic: String,
     partition: i32,
     /// Most messages of this partition in flight at once.
@@ -222,28 +223,40 @@ struct PartitionContext {
 /// Signals that a conversation's message is done, so its next may start.
 type Done = Shared<oneshot::Receiver<()>>;
 
+/// How one message ended.
+enum Outcome {
+    Routed,
+    Duplicate,
+    Poison,
+    /// Interrupted, or its conversation's previous message was: not done.
+    Unfinished,
+}
+
 /// Routes one partition: conversations concurrently, each one strictly in
 /// order, and stores the contiguous prefix of completed offsets.
 ///
-/// First rebuilds the partition's recent channel message ids from Kafka, so
-/// copies of a message that reached Kafka twice are routed once. Messages
-/// are taken in offset order; each waits for the previous message of its
-/// conversation (if still running) and then routes on its own task. At most
-/// `max_in_flight` messages of the partition, and the worker's bound over
-/// all partitions, run at once. Dropping this future (on revoke) drops every
-/// task it started; nothing they did not finish gets stored.
+/// First rebuilds the partition's conversation states from the state
+/// topic. Messages are taken in offset order; each waits for the previous
+/// message of its conversation (if still running) and then routes on its
+/// own task, with its conversation's state; a copy of a channel message the
+/// conversation already had is dropped. At most `max_in_flight` messages of
+/// the partition, and the worker's bound over all partitions, run at once.
+/// Dropping this future (on revoke) drops every task it started; nothing
+/// they did not finish gets stored.
 async fn route_partition(
     cx: PartitionContext,
     mut queue: mpsc::Receiver<OwnedMessage>,
     no_new_work: CancellationToken,
     abort: CancellationToken,
 ) {
-    let routed = metrics::counter!("switchboard_worker_records_total", "outcome" => "routed");
-    let poison = metrics::counter!("switchboard_worker_records_total", "outcome" => "poison");
-    let duplicate = metrics::counter!("switchboard_worker_records_total", "outcome" => "duplicate");
+    let outcome =
+        |outcome| metrics::counter!("switchboard_worker_records_total", "outcome" => outcome);
+    let (routed, poison, duplicate) = (outcome("routed"), outcome("poison"), outcome("duplicate"));
     let partition = cx.partition;
-    let mut recent: Option<RecentIds> = None;
-    let mut tasks: JoinSet<(i64, String, bool)> = JoinSet::new();
+    let Some(states) = rebuild_states(&cx, &abort).await else {
+        return;
+    };
+    let mut tasks: JoinSet<(i64, String, Outcome)> = JoinSet::new();
     // The last message started per conversation, while it runs.
     let mut lanes: HashMap<String, (i64, Done)> = HashMap::new();
     let mut offsets = OffsetTracker::default();
@@ -252,16 +265,17 @@ async fn route_partition(
         tokio::select! {
             biased;
             Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
-                let Ok((offset, key, completed)) = joined else { continue };
+                let Ok((offset, key, outcome)) = joined else { continue };
                 if lanes.get(&key).is_some_and(|(latest, _)| *latest == offset) {
                     lanes.remove(&key);
                 }
-                if completed {
-                    if !key.is_empty() {
-                        routed.increment(1);
-                    }
-                    store(&cx, offsets.complete(offset));
+                match outcome {
+                    Outcome::Routed => routed.increment(1),
+                    Outcome::Duplicate => duplicate.increment(1),
+                    Outcome::Poison => poison.increment(1),
+                    Outcome::Unfinished => continue,
                 }
+                store(&cx, offsets.complete(offset));
             }
             next = queue.recv(), if open && tasks.len() < cx.max_in_flight => {
                 let Some(message) = next.filter(|_| !no_new_work.is_cancelled()) else {
@@ -270,23 +284,21 @@ async fn route_partition(
                 };
                 let offset = message.offset();
                 offsets.start(offset);
-                // This worker's span, continuing the trace from the record's header.
-                let trace = TraceParent::continue_from(
+                let header = |name: &str| {
                     message
                         .headers()
-                        .and_then(|h| h.iter().find(|h| h.key == TRACEPARENT))
+                        .and_then(|h| h.iter().find(|h| h.key == name))
                         .and_then(|h| h.value)
-                        .and_then(|v| std::str::from_utf8(v).ok()),
-                );
-                let recent = match &mut recent {
-                    Some(recent) => recent,
-                    None => recent.insert(rebuild_recent_ids(&cx, offset).await),
+                        .and_then(|v| std::str::from_utf8(v).ok())
                 };
+                // This worker's span, continuing the trace from the record's header.
+                let trace = TraceParent::continue_from(header(TRACEPARENT));
+                // A replayed message is routed again on purpose, even if seen.
+                let replayed = header(headers::REPLAYED_FROM).is_some();
                 let envelope = match message.payload().map(Envelope::decode) {
                     Some(Ok(envelope)) => envelope,
                     other => {
                         // Poison: straight to the dead-letter topic, in no conversation's lane.
-                        poison.increment(1);
                         let error = match other {
                             Some(Err(e)) => e.to_string(),
                             _ => "no payload".to_owned(),
@@ -295,41 +307,48 @@ async fn route_partition(
                         let (router, abort, topic) = (cx.router.clone(), abort.clone(), cx.topic.clone());
                         tasks.spawn(async move {
                             let source = Source { topic: &topic, partition, offset, trace };
-                            let done = router.dead_letter_poison(&payload, &error, source, &abort).await.is_ok();
-                            (offset, String::new(), done)
+                            let outcome = match router.dead_letter_poison(&payload, &error, source, &abort).await {
+                                Ok(()) => Outcome::Poison,
+                                Err(_) => Outcome::Unfinished,
+                            };
+                            (offset, String::new(), outcome)
                         });
                         continue;
                     }
                 };
-                if recent.is_duplicate(&envelope) {
-                    duplicate.increment(1);
-                    tracing::debug!(partition, offset, "copy of an earlier channel message dropped");
-                    store(&cx, offsets.complete(offset));
-                    continue;
-                }
                 let Ok(permit) = cx.worker_permits.clone().acquire_owned().await else { break };
                 let key = envelope.conversation_key();
                 let (done_tx, done_rx) = oneshot::channel();
                 let previous = lanes.insert(key.clone(), (offset, done_rx.shared())).map(|(_, done)| done);
                 let (router, abort, no_new_work) = (cx.router.clone(), abort.clone(), no_new_work.clone());
-                let topic = cx.topic.clone();
+                let (topic, states) = (cx.topic.clone(), states.clone());
                 tasks.spawn(async move {
                     let _permit = permit;
                     // In order within the conversation: wait for the one before.
                     if let Some(previous) = previous
                         && previous.await.is_err()
                     {
-                        return (offset, key, false); // it did not finish: neither may this
+                        return (offset, key, Outcome::Unfinished); // it did not finish: neither may this
                     }
                     if no_new_work.is_cancelled() {
-                        return (offset, key, false);
+                        return (offset, key, Outcome::Unfinished);
                     }
-                    let source = Source { topic: &topic, partition, offset, trace };
-                    let completed = router.route(envelope, source, &abort).await.is_ok();
-                    if completed {
-                        let _ = done_tx.send(());
-                    }
-                    (offset, key, completed)
+                    let state = states.get(&key);
+                    let outcome = if !replayed && effects::is_duplicate(&state, &envelope) {
+                        tracing::debug!(partition, offset, "copy of an earlier channel message dropped");
+                        Outcome::Duplicate
+                    } else {
+                        let source = Source { topic: &topic, partition, offset, trace };
+                        match router.route(envelope, state, source, &abort).await {
+                            Ok((_, state)) => {
+                                states.put(key.clone(), state);
+                                Outcome::Routed
+                            }
+                            Err(_) => return (offset, key, Outcome::Unfinished),
+                        }
+                    };
+                    let _ = done_tx.send(());
+                    (offset, key, outcome)
                 });
             }
             else => break,
@@ -347,28 +366,33 @@ fn store(cx: &PartitionContext, safe: Option<i64>) {
     }
 }
 
-/// The partition's recent channel message ids, read back from Kafka.
-async fn rebuild_recent_ids(cx: &PartitionContext, before: i64) -> RecentIds {
-    let (kafka, topic, partition, lookback) = (
-        cx.kafka.clone(),
-        cx.topic.clone(),
-        cx.partition,
-        cx.dedupe_lookback,
-    );
-    match tokio::task::spawn_blocking(move || {
-        RecentIds::rebuild(&kafka, &topic, partition, before, lookback)
-    })
-    .await
-    {
-        Ok(Ok(ids)) => ids,
-        other => {
-            tracing::warn!(
-                ?other,
-                partition,
-                "cannot rebuild dedupe ids; earlier copies may be routed again"
-            );
-            RecentIds::new(lookback)
+/// The partition's conversation states, read back from the state topic.
+/// A failed read is retried (routing without state would forget owners and
+/// consent) until it succeeds or `abort` fires.
+async fn rebuild_states(
+    cx: &PartitionContext,
+    abort: &CancellationToken,
+) -> Option<Arc<PartitionStates>> {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let (kafka, topic, partition) = (cx.kafka.clone(), cx.state_topic.clone(), cx.partition);
+        let rebuilt = tokio::task::spawn_blocking(move || {
+            PartitionStates::rebuild(&kafka, &topic, partition)
+        });
+        let error = tokio::select! {
+            result = rebuilt => match result {
+                Ok(Ok(states)) => return Some(Arc::new(states)),
+                Ok(Err(e)) => e.to_string(),
+                Err(e) => e.to_string(),
+            },
+            _ = abort.cancelled() => return None,
+        };
+        tracing::warn!(%error, partition = cx.partition, retry_in = ?delay, "cannot rebuild conversation state; retrying");
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = abort.cancelled() => return None,
         }
+        delay = (delay * 2).min(Duration::from_secs(5));
     }
 }
 

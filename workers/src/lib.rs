@@ -11,7 +11,9 @@
 //! Layout, by role:
 //! - [`config`]: the worker's one constructor, [`config::WorkersConfig`].
 //! - [`rules`]: the routing rules file: parsing, validation at load, evaluation.
-//! - [`dedupe`]: drops copies of a channel message that reached Kafka twice.
+//! - [`state`]: conversation state (owner, messaging window, consent,
+//!   referral, recent message ids) in a compacted topic, rebuilt when a
+//!   partition is assigned; consent rules for outbound messages.
 //! - [`destinations`]: `bot/` (config, client, demo echo bot) and `topics`
 //!   (agent queue, analytics, outbound and dead-letter topics).
 //! - [`offsets`]: the contiguous prefix of completed offsets, safe to commit.
@@ -25,8 +27,8 @@
 
 pub mod config;
 pub mod consumer;
-pub mod dedupe;
 pub mod destinations;
 pub mod offsets;
 pub mod router;
 pub mod rules;
+pub mod state;

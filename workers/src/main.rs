@@ -50,10 +50,8 @@ async fn main() -> anyhow::Result<()> {
         tracing::info!(%addr, "serving Prometheus metrics at /metrics");
     }
     // Creating topics can take a while; a signal meanwhile ends the process.
-    let topics = config.topics();
-    let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
     tokio::select! {
-        created = config.kafka.ensure_topics(&topics) => created?,
+        created = config.ensure_topics() => created?,
         _ = shutdown.cancelled() => return Ok(()),
     }
     let router = Arc::new(Router::new(&config)?);

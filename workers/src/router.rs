@@ -24,7 +24,9 @@ use switchboard_broker::trace::TraceParent;
 use futures::future::join_all;
 use prost::Message as _;
 use switchboard_proto::v1::{
-    AgentTask, AnalyticsRecord, BotRequest, Destination, Envelope, RouteDecision, destination,
+    AgentTask, AnalyticsRecord, BotRequest, ConversationControl, ConversationState, Destination,
+    Direction, Envelope, Owner, Rejection, RouteDecision,
+    conversation_control::Action as ControlAction, destination, envelope::Content,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -36,6 +38,10 @@ use crate::{
         topics::{DeadLetter, TopicOutputs},
     },
     rules::{DestinationSpec, RuleSet, RulesError},
+    state::{
+        consent::{ConsentPolicy, Refusal},
+        effects,
+    },
 };
 
 fn modified(path: &Path) -> Option<SystemTime> {
@@ -62,6 +68,44 @@ pub struct Source<'a> {
     pub trace: TraceParent,
 }
 
+/// What delivering to one destination led to.
+#[derive(Default)]
+struct Delivered {
+    /// The destination failed for good.
+    failure: Option<Failure>,
+    /// A bot asked for a human: the bot's name and the agent queue.
+    handoff: Option<(String, String)>,
+}
+
+/// Metric handles taken once.
+struct RouterMetrics {
+    end_to_end: metrics::Histogram,
+    handoffs: metrics::Counter,
+    releases: metrics::Counter,
+    assigns: metrics::Counter,
+}
+
+impl RouterMetrics {
+    fn new() -> Self {
+        let ownership = |event: &'static str| metrics::counter!("switchboard_ownership_changes_total", "event" => event);
+        Self {
+            end_to_end: metrics::histogram!("switchboard_end_to_end_duration_seconds"),
+            handoffs: ownership("handoff"),
+            releases: ownership("release"),
+            assigns: ownership("assign"),
+        }
+    }
+
+    fn ownership(&self, action: ControlAction) {
+        match action {
+            ControlAction::Handoff => self.handoffs.increment(1),
+            ControlAction::Release => self.releases.increment(1),
+            ControlAction::Assign => self.assigns.increment(1),
+            ControlAction::Unspecified => {}
+        }
+    }
+}
+
 /// A destination that failed for good.
 struct Failure {
     destination: String,
@@ -85,6 +129,10 @@ pub struct Router {
     backoff: Duration,
     backoff_max: Duration,
     max_attempts: u32,
+    consent: ConsentPolicy,
+    handoff_queue: String,
+    recent_message_ids: usize,
+    metrics: RouterMetrics,
 }
 
 impl Router {
@@ -120,6 +168,10 @@ impl Router {
             backoff: config.retry_backoff,
             backoff_max: config.retry_backoff_max,
             max_attempts: config.max_attempts,
+            consent: config.consent(),
+            handoff_queue: config.handoff_queue.clone(),
+            recent_message_ids: config.recent_message_ids,
+            metrics: RouterMetrics::new(),
         })
     }
 
@@ -174,43 +226,94 @@ impl Router {
         });
     }
 
-    /// Routes one envelope read from `source`. Returns its decision once
+    /// Routes one envelope read from `source`, of a conversation in
+    /// `state`. Returns its decision and the conversation's new state once
     /// every destination has acknowledged it or failed for good (and was
-    /// dead-lettered), or [`Interrupted`] if `stop` fired first.
+    /// dead-lettered), the new state is in Kafka and analytics has the
+    /// message; or [`Interrupted`] if `stop` fired first.
+    ///
+    /// - A control event changes the conversation's owner and goes to
+    ///   analytics only.
+    /// - An `OUTBOUND` message is checked against consent: refused, it goes
+    ///   to the rejections topic (and analytics) only; allowed, to the
+    ///   channel's outbound topic and the matching rule's destinations.
+    /// - While a human owns the conversation, bot destinations are replaced
+    ///   by the owner's agent queue. A bot's reply goes out (if consent
+    ///   allows); a bot's handoff makes the conversation human-owned.
     pub async fn route(
         &self,
         envelope: Envelope,
+        mut state: ConversationState,
         source: Source<'_>,
         stop: &CancellationToken,
-    ) -> Result<RouteDecision, Interrupted> {
+    ) -> Result<(RouteDecision, ConversationState), Interrupted> {
+        let key = envelope.conversation_key();
+        let before = state.clone();
+        effects::apply_message(&mut state, &envelope, &self.handoff_queue);
+        let human_owned = state.owner() == Owner::Human;
         let rules = self.rules.load();
-        let decision = rules.decide(&envelope);
-        let matched = if decision.rule_id == "default" {
-            "default"
-        } else {
-            "rule"
-        };
-        metrics::counter!("switchboard_route_decisions_total", "matched" => matched).increment(1);
         let mut route = RouteDecision {
             message_id: envelope.message_id.clone(),
-            rule_id: decision.rule_id.to_owned(),
-            reason: if decision.rule_id == "default" {
-                "no rule matched".to_owned()
-            } else {
-                format!("matched rule {}", decision.rule_id)
-            },
-            destinations: decision.destinations.iter().map(to_proto).collect(),
             decided_at: Some(switchboard_proto::timestamp(SystemTime::now())),
+            ..Default::default()
         };
-        let deliveries = decision
-            .destinations
-            .iter()
-            .map(|spec| self.deliver(spec, &envelope, &route, &source.trace, stop));
-        let mut failures = Vec::new();
-        for result in join_all(deliveries).await {
-            failures.extend(result?);
+        let mut targets = Vec::new();
+        if let Some(Content::Control(control)) = &envelope.content {
+            route.rule_id = "control".into();
+            route.reason = control_reason(control, &state);
+            self.metrics.ownership(control.action());
+        } else if envelope.direction() == Direction::Outbound
+            && let Err(refusal) = self.consent.check(&envelope, &state, now_of(&envelope))
+        {
+            route.rule_id = "consent".into();
+            route.reason = format!("rejected ({}): {}", refusal.label(), refusal.detail);
+            self.reject(&key, &envelope, refusal, &source.trace, stop)
+                .await?;
+        } else {
+            let decision = rules.decide(&envelope, human_owned);
+            let matched = if decision.rule_id == "default" {
+                route.reason = "no rule matched".to_owned();
+                "default"
+            } else {
+                route.reason = format!("matched rule {}", decision.rule_id);
+                "rule"
+            };
+            metrics::counter!("switchboard_route_decisions_total", "matched" => matched)
+                .increment(1);
+            decision.rule_id.clone_into(&mut route.rule_id);
+            if envelope.direction() == Direction::Outbound {
+                targets.push(DestinationSpec::Outbound);
+            }
+            for spec in decision.destinations {
+                match spec {
+                    DestinationSpec::Bot(bot) if human_owned => {
+                        route.reason.push_str(&format!(
+                            "; human-owned, so agent queue {} instead of bot {bot}",
+                            state.queue
+                        ));
+                        targets.push(DestinationSpec::Agent(state.queue.clone()));
+                    }
+                    spec => targets.push(spec.clone()),
+                }
+            }
+            targets.dedup();
         }
-        let key = envelope.conversation_key();
+        route.destinations = targets.iter().map(to_proto).collect();
+        let deliveries = targets
+            .iter()
+            .map(|spec| self.deliver(spec, &envelope, &route, &state, &source.trace, stop));
+        let mut failures = Vec::new();
+        for outcome in join_all(deliveries).await {
+            let outcome = outcome?;
+            failures.extend(outcome.failure);
+            if let Some((bot, queue)) = outcome.handoff {
+                route
+                    .reason
+                    .push_str(&format!("; bot {bot} handed off to agent queue {queue}"));
+                effects::hand_to_human(&mut state, &queue, &bot);
+                self.metrics.handoffs.increment(1);
+            }
+        }
         for failure in &failures {
             route.reason.push_str(&format!(
                 "; {} failed, sent to the dead-letter topic",
@@ -226,6 +329,24 @@ impl Router {
             };
             self.dead_letter("destination", &letter, stop).await?;
         }
+        effects::remember(&mut state, &envelope, self.recent_message_ids);
+        if state != before {
+            effects::touch(&mut state);
+            self.retrying("state", 0, stop, || {
+                self.outputs.state(&key, &state, &source.trace)
+            })
+            .await?
+            .map_err(|_| Interrupted)?;
+        }
+        if let Some(received) = envelope
+            .received_at
+            .as_ref()
+            .and_then(switchboard_proto::system_time)
+        {
+            self.metrics
+                .end_to_end
+                .record(received.elapsed().unwrap_or_default().as_secs_f64());
+        }
         let record = AnalyticsRecord {
             envelope: Some(envelope),
             decision: Some(route),
@@ -235,7 +356,61 @@ impl Router {
         })
         .await?
         .map_err(|_| Interrupted)?;
-        Ok(record.decision.expect("set above"))
+        Ok((record.decision.expect("set above"), state))
+    }
+
+    /// Publishes a refused outbound message to the rejections topic.
+    async fn reject(
+        &self,
+        key: &str,
+        envelope: &Envelope,
+        refusal: Refusal,
+        trace: &TraceParent,
+        stop: &CancellationToken,
+    ) -> Result<(), Interrupted> {
+        tracing::info!(
+            reason = refusal.label(),
+            channel = envelope.channel().slug(),
+            "outbound message refused by consent rules"
+        );
+        metrics::counter!(
+            "switchboard_consent_rejections_total",
+            "channel" => envelope.channel().slug(),
+            "reason" => refusal.label()
+        )
+        .increment(1);
+        let rejection = Rejection {
+            envelope: Some(envelope.clone()),
+            reason: refusal.reason as i32,
+            detail: refusal.detail,
+            rejected_at: Some(switchboard_proto::timestamp(SystemTime::now())),
+        };
+        self.retrying("rejections", 0, stop, || {
+            self.outputs.rejection(key, &rejection, trace)
+        })
+        .await?
+        .map_err(|_| Interrupted)
+    }
+
+    /// Sends an outbound message to its channel's outbound topic if consent
+    /// allows it, else to the rejections topic.
+    async fn send_outbound(
+        &self,
+        envelope: &Envelope,
+        state: &ConversationState,
+        trace: &TraceParent,
+        stop: &CancellationToken,
+    ) -> Result<(), Interrupted> {
+        if let Err(refusal) = self.consent.check(envelope, state, now_of(envelope)) {
+            return self
+                .reject(&envelope.conversation_key(), envelope, refusal, trace, stop)
+                .await;
+        }
+        self.retrying("outbound", 0, stop, || {
+            self.outputs.outbound(envelope, trace)
+        })
+        .await?
+        .map_err(|_| Interrupted)
     }
 
     /// Sends a record that cannot be decoded straight to the dead-letter topic.
@@ -278,15 +453,17 @@ impl Router {
         Ok(())
     }
 
-    /// Delivers to one destination; `Some` when it failed for good.
+    /// Delivers to one destination.
     async fn deliver(
         &self,
         spec: &DestinationSpec,
         envelope: &Envelope,
         route: &RouteDecision,
+        state: &ConversationState,
         trace: &TraceParent,
         stop: &CancellationToken,
-    ) -> Result<Option<Failure>, Interrupted> {
+    ) -> Result<Delivered, Interrupted> {
+        let mut delivered = Delivered::default();
         let (destination, outcome) = match spec {
             DestinationSpec::Bot(name) => {
                 let bot = &self.bots[name]; // checked when the rules were loaded
@@ -304,10 +481,16 @@ impl Router {
                         .increment(response.replies.len() as u64);
                     // Replies go back into the pipeline, to the channel's outbound topic.
                     for reply in &response.replies {
-                        let reply = as_reply(reply, envelope);
-                        self.retrying("outbound", 0, stop, || self.outputs.outbound(&reply, trace))
-                            .await?
-                            .map_err(|_| Interrupted)?;
+                        self.send_outbound(&as_reply(reply, envelope), state, trace, stop)
+                            .await?;
+                    }
+                    if response.handoff {
+                        let queue = if response.handoff_queue.is_empty() {
+                            self.handoff_queue.clone()
+                        } else {
+                            response.handoff_queue.clone()
+                        };
+                        delivered.handoff = Some((name.clone(), queue));
                     }
                 }
                 (format!("bot:{name}"), outcome.map(|_| ()))
@@ -325,14 +508,24 @@ impl Router {
                     .await?;
                 (format!("agent:{queue}"), outcome)
             }
+            DestinationSpec::Outbound => {
+                // Consent was checked before the message was routed.
+                self.retrying("outbound", 0, stop, || {
+                    self.outputs.outbound(envelope, trace)
+                })
+                .await?
+                .map_err(|_| Interrupted)?;
+                return Ok(delivered);
+            }
             // Every message reaches analytics once, after its other destinations.
-            DestinationSpec::Analytics => return Ok(None),
+            DestinationSpec::Analytics => return Ok(delivered),
         };
-        Ok(outcome.err().map(|(error, attempts)| Failure {
+        delivered.failure = outcome.err().map(|(error, attempts)| Failure {
             destination,
             error,
             attempts,
-        }))
+        });
+        Ok(delivered)
     }
 
     /// Runs `attempt` until it succeeds, fails for good (a fatal error, or
@@ -408,12 +601,38 @@ fn as_reply(reply: &Envelope, to: &Envelope) -> Envelope {
     reply
 }
 
+/// The time an outbound message is judged at: when Switchboard received it
+/// (so a replay judges it as it was), else now.
+fn now_of(envelope: &Envelope) -> SystemTime {
+    envelope
+        .received_at
+        .as_ref()
+        .and_then(switchboard_proto::system_time)
+        .unwrap_or_else(SystemTime::now)
+}
+
+/// The decision's reason for a control event.
+fn control_reason(control: &ConversationControl, state: &ConversationState) -> String {
+    let why = if control.reason.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", control.reason)
+    };
+    match control.action() {
+        ControlAction::Handoff => format!("handed off to agent queue {}{why}", state.queue),
+        ControlAction::Release => format!("released back to the bot{why}"),
+        ControlAction::Assign => format!("assigned to agent {}{why}", control.agent_id),
+        ControlAction::Unspecified => "control event without an action".to_owned(),
+    }
+}
+
 fn to_proto(spec: &DestinationSpec) -> Destination {
     Destination {
         kind: Some(match spec {
             DestinationSpec::Bot(name) => destination::Kind::Bot(name.clone()),
             DestinationSpec::Agent(queue) => destination::Kind::AgentQueue(queue.clone()),
             DestinationSpec::Analytics => destination::Kind::Analytics(true),
+            DestinationSpec::Outbound => destination::Kind::Outbound(true),
         }),
     }
 }

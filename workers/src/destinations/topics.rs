@@ -1,5 +1,6 @@
-//! Kafka-topic destinations: the agent-queue topic, the analytics topic,
-//! the per-channel outbound topics and the dead-letter topic.
+//! Kafka-topic outputs: the agent-queue topic, the analytics topic, the
+//! per-channel outbound topics, the dead-letter and rejections topics, and
+//! the conversation state topic.
 //!
 //! All are written with the ingestion node's producer settings
 //! ([`KafkaConfig::producer_config`](switchboard_broker::kafka::KafkaConfig::producer_config)),
@@ -12,7 +13,7 @@ use rdkafka::{
     message::{Header, OwnedHeaders},
     producer::{FutureProducer, FutureRecord},
 };
-use switchboard_proto::v1::{AgentTask, AnalyticsRecord, Envelope};
+use switchboard_proto::v1::{AgentTask, AnalyticsRecord, ConversationState, Envelope, Rejection};
 
 use switchboard_broker::trace::{TRACEPARENT, TraceParent};
 
@@ -43,6 +44,9 @@ pub mod headers {
     pub const DESTINATION: &str = "switchboard-destination";
     /// Delivery attempts made.
     pub const ATTEMPTS: &str = "switchboard-attempts";
+    /// On a replayed record: where it was replayed from
+    /// (`topic/partition/offset`). Replayed records skip the dedupe check.
+    pub const REPLAYED_FROM: &str = "switchboard-replayed-from";
     /// Topic the message was read from.
     pub const ORIGINAL_TOPIC: &str = "switchboard-original-topic";
     /// Partition the message was read from.
@@ -67,6 +71,8 @@ pub struct TopicOutputs {
     analytics_topic: String,
     dlq_topic: String,
     outbound_topic_prefix: String,
+    state_topic: String,
+    rejections_topic: String,
 }
 
 impl TopicOutputs {
@@ -82,6 +88,8 @@ impl TopicOutputs {
             analytics_topic: config.analytics_topic.clone(),
             dlq_topic: config.dlq_topic.clone(),
             outbound_topic_prefix: config.outbound_topic_prefix.clone(),
+            state_topic: config.state_topic.clone(),
+            rejections_topic: config.rejections_topic.clone(),
         })
     }
 
@@ -136,6 +144,40 @@ impl TopicOutputs {
             &topic,
             &key,
             &envelope.encode_to_vec(),
+            traced(trace),
+        )
+        .await
+    }
+
+    /// Publishes a conversation's new state to the compacted state topic.
+    pub async fn state(
+        &self,
+        key: &str,
+        state: &ConversationState,
+        trace: &TraceParent,
+    ) -> Result<(), DestinationError> {
+        self.send(
+            "state",
+            &self.state_topic,
+            key,
+            &state.encode_to_vec(),
+            traced(trace),
+        )
+        .await
+    }
+
+    /// Publishes an outbound message that consent rules refused.
+    pub async fn rejection(
+        &self,
+        key: &str,
+        rejection: &Rejection,
+        trace: &TraceParent,
+    ) -> Result<(), DestinationError> {
+        self.send(
+            "rejections",
+            &self.rejections_topic,
+            key,
+            &rejection.encode_to_vec(),
             traced(trace),
         )
         .await

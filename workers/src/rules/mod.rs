@@ -19,6 +19,7 @@
 //! regex = ["(?i)order #\\d+"]        # any of, on the text
 //! languages = ["en"]                # the `language` attribute; `en` matches `en-US`
 //! referral_sources = ["ADS"]        # the referral's source
+//! owner = "bot"                     # bot | human: who owns the conversation
 //! when_open = "support"             # or when_closed: a calendar below
 //! destinations = [{ bot = "echo" }, { agent = "sales" }, "analytics"]
 //!
@@ -52,6 +53,10 @@ pub enum DestinationSpec {
     Agent(String),
     /// Analytics only.
     Analytics,
+    /// The channel's outbound topic. Not for rules files: every allowed
+    /// `OUTBOUND` message goes there.
+    #[serde(skip)]
+    Outbound,
 }
 
 /// Content kinds a rule may match on.
@@ -71,6 +76,7 @@ pub const CONTENT_KINDS: &[&str] = &[
     "deletion",
     "attachments",
     "handover",
+    "control",
 ];
 
 /// One rule as written in the file.
@@ -103,6 +109,10 @@ pub struct Rule {
     /// Referral sources (`ADS`, `SHORTLINK`, ...; case-insensitive); empty matches all.
     #[serde(default)]
     pub referral_sources: Vec<String>,
+    /// `bot` or `human`: who owns the conversation (a conversation no one
+    /// handed off is bot-owned); absent matches both.
+    #[serde(default)]
+    pub owner: Option<String>,
     /// Matches only while this calendar is open (at the message's `received_at`).
     #[serde(default)]
     pub when_open: Option<String>,
@@ -134,6 +144,8 @@ struct Compiled {
     rule: Rule,
     channels: Vec<Channel>,
     direction: Option<Direction>,
+    /// Whether the rule wants human-owned (true) or bot-owned conversations.
+    human_owned: Option<bool>,
     keywords: Vec<String>,
     regex: Vec<regex::Regex>,
     languages: Vec<String>,
@@ -261,6 +273,17 @@ impl RuleSet {
                     ));
                 }
             };
+            let human_owned = match rule.owner.as_deref() {
+                None => None,
+                Some("bot") => Some(false),
+                Some("human") => Some(true),
+                Some(other) => {
+                    return Err(invalid(
+                        "owner",
+                        format!("{other:?} is not `bot` or `human`"),
+                    ));
+                }
+            };
             if let Some(kind) = rule
                 .content
                 .iter()
@@ -305,6 +328,7 @@ impl RuleSet {
                 rule,
                 channels,
                 direction,
+                human_owned,
                 keywords,
                 regex,
                 languages,
@@ -329,14 +353,16 @@ impl RuleSet {
             })
     }
 
-    /// The first matching rule's decision, or the default.
-    pub fn decide(&self, envelope: &Envelope) -> Decision<'_> {
+    /// The first matching rule's decision, or the default, for a message
+    /// of a conversation that a human owns (`human_owned`) or not.
+    pub fn decide(&self, envelope: &Envelope, human_owned: bool) -> Decision<'_> {
         let text = match &envelope.content {
             Some(Content::Text(t)) => Some(t.body.as_str()),
             _ => None,
         };
         let message = Message {
             envelope,
+            human_owned,
             text,
             lowercase: text.map(str::to_lowercase),
             language: envelope
@@ -366,6 +392,7 @@ impl RuleSet {
 /// What the rules look at, computed once per message.
 struct Message<'a> {
     envelope: &'a Envelope,
+    human_owned: bool,
     text: Option<&'a str>,
     lowercase: Option<String>,
     language: Option<String>,
@@ -378,6 +405,7 @@ impl Compiled {
         (self.channels.is_empty() || self.channels.contains(&envelope.channel()))
             && (self.rule.tenants.is_empty() || self.rule.tenants.contains(&envelope.tenant_id))
             && self.direction.is_none_or(|d| d == envelope.direction())
+            && self.human_owned.is_none_or(|h| h == m.human_owned)
             && (self.rule.content.is_empty()
                 || envelope
                     .content

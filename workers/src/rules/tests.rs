@@ -40,7 +40,7 @@ fn text(tenant: &str, channel: Channel, body: &str) -> Envelope {
 #[test]
 fn first_matching_rule_wins_and_default_catches_the_rest() {
     let rules = RuleSet::parse(RULES, &bots()).unwrap();
-    let d = rules.decide(&text("acme", Channel::Whatsapp, "well HELLO you"));
+    let d = rules.decide(&text("acme", Channel::Whatsapp, "well HELLO you"), false);
     assert_eq!(d.rule_id, "acme-greetings");
     assert_eq!(d.destinations, [DestinationSpec::Bot("echo".into())]);
 
@@ -54,7 +54,7 @@ fn first_matching_rule_wins_and_default_catches_the_rest() {
             ..text("acme", Channel::Webchat, "hello")
         },
     ] {
-        let d = rules.decide(&env);
+        let d = rules.decide(&env, false);
         assert_eq!(d.rule_id, "default", "{env:?}");
         assert_eq!(d.destinations, [DestinationSpec::Agent("general".into())]);
     }
@@ -63,7 +63,7 @@ fn first_matching_rule_wins_and_default_catches_the_rest() {
         content: Some(Content::Media(Media::default())),
         ..text("x", Channel::Sms, "")
     };
-    let d = rules.decide(&media);
+    let d = rules.decide(&media, false);
     assert_eq!(d.rule_id, "media-to-humans");
     assert_eq!(
         d.destinations,
@@ -77,7 +77,7 @@ fn first_matching_rule_wins_and_default_catches_the_rest() {
 #[test]
 fn empty_rules_send_everything_to_analytics() {
     let rules = RuleSet::parse("", &bots()).unwrap();
-    let d = rules.decide(&text("acme", Channel::Sms, "x"));
+    let d = rules.decide(&text("acme", Channel::Sms, "x"), false);
     assert_eq!(
         (d.rule_id, d.destinations),
         ("default", &[DestinationSpec::Analytics][..])
@@ -198,7 +198,7 @@ destinations = [{ bot = "echo" }]
         received_at: ts,
         ..e
     };
-    let id = |e: Envelope| rules.decide(&e).rule_id.to_owned();
+    let id = |e: Envelope| rules.decide(&e, false).rule_id.to_owned();
 
     assert_eq!(
         id(at(text("a", Channel::Sms, "where is Order  #123?"), open)),

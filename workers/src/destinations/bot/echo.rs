@@ -1,4 +1,6 @@
-//! The built-in demo bot: answers every text message with an echo of it.
+//! The built-in demo bot: answers every text message with an echo of it,
+//! and hands the conversation to a human when the customer asks for an
+//! "operator".
 
 use std::time::SystemTime;
 
@@ -22,7 +24,10 @@ impl Bot for EchoBot {
             .into_inner()
             .envelope
             .ok_or_else(|| Status::invalid_argument("envelope is required"))?;
+        let handoff = matches!(&envelope.content,
+            Some(Content::Text(t)) if t.body.to_lowercase().contains("operator"));
         let body = match &envelope.content {
+            Some(Content::Text(_)) if handoff => "connecting you to a person".to_owned(),
             Some(Content::Text(t)) => format!("echo: {}", t.body),
             Some(other) => format!("echo: got a {} message", other.kind()),
             None => return Err(Status::invalid_argument("envelope.content is required")),
@@ -42,7 +47,9 @@ impl Bot for EchoBot {
         };
         Ok(Response::new(BotResponse {
             replies: vec![reply],
-            handoff: false,
+            handoff,
+            // The workers' default handoff queue.
+            handoff_queue: String::new(),
         }))
     }
 }

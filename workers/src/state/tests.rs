@@ -1,0 +1,250 @@
+use std::time::{Duration, SystemTime};
+
+use switchboard_proto::v1::{
+    Channel, ConsentEvent, ConversationControl, ConversationState, Direction, Envelope, MessageTag,
+    Owner, Referral, RejectionReason, StatusReceipt, Template, Text,
+    consent_event::Action as Consent, conversation_control::Action as Control, envelope::Content,
+};
+
+use super::{
+    consent::ConsentPolicy,
+    effects::{apply_message, is_duplicate, remember},
+};
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+fn policy() -> ConsentPolicy {
+    ConsentPolicy {
+        service_window: 24 * HOUR,
+        extended_window: 7 * 24 * HOUR,
+    }
+}
+
+fn message(channel: Channel, direction: Direction, content: Content, ago: Duration) -> Envelope {
+    Envelope {
+        tenant_id: "acme".into(),
+        channel: channel as i32,
+        direction: direction as i32,
+        conversation_id: "c".into(),
+        sent_at: Some(switchboard_proto::timestamp(SystemTime::now() - ago)),
+        content: Some(content),
+        ..Default::default()
+    }
+}
+
+fn text(body: &str) -> Content {
+    Content::Text(Text { body: body.into() })
+}
+
+/// The state after the customer wrote `ago`, on `channel`.
+fn wrote(channel: Channel, ago: Duration) -> ConversationState {
+    let mut state = ConversationState::default();
+    apply_message(
+        &mut state,
+        &message(channel, Direction::Inbound, text("hi"), ago),
+        "support",
+    );
+    state
+}
+
+fn check(state: &ConversationState, reply: &Envelope) -> Result<(), RejectionReason> {
+    policy()
+        .check(reply, state, SystemTime::now())
+        .map_err(|r| r.reason)
+}
+
+#[test]
+fn free_form_only_inside_the_window_templates_always() {
+    let reply = message(
+        Channel::Whatsapp,
+        Direction::Outbound,
+        text("hello"),
+        Duration::ZERO,
+    );
+    assert_eq!(check(&wrote(Channel::Whatsapp, 23 * HOUR), &reply), Ok(()));
+    assert_eq!(
+        check(&wrote(Channel::Whatsapp, 25 * HOUR), &reply),
+        Err(RejectionReason::OutsideWindow)
+    );
+    assert_eq!(
+        check(&ConversationState::default(), &reply),
+        Err(RejectionReason::NoInbound)
+    );
+    let template = message(
+        Channel::Whatsapp,
+        Direction::Outbound,
+        Content::Template(Template {
+            name: "order_update".into(),
+            ..Default::default()
+        }),
+        Duration::ZERO,
+    );
+    assert_eq!(
+        check(&wrote(Channel::Whatsapp, 30 * 24 * HOUR), &template),
+        Ok(())
+    );
+    assert_eq!(check(&ConversationState::default(), &template), Ok(()));
+}
+
+#[test]
+fn human_agent_tag_gives_seven_days_on_messenger_and_instagram_only() {
+    for channel in [Channel::Messenger, Channel::Instagram, Channel::Whatsapp] {
+        let mut reply = message(channel, Direction::Outbound, text("hi"), Duration::ZERO);
+        reply.tag = MessageTag::HumanAgent as i32;
+        let expected = if channel == Channel::Whatsapp {
+            Err(RejectionReason::OutsideWindow)
+        } else {
+            Ok(())
+        };
+        assert_eq!(check(&wrote(channel, 3 * 24 * HOUR), &reply), expected);
+        assert_eq!(
+            check(&wrote(channel, 8 * 24 * HOUR), &reply),
+            Err(RejectionReason::OutsideWindow)
+        );
+    }
+}
+
+#[test]
+fn click_to_message_ad_gives_seven_days() {
+    let mut inbound = message(
+        Channel::Messenger,
+        Direction::Inbound,
+        text("I saw your ad"),
+        3 * 24 * HOUR,
+    );
+    inbound.referral = Some(Referral {
+        source: "ADS".into(),
+        ad_id: "ad-1".into(),
+        ..Default::default()
+    });
+    let mut state = ConversationState::default();
+    apply_message(&mut state, &inbound, "support");
+    let reply = message(
+        Channel::Messenger,
+        Direction::Outbound,
+        text("hi"),
+        Duration::ZERO,
+    );
+    assert_eq!(check(&state, &reply), Ok(()));
+    // A short link is not an ad.
+    state.referral.as_mut().unwrap().source = "SHORTLINK".into();
+    assert_eq!(check(&state, &reply), Err(RejectionReason::OutsideWindow));
+}
+
+#[test]
+fn sms_opt_out_refuses_everything_until_opt_in() {
+    let mut state = wrote(Channel::Sms, HOUR);
+    let reply = message(
+        Channel::Sms,
+        Direction::Outbound,
+        text("hi"),
+        Duration::ZERO,
+    );
+    assert_eq!(check(&state, &reply), Ok(()));
+    let consent = |action: Consent| {
+        message(
+            Channel::Sms,
+            Direction::Inbound,
+            Content::Consent(ConsentEvent {
+                action: action as i32,
+                keyword: "STOP".into(),
+            }),
+            Duration::ZERO,
+        )
+    };
+    apply_message(&mut state, &consent(Consent::OptOut), "support");
+    assert_eq!(check(&state, &reply), Err(RejectionReason::OptedOut));
+    let template = message(
+        Channel::Sms,
+        Direction::Outbound,
+        Content::Template(Template::default()),
+        Duration::ZERO,
+    );
+    assert_eq!(check(&state, &template), Err(RejectionReason::OptedOut));
+    apply_message(&mut state, &consent(Consent::OptIn), "support");
+    assert_eq!(check(&state, &reply), Ok(()));
+    // SMS has no window.
+    assert_eq!(check(&wrote(Channel::Sms, 90 * 24 * HOUR), &reply), Ok(()));
+}
+
+#[test]
+fn receipts_do_not_open_the_window_and_older_messages_do_not_move_it_back() {
+    let mut state = ConversationState::default();
+    let receipt = message(
+        Channel::Whatsapp,
+        Direction::Inbound,
+        Content::Status(StatusReceipt::default()),
+        Duration::ZERO,
+    );
+    apply_message(&mut state, &receipt, "support");
+    assert!(state.last_inbound_at.is_none());
+    let recent = wrote(Channel::Whatsapp, HOUR).last_inbound_at;
+    state.last_inbound_at.clone_from(&recent);
+    apply_message(
+        &mut state,
+        &message(
+            Channel::Whatsapp,
+            Direction::Inbound,
+            text("old"),
+            48 * HOUR,
+        ),
+        "support",
+    );
+    assert_eq!(state.last_inbound_at, recent);
+}
+
+#[test]
+fn control_events_change_the_owner() {
+    let control = |action: Control, queue: &str, agent: &str| {
+        message(
+            Channel::Webchat,
+            Direction::Outbound,
+            Content::Control(ConversationControl {
+                action: action as i32,
+                queue: queue.into(),
+                agent_id: agent.into(),
+                reason: String::new(),
+            }),
+            Duration::ZERO,
+        )
+    };
+    let mut state = ConversationState::default();
+    apply_message(&mut state, &control(Control::Handoff, "", ""), "support");
+    assert_eq!(
+        (state.owner(), state.queue.as_str()),
+        (Owner::Human, "support")
+    );
+    apply_message(&mut state, &control(Control::Handoff, "vip", ""), "support");
+    assert_eq!(state.queue, "vip");
+    apply_message(
+        &mut state,
+        &control(Control::Assign, "", "agent-7"),
+        "support",
+    );
+    assert_eq!(
+        (state.owner(), state.agent_id.as_str()),
+        (Owner::Human, "agent-7")
+    );
+    apply_message(&mut state, &control(Control::Release, "", ""), "support");
+    assert_eq!(state.owner(), Owner::Bot);
+    assert!(state.queue.is_empty() && state.agent_id.is_empty());
+}
+
+#[test]
+fn recent_ids_are_bounded_and_spot_copies() {
+    let mut state = ConversationState::default();
+    let with_id = |id: &str| Envelope {
+        channel_message_id: id.into(),
+        ..Default::default()
+    };
+    for id in ["a", "b", "c"] {
+        assert!(!is_duplicate(&state, &with_id(id)));
+        remember(&mut state, &with_id(id), 2);
+    }
+    assert_eq!(state.recent_message_ids, ["b", "c"]);
+    assert!(is_duplicate(&state, &with_id("c")));
+    assert!(!is_duplicate(&state, &with_id("a")), "pushed out");
+    assert!(!is_duplicate(&state, &with_id("")), "no id, never a copy");
+    remember(&mut state, &with_id("d"), 0);
+    assert_eq!(state.recent_message_ids, ["b", "c"], "0 turns it off");
+}
