@@ -12,7 +12,7 @@
 //! id = "greetings"                  # unique, shows up in every RouteDecision
 //! channels = ["whatsapp", "webchat"]  # any of; empty or absent = all
 //! tenants = ["acme"]                # any of
-//! direction = "inbound"             # inbound | outbound
+//! direction = "inbound"             # inbound (the default) | outbound
 //! content = ["text"]                # text, media, location, interactive_reply,
 //!                                   # reaction, order, postback, status, template
 //! keywords = ["hello", "hi"]        # any of, case-insensitive substring of the text
@@ -91,7 +91,10 @@ pub struct Rule {
     /// Tenant ids; empty matches all.
     #[serde(default)]
     pub tenants: Vec<String>,
-    /// `inbound` or `outbound`; absent matches both.
+    /// `inbound` or `outbound`; absent means inbound. `OUTBOUND` messages
+    /// (bot, agent and business sends) always go to the channel's outbound
+    /// topic once consent allows; only rules that say `outbound` route them
+    /// anywhere else, and the default never does.
     #[serde(default)]
     pub direction: Option<String>,
     /// Content kinds (see [`CONTENT_KINDS`]); empty matches all.
@@ -375,16 +378,24 @@ impl RuleSet {
                 .and_then(|t| jiff::Timestamp::new(t.seconds, t.nanos).ok())
                 .unwrap_or_else(jiff::Timestamp::now),
         };
+        let outbound = envelope.direction() == Direction::Outbound;
         self.rules
             .iter()
-            .find(|c| c.matches(&message))
+            .find(|c| (c.direction == Some(Direction::Outbound)) == outbound && c.matches(&message))
             .map(|c| Decision {
                 rule_id: &c.rule.id,
                 destinations: &c.rule.destinations,
             })
-            .unwrap_or(Decision {
-                rule_id: "default",
-                destinations: &self.default,
+            .unwrap_or(if outbound {
+                Decision {
+                    rule_id: "outbound",
+                    destinations: &[],
+                }
+            } else {
+                Decision {
+                    rule_id: "default",
+                    destinations: &self.default,
+                }
             })
     }
 }

@@ -44,15 +44,24 @@ fn first_matching_rule_wins_and_default_catches_the_rest() {
     assert_eq!(d.rule_id, "acme-greetings");
     assert_eq!(d.destinations, [DestinationSpec::Bot("echo".into())]);
 
-    // Wrong tenant, wrong channel, no keyword, outbound: all fall through to the default.
+    // Outbound messages match only outbound rules, and never the default.
+    let outbound = rules.decide(
+        &Envelope {
+            direction: Direction::Outbound as i32,
+            ..text("acme", Channel::Webchat, "hello")
+        },
+        false,
+    );
+    assert_eq!(
+        (outbound.rule_id, outbound.destinations),
+        ("outbound", &[][..])
+    );
+
+    // Wrong tenant, wrong channel, no keyword: all fall through to the default.
     for env in [
         text("other", Channel::Whatsapp, "hello"),
         text("acme", Channel::Sms, "hello"),
         text("acme", Channel::Webchat, "good morning"),
-        Envelope {
-            direction: Direction::Outbound as i32,
-            ..text("acme", Channel::Webchat, "hello")
-        },
     ] {
         let d = rules.decide(&env, false);
         assert_eq!(d.rule_id, "default", "{env:?}");
@@ -251,4 +260,46 @@ fn new_fields_are_validated_with_rule_and_field() {
         let err = RuleSet::parse(text, &bots()).unwrap_err().to_string();
         assert!(err.contains(expected), "{expected:?} not in {err:?}");
     }
+}
+
+#[test]
+fn outbound_rules_and_owner_rules_match_only_their_own() {
+    let rules = RuleSet::parse(
+        r#"
+default = [{ bot = "echo" }]
+
+[[rules]]
+id = "owned-by-humans"
+owner = "human"
+destinations = [{ agent = "owned" }]
+
+[[rules]]
+id = "copy-agent-replies"
+direction = "outbound"
+content = ["text"]
+destinations = [{ agent = "qa" }]
+"#,
+        &bots(),
+    )
+    .unwrap();
+    let inbound = text("acme", Channel::Webchat, "hi");
+    assert_eq!(rules.decide(&inbound, false).rule_id, "default");
+    assert_eq!(rules.decide(&inbound, true).rule_id, "owned-by-humans");
+    let outbound = Envelope {
+        direction: Direction::Outbound as i32,
+        ..inbound
+    };
+    let d = rules.decide(&outbound, true);
+    assert_eq!(
+        d.rule_id, "copy-agent-replies",
+        "inbound rules never match outbound"
+    );
+    assert_eq!(d.destinations, [DestinationSpec::Agent("qa".into())]);
+    let err = RuleSet::parse(
+        "[[rules]]\nid = \"x\"\nowner = \"robot\"\ndestinations = [\"analytics\"]\n",
+        &bots(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("rule \"x\": field `owner`"), "{err}");
 }
