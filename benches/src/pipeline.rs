@@ -7,7 +7,10 @@ use switchboard_broker::{
 };
 use switchboard_proto::v1::bot_server::Bot;
 use switchboard_workers::{
-    config::WorkersConfig, consumer::Worker, destinations::bot::BotConfig, destinations::bot::echo,
+    config::WorkersConfig,
+    consumer::Worker,
+    destinations::bot::echo,
+    destinations::bot::{BotConfig, BotProtocol},
     router::Router,
 };
 use tokio::{net::TcpListener, task::JoinHandle};
@@ -37,6 +40,8 @@ pub struct PipelineConfig {
     pub rules_file: Option<PathBuf>,
     /// Name of the bot in the rules.
     pub bot_name: String,
+    /// More bots the rules may name (e.g. HTTP webhook bots a test serves).
+    pub extra_bots: BTreeMap<String, BotConfig>,
     /// gRPC address of the ingestion node (port 0 for any).
     pub grpc_addr: SocketAddr,
     /// gRPC address of the bot (port 0 for any).
@@ -65,6 +70,7 @@ impl PipelineConfig {
             group_id: defaults.group_id,
             rules_file: None,
             bot_name: "echo".into(),
+            extra_bots: BTreeMap::new(),
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             bot_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             workers: 1,
@@ -124,13 +130,15 @@ impl PipelineConfig {
             rejections_topic: self.rejections_topic.clone(),
             outbound_topic_prefix: self.outbound_topic_prefix.clone(),
             rules_file: self.rules_file.clone(),
-            bots: BTreeMap::from([(
-                self.bot_name.clone(),
-                BotConfig {
-                    endpoint: format!("http://{bot_addr}"),
-                    timeout: Duration::from_secs(2),
-                },
-            )]),
+            bots: self
+                .extra_bots
+                .clone()
+                .into_iter()
+                .chain([(
+                    self.bot_name.clone(),
+                    BotConfig::new(BotProtocol::Grpc, format!("http://{bot_addr}")),
+                )])
+                .collect(),
             metrics_addr: None,
             shutdown_grace: Duration::from_secs(5),
             max_attempts: self.max_attempts,

@@ -114,15 +114,24 @@ group_id = "{group}"
 messages_topic = "{messages}"
 analytics_topic = "{analytics}"
 agent_queue_topic = "{agents}"
+state_topic = "{state}"
+dlq_topic = "{dlq}"
+rejections_topic = "{rejections}"
+outbound_topic_prefix = "{outbound}"
 rules_file = "{rules}"
 metrics_addr = "127.0.0.1:0"
 shutdown_grace = "5s"
 [kafka]
 bootstrap_servers = "{bootstrap}"
+topic_partitions = 12
 [bots.recorder]
 endpoint = "http://{bot_addr}"
 "#,
-            rules = rules.display()
+            rules = rules.display(),
+            state = testkit::random_topic("alo.state"),
+            dlq = testkit::random_topic("alo.dlq"),
+            rejections = testkit::random_topic("alo.rejections"),
+            outbound = testkit::random_topic("alo.outbound"),
         ),
     )
     .unwrap();
