@@ -5,7 +5,14 @@
 //!
 //! Run with `deploy/test.sh` (it starts Kafka and sets `SWITCHBOARD_TEST_KAFKA`).
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use prost::Message as _;
 use rdkafka::{
@@ -19,11 +26,15 @@ use switchboard_proto::v1::{
     BotRequest, BotResponse, Channel, Direction, Envelope, PublishRequest, Text, bot_server::Bot,
     envelope::Content, ingest_client::IngestClient,
 };
-use switchboard_workers::destinations::topics::headers;
+use switchboard_workers::{
+    destinations::topics::headers,
+    replay::{self, ReplayRequest},
+};
 
-/// Fails every message containing "[fail]" as unavailable; records the rest.
+/// Fails every message containing "[fail]" as unavailable, until cured;
+/// records the rest.
 #[derive(Clone, Default)]
-struct SelectiveBot(RecordingBot);
+struct SelectiveBot(RecordingBot, Arc<AtomicBool>);
 
 #[tonic::async_trait]
 impl Bot for SelectiveBot {
@@ -35,7 +46,7 @@ impl Bot for SelectiveBot {
             request.get_ref().envelope.as_ref().and_then(|e| e.content.as_ref()),
             Some(Content::Text(t)) if t.body.contains("[fail]")
         );
-        if fails {
+        if fails && !self.1.load(Ordering::SeqCst) {
             return Err(tonic::Status::unavailable(
                 "this bot is down for [fail] messages",
             ));
@@ -187,6 +198,40 @@ async fn poison_and_permanent_failures_go_to_the_dlq_and_conversations_continue(
     assert_eq!(h[headers::ORIGINAL_OFFSET], failing.offset.to_string());
     let envelope = Envelope::decode(record.payload().unwrap()).unwrap();
     assert_eq!(envelope.message_id, failing.message_id);
+
+    // The bot is fixed: replaying the DLQ routes the failed message again
+    // (the poison record goes back to the DLQ).
+    bot.1.store(true, Ordering::SeqCst);
+    let report = replay::replay(
+        &config.workers_config(pipeline.bot_addr),
+        &ReplayRequest {
+            topic: config.dlq_topic.clone(),
+            since: None,
+            until: None,
+            limit: None,
+            dry_run: false,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!((report.read, report.replayed), (2, 2));
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while bot.0.count() < 12 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the replay was not routed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let replayed = bot.0.seen().pop().unwrap();
+    assert_eq!(replayed.message_id, failing.message_id);
+    let (bootstrap3, dlq) = (bootstrap.clone(), config.dlq_topic.clone());
+    let letters = tokio::task::spawn_blocking(move || {
+        testkit::read_topic(&bootstrap3, &dlq, Duration::from_secs(60), |r| r.len() >= 3)
+    })
+    .await
+    .unwrap();
+    assert_eq!(letters.len(), 3, "only the poison record came back");
 
     pipeline.stop().await.unwrap();
     let _ = std::fs::remove_dir_all(dir);

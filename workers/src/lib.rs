@@ -19,6 +19,8 @@
 //! - [`offsets`]: the contiguous prefix of completed offsets, safe to commit.
 //! - [`router`]: decides and delivers one message, retrying transient
 //!   failures up to a budget, then dead-lettering; reloads the rules file.
+//! - [`replay`]: copies dead letters, or a time range of the messages
+//!   topic, back into the messages topic to be routed again.
 //! - [`consumer`]: the at-least-once consume loop: conversations of a
 //!   partition run concurrently, each in order, and only the contiguous
 //!   prefix of completed offsets is stored and committed.
@@ -29,6 +31,7 @@ pub mod config;
 pub mod consumer;
 pub mod destinations;
 pub mod offsets;
+pub mod replay;
 pub mod router;
 pub mod rules;
 pub mod state;

@@ -2,9 +2,14 @@
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use switchboard_broker::{config::Overrides, shutdown, telemetry};
-use switchboard_workers::{config::WorkersConfig, consumer::Worker, router::Router};
+use switchboard_workers::{
+    config::WorkersConfig,
+    consumer::Worker,
+    replay::{self, ReplayRequest},
+    router::Router,
+};
 
 /// Switchboard routing worker: consumes envelopes from Kafka and routes
 /// them to bots, agent queues and analytics, at least once.
@@ -14,14 +19,16 @@ use switchboard_workers::{config::WorkersConfig, consumer::Worker, router::Route
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// TOML config file (see README for every key).
-    #[arg(long, env = "SWITCHBOARD_WORKERS_CONFIG")]
+    #[arg(long, global = true, env = "SWITCHBOARD_WORKERS_CONFIG")]
     config: Option<PathBuf>,
     /// Routing rules file (TOML).
     #[arg(long)]
     rules_file: Option<PathBuf>,
     /// Kafka bootstrap servers [default: 127.0.0.1:9092].
-    #[arg(long, env = "SWITCHBOARD_KAFKA_BOOTSTRAP")]
+    #[arg(long, global = true, env = "SWITCHBOARD_KAFKA_BOOTSTRAP")]
     kafka_bootstrap: Option<String>,
     /// Consumer group id [default: switchboard-workers].
     #[arg(long)]
@@ -29,6 +36,41 @@ struct Args {
     /// Prometheus /metrics address [default: 127.0.0.1:9465].
     #[arg(long)]
     metrics_addr: Option<SocketAddr>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Copy records back through routing: the dead-letter topic (once the
+    /// cause is fixed), or a time range of the messages topic. Routes
+    /// nothing itself: running workers pick the copies up.
+    Replay(ReplayArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ReplayArgs {
+    /// What to replay.
+    #[arg(long, value_enum)]
+    from: ReplayFrom,
+    /// Only records written at or after this time (RFC 3339, e.g. 2026-11-21T10:00:00Z).
+    #[arg(long)]
+    since: Option<jiff::Timestamp>,
+    /// Only records written before this time (RFC 3339).
+    #[arg(long)]
+    until: Option<jiff::Timestamp>,
+    /// At most this many records.
+    #[arg(long)]
+    limit: Option<u64>,
+    /// Count what would be replayed, without writing anything.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum ReplayFrom {
+    /// The dead-letter topic.
+    Dlq,
+    /// The messages topic (use --since/--until).
+    Messages,
 }
 
 #[tokio::main]
@@ -45,6 +87,44 @@ async fn main() -> anyhow::Result<()> {
             .set("metrics_addr", args.metrics_addr)
             .kafka_bootstrap(args.kafka_bootstrap),
     )?;
+    if let Some(Command::Replay(replay)) = args.command {
+        let request = ReplayRequest {
+            topic: match replay.from {
+                ReplayFrom::Dlq => config.dlq_topic.clone(),
+                ReplayFrom::Messages => config.messages_topic.clone(),
+            },
+            since: replay.since,
+            until: replay.until,
+            limit: replay.limit,
+            dry_run: replay.dry_run,
+        };
+        anyhow::ensure!(
+            matches!(replay.from, ReplayFrom::Dlq)
+                || replay.since.is_some()
+                || replay.until.is_some(),
+            "replaying the messages topic needs --since and/or --until"
+        );
+        let report = tokio::select! {
+            report = replay::replay(&config, &request) => report?,
+            _ = shutdown.cancelled() => anyhow::bail!("replay interrupted; copies made so far stay"),
+        };
+        println!(
+            "{} {} of {} records from {}",
+            if request.dry_run {
+                "would replay"
+            } else {
+                "replayed"
+            },
+            if request.dry_run {
+                report.read
+            } else {
+                report.replayed
+            },
+            report.read,
+            request.topic
+        );
+        return Ok(());
+    }
     if let Some(addr) = config.metrics_addr {
         telemetry::install_metrics(addr).map_err(anyhow::Error::msg)?;
         tracing::info!(%addr, "serving Prometheus metrics at /metrics");
