@@ -132,6 +132,14 @@ fn describe() {
         metrics::Unit::Seconds,
         "Time to rebuild a partition's conversation states from the state topic."
     );
+    describe_gauge!(
+        "switchboard_worker_consumer_lag_records",
+        "Records of each partition this worker owns that it has not consumed yet (0 for partitions it does not own)."
+    );
+    describe_gauge!(
+        "switchboard_destination_circuit_open",
+        "1 while a destination's circuit breaker is open (calls fail at once without reaching it), else 0."
+    );
     describe_counter!(
         "switchboard_consent_rejections_total",
         "Outbound messages refused by consent rules, by channel and reason (outside_window, no_inbound, opted_out)."

@@ -130,14 +130,27 @@ b.panel("stat", "Dead letters (1h)", "Records written to the dead-letter topic i
 b.panel("stat", "Destination error ratio", "Failed delivery attempts over all attempts, all destination kinds (alert: SwitchboardDestinationErrors, 5% per kind).",
         [(f'sum(rate(switchboard_destination_errors_total{{{I}}}[{RI}])) / sum(rate(switchboard_destination_duration_seconds_count{{{I}}}[{RI}]))', "errors")],
         unit="percentunit", w=6, h=4, defaults=thresholds((None, "green"), (0.01, "orange"), (0.05, "red")))
+b.panel("stat", "Consumer lag", "Records waiting in the messages topic, over all partitions (alert: SwitchboardConsumerLagGrowing).",
+        [(f'sum(switchboard_worker_consumer_lag_records{{{I}}})', "lag")], w=6, h=4, defaults=thresholds((None, "green"), (1000, "orange"), (10000, "red")))
+b.panel("stat", "End-to-end p99", "99th percentile from received_at at the ingestion node until every destination acknowledged the message (Kafka wait included).",
+        [(f'histogram_quantile(0.99, sum by (le) (rate(switchboard_end_to_end_duration_seconds_bucket{{{I}}}[{RI}])))', "p99")],
+        unit="s", w=6, h=4, defaults=thresholds((None, "green"), (0.1, "orange"), (1, "red")))
+b.panel("stat", "Open circuits", "Bots whose circuit breaker is open right now (alert: SwitchboardDestinationCircuitOpen).",
+        [(f'sum(switchboard_destination_circuit_open{{{I}}}) or vector(0)', "open")], w=6, h=4, defaults=thresholds((None, "green"), (1, "red")))
+b.panel("stat", "Consent rejections (1h)", "Outbound messages refused by consent rules in the last hour.",
+        [(f'sum(increase(switchboard_consent_rejections_total{{{I}}}[1h]))', "rejected")], w=6, h=4)
 b.row("Consumption")
+b.panel("timeseries", "Consumer lag by partition", "Records of each partition not consumed yet, exported by the partition's owner (0 elsewhere).",
+        [(f'sum by (partition) (switchboard_worker_consumer_lag_records{{{I}}})', "partition {{partition}}")])
+b.panel("timeseries", "End-to-end latency", "From received_at at the ingestion node until all destinations acknowledged: Kafka wait, queueing behind the conversation's earlier messages, and delivery.",
+        [(f'histogram_quantile({q}, sum by (le) (rate(switchboard_end_to_end_duration_seconds_bucket{{{I}}}[{RI}])))', f"p{int(q*100)}") for q in (0.5, 0.9, 0.99)], unit="s")
 b.panel("timeseries", "Records by outcome", "routed; duplicate (a copy of a channel message already routed, dropped by the partition owner); poison (undecodable, sent to the dead-letter topic).",
         [(f'sum by (outcome) (rate(switchboard_worker_records_total{{{I}}}[{RI}]))', "{{outcome}}")], unit="ops")
 b.panel("timeseries", "Routing decisions", "Whether a rule matched or the rules' default applied.",
         [(f'sum by (matched) (rate(switchboard_route_decisions_total{{matched!="",{I}}}[{RI}]))', "{{matched}}")], unit="ops")
 b.panel("timeseries", "Rebalances", "Partition assignments and revocations in the consumer group. Bursts follow deploys and scaling; a steady stream is a problem.",
         [(f'sum by (event) (increase(switchboard_worker_rebalances_total{{{I}}}[{RI}]))', "{{event}}")])
-b.panel("timeseries", "Dedupe state rebuild", "Time to rebuild a partition's recent channel message ids from Kafka when a worker takes the partition over.",
+b.panel("timeseries", "Conversation state rebuild", "Time to read a partition's conversation states back from the state topic when a worker takes the partition over.",
         [(f'histogram_quantile(0.99, sum by (le) (rate(switchboard_worker_state_rebuild_duration_seconds_bucket{{{I}}}[{RI}])))', "p99"),
          (f'sum(rate(switchboard_worker_state_rebuild_duration_seconds_count{{{I}}}[{RI}]))', "rebuilds/s")], unit="s")
 b.panel("timeseries", "Rules file reloads", "Changes of the rules file each worker picked up: applied, or refused (the worker keeps its previous rules).",
@@ -155,8 +168,17 @@ b.panel("timeseries", "Destination retries by kind", "Retries of failed deliveri
         [(f'sum by (kind) (rate(switchboard_destination_retries_total{{{I}}}[{RI}]))', "{{kind}}")], unit="ops")
 b.panel("timeseries", "Bot replies", "Reply messages returned by bots.",
         [(f'sum(rate(switchboard_bot_replies_total{{{I}}}[{RI}]))', "replies")], unit="ops")
+b.panel("timeseries", "Open circuits by bot", "1 while a bot's circuit breaker is open: calls fail at once for circuit_open_for, then one trial call.",
+        [(f'max by (destination) (switchboard_destination_circuit_open{{{I}}})', "{{destination}}")], defaults={"min": 0, "max": 1})
+b.panel("timeseries", "Ownership changes", "Conversations handed to a human (bot handoff or HANDOFF control), released to the bot, assigned to an agent.",
+        [(f'sum by (event) (rate(switchboard_ownership_changes_total{{{I}}}[{RI}]))', "{{event}}")], unit="ops")
+b.row("Consent")
+b.panel("timeseries", "Consent rejections by reason", "Outbound messages refused and written to the rejections topic: outside_window (free-form after the messaging window), no_inbound (the customer never wrote), opted_out (SMS STOP).",
+        [(f'sum by (reason) (rate(switchboard_consent_rejections_total{{{I}}}[{RI}]))', "{{reason}}")], unit="ops")
+b.panel("timeseries", "Consent rejections by channel", "The same, by channel.",
+        [(f'sum by (channel) (rate(switchboard_consent_rejections_total{{{I}}}[{RI}]))', "{{channel}}")], unit="ops")
 b.row("Dead letters")
-b.panel("timeseries", "Dead letters by reason", "Records written to the dead-letter topic (dlq_topic): destination (a destination failed for good, or max_attempts spent) or poison (undecodable). Their headers say why, where and from which offset. Replay is not built yet.",
+b.panel("timeseries", "Dead letters by reason", "Records written to the dead-letter topic (dlq_topic): destination (a destination failed for good, or max_attempts spent) or poison (undecodable). Their headers say why, where and from which offset; `switchboard-workers replay --from dlq` routes them again.",
         [(f'sum by (reason) (rate(switchboard_dlq_records_total{{{I}}}[{RI}]))', "{{reason}}")], unit="ops")
 b.panel("timeseries", "Dead letters per routed record", "Share of consumed records that ended in the dead-letter topic.",
         [(f'sum(rate(switchboard_dlq_records_total{{{I}}}[{RI}])) / sum(rate(switchboard_worker_records_total{{{I}}}[{RI}]))', "dead letters")], unit="percentunit")

@@ -29,6 +29,7 @@ use rdkafka::{
     consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer},
     error::KafkaError,
     message::{Headers, OwnedMessage},
+    statistics::Statistics,
     types::RDKafkaErrorCode,
 };
 use switchboard_broker::{
@@ -57,7 +58,26 @@ pub struct WorkerContext {
     revoked: Mutex<Vec<(String, i32)>>,
 }
 
-impl ClientContext for WorkerContext {}
+impl ClientContext for WorkerContext {
+    /// librdkafka's statistics (every `statistics.interval.ms`): exports the
+    /// lag of each partition this worker consumes. Partitions it does not
+    /// own (any more) read 0, so a sum over workers counts each lag once.
+    fn stats(&self, statistics: Statistics) {
+        for topic in statistics.topics.values() {
+            for (partition, p) in &topic.partitions {
+                if *partition < 0 {
+                    continue; // librdkafka's internal unassigned partition
+                }
+                let owned = p.fetch_state == "active" && p.consumer_lag >= 0;
+                metrics::gauge!(
+                    "switchboard_worker_consumer_lag_records",
+                    "partition" => partition.to_string()
+                )
+                .set(if owned { p.consumer_lag as f64 } else { 0.0 });
+            }
+        }
+    }
+}
 
 impl ConsumerContext for WorkerContext {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -114,6 +134,7 @@ impl Worker {
                 ("auto.offset.reset", "earliest"),
                 ("session.timeout.ms", "10000"),
                 ("heartbeat.interval.ms", "1000"),
+                ("statistics.interval.ms", "5000"),
             ])
             .create_with_context(WorkerContext::default())?;
         consumer.subscribe(&[&config.messages_topic])?;

@@ -307,7 +307,8 @@ def bench(a, grpc_port: int, mode: str, n: int) -> bool:
 
 def phase_scrape(a, procs: Procs, work: pathlib.Path) -> None:
     run = a.run
-    topics = {k: f"ops-{run}.{k}" for k in ("messages", "analytics", "agent-queue", "dlq")}
+    topics = {k: f"ops-{run}.{k}" for k in ("messages", "analytics", "agent-queue", "dlq", "state",
+                                            "rejections", "outbound")}
     group = f"ops-{run}-workers"
     grpc_port, broker_metrics, workers_metrics, prom_port, dead_bot = free_ports(5)
     bins = pathlib.Path(a.bin_dir)
@@ -324,6 +325,9 @@ def phase_scrape(a, procs: Procs, work: pathlib.Path) -> None:
         f'analytics_topic = "{topics["analytics"]}"\n'
         f'agent_queue_topic = "{topics["agent-queue"]}"\n'
         f'dlq_topic = "{topics["dlq"]}"\n'
+        f'state_topic = "{topics["state"]}"\n'
+        f'rejections_topic = "{topics["rejections"]}"\n'
+        f'outbound_topic_prefix = "{topics["outbound"]}"\n'
         f'group_id = "{group}"\n'
         f'metrics_addr = "127.0.0.1:{workers_metrics}"\n'
         f'rules_file = "{rules}"\n'
@@ -420,6 +424,16 @@ scrape_configs:
         f'analytics delivery attempts >= {sent}':
             ('sum(switchboard_destination_duration_seconds_count{kind="analytics"})', lambda v: v >= sent),
         'switchboard_ingest_in_flight back to 0': ('sum(switchboard_ingest_in_flight)', lambda v: v == 0),
+        f'switchboard_end_to_end_duration_seconds_count >= {sent}':
+            ('sum(switchboard_end_to_end_duration_seconds_count)', lambda v: v >= sent),
+        'end-to-end p99 (received_at to all destinations acked) is finite, > 0 and <= 30 s':
+            ('histogram_quantile(0.99, sum by (le) (rate(switchboard_end_to_end_duration_seconds_bucket[1m])))',
+             lambda v: math.isfinite(v) and 0 < v <= 30),
+        'consumer lag is exported per partition and the workers caught up (sum == 0)':
+            ('sum(switchboard_worker_consumer_lag_records) and on () count(switchboard_worker_consumer_lag_records) > 0',
+             lambda v: v == 0),
+        'the unreachable bot has a circuit gauge (0 or 1)':
+            ('max(switchboard_destination_circuit_open{destination="bot:down"})', lambda v: v in (0, 1)),
         'switchboard_ingest_dedupe_hits_total >= 1': ('sum(switchboard_ingest_dedupe_hits_total)', lambda v: v >= 1),
         'switchboard_route_decisions_total{matched="default"} >= routed':
             ('sum(switchboard_route_decisions_total{matched="default"})', lambda v: v >= sent),
@@ -503,7 +517,7 @@ scrape_configs:
                   scrape_metrics(workers_metrics))
 
     # Restart the worker and publish more: the new partition owner rebuilds its
-    # dedupe ids from Kafka, so the rebuild histogram is exported (and linted) too.
+    # conversation state from Kafka, so the rebuild histogram is exported (and linted) too.
     rc = procs.stop("workers")
     result("ok" if rc == 0 else "fail", "workers exit 0 on SIGTERM (commit, leave the group)",
            f"exit {rc}" + ("" if rc == 0 else "\n" + procs.log_tail("workers")))
@@ -520,11 +534,11 @@ scrape_configs:
 
         text = wait_until("the restarted worker to route and rebuild", 60, caught_up)
         result("ok" if text else "fail",
-               "restarted worker routes new messages and rebuilds dedupe state (state_rebuild histogram)",
+               "restarted worker routes new messages and rebuilds conversation state (state_rebuild histogram)",
                "" if text else "\n" + procs.log_tail("workers"))
     else:
         result("fail", "restarted worker joins the group", "\n" + procs.log_tail("workers"))
-    promtool_lint(a.promtool, "switchboard-workers /metrics (after a restart and a dedupe state rebuild)",
+    promtool_lint(a.promtool, "switchboard-workers /metrics (after a restart and a conversation state rebuild)",
                   scrape_metrics(workers_metrics))
 
     for name in ("broker", "workers"):
@@ -589,6 +603,9 @@ def phase_k8s_configs(a, procs: Procs, work: pathlib.Path) -> None:
                      "SWITCHBOARD_WORKERS_ANALYTICS_TOPIC": analytics,
                      "SWITCHBOARD_WORKERS_AGENT_QUEUE_TOPIC": agents,
                      "SWITCHBOARD_WORKERS_DLQ_TOPIC": f"ops-{run}.k8s.dlq",
+                     "SWITCHBOARD_WORKERS_STATE_TOPIC": f"ops-{run}.k8s.state",
+                     "SWITCHBOARD_WORKERS_REJECTIONS_TOPIC": f"ops-{run}.k8s.rejections",
+                     "SWITCHBOARD_WORKERS_OUTBOUND_TOPIC_PREFIX": f"ops-{run}.k8s.outbound",
                      "SWITCHBOARD_WORKERS_KAFKA__TOPIC_REPLICATION": "1"})
 
     serving = wait_until("k8s broker health", 90, lambda: procs.alive("k8s-broker") and health(grpc_port) == 1
@@ -683,6 +700,9 @@ def phase_compose_env(a, procs: Procs, work: pathlib.Path) -> None:
                         "SWITCHBOARD_WORKERS_ANALYTICS_TOPIC": f"ops-{run}.compose.analytics",
                         "SWITCHBOARD_WORKERS_AGENT_QUEUE_TOPIC": f"ops-{run}.compose.agent-queue",
                         "SWITCHBOARD_WORKERS_DLQ_TOPIC": f"ops-{run}.compose.dlq",
+                        "SWITCHBOARD_WORKERS_STATE_TOPIC": f"ops-{run}.compose.state",
+                        "SWITCHBOARD_WORKERS_REJECTIONS_TOPIC": f"ops-{run}.compose.rejections",
+                        "SWITCHBOARD_WORKERS_OUTBOUND_TOPIC_PREFIX": f"ops-{run}.compose.outbound",
                         "SWITCHBOARD_WORKERS_GROUP_ID": f"ops-{run}-compose"})
     if "SWITCHBOARD_BROKER_GRPC_ADDR" not in ports or "SWITCHBOARD_BROKER_METRICS_ADDR" not in ports \
             or "SWITCHBOARD_WORKERS_METRICS_ADDR" not in ports:
