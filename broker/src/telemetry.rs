@@ -172,7 +172,7 @@ fn zero_known_series() {
                 .absolute(0);
         }
     }
-    for outcome in ["routed", "poison", "duplicate"] {
+    for outcome in ["routed", "poison", "duplicate", "skipped"] {
         metrics::counter!("switchboard_worker_records_total", "outcome" => outcome).absolute(0);
     }
     for kind in [

@@ -9,14 +9,19 @@
 //! shutdown. A crash therefore never skips a message: at worst, messages
 //! that were in flight or done since the last commit are routed again.
 //!
-//! On revoke, a partition's task is dropped together with its queue; the
-//! new owner starts from the last committed offset. On shutdown, tasks stop
+//! Rebalances are incremental (`cooperative-sticky`): only the partitions
+//! that move stop. On revoke, inside the rebalance callback, a partition's
+//! task is stopped and its first unfinished offset committed, with the
+//! offsets finished above it in the commit metadata; the new owner skips
+//! those, so only what was in flight (at most one message per conversation)
+//! is routed twice, not everything other conversations finished meanwhile.
+//! Messages of a partition no longer assigned are dropped. On shutdown, tasks stop
 //! taking new messages, finish those in hand within the grace period, the
 //! final offsets are committed synchronously, and the consumer leaves the
 //! group (behind a timeout, since closing librdkafka can hang).
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeSet, HashMap, HashSet},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -25,9 +30,9 @@ use futures::FutureExt as _;
 use futures::future::Shared;
 use prost::Message as _;
 use rdkafka::{
-    ClientContext, Message,
+    ClientContext, Message, Offset, TopicPartitionList,
     consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer},
-    error::KafkaError,
+    error::{KafkaError, KafkaResult},
     message::{Headers, OwnedMessage},
     statistics::Statistics,
     types::RDKafkaErrorCode,
@@ -40,14 +45,14 @@ use switchboard_broker::{
 use switchboard_proto::v1::Envelope;
 use tokio::{
     sync::{Semaphore, mpsc, oneshot},
-    task::{JoinHandle, JoinSet},
+    task::{AbortHandle, JoinHandle, JoinSet},
 };
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     config::WorkersConfig,
     destinations::topics::headers,
-    offsets::OffsetTracker,
+    offsets::{OffsetTracker, parse_skip_metadata},
     router::{Router, Source},
     state::{PartitionStates, effects},
 };
@@ -56,6 +61,55 @@ use crate::{
 #[derive(Default)]
 pub struct WorkerContext {
     revoked: Mutex<Vec<(String, i32)>>,
+    /// Every partition being routed: its offset tracker and its task, so a
+    /// revoke can stop the task and commit at once, inside the rebalance.
+    partitions: Mutex<HashMap<(String, i32), Routing>>,
+    /// The partitions this worker owns now.
+    assigned: Mutex<HashSet<(String, i32)>>,
+}
+
+/// A partition being routed.
+struct Routing {
+    tracker: Arc<Mutex<OffsetTracker>>,
+    task: AbortHandle,
+}
+
+impl WorkerContext {
+    /// Stops routing each revoked partition, then commits its first message
+    /// not done, with the messages done above it in the commit metadata, so
+    /// the next owner skips them instead of routing them again. Only what
+    /// was in flight (at most one message per conversation) is redone.
+    fn stop_and_commit(&self, consumer: &BaseConsumer<Self>, revoked: &TopicPartitionList) {
+        let mut partitions = self.partitions.lock().expect("partitions lock");
+        let mut assigned = self.assigned.lock().expect("assigned lock");
+        let mut tpl = TopicPartitionList::new();
+        for e in revoked.elements() {
+            assigned.remove(&(e.topic().to_owned(), e.partition()));
+            let Some(routing) = partitions.remove(&(e.topic().to_owned(), e.partition())) else {
+                continue;
+            };
+            routing.task.abort();
+            let Some((next, metadata)) =
+                routing.tracker.lock().expect("tracker lock").commit_point()
+            else {
+                continue;
+            };
+            let mut entry = tpl.add_partition(e.topic(), e.partition());
+            if entry.set_offset(Offset::Offset(next)).is_ok() {
+                entry.set_metadata(metadata);
+            }
+        }
+        if tpl.count() == 0 {
+            return;
+        }
+        // Stored too, or the automatic commit on revoke would drop the metadata.
+        if let Err(e) = consumer.store_offsets(&tpl) {
+            tracing::debug!(error = %e, "storing offsets on revoke");
+        }
+        if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
+            tracing::warn!(error = %e, "commit on revoke failed; the next owner redoes more");
+        }
+    }
 }
 
 impl ClientContext for WorkerContext {
@@ -80,12 +134,13 @@ impl ClientContext for WorkerContext {
 }
 
 impl ConsumerContext for WorkerContext {
-    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Revoke(tpl) => {
                 metrics::counter!("switchboard_worker_rebalances_total", "event" => "revoke")
                     .increment(1);
                 tracing::info!(partitions = tpl.count(), "partitions revoked");
+                self.stop_and_commit(consumer, tpl);
                 let mut revoked = self.revoked.lock().expect("revoked list lock");
                 revoked.extend(
                     tpl.elements()
@@ -97,6 +152,11 @@ impl ConsumerContext for WorkerContext {
                 metrics::counter!("switchboard_worker_rebalances_total", "event" => "assign")
                     .increment(1);
                 tracing::info!(partitions = tpl.count(), "partitions assigned");
+                self.assigned.lock().expect("assigned lock").extend(
+                    tpl.elements()
+                        .iter()
+                        .map(|e| (e.topic().to_owned(), e.partition())),
+                );
             }
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
         }
@@ -133,6 +193,9 @@ impl Worker {
                 ("enable.auto.offset.store", "false"),
                 ("auto.offset.reset", "earliest"),
                 ("session.timeout.ms", "10000"),
+                // Incremental rebalances: only the partitions that move stop;
+                // the others keep routing, with their state cached.
+                ("partition.assignment.strategy", "cooperative-sticky"),
                 ("heartbeat.interval.ms", "1000"),
                 ("statistics.interval.ms", "5000"),
             ])
@@ -183,10 +246,27 @@ impl Worker {
                 }
             };
             let key = (message.topic().to_owned(), message.partition());
+            if !self
+                .consumer
+                .context()
+                .assigned
+                .lock()
+                .expect("assigned lock")
+                .contains(&key)
+            {
+                // Fetched before its partition was revoked: the new owner routes it.
+                tracing::debug!(
+                    partition = key.1,
+                    offset = message.offset(),
+                    "message of a revoked partition dropped"
+                );
+                continue;
+            }
             let task = partitions
                 .entry(key)
                 .or_insert_with_key(|(topic, partition)| {
                     let (queue, rx) = mpsc::channel(self.queue_len);
+                    let tracker = Arc::new(Mutex::new(OffsetTracker::default()));
                     let handle = tokio::spawn(route_partition(
                         PartitionContext {
                             consumer: self.consumer.clone(),
@@ -197,11 +277,24 @@ impl Worker {
                             partition: *partition,
                             max_in_flight: self.queue_len,
                             worker_permits: self.worker_permits.clone(),
+                            tracker: tracker.clone(),
                         },
                         rx,
                         no_new_work.clone(),
                         abort.clone(),
                     ));
+                    self.consumer
+                        .context()
+                        .partitions
+                        .lock()
+                        .expect("partitions lock")
+                        .insert(
+                            (topic.clone(), *partition),
+                            Routing {
+                                tracker,
+                                task: handle.abort_handle(),
+                            },
+                        );
                     PartitionTask { queue, handle }
                 });
             // A full queue makes the loop wait: memory stays bounded.
@@ -239,6 +332,8 @@ struct PartitionContext {
     max_in_flight: usize,
     /// Shared by all partitions of this worker.
     worker_permits: Arc<Semaphore>,
+    /// Shared with the revoke handler.
+    tracker: Arc<Mutex<OffsetTracker>>,
 }
 
 /// Signals that a conversation's message is done, so its next may start.
@@ -272,7 +367,12 @@ async fn route_partition(
 ) {
     let outcome =
         |outcome| metrics::counter!("switchboard_worker_records_total", "outcome" => outcome);
-    let (routed, poison, duplicate) = (outcome("routed"), outcome("poison"), outcome("duplicate"));
+    let (routed, poison, duplicate, skipped) = (
+        outcome("routed"),
+        outcome("poison"),
+        outcome("duplicate"),
+        outcome("skipped"),
+    );
     let partition = cx.partition;
     let Some(states) = rebuild_states(&cx, &abort).await else {
         return;
@@ -280,7 +380,11 @@ async fn route_partition(
     let mut tasks: JoinSet<(i64, String, Outcome)> = JoinSet::new();
     // The last message started per conversation, while it runs.
     let mut lanes: HashMap<String, (i64, Done)> = HashMap::new();
-    let mut offsets = OffsetTracker::default();
+    let Some(mut skip) = done_by_previous_owner(&cx, &abort).await else {
+        return;
+    };
+    let tracker = cx.tracker.clone();
+    let complete = |offset| tracker.lock().expect("tracker lock").complete(offset);
     let mut open = true;
     loop {
         tokio::select! {
@@ -296,7 +400,7 @@ async fn route_partition(
                     Outcome::Poison => poison.increment(1),
                     Outcome::Unfinished => continue,
                 }
-                store(&cx, offsets.complete(offset));
+                store(&cx, complete(offset));
             }
             next = queue.recv(), if open && tasks.len() < cx.max_in_flight => {
                 let Some(message) = next.filter(|_| !no_new_work.is_cancelled()) else {
@@ -304,7 +408,13 @@ async fn route_partition(
                     continue;
                 };
                 let offset = message.offset();
-                offsets.start(offset);
+                tracker.lock().expect("tracker lock").start(offset);
+                if skip.remove(&offset) {
+                    // Routed by the previous owner before the rebalance.
+                    skipped.increment(1);
+                    store(&cx, complete(offset));
+                    continue;
+                }
                 let header = |name: &str| {
                     message
                         .headers()
@@ -384,6 +494,46 @@ fn store(cx: &PartitionContext, safe: Option<i64>) {
     {
         // The partition was revoked meanwhile; its new owner redoes the rest.
         tracing::debug!(error = %e, partition = cx.partition, "offset not stored");
+    }
+}
+
+/// The messages of the partition that its previous owner finished above the
+/// committed offset, from the commit's metadata. Without them (no metadata,
+/// or the lookup failing) those messages are simply routed again.
+async fn done_by_previous_owner(
+    cx: &PartitionContext,
+    abort: &CancellationToken,
+) -> Option<BTreeSet<i64>> {
+    let (consumer, topic, partition) = (cx.consumer.clone(), cx.topic.clone(), cx.partition);
+    let lookup = tokio::task::spawn_blocking(move || {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&topic, partition);
+        let committed = consumer.committed_offsets(tpl, Duration::from_secs(10))?;
+        // Keep no list from committed_offsets alive: dropping the consumer
+        // hangs while one is.
+        let found = committed
+            .find_partition(&topic, partition)
+            .and_then(|e| match e.offset() {
+                Offset::Offset(o) => Some(parse_skip_metadata(o, e.metadata())),
+                _ => None,
+            });
+        drop(committed);
+        KafkaResult::Ok(found.unwrap_or_default())
+    });
+    tokio::select! {
+        result = lookup => match result {
+            Ok(Ok(done)) => {
+                if !done.is_empty() {
+                    tracing::info!(partition = cx.partition, done = done.len(), "skipping messages the previous owner finished");
+                }
+                Some(done)
+            }
+            other => {
+                tracing::warn!(?other, partition = cx.partition, "cannot read the committed offset's metadata; finished messages may be routed again");
+                Some(BTreeSet::new())
+            }
+        },
+        _ = abort.cancelled() => None,
     }
 }
 

@@ -5,8 +5,20 @@
 //! 7 may finish before offset 5. The committed offset must never pass an
 //! unfinished message, or a crash would skip it: only the contiguous prefix
 //! of completed offsets counts.
+//!
+//! On a rebalance, the messages done *above* that prefix would be redone by
+//! the partition's next owner: with a slow conversation at the head of a
+//! partition, that is everything the other conversations finished meanwhile
+//! (the duplicate storm Parallel Consumer's issue #857 describes). So the
+//! commit made on revoke carries them in its metadata ([`OffsetTracker::skip_metadata`]),
+//! and the next owner skips them ([`parse_skip_metadata`]).
 
 use std::collections::BTreeSet;
+
+/// Marks commit metadata written by Switchboard workers.
+const SKIP_PREFIX: &str = "switchboard-done:";
+/// Kafka's default `offset.metadata.max.bytes` is 4096.
+const MAX_METADATA: usize = 3000;
 
 /// Tracks the in-flight offsets of one partition.
 #[derive(Debug, Default)]
@@ -16,6 +28,8 @@ pub struct OffsetTracker {
     highest: Option<i64>,
     /// Last offset reported safe.
     reported: Option<i64>,
+    /// Offsets done above the safe prefix.
+    done_above: BTreeSet<i64>,
 }
 
 impl OffsetTracker {
@@ -42,6 +56,10 @@ impl OffsetTracker {
             Some(lowest) => lowest - 1,
             None => self.highest?,
         };
+        if offset > safe {
+            self.done_above.insert(offset);
+        }
+        self.done_above = self.done_above.split_off(&(safe + 1));
         if self.reported.is_some_and(|r| r >= safe) {
             return None;
         }
@@ -53,6 +71,56 @@ impl OffsetTracker {
     pub fn in_flight(&self) -> usize {
         self.in_flight.len()
     }
+
+    /// The offset to commit (the first message not done) and metadata
+    /// listing the messages done above it, relative to it (`3-5,9`); `None`
+    /// before any message started. Offsets that do not fit are left out:
+    /// they are redone, which is safe.
+    pub fn commit_point(&self) -> Option<(i64, String)> {
+        let next = self.reported? + 1;
+        let mut metadata = String::from(SKIP_PREFIX);
+        let mut ranges = Vec::<(i64, i64)>::new();
+        for &o in &self.done_above {
+            match ranges.last_mut() {
+                Some((_, end)) if *end + 1 == o => *end = o,
+                _ => ranges.push((o, o)),
+            }
+        }
+        for (i, (start, end)) in ranges.iter().enumerate() {
+            let part = if start == end {
+                format!("{}", start - next)
+            } else {
+                format!("{}-{}", start - next, end - next)
+            };
+            if metadata.len() + part.len() + 1 > MAX_METADATA {
+                break;
+            }
+            if i > 0 {
+                metadata.push(',');
+            }
+            metadata.push_str(&part);
+        }
+        Some((next, metadata))
+    }
+}
+
+/// The offsets a commit's metadata lists as done above the committed offset
+/// `committed`; empty for metadata Switchboard did not write.
+pub fn parse_skip_metadata(committed: i64, metadata: &str) -> BTreeSet<i64> {
+    let Some(list) = metadata.strip_prefix(SKIP_PREFIX) else {
+        return BTreeSet::new();
+    };
+    let mut done = BTreeSet::new();
+    for part in list.split(',').filter(|p| !p.is_empty()) {
+        let (start, end) = part.split_once('-').unwrap_or((part, part));
+        if let (Ok(start), Ok(end)) = (start.parse::<i64>(), end.parse::<i64>())
+            && (0..=end).contains(&start)
+            && end - start < 1_000_000
+        {
+            done.extend((start..=end).map(|o| committed + o));
+        }
+    }
+    done
 }
 
 #[cfg(test)]
@@ -73,6 +141,35 @@ mod tests {
         assert_eq!(t.in_flight(), 0);
         t.start(15);
         assert_eq!(t.complete(15), Some(15));
+    }
+
+    #[test]
+    fn work_done_above_the_prefix_travels_in_the_commit_metadata() {
+        let mut t = OffsetTracker::default();
+        assert_eq!(t.commit_point(), None);
+        for o in 100..110 {
+            t.start(o);
+        }
+        for o in [101, 102, 103, 105, 109] {
+            assert_eq!(t.complete(o), None);
+        }
+        let (next, metadata) = t.commit_point().unwrap();
+        assert_eq!((next, metadata.as_str()), (100, "switchboard-done:1-3,5,9"));
+        assert_eq!(
+            parse_skip_metadata(next, &metadata)
+                .into_iter()
+                .collect::<Vec<_>>(),
+            [101, 102, 103, 105, 109]
+        );
+        // 100 finishes: the prefix moves past 103 and the list shrinks.
+        assert_eq!(t.complete(100), Some(103));
+        assert_eq!(
+            t.commit_point().unwrap(),
+            (104, "switchboard-done:1,5".to_owned())
+        );
+        assert!(parse_skip_metadata(5, "").is_empty());
+        assert!(parse_skip_metadata(5, "someone else's").is_empty());
+        assert!(parse_skip_metadata(5, "switchboard-done:x,3-1,-2").is_empty());
     }
 
     #[test]
