@@ -35,7 +35,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    telemetry::init_logging();
+    let _telemetry = telemetry::init("switchboard-broker");
     let args = Args::parse();
     let shutdown = shutdown::Shutdown::new();
     shutdown::on_signals(shutdown.clone());

@@ -17,6 +17,7 @@ use switchboard_proto::v1::{
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument as _;
 
 use crate::{
     auth::{Auth, Caller},
@@ -24,7 +25,7 @@ use crate::{
     dedupe::{Dedupe, Published, SharedPublish},
     error::IngestError,
     publisher::Publisher,
-    trace::{TRACEPARENT, TraceParent},
+    trace::{self, TRACEPARENT, TraceParent},
     validate,
 };
 
@@ -115,9 +116,10 @@ impl IngestService {
     }
 }
 
-/// This hop's span: a child of the caller's `traceparent`, or a new trace.
-fn trace_of<T>(request: &Request<T>) -> TraceParent {
-    TraceParent::continue_from(
+/// This hop's span and `traceparent`: a child of the caller's, or a new trace.
+fn trace_of<T>(rpc: &'static str, request: &Request<T>) -> (tracing::Span, TraceParent) {
+    trace::hop(
+        rpc,
         request
             .metadata()
             .get(TRACEPARENT)
@@ -160,15 +162,16 @@ impl Ingest for IngestService {
         &self,
         request: Request<PublishRequest>,
     ) -> Result<Response<PublishResponse>, Status> {
+        let (span, trace) = trace_of("ingest.publish", &request);
         let result = async {
             let caller = self.auth.authenticate(request.metadata())?;
-            let trace = trace_of(&request);
             let request = request.into_inner();
             let permit = self.publisher.try_permit()?;
             self.enqueue_request(&caller, request.envelope, trace, permit)?
                 .response(request.sequence)
                 .await
         }
+        .instrument(span)
         .await;
         record("publish", &result);
         Ok(Response::new(result?))
@@ -184,7 +187,7 @@ impl Ingest for IngestService {
             .auth
             .authenticate(request.metadata())
             .inspect_err(|e| count("publish_stream", e.code(), 1))?;
-        let trace = trace_of(&request);
+        let (span, trace) = trace_of("ingest.publish_stream", &request);
         let mut inbound = request.into_inner();
         let limit = self.max_in_flight_per_stream;
         let (tx, rx) = mpsc::channel(limit);
@@ -235,7 +238,7 @@ impl Ingest for IngestService {
                     },
                 }
             }
-        });
+        }.instrument(span));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -243,9 +246,9 @@ impl Ingest for IngestService {
         &self,
         request: Request<WebhookRequest>,
     ) -> Result<Response<WebhookResponse>, Status> {
+        let (span, trace) = trace_of("ingest.webhook", &request);
         let result = async {
             let caller = self.auth.authenticate(request.metadata())?;
-            let trace = trace_of(&request);
             let request = request.into_inner();
             if request.tenant_id.is_empty() {
                 return Err(IngestError::invalid("tenant_id", "is required"));
@@ -283,6 +286,7 @@ impl Ingest for IngestService {
             }
             Ok(WebhookResponse { results })
         }
+        .instrument(span)
         .await;
         record("ingest_webhook", &result);
         Ok(Response::new(result?))

@@ -7,26 +7,102 @@ use std::{net::SocketAddr, sync::OnceLock};
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 
-/// Initializes `tracing`. `RUST_LOG` sets levels (default `info`);
-/// `SWITCHBOARD_LOG_FORMAT=json` switches to structured JSON lines.
-pub fn init_logging() {
+static OTLP: OnceLock<bool> = OnceLock::new();
+
+/// Whether spans are exported over OTLP (see [`init`]).
+pub fn otlp_enabled() -> bool {
+    OTLP.get().copied().unwrap_or(false)
+}
+
+/// Keeps the OTLP exporter running; dropping it flushes the spans not sent yet.
+#[must_use = "dropping it stops the OTLP export"]
+pub struct Telemetry {
+    provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take()
+            && let Err(e) = provider.shutdown()
+        {
+            eprintln!("flushing OTLP spans failed: {e}");
+        }
+    }
+}
+
+/// Initializes `tracing` for the service `service`. `RUST_LOG` sets levels
+/// (default `info`); `SWITCHBOARD_LOG_FORMAT=json` switches logs to
+/// structured JSON lines on stderr.
+///
+/// Setting `OTEL_EXPORTER_OTLP_ENDPOINT` (e.g. `http://127.0.0.1:4318`)
+/// also exports each message's spans over OTLP/HTTP (protobuf) to an
+/// OpenTelemetry collector; the standard `OTEL_*` variables
+/// (`OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_SERVICE_NAME`, ...) apply.
+pub fn init(service: &'static str) -> Telemetry {
+    use tracing_subscriber::{Layer as _, layer::SubscriberExt as _, util::SubscriberInitExt as _};
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new("info,librdkafka=warn,rdkafka=warn")
     });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(
-            std::io::IsTerminal::is_terminal(&std::io::stderr())
-                && std::env::var_os("NO_COLOR").is_none(),
-        )
-        .with_writer(std::io::stderr);
     let json =
         std::env::var("SWITCHBOARD_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
-    let _ = if json {
-        builder.json().try_init()
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none();
+    let logs = if json {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+            .with_filter(filter)
+            .boxed()
     } else {
-        builder.try_init()
+        tracing_subscriber::fmt::layer()
+            .with_ansi(ansi)
+            .with_writer(std::io::stderr)
+            .with_filter(filter)
+            .boxed()
     };
+    let provider =
+        std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").and_then(|_| {
+            match otlp_provider(service) {
+                Ok(provider) => Some(provider),
+                Err(e) => {
+                    eprintln!("OTLP export is off: {e}");
+                    None
+                }
+            }
+        });
+    let spans = provider.as_ref().map(|provider| {
+        use opentelemetry::trace::TracerProvider as _;
+        // Spans are exported whatever RUST_LOG says about logs.
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer(service))
+            .with_filter(tracing_subscriber::filter::LevelFilter::INFO)
+    });
+    let installed = tracing_subscriber::registry()
+        .with(logs)
+        .with(spans)
+        .try_init()
+        .is_ok();
+    let _ = OTLP.set(installed && provider.is_some());
+    Telemetry { provider }
+}
+
+fn otlp_provider(
+    service: &'static str,
+) -> Result<opentelemetry_sdk::trace::SdkTracerProvider, opentelemetry_otlp::ExporterBuildError> {
+    use opentelemetry_otlp::WithExportConfig as _;
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+        .build()?;
+    let mut resource = opentelemetry_sdk::Resource::builder();
+    if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+        resource = resource.with_service_name(service);
+    }
+    let resource = resource.build();
+    Ok(opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource)
+        .build())
 }
 
 /// A stable, short stand-in for an identifier that may hold personal data

@@ -5,8 +5,18 @@
 //! `traceparent` into the Kafka message headers; workers continue it again
 //! and send it on to bots as gRPC metadata, so one trace spans
 //! edge → Kafka → worker → bot.
+//!
+//! Each hop also gets a `tracing` span ([`hop`]). When OTLP export is on
+//! ([`crate::telemetry::init`]), that span is exported with the caller's
+//! span as its parent, and the `traceparent` sent on names it, so a
+//! collector shows the whole path.
 
 use std::fmt;
+
+use opentelemetry::trace::{
+    SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState,
+};
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 /// The metadata key and Kafka header name.
 pub const TRACEPARENT: &str = "traceparent";
@@ -69,6 +79,41 @@ impl TraceParent {
             .and_then(Self::parse)
             .map_or_else(Self::root, |p| p.child())
     }
+}
+
+/// Starts this hop's span, named `name`, continuing `incoming` (a
+/// `traceparent` value) when it is valid. Returns the span, to run the hop's
+/// work in, and the `traceparent` to send on.
+pub fn hop(name: &'static str, incoming: Option<&str>) -> (tracing::Span, TraceParent) {
+    if !crate::telemetry::otlp_enabled() {
+        // No span to export: no per-message span bookkeeping either.
+        return (tracing::Span::none(), TraceParent::continue_from(incoming));
+    }
+    let span = tracing::info_span!("hop", otel.name = name);
+    let parent = incoming.and_then(TraceParent::parse);
+    {
+        if let Some(p) = parent {
+            let remote = SpanContext::new(
+                TraceId::from_bytes(p.trace_id.to_be_bytes()),
+                SpanId::from_bytes(p.span_id.to_be_bytes()),
+                TraceFlags::new(p.flags),
+                true,
+                TraceState::default(),
+            );
+            let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(remote));
+        }
+        let context = span.context();
+        let own = context.span().span_context().clone();
+        if own.is_valid() {
+            let this = TraceParent {
+                trace_id: u128::from_be_bytes(own.trace_id().to_bytes()),
+                span_id: u64::from_be_bytes(own.span_id().to_bytes()),
+                flags: parent.map_or(1, |p| p.flags),
+            };
+            return (span, this);
+        }
+    }
+    (span, TraceParent::continue_from(incoming))
 }
 
 impl fmt::Display for TraceParent {

@@ -40,7 +40,7 @@ use rdkafka::{
 use switchboard_broker::{
     kafka::KafkaConfig,
     shutdown::Shutdown,
-    trace::{TRACEPARENT, TraceParent},
+    trace::{self, TRACEPARENT},
 };
 use switchboard_proto::v1::Envelope;
 use tokio::{
@@ -48,6 +48,7 @@ use tokio::{
     task::{AbortHandle, JoinHandle, JoinSet},
 };
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::{
     config::WorkersConfig,
@@ -423,7 +424,7 @@ async fn route_partition(
                         .and_then(|v| std::str::from_utf8(v).ok())
                 };
                 // This worker's span, continuing the trace from the record's header.
-                let trace = TraceParent::continue_from(header(TRACEPARENT));
+                let (span, trace) = trace::hop("worker.route", header(TRACEPARENT));
                 // A replayed message is routed again on purpose, even if seen.
                 let replayed = header(headers::REPLAYED_FROM).is_some();
                 let envelope = match message.payload().map(Envelope::decode) {
@@ -443,7 +444,7 @@ async fn route_partition(
                                 Err(_) => Outcome::Unfinished,
                             };
                             (offset, String::new(), outcome)
-                        });
+                        }.instrument(span));
                         continue;
                     }
                 };
@@ -480,7 +481,7 @@ async fn route_partition(
                     };
                     let _ = done_tx.send(());
                     (offset, key, outcome)
-                });
+                }.instrument(span));
             }
             else => break,
         }

@@ -75,7 +75,7 @@ enum ReplayFrom {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    telemetry::init_logging();
+    let _telemetry = telemetry::init("switchboard-workers");
     let args = Args::parse();
     let shutdown = shutdown::Shutdown::new();
     shutdown::on_signals(shutdown.clone());

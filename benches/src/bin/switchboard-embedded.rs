@@ -35,7 +35,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    telemetry::init_logging();
+    let _telemetry = telemetry::init("switchboard-embedded");
     let args = Args::parse();
     let stop = shutdown::Shutdown::new();
     shutdown::on_signals(stop.clone());
