@@ -8,6 +8,9 @@
 //! - [`loadgen`]: builds conversation workloads and publishes them through
 //!   `Publish` or `PublishStream`, keeping each conversation in order. The
 //!   load generator (`switchboard-bench`) and the tests use it.
+//! - [`scenarios`]: benchmark scenarios on a real Kafka, each comparing
+//!   Switchboard with its practical limit (raw librdkafka, a
+//!   partition-serial consumer) within one run.
 //!
 //! Binaries: `switchboard-embedded` (the in-memory demo) and
 //! `switchboard-bench` (the load generator).
@@ -17,3 +20,4 @@
 pub mod embedded;
 pub mod loadgen;
 pub mod pipeline;
+pub mod scenarios;

@@ -48,6 +48,8 @@ pub struct PipelineConfig {
     pub bot_addr: SocketAddr,
     /// Number of routing workers (consumer group members).
     pub workers: usize,
+    /// Messages of one partition routed at once (1 = partition-serial).
+    pub max_in_flight_per_partition: usize,
     /// Delivery attempts per destination before the dead-letter topic.
     pub max_attempts: u32,
     /// First retry delay.
@@ -74,6 +76,7 @@ impl PipelineConfig {
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             bot_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             workers: 1,
+            max_in_flight_per_partition: defaults.max_in_flight_per_partition,
             max_attempts: defaults.max_attempts,
             retry_backoff: defaults.retry_backoff,
         }
@@ -143,6 +146,7 @@ impl PipelineConfig {
             shutdown_grace: Duration::from_secs(5),
             max_attempts: self.max_attempts,
             retry_backoff: self.retry_backoff,
+            max_in_flight_per_partition: self.max_in_flight_per_partition,
             ..WorkersConfig::default()
         }
     }

@@ -5,8 +5,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use clap::{Parser, ValueEnum};
-use switchboard_benches::loadgen::{self, Mode, Progress, RunOptions};
+use clap::{Parser, Subcommand, ValueEnum};
+use switchboard_benches::{
+    loadgen::{self, Mode, Progress, RunOptions},
+    scenarios,
+};
 use switchboard_proto::v1::{Channel, ingest_client::IngestClient};
 
 /// Publishes conversations to an ingestion node and reports throughput and
@@ -14,6 +17,10 @@ use switchboard_proto::v1::{Channel, ingest_client::IngestClient};
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
+    /// Run a benchmark scenario on a real Kafka instead of publishing to a
+    /// running node.
+    #[command(subcommand)]
+    scenario: Option<Scenario>,
     /// The ingestion node.
     #[arg(long, default_value = "http://127.0.0.1:50051")]
     target: String,
@@ -43,6 +50,101 @@ struct Args {
     json: Option<std::path::PathBuf>,
 }
 
+/// Benchmark scenarios; each compares Switchboard with its practical limit
+/// in one run (benches/README.md).
+#[derive(Subcommand, Debug)]
+enum Scenario {
+    /// The raw rdkafka producer against PublishStream and unary Publish.
+    Ingest {
+        #[command(flatten)]
+        common: ScenarioArgs,
+        /// Messages per variant.
+        #[arg(long, default_value_t = 100_000)]
+        messages: usize,
+        /// Text body size of each message, in bytes.
+        #[arg(long, default_value_t = 300)]
+        body_bytes: usize,
+    },
+    /// The raw rdkafka consumer against workers routing to analytics.
+    Routing {
+        #[command(flatten)]
+        common: ScenarioArgs,
+        /// Messages per variant.
+        #[arg(long, default_value_t = 100_000)]
+        messages: usize,
+    },
+    /// A slow bot: key-level concurrency against a partition-serial consumer.
+    SlowDestination {
+        #[command(flatten)]
+        common: ScenarioArgs,
+        /// Conversations.
+        #[arg(long, default_value_t = 10_000)]
+        conversations: usize,
+        /// Messages per conversation.
+        #[arg(long, default_value_t = 1)]
+        per_conversation: usize,
+        /// The bot's time per message.
+        #[arg(long, default_value = "20ms", value_parser = humantime::parse_duration)]
+        bot_delay: Duration,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct ScenarioArgs {
+    /// Kafka bootstrap servers (a scratch Kafka: deploy/kafka/start.sh).
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    kafka: String,
+    /// Partitions of every topic the scenario creates.
+    #[arg(long, default_value_t = 12)]
+    partitions: i32,
+    /// Also write the report as JSON to this file.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+}
+
+async fn run_scenario(scenario: Scenario) -> anyhow::Result<()> {
+    let _telemetry = switchboard_broker::telemetry::init("switchboard-bench");
+    let kafka_of = |common: &ScenarioArgs| switchboard_broker::kafka::KafkaConfig {
+        bootstrap_servers: common.kafka.clone(),
+        topic_partitions: common.partitions,
+        ..Default::default()
+    };
+    let (report, json) = match scenario {
+        Scenario::Ingest {
+            common,
+            messages,
+            body_bytes,
+        } => (
+            scenarios::ingest(&kafka_of(&common), messages, body_bytes).await?,
+            common.json,
+        ),
+        Scenario::Routing { common, messages } => (
+            scenarios::routing(&kafka_of(&common), messages).await?,
+            common.json,
+        ),
+        Scenario::SlowDestination {
+            common,
+            conversations,
+            per_conversation,
+            bot_delay,
+        } => (
+            scenarios::slow_destination(
+                &kafka_of(&common),
+                conversations,
+                per_conversation,
+                bot_delay,
+            )
+            .await?,
+            common.json,
+        ),
+    };
+    print!("{}", report.markdown());
+    if let Some(path) = json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
+    }
+    Ok(())
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum CliMode {
     Unary,
@@ -52,6 +154,9 @@ enum CliMode {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(scenario) = args.scenario {
+        return run_scenario(scenario).await;
+    }
     let channel = Channel::from_str_name(&args.channel.to_ascii_uppercase())
         .filter(|c| *c != Channel::Unspecified)
         .ok_or_else(|| anyhow::anyhow!("unknown channel {:?}", args.channel))?;

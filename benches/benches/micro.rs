@@ -1,0 +1,143 @@
+//! Microbenchmarks of the per-message hot paths: webhook normalization per
+//! channel, envelope encode and decode, the partitioner, and rule
+//! evaluation with 10 and 1,000 rules.
+//!
+//! `cargo bench -p switchboard-benches --bench micro` (add `-- <filter>` to
+//! pick some). These are measurements, not tests: nothing here asserts speed.
+
+use std::{collections::HashSet, hint::black_box, path::PathBuf, time::SystemTime};
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use prost::Message as _;
+use switchboard_broker::channels::{self, Limits};
+use switchboard_proto::{
+    partition::partition_for,
+    v1::{Channel, Direction, Envelope, Text, envelope::Content},
+};
+use switchboard_workers::rules::RuleSet;
+
+/// One fixture per channel, the most common shape.
+const FIXTURES: &[(&str, Channel, &str)] = &[
+    ("whatsapp_text.json", Channel::Whatsapp, "application/json"),
+    (
+        "whatsapp_statuses_batch.json",
+        Channel::Whatsapp,
+        "application/json",
+    ),
+    (
+        "messenger_text_quick_reply.json",
+        Channel::Messenger,
+        "application/json",
+    ),
+    (
+        "instagram_story_mention.json",
+        Channel::Instagram,
+        "application/json",
+    ),
+    (
+        "sms_inbound.form",
+        Channel::Sms,
+        "application/x-www-form-urlencoded",
+    ),
+    (
+        "webchat_envelope.json",
+        Channel::Webchat,
+        "application/json",
+    ),
+];
+
+fn normalization(c: &mut Criterion) {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../broker/tests/fixtures/webhooks");
+    let limits = Limits::default();
+    let mut group = c.benchmark_group("normalize");
+    for (file, channel, content_type) in FIXTURES {
+        let body = std::fs::read(dir.join(file)).expect("fixture");
+        let now = SystemTime::now();
+        let events = channels::normalize(*channel, "acme", &body, content_type, &limits, now)
+            .expect("the fixture normalizes")
+            .len();
+        group.throughput(Throughput::Elements(events as u64));
+        group.bench_function(*file, |b| {
+            b.iter(|| {
+                channels::normalize(
+                    *channel,
+                    "acme",
+                    black_box(&body),
+                    content_type,
+                    &limits,
+                    now,
+                )
+            })
+        });
+    }
+    group.finish();
+}
+
+fn sample_envelope(body_bytes: usize) -> Envelope {
+    Envelope {
+        message_id: "0192f1c4-7d3e-7a51-9d3c-5f0e4c1a2b3c".into(),
+        tenant_id: "acme".into(),
+        channel: Channel::Whatsapp as i32,
+        direction: Direction::Inbound as i32,
+        conversation_id: "106540352242922:16505551234".into(),
+        channel_message_id: "wamid.HBgLMTY1MDU1NTEyMzQVAgASGBQzQTdCRjM3NUM2N0Y0MjY2M0QwOQA=".into(),
+        content: Some(Content::Text(Text {
+            body: "x".repeat(body_bytes),
+        })),
+        attributes: [("language".to_owned(), "en-US".to_owned())].into(),
+        ..Default::default()
+    }
+}
+
+fn envelope_codec(c: &mut Criterion) {
+    let mut group = c.benchmark_group("envelope");
+    for size in [64, 1024] {
+        let envelope = sample_envelope(size);
+        let bytes = envelope.encode_to_vec();
+        group.throughput(Throughput::Bytes(bytes.len() as u64));
+        group.bench_with_input(BenchmarkId::new("encode", size), &envelope, |b, e| {
+            b.iter(|| black_box(e).encode_to_vec())
+        });
+        group.bench_with_input(BenchmarkId::new("decode", size), &bytes, |b, bytes| {
+            b.iter(|| Envelope::decode(black_box(bytes.as_slice())))
+        });
+    }
+    group.finish();
+}
+
+fn partitioner(c: &mut Criterion) {
+    let envelope = sample_envelope(8);
+    c.bench_function("partition/key_and_murmur2", |b| {
+        b.iter(|| partition_for(black_box(&envelope).conversation_key().as_bytes(), 12))
+    });
+}
+
+/// `n` rules that the sample message does not match (wrong keyword), so
+/// every one is evaluated, then the default applies.
+fn rules_file(n: usize) -> String {
+    let mut text = String::from("default = [{ bot = \"echo\" }]\n");
+    for i in 0..n {
+        text.push_str(&format!(
+            "[[rules]]\nid = \"r{i}\"\nchannels = [\"whatsapp\", \"messenger\"]\ndirection = \"inbound\"\n\
+             content = [\"text\"]\nkeywords = [\"refund {i}\", \"order {i}\"]\ndestinations = [{{ agent = \"q{i}\" }}]\n"
+        ));
+    }
+    text
+}
+
+fn rules(c: &mut Criterion) {
+    let bots = HashSet::from(["echo"]);
+    let envelope = sample_envelope(120);
+    let mut group = c.benchmark_group("rules");
+    for n in [10, 1000] {
+        let rules = RuleSet::parse(&rules_file(n), &bots).expect("rules parse");
+        assert_eq!(rules.decide(&envelope, false).rule_id, "default");
+        group.bench_function(BenchmarkId::new("decide_no_match", n), |b| {
+            b.iter(|| rules.decide(black_box(&envelope), false).rule_id.len())
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, normalization, envelope_codec, partitioner, rules);
+criterion_main!(benches);
