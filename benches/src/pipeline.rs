@@ -139,7 +139,11 @@ impl PipelineConfig {
                 .into_iter()
                 .chain([(
                     self.bot_name.clone(),
-                    BotConfig::new(BotProtocol::Grpc, format!("http://{bot_addr}")),
+                    BotConfig {
+                        // Busy 2-core machines: a slow call is not a dead bot.
+                        timeout: Duration::from_secs(10),
+                        ..BotConfig::new(BotProtocol::Grpc, format!("http://{bot_addr}"))
+                    },
                 )])
                 .collect(),
             metrics_addr: None,

@@ -15,13 +15,18 @@
 //! offsets finished above it in the commit metadata; the new owner skips
 //! those, so only what was in flight (at most one message per conversation)
 //! is routed twice, not everything other conversations finished meanwhile.
-//! Messages of a partition no longer assigned are dropped. On shutdown, tasks stop
+//! Messages of a partition no longer assigned are dropped.
+//!
+//! The loop never waits on one partition: a message whose partition's queue
+//! is full is held, and a partition holding `max_in_flight_per_partition`
+//! (at least 64) is paused in the consumer until they are handed over, so a
+//! stuck conversation holds back only its own partition. On shutdown, tasks stop
 //! taking new messages, finish those in hand within the grace period, the
 //! final offsets are committed synchronously, and the consumer leaves the
 //! group (behind a timeout, since closing librdkafka can hang).
 
 use std::{
-    collections::{BTreeSet, HashMap, HashSet},
+    collections::{BTreeSet, HashMap, HashSet, VecDeque},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -135,6 +140,17 @@ impl ClientContext for WorkerContext {
 }
 
 impl ConsumerContext for WorkerContext {
+    /// A partition paused for backpressure before it was revoked would stay
+    /// paused if it came back: newly assigned partitions always start
+    /// fetching.
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance
+            && let Err(e) = consumer.resume(tpl)
+        {
+            tracing::debug!(error = %e, "resuming newly assigned partitions");
+        }
+    }
+
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Revoke(tpl) => {
@@ -169,6 +185,9 @@ type Consumer_ = StreamConsumer<WorkerContext>;
 struct PartitionTask {
     queue: mpsc::Sender<OwnedMessage>,
     handle: JoinHandle<()>,
+    /// Messages fetched while the queue was full; the partition is paused
+    /// in the consumer until they are handed over, so this stays small.
+    held: VecDeque<OwnedMessage>,
 }
 
 /// A routing worker: one group member on the messages topic.
@@ -213,17 +232,47 @@ impl Worker {
         })
     }
 
+    /// Pauses (or resumes) fetching one partition.
+    fn pause(&self, (topic, partition): &(String, i32), pause: bool) {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(topic, *partition);
+        let result = if pause {
+            self.consumer.pause(&tpl)
+        } else {
+            self.consumer.resume(&tpl)
+        };
+        if let Err(e) = result {
+            tracing::debug!(error = %e, partition, pause, "pause/resume");
+        }
+    }
+
     /// Consumes and routes until `shutdown` fires, then drains and commits.
     pub async fn run(self, shutdown: Shutdown) -> anyhow::Result<()> {
         let no_new_work = CancellationToken::new();
         let abort = CancellationToken::new();
         let mut partitions: HashMap<(String, i32), PartitionTask> = HashMap::new();
         tracing::info!("routing worker started");
+        // Partitions holding messages their queue had no room for, and those
+        // of them paused in the consumer until the messages are handed over.
+        let mut holding: HashSet<(String, i32)> = HashSet::new();
+        let mut paused: HashSet<(String, i32)> = HashSet::new();
         loop {
             let next = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                next = self.consumer.recv() => next,
+                next = self.consumer.recv() => Some(next),
+                // Hand held messages over as their partitions' queues drain.
+                _ = tokio::time::sleep(Duration::from_millis(5)), if !holding.is_empty() => None,
             };
+            holding.retain(|key| {
+                if partitions.get_mut(key).is_some_and(|task| !hand_over(task)) {
+                    return true;
+                }
+                if paused.remove(key) {
+                    self.pause(key, false);
+                }
+                false
+            });
+            let Some(next) = next else { continue };
             // Revocations happen inside recv(): drop those partitions' work,
             // which will be redone from the committed offset by the new owner.
             for key in std::mem::take(
@@ -237,6 +286,8 @@ impl Worker {
                 if let Some(task) = partitions.remove(&key) {
                     task.handle.abort();
                 }
+                holding.remove(&key);
+                paused.remove(&key);
             }
             let message = match next {
                 Ok(message) => message.detach(),
@@ -264,7 +315,7 @@ impl Worker {
                 continue;
             }
             let task = partitions
-                .entry(key)
+                .entry(key.clone())
                 .or_insert_with_key(|(topic, partition)| {
                     let (queue, rx) = mpsc::channel(self.queue_len);
                     let tracker = Arc::new(Mutex::new(OffsetTracker::default()));
@@ -296,11 +347,22 @@ impl Worker {
                                 task: handle.abort_handle(),
                             },
                         );
-                    PartitionTask { queue, handle }
+                    PartitionTask {
+                        queue,
+                        handle,
+                        held: VecDeque::new(),
+                    }
                 });
-            // A full queue makes the loop wait: memory stays bounded.
-            if task.queue.send(message).await.is_err() {
-                tracing::warn!("partition task ended unexpectedly");
+            // A full queue must not make the loop wait: that would hold back
+            // every other partition. Hold the message; past a bound, pause
+            // the partition until its held messages are handed over, so
+            // memory stays bounded all the same.
+            task.held.push_back(message);
+            if !hand_over(task) {
+                if task.held.len() >= self.queue_len.max(MIN_HELD) && paused.insert(key.clone()) {
+                    self.pause(&key, true);
+                }
+                holding.insert(key);
             }
         }
 
@@ -319,6 +381,30 @@ impl Worker {
         close(consumer).await;
         Ok(())
     }
+}
+
+/// Messages a partition may hold, at least, before it is paused: pausing
+/// and resuming costs a new fetch, so it should not happen every message.
+const MIN_HELD: usize = 64;
+
+/// Hands a partition's held messages to its task while its queue has room;
+/// true when none are left.
+fn hand_over(task: &mut PartitionTask) -> bool {
+    while let Some(message) = task.held.pop_front() {
+        match task.queue.try_send(message) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(message)) => {
+                task.held.push_front(message);
+                return false;
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                // The task ended (revoked, or shutting down): its messages
+                // are redone by whoever owns the partition next.
+                task.held.clear();
+            }
+        }
+    }
+    true
 }
 
 /// What a partition task needs.
