@@ -283,30 +283,39 @@ pub async fn routing(kafka: &KafkaConfig, messages: usize) -> anyhow::Result<Sce
     );
     let config = PipelineConfig::isolated(kafka.clone(), "bench.routing");
     config.create_topics().await?;
+    tracing::info!(messages, "preloading the messages topic");
     preload(kafka, &config.messages_topic, envelopes).await?;
+    tracing::info!("raw consumer");
 
-    // The limit: consume every record (and decode it) with librdkafka.
+    // The limit: read every record (and decode it) with librdkafka. The
+    // partitions are assigned, not subscribed: no group to join or leave.
     let consumer: StreamConsumer = kafka
         .client_config(&[
-            (
-                "group.id",
-                &format!("bench.raw.{}", uuid::Uuid::now_v7().simple()),
-            ),
-            ("auto.offset.reset", "earliest"),
+            ("group.id", "switchboard-bench-raw"),
             ("enable.auto.commit", "false"),
         ])
         .create()?;
-    consumer.subscribe(&[&config.messages_topic])?;
-    let first = consumer.recv().await?;
-    let started = Instant::now();
-    let mut decoded = usize::from(Envelope::decode(first.payload().unwrap_or_default()).is_ok());
+    let mut partitions = rdkafka::TopicPartitionList::new();
+    for p in 0..kafka.topic_partitions {
+        partitions.add_partition_offset(&config.messages_topic, p, rdkafka::Offset::Beginning)?;
+    }
+    consumer.assign(&partitions)?;
+    let mut decoded = 0;
+    let mut started = None;
     while decoded < messages {
         let m = consumer.recv().await?;
+        started.get_or_insert_with(Instant::now);
         decoded += usize::from(Envelope::decode(m.payload().unwrap_or_default()).is_ok());
     }
-    report.push("raw rdkafka consumer", messages, started.elapsed(), &[]);
+    report.push(
+        "raw rdkafka consumer",
+        messages,
+        started.map_or(Duration::ZERO, |s| s.elapsed()),
+        &[],
+    );
     drop(consumer);
 
+    tracing::info!("routing workers");
     // Workers: everything to analytics (no rules file).
     let analytics_topic = config.analytics_topic.clone();
     let pipeline = Pipeline::start(&config, RecordingBot::default()).await?;

@@ -155,7 +155,13 @@ enum CliMode {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if let Some(scenario) = args.scenario {
-        return run_scenario(scenario).await;
+        // Exit at once: on an error, dropping half-used Kafka clients can
+        // block the runtime's shutdown, and the error would never show.
+        if let Err(e) = run_scenario(scenario).await {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+        std::process::exit(0);
     }
     let channel = Channel::from_str_name(&args.channel.to_ascii_uppercase())
         .filter(|c| *c != Channel::Unspecified)
