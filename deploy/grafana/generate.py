@@ -144,7 +144,7 @@ b.panel("timeseries", "Consumer lag by partition", "Records of each partition no
         [(f'sum by (partition) (switchboard_worker_consumer_lag_records{{{I}}})', "partition {{partition}}")])
 b.panel("timeseries", "End-to-end latency", "From received_at at the ingestion node until all destinations acknowledged: Kafka wait, queueing behind the conversation's earlier messages, and delivery.",
         [(f'histogram_quantile({q}, sum by (le) (rate(switchboard_end_to_end_duration_seconds_bucket{{{I}}}[{RI}])))', f"p{int(q*100)}") for q in (0.5, 0.9, 0.99)], unit="s")
-b.panel("timeseries", "Records by outcome", "routed; duplicate (a copy of a channel message already routed, dropped by the partition owner); poison (undecodable, sent to the dead-letter topic).",
+b.panel("timeseries", "Records by outcome", "routed; duplicate (a copy of a channel message already routed, dropped by the conversation's owner); poison (undecodable, sent to the dead-letter topic); skipped (finished by the partition's previous owner before a rebalance).",
         [(f'sum by (outcome) (rate(switchboard_worker_records_total{{{I}}}[{RI}]))', "{{outcome}}")], unit="ops")
 b.panel("timeseries", "Routing decisions", "Whether a rule matched or the rules' default applied.",
         [(f'sum by (matched) (rate(switchboard_route_decisions_total{{matched!="",{I}}}[{RI}]))', "{{matched}}")], unit="ops")

@@ -91,7 +91,8 @@ class Procs:
         for k in list(full_env):
             if k.startswith(("SWITCHBOARD_BROKER_", "SWITCHBOARD_WORKERS_")) and k not in (env or {}):
                 del full_env[k]
-        full_env.pop("SWITCHBOARD_KAFKA_BOOTSTRAP", None)
+        if "SWITCHBOARD_KAFKA_BOOTSTRAP" not in (env or {}):
+            full_env.pop("SWITCHBOARD_KAFKA_BOOTSTRAP", None)
         p = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                              env=full_env, start_new_session=True)
         self.running[name] = p
