@@ -3,9 +3,10 @@
 use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use switchboard_broker::{
-    config::BrokerConfig, kafka::KafkaConfig, server::Broker, shutdown::Shutdown,
+    config::BrokerConfig, kafka::KafkaConfig, publisher::Publisher, server::Broker,
+    shutdown::Shutdown, trace::TraceParent,
 };
-use switchboard_proto::v1::bot_server::Bot;
+use switchboard_proto::v1::{Envelope, bot_server::Bot};
 use switchboard_workers::{
     config::WorkersConfig,
     consumer::Worker,
@@ -103,6 +104,36 @@ impl PipelineConfig {
     /// Creates the topics the pipeline reads and writes.
     pub async fn create_topics(&self) -> anyhow::Result<()> {
         self.workers_config(self.bot_addr).ensure_topics().await
+    }
+
+    /// Publishes `envelopes` to the messages topic through the ingestion
+    /// node's publisher, without gRPC, and waits until Kafka has them all:
+    /// a backlog for the workers to work through.
+    pub async fn preload(&self, envelopes: &[Envelope]) -> anyhow::Result<()> {
+        use futures::{StreamExt, stream::FuturesUnordered};
+        let publisher = Publisher::new(&BrokerConfig {
+            kafka: self.kafka.clone(),
+            messages_topic: self.messages_topic.clone(),
+            ack_timeout: Duration::from_secs(60),
+            max_in_flight: 50_000,
+            ..BrokerConfig::default()
+        })?;
+        let mut pending = FuturesUnordered::new();
+        for envelope in envelopes {
+            let permit = publisher.permit().await?;
+            pending.push(
+                publisher
+                    .enqueue(envelope, TraceParent::root(), permit)?
+                    .wait(),
+            );
+            while pending.len() >= 10_000 {
+                pending.next().await.expect("pending")?;
+            }
+        }
+        while let Some(done) = pending.next().await {
+            done?;
+        }
+        Ok(())
     }
 
     /// The ingestion node's configuration for this pipeline; tests bind more

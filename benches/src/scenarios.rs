@@ -29,8 +29,8 @@ use rdkafka::{
 };
 use serde::Serialize;
 use switchboard_broker::{
-    config::BrokerConfig, kafka::KafkaConfig, publisher::Publisher, server::Broker,
-    shutdown::Shutdown, testkit::RecordingBot, trace::TraceParent,
+    config::BrokerConfig, kafka::KafkaConfig, server::Broker, shutdown::Shutdown,
+    testkit::RecordingBot,
 };
 use switchboard_proto::v1::{Channel, Envelope, ingest_client::IngestClient};
 
@@ -124,33 +124,6 @@ fn workload(conversations: usize, per_conversation: usize, body_bytes: usize) ->
     (0..per_conversation)
         .flat_map(|seq| by_conversation.iter().map(move |c| c[seq].clone()))
         .collect()
-}
-
-/// Publishes `envelopes` through the ingestion node's publisher (not timed).
-async fn preload(kafka: &KafkaConfig, topic: &str, envelopes: &[Envelope]) -> anyhow::Result<()> {
-    let publisher = Publisher::new(&BrokerConfig {
-        kafka: kafka.clone(),
-        messages_topic: topic.to_owned(),
-        ack_timeout: Duration::from_secs(60),
-        max_in_flight: 50_000,
-        ..BrokerConfig::default()
-    })?;
-    let mut pending = FuturesUnordered::new();
-    for envelope in envelopes {
-        let permit = publisher.permit().await?;
-        pending.push(
-            publisher
-                .enqueue(envelope, TraceParent::root(), permit)?
-                .wait(),
-        );
-        while pending.len() >= 10_000 {
-            pending.next().await.expect("pending")?;
-        }
-    }
-    while let Some(done) = pending.next().await {
-        done?;
-    }
-    Ok(())
 }
 
 async fn wait_until(
@@ -284,7 +257,7 @@ pub async fn routing(kafka: &KafkaConfig, messages: usize) -> anyhow::Result<Sce
     let config = PipelineConfig::isolated(kafka.clone(), "bench.routing");
     config.create_topics().await?;
     tracing::info!(messages, "preloading the messages topic");
-    preload(kafka, &config.messages_topic, envelopes).await?;
+    config.preload(envelopes).await?;
     tracing::info!("raw consumer");
 
     // The limit: read every record (and decode it) with librdkafka. The
@@ -370,7 +343,7 @@ pub async fn slow_destination(
         config.bot_name = "slow".into();
         config.max_in_flight_per_partition = in_flight;
         config.create_topics().await?;
-        preload(kafka, &config.messages_topic, &envelopes).await?;
+        config.preload(&envelopes).await?;
         let bot = RecordingBot::with_delay(bot_delay);
         let pipeline = Pipeline::start(&config, bot.clone()).await?;
         wait_until(

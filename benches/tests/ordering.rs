@@ -8,12 +8,7 @@
 use std::{collections::HashMap, time::Duration};
 
 use switchboard_benches::pipeline::{Pipeline, PipelineConfig};
-use switchboard_broker::trace::TraceParent;
-use switchboard_broker::{
-    config::BrokerConfig,
-    publisher::Publisher,
-    testkit::{self, RecordingBot},
-};
+use switchboard_broker::testkit::{self, RecordingBot};
 use switchboard_proto::{
     partition::partition_for,
     v1::{Channel, Direction, Envelope, Text, envelope::Content},
@@ -38,19 +33,9 @@ async fn ten_thousand_conversations_stay_in_order_under_a_slow_random_bot() {
     config.bot_name = "slow".into();
 
     // Publish first: 10,000 conversations, their messages interleaved.
-    let publisher = Publisher::new(&BrokerConfig {
-        kafka: config.kafka.clone(),
-        messages_topic: config.messages_topic.clone(),
-        ack_timeout: Duration::from_secs(30),
-        max_in_flight: 50_000,
-        ..BrokerConfig::default()
-    })
-    .unwrap();
-    let mut pending = Vec::new();
-    let mut sent = Vec::new();
-    for seq in 0..PER_CONVERSATION {
-        for c in 0..CONVERSATIONS {
-            let envelope = Envelope {
+    let sent: Vec<Envelope> = (0..PER_CONVERSATION)
+        .flat_map(|seq| {
+            (0..CONVERSATIONS).map(move |c| Envelope {
                 message_id: format!("c{c}-m{seq}"),
                 tenant_id: "acme".into(),
                 channel: Channel::Webchat as i32,
@@ -61,22 +46,10 @@ async fn ten_thousand_conversations_stay_in_order_under_a_slow_random_bot() {
                 })),
                 attributes: [("seq".to_owned(), seq.to_string())].into(),
                 ..Default::default()
-            };
-            pending.push(
-                publisher
-                    .enqueue(
-                        &envelope,
-                        TraceParent::root(),
-                        publisher.permit().await.unwrap(),
-                    )
-                    .unwrap(),
-            );
-            sent.push(envelope);
-        }
-    }
-    for p in pending {
-        p.wait().await.unwrap();
-    }
+            })
+        })
+        .collect();
+    config.preload(&sent).await.unwrap();
 
     // A bot taking 10 to 100 ms per message, so later messages often finish first.
     let bot =

@@ -7,12 +7,7 @@
 use std::time::{Duration, Instant};
 
 use switchboard_benches::pipeline::{Pipeline, PipelineConfig};
-use switchboard_broker::{
-    config::BrokerConfig,
-    publisher::Publisher,
-    testkit::{self, RecordingBot},
-    trace::TraceParent,
-};
+use switchboard_broker::testkit::{self, RecordingBot};
 use switchboard_proto::{
     partition::{conversation_key, partition_for},
     v1::{
@@ -89,26 +84,6 @@ async fn a_full_partition_does_not_hold_back_the_others() {
         .take(40 * (PARTITIONS as usize - 1))
         .map(|c| envelope(&c, "elsewhere"))
         .collect();
-    let publisher = Publisher::new(&BrokerConfig {
-        kafka: config.kafka.clone(),
-        messages_topic: config.messages_topic.clone(),
-        ack_timeout: Duration::from_secs(30),
-        ..BrokerConfig::default()
-    })
-    .unwrap();
-    let publish = |envelopes: Vec<Envelope>| {
-        let publisher = &publisher;
-        async move {
-            let mut pending = Vec::new();
-            for e in envelopes {
-                let permit = publisher.permit().await.unwrap();
-                pending.push(publisher.enqueue(&e, TraceParent::root(), permit).unwrap());
-            }
-            for p in pending {
-                p.wait().await.unwrap();
-            }
-        }
-    };
     let stuck_conversation: Vec<Envelope> = std::iter::once(envelope("stuck", "stall"))
         .chain((0..40).map(|_| envelope("stuck", "behind the stuck one")))
         .collect();
@@ -116,17 +91,17 @@ async fn a_full_partition_does_not_hold_back_the_others() {
     let bot = StallingBot::default();
     let pipeline = Pipeline::start(&config, bot.clone()).await.unwrap();
     // A first message, to know the worker has joined and routes.
-    publish(vec![others[0].clone()]).await;
+    config.preload(&others[..1]).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     while bot.0.count() == 0 {
         assert!(Instant::now() < deadline, "routing never started");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    publish(stuck_conversation).await;
+    config.preload(&stuck_conversation).await.unwrap();
     // Let the worker fetch them and fill the stuck partition's queue.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let started = Instant::now();
-    publish(others[1..].to_vec()).await;
+    config.preload(&others[1..]).await.unwrap();
     let elsewhere = || {
         bot.0
             .seen()

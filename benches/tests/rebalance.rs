@@ -17,11 +17,8 @@ use std::{
 
 use switchboard_benches::pipeline::{Pipeline, PipelineConfig};
 use switchboard_broker::{
-    config::BrokerConfig,
-    publisher::Publisher,
     shutdown::Shutdown,
     testkit::{self, RecordingBot},
-    trace::TraceParent,
 };
 use switchboard_proto::v1::{
     BotRequest, BotResponse, Channel, Direction, Envelope, Text, bot_server::Bot, envelope::Content,
@@ -77,17 +74,9 @@ async fn workers_join_and_leave_without_losses_reordering_or_duplicate_storms() 
     config.create_topics().await.unwrap();
 
     // A backlog first: 60 conversations of 40 messages, interleaved.
-    let publisher = Publisher::new(&BrokerConfig {
-        kafka: config.kafka.clone(),
-        messages_topic: config.messages_topic.clone(),
-        ack_timeout: Duration::from_secs(30),
-        ..BrokerConfig::default()
-    })
-    .unwrap();
-    let mut pending = Vec::new();
-    for seq in 0..PER_CONVERSATION {
-        for c in 0..CONVERSATIONS {
-            let envelope = Envelope {
+    let backlog: Vec<Envelope> = (0..PER_CONVERSATION)
+        .flat_map(|seq| {
+            (0..CONVERSATIONS).map(move |c| Envelope {
                 message_id: format!("c{c}-m{seq}"),
                 tenant_id: "acme".into(),
                 channel: Channel::Webchat as i32,
@@ -97,18 +86,10 @@ async fn workers_join_and_leave_without_losses_reordering_or_duplicate_storms() 
                     body: seq.to_string(),
                 })),
                 ..Default::default()
-            };
-            let permit = publisher.permit().await.unwrap();
-            pending.push(
-                publisher
-                    .enqueue(&envelope, TraceParent::root(), permit)
-                    .unwrap(),
-            );
-        }
-    }
-    for p in pending {
-        p.wait().await.unwrap();
-    }
+            })
+        })
+        .collect();
+    config.preload(&backlog).await.unwrap();
     let total = CONVERSATIONS * PER_CONVERSATION;
 
     // One worker starts; a slow bot makes the backlog last several seconds.

@@ -298,13 +298,16 @@ impl Worker {
                 }
             };
             let key = (message.topic().to_owned(), message.partition());
-            if !self
-                .consumer
-                .context()
-                .assigned
-                .lock()
-                .expect("assigned lock")
-                .contains(&key)
+            // A partition with a task is assigned (revoked ones lose theirs
+            // above); only a new one needs the check.
+            if !partitions.contains_key(&key)
+                && !self
+                    .consumer
+                    .context()
+                    .assigned
+                    .lock()
+                    .expect("assigned lock")
+                    .contains(&key)
             {
                 // Fetched before its partition was revoked: the new owner routes it.
                 tracing::debug!(

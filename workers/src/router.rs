@@ -248,8 +248,7 @@ impl Router {
         stop: &CancellationToken,
     ) -> Result<(RouteDecision, ConversationState), Interrupted> {
         let key = envelope.conversation_key();
-        let before = state.clone();
-        effects::apply_message(&mut state, &envelope, &self.handoff_queue);
+        let mut changed = effects::apply_message(&mut state, &envelope, &self.handoff_queue);
         let human_owned = state.owner() == Owner::Human;
         let rules = self.rules.load();
         let mut route = RouteDecision {
@@ -311,6 +310,7 @@ impl Router {
                     .reason
                     .push_str(&format!("; bot {bot} handed off to agent queue {queue}"));
                 effects::hand_to_human(&mut state, &queue, &bot);
+                changed = true;
                 self.metrics.handoffs.increment(1);
             }
         }
@@ -329,8 +329,8 @@ impl Router {
             };
             self.dead_letter("destination", &letter, stop).await?;
         }
-        effects::remember(&mut state, &envelope, self.recent_message_ids);
-        if state != before {
+        changed |= effects::remember(&mut state, &envelope, self.recent_message_ids);
+        if changed {
             effects::touch(&mut state);
             self.retrying("state", 0, stop, || {
                 self.outputs.state(&key, &state, &source.trace)

@@ -35,8 +35,13 @@ fn is_customer_message(envelope: &Envelope) -> bool {
 
 /// What a message itself says about its conversation, applied before it is
 /// routed: the messaging window, the referral, consent, and ownership
-/// changes from control events.
-pub fn apply_message(state: &mut ConversationState, envelope: &Envelope, default_queue: &str) {
+/// changes from control events. Returns whether the state changed.
+pub fn apply_message(
+    state: &mut ConversationState,
+    envelope: &Envelope,
+    default_queue: &str,
+) -> bool {
+    let mut changed = false;
     if is_customer_message(envelope)
         && let Some(at) = sent_at(envelope)
         && state
@@ -45,19 +50,24 @@ pub fn apply_message(state: &mut ConversationState, envelope: &Envelope, default
             .is_none_or(|last| (last.seconds, last.nanos) < (at.seconds, at.nanos))
     {
         state.last_inbound_at = Some(at);
+        changed = true;
     }
     if envelope.direction() == Direction::Inbound
         && let Some(referral) = &envelope.referral
     {
         state.referral = Some(referral.clone());
         state.referral_at = sent_at(envelope);
+        changed = true;
     }
-    match &envelope.content {
-        Some(Content::Consent(consent)) => match consent.action() {
-            Consent::OptOut => state.opted_out = true,
-            Consent::OptIn => state.opted_out = false,
-            Consent::Unspecified => {}
-        },
+    let owner_or_consent_changed = match &envelope.content {
+        Some(Content::Consent(consent)) => {
+            let opted_out = match consent.action() {
+                Consent::OptOut => true,
+                Consent::OptIn => false,
+                Consent::Unspecified => state.opted_out,
+            };
+            std::mem::replace(&mut state.opted_out, opted_out) != opted_out
+        }
         Some(Content::Control(control)) => match control.action() {
             Control::Handoff => {
                 let queue = if control.queue.is_empty() {
@@ -66,16 +76,22 @@ pub fn apply_message(state: &mut ConversationState, envelope: &Envelope, default
                     &control.queue
                 };
                 hand_to_human(state, queue, "");
+                true
             }
-            Control::Release => release_to_bot(state),
+            Control::Release => {
+                release_to_bot(state);
+                true
+            }
             Control::Assign => {
                 state.owner = Owner::Human as i32;
                 state.agent_id.clone_from(&control.agent_id);
+                true
             }
-            Control::Unspecified => {}
+            Control::Unspecified => false,
         },
-        _ => {}
-    }
+        _ => false,
+    };
+    changed || owner_or_consent_changed
 }
 
 /// The conversation now belongs to a human in `queue`.
@@ -103,16 +119,18 @@ pub fn is_duplicate(state: &ConversationState, envelope: &Envelope) -> bool {
             .contains(&envelope.channel_message_id)
 }
 
-/// Remembers `envelope`'s channel message id, keeping the newest `keep`.
-pub fn remember(state: &mut ConversationState, envelope: &Envelope, keep: usize) {
+/// Remembers `envelope`'s channel message id, keeping the newest `keep`;
+/// true when it did.
+pub fn remember(state: &mut ConversationState, envelope: &Envelope, keep: usize) -> bool {
     if keep == 0 || envelope.channel_message_id.is_empty() {
-        return;
+        return false;
     }
     state
         .recent_message_ids
         .push(envelope.channel_message_id.clone());
     let excess = state.recent_message_ids.len().saturating_sub(keep);
     state.recent_message_ids.drain(..excess);
+    true
 }
 
 /// Stamps the state as written now.

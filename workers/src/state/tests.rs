@@ -152,7 +152,15 @@ fn sms_opt_out_refuses_everything_until_opt_in() {
             Duration::ZERO,
         )
     };
-    apply_message(&mut state, &consent(Consent::OptOut), "support");
+    assert!(apply_message(
+        &mut state,
+        &consent(Consent::OptOut),
+        "support"
+    ));
+    assert!(
+        !apply_message(&mut state, &consent(Consent::OptOut), "support"),
+        "a second STOP changes nothing"
+    );
     assert_eq!(check(&state, &reply), Err(RejectionReason::OptedOut));
     let template = message(
         Channel::Sms,
@@ -176,7 +184,10 @@ fn receipts_do_not_open_the_window_and_older_messages_do_not_move_it_back() {
         Content::Status(StatusReceipt::default()),
         Duration::ZERO,
     );
-    apply_message(&mut state, &receipt, "support");
+    assert!(
+        !apply_message(&mut state, &receipt, "support"),
+        "a receipt changes nothing"
+    );
     assert!(state.last_inbound_at.is_none());
     let recent = wrote(Channel::Whatsapp, HOUR).last_inbound_at;
     state.last_inbound_at.clone_from(&recent);

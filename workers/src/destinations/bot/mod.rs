@@ -61,11 +61,6 @@ impl BotDestination {
         })
     }
 
-    /// The bot's configured name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
     /// Delivers one message, unless the bot's circuit is open.
     pub async fn handle(
         &self,
