@@ -11,6 +11,7 @@ const PROTOS: &[&str] = &[
     "switchboard/v1/routing.proto",
     "switchboard/v1/ingest.proto",
     "switchboard/v1/bot.proto",
+    "switchboard/v1/agents.proto",
 ];
 
 fn main() -> Result<(), Box<dyn Error>> {

@@ -94,7 +94,7 @@ fn uuid_like() -> String {
     format!("{}-{}", std::process::id(), rand::random::<u64>())
 }
 
-/// Logs a line for every agent-queue and analytics record, until `stop` fires.
+/// Logs a line for every agent-queue, assignment and analytics record, until `stop` fires.
 pub async fn log_traffic(
     config: PipelineConfig,
     stop: switchboard_broker::shutdown::Shutdown,
@@ -104,7 +104,11 @@ pub async fn log_traffic(
         Message as _,
         consumer::{Consumer, StreamConsumer},
     };
-    use switchboard_proto::v1::{AgentTask, AnalyticsRecord, destination::Kind};
+    use switchboard_broker::telemetry::redact;
+    use switchboard_proto::v1::{
+        AnalyticsRecord, AssignmentEvent, QueueEvent, assignment_event, destination::Kind,
+        queue_event,
+    };
 
     let consumer: StreamConsumer = config
         .kafka
@@ -113,7 +117,11 @@ pub async fn log_traffic(
             ("auto.offset.reset", "latest"),
         ])
         .create()?;
-    consumer.subscribe(&[&config.agent_queue_topic, &config.analytics_topic])?;
+    consumer.subscribe(&[
+        &config.agent_queue_topic,
+        &config.analytics_topic,
+        &config.agents.assignments_topic,
+    ])?;
     loop {
         let message = tokio::select! {
             _ = stop.cancelled() => break,
@@ -123,14 +131,40 @@ pub async fn log_traffic(
             continue;
         };
         if message.topic() == config.agent_queue_topic {
-            let task = AgentTask::decode(payload)?;
-            let envelope = task.envelope.unwrap_or_default();
+            let event = QueueEvent::decode(payload)?;
+            match event.event {
+                Some(queue_event::Event::Task(task)) => {
+                    let envelope = task.envelope.unwrap_or_default();
+                    tracing::info!(
+                        target: "traffic",
+                        queue = %event.queue,
+                        conversation = %redact(&envelope.conversation_key()),
+                        content = envelope.content.as_ref().map_or("none", |c| c.kind()),
+                        "agent queue <- message"
+                    );
+                }
+                Some(queue_event::Event::Agent(agent)) => tracing::info!(
+                    target: "traffic",
+                    queue = %event.queue,
+                    agent = %agent.agent_id,
+                    "agent queue <- desk event"
+                ),
+                Some(queue_event::Event::MovedIn(_)) | None => {}
+            }
+        } else if message.topic() == config.agents.assignments_topic {
+            let event = AssignmentEvent::decode(payload)?;
+            let what = match event.event {
+                Some(assignment_event::Event::Assigned(_)) => "assigned",
+                Some(assignment_event::Event::Message(_)) => "message",
+                Some(assignment_event::Event::Unassigned(_)) => "unassigned",
+                None => continue,
+            };
             tracing::info!(
                 target: "traffic",
-                queue = %task.queue,
-                conversation = %switchboard_broker::telemetry::redact(&envelope.conversation_key()),
-                content = envelope.content.as_ref().map_or("none", |c| c.kind()),
-                "agent queue <- message"
+                queue = %event.queue,
+                agent = %event.agent_id,
+                conversation = %redact(&event.conversation_key),
+                "desk <- {what}"
             );
         } else {
             let record = AnalyticsRecord::decode(payload)?;
@@ -149,7 +183,7 @@ pub async fn log_traffic(
                 .collect();
             tracing::info!(
                 target: "traffic",
-                conversation = %switchboard_broker::telemetry::redact(&envelope.conversation_key()),
+                conversation = %redact(&envelope.conversation_key()),
                 rule = %decision.rule_id,
                 destinations = %destinations.join(","),
                 "analytics <- routed"

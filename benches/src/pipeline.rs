@@ -8,6 +8,7 @@ use switchboard_broker::{
 };
 use switchboard_proto::v1::{Envelope, bot_server::Bot};
 use switchboard_workers::{
+    agents::{config::AgentsConfig, service::QueueStage},
     config::WorkersConfig,
     consumer::Worker,
     destinations::bot::echo,
@@ -55,6 +56,8 @@ pub struct PipelineConfig {
     pub max_attempts: u32,
     /// First retry delay.
     pub retry_backoff: Duration,
+    /// Human-agent routing: queues and the queue stage's topics.
+    pub agents: AgentsConfig,
 }
 
 impl PipelineConfig {
@@ -80,6 +83,7 @@ impl PipelineConfig {
             max_in_flight_per_partition: defaults.max_in_flight_per_partition,
             max_attempts: defaults.max_attempts,
             retry_backoff: defaults.retry_backoff,
+            agents: defaults.agents,
         }
     }
 
@@ -97,6 +101,11 @@ impl PipelineConfig {
             rejections_topic: unique("rejections"),
             outbound_topic_prefix: unique("outbound"),
             group_id: unique("group"),
+            agents: AgentsConfig {
+                queue_state_topic: unique("queue-state"),
+                assignments_topic: unique("assignments"),
+                ..AgentsConfig::default()
+            },
             ..Self::new(kafka)
         }
     }
@@ -182,6 +191,7 @@ impl PipelineConfig {
             max_attempts: self.max_attempts,
             retry_backoff: self.retry_backoff,
             max_in_flight_per_partition: self.max_in_flight_per_partition,
+            agents: self.agents.clone(),
             ..WorkersConfig::default()
         }
     }
@@ -226,6 +236,10 @@ impl Pipeline {
         for _ in 0..config.workers {
             let worker = Worker::new(&workers_config, router.clone())?;
             tasks.push(tokio::spawn(worker.run(shutdown.clone())));
+            if workers_config.agents.enabled {
+                let stage = QueueStage::new(&workers_config)?;
+                tasks.push(tokio::spawn(stage.run(shutdown.clone())));
+            }
         }
         Ok(Self {
             grpc_addr,

@@ -14,9 +14,9 @@ use rdkafka::{Message as _, message::OwnedMessage};
 use switchboard_benches::pipeline::{Pipeline, PipelineConfig};
 use switchboard_broker::testkit::{self, RecordingBot};
 use switchboard_proto::v1::{
-    AgentTask, AnalyticsRecord, BotRequest, BotResponse, Channel, ConsentEvent,
-    ConversationControl, ConversationState, Direction, Envelope, MessageTag, Owner, PublishRequest,
-    Rejection, RejectionReason, Template, Text, bot_server::Bot, consent_event::Action as Consent,
+    AnalyticsRecord, BotRequest, BotResponse, Channel, ConsentEvent, ConversationControl,
+    ConversationState, Direction, Envelope, MessageTag, Owner, PublishRequest, Rejection,
+    RejectionReason, Template, Text, bot_server::Bot, consent_event::Action as Consent,
     conversation_control::Action as Control, envelope::Content, ingest_client::IngestClient,
 };
 use tonic::transport::Channel as GrpcChannel;
@@ -144,7 +144,7 @@ async fn bot_hands_off_to_a_human_and_gets_the_conversation_back() {
     publish(&mut client, say("is anyone there?")).await;
     let agents = config.agent_queue_topic.clone();
     let tasks = read(&bootstrap, &agents, |r| !r.is_empty()).await;
-    let task = AgentTask::decode(tasks[0].payload().unwrap()).unwrap();
+    let task = testkit::agent_task(tasks[0].payload().unwrap());
     assert_eq!(task.queue, "vip", "the bot's handoff queue");
     assert_eq!(body(task.envelope.as_ref().unwrap()), "is anyone there?");
     assert!(

@@ -260,7 +260,7 @@ async fn thousand_messages_reach_their_destinations_in_order() {
     );
     let tasks: Vec<AgentTask> = tasks
         .iter()
-        .map(|r| AgentTask::decode(r.payload().unwrap()).unwrap())
+        .map(|r| testkit::agent_task(r.payload().unwrap()))
         .collect();
     assert!(tasks.iter().all(|t| t.queue == "support"));
     let task_ids: HashSet<&str> = tasks

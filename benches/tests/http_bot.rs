@@ -24,7 +24,7 @@ use rdkafka::{Message as _, message::Headers};
 use switchboard_benches::pipeline::{Pipeline, PipelineConfig};
 use switchboard_broker::testkit::{self, RecordingBot};
 use switchboard_proto::v1::{
-    AgentTask, BotRequest, Channel, Direction, Envelope, PublishRequest, Text, envelope::Content,
+    BotRequest, Channel, Direction, Envelope, PublishRequest, Text, envelope::Content,
     ingest_client::IngestClient,
 };
 use switchboard_workers::destinations::{
@@ -166,7 +166,7 @@ async fn webhook_bot_gets_json_and_its_replies_and_handoffs_take_effect() {
     );
     // After the JSON handoff, the next message went to the agents' queue.
     let tasks = read(&bootstrap, &config.agent_queue_topic, 1).await;
-    let task = AgentTask::decode(tasks[0].payload().unwrap()).unwrap();
+    let task = testkit::agent_task(tasks[0].payload().unwrap());
     assert_eq!(task.queue, "vip");
     assert!(
         matches!(&task.envelope.unwrap().content, Some(Content::Text(t)) if t.body == "still there?")

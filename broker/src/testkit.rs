@@ -248,3 +248,13 @@ pub fn analytics_message_ids(records: &[OwnedMessage]) -> std::collections::Hash
         })
         .collect()
 }
+
+/// The agent task in a record of the agent-queue topic. Panics on anything else.
+pub fn agent_task(payload: &[u8]) -> switchboard_proto::v1::AgentTask {
+    use prost::Message as _;
+    use switchboard_proto::v1::{QueueEvent, queue_event::Event};
+    match QueueEvent::decode(payload).expect("a queue event").event {
+        Some(Event::Task(task)) => task,
+        other => panic!("expected an agent task, got {other:?}"),
+    }
+}

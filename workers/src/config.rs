@@ -14,7 +14,10 @@ use std::{
 use serde::{Deserialize, Serialize};
 use switchboard_broker::{config::load_layered, kafka::KafkaConfig};
 
-use crate::destinations::bot::BotConfig;
+use crate::{
+    agents::config::AgentsConfig,
+    destinations::{bot::BotConfig, topics::QUEUE_SNAPSHOT_MAX_BYTES},
+};
 
 /// Configuration of a routing worker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -88,6 +91,8 @@ pub struct WorkersConfig {
     /// Time allowed after the shutdown signal to finish in-flight messages.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Human-agent routing: queues, their policies and the queue stage.
+    pub agents: AgentsConfig,
 }
 
 impl Default for WorkersConfig {
@@ -116,6 +121,7 @@ impl Default for WorkersConfig {
             retry_backoff_max: Duration::from_secs(5),
             metrics_addr: Some(SocketAddr::from(([127, 0, 0, 1], 9465))),
             shutdown_grace: Duration::from_secs(10),
+            agents: AgentsConfig::default(),
         }
     }
 }
@@ -136,6 +142,8 @@ impl WorkersConfig {
             self.dlq_topic.clone(),
             self.rejections_topic.clone(),
             self.state_topic.clone(),
+            self.agents.assignments_topic.clone(),
+            self.agents.queue_state_topic.clone(),
         ];
         topics.extend(
             [
@@ -154,14 +162,24 @@ impl WorkersConfig {
     /// checks that the state topic is partitioned like the messages topic.
     pub async fn ensure_topics(&self) -> anyhow::Result<()> {
         let topics = self.topics();
+        let compacted = [&self.state_topic, &self.agents.queue_state_topic];
         let plain: Vec<&str> = topics
             .iter()
+            .filter(|t| !compacted.contains(t))
             .map(String::as_str)
-            .filter(|t| *t != self.state_topic)
             .collect();
         self.kafka.ensure_topics(&plain).await?;
         self.kafka
             .ensure_topics_with(&[&self.state_topic], &[("cleanup.policy", "compact")])
+            .await?;
+        self.kafka
+            .ensure_topics_with(
+                &[&self.agents.queue_state_topic],
+                &[
+                    ("cleanup.policy", "compact"),
+                    ("max.message.bytes", QUEUE_SNAPSHOT_MAX_BYTES),
+                ],
+            )
             .await?;
         // A topic just created may take a moment to show in metadata.
         let count = |topic: String| {
@@ -222,6 +240,7 @@ impl WorkersConfig {
             "max_in_flight_per_worker must be at least 1"
         );
         anyhow::ensure!(!config.group_id.is_empty(), "group_id must not be empty");
+        config.agents.validate()?;
         Ok(config)
     }
 }

@@ -21,12 +21,18 @@
 //!   failures up to a budget, then dead-lettering; reloads the rules file.
 //! - [`replay`]: copies dead letters, or a time range of the messages
 //!   topic, back into the messages topic to be routed again.
+//! - [`agents`]: human-agent routing: the queue stage that assigns
+//!   conversations to agents (skills, capacity, sticky agent, hours,
+//!   overflow, reassignment), and the agent desk client.
+//! - [`compacted`]: reading a compacted topic to its end, to rebuild state.
 //! - [`consumer`]: the at-least-once consume loop: conversations of a
 //!   partition run concurrently, each in order, and only the contiguous
 //!   prefix of completed offsets is stored and committed.
 
 #![forbid(unsafe_code)]
 
+pub mod agents;
+pub mod compacted;
 pub mod config;
 pub mod consumer;
 pub mod destinations;

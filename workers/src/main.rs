@@ -5,6 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 use clap::{Parser, Subcommand};
 use switchboard_broker::{config::Overrides, shutdown, telemetry};
 use switchboard_workers::{
+    agents::service::QueueStage,
     config::WorkersConfig,
     consumer::Worker,
     replay::{self, ReplayRequest},
@@ -12,7 +13,8 @@ use switchboard_workers::{
 };
 
 /// Switchboard routing worker: consumes envelopes from Kafka and routes
-/// them to bots, agent queues and analytics, at least once.
+/// them to bots, agent queues and analytics, at least once; and assigns
+/// agent queues' conversations to agents (unless `agents.enabled = false`).
 ///
 /// Settings are layered: defaults, then --config FILE, then
 /// SWITCHBOARD_WORKERS_* environment variables, then these flags.
@@ -136,5 +138,19 @@ async fn main() -> anyhow::Result<()> {
     }
     let router = Arc::new(Router::new(&config)?);
     router.spawn_rules_reloader(config.rules_reload_interval, shutdown.clone());
-    Worker::new(&config, router)?.run(shutdown).await
+    let worker = Worker::new(&config, router)?;
+    if !config.agents.enabled {
+        return worker.run(shutdown).await;
+    }
+    // Either stage failing stops the other.
+    let stage = QueueStage::new(&config)?;
+    let stopping = |result: anyhow::Result<()>| {
+        shutdown.cancel();
+        result
+    };
+    let (routed, assigned) = tokio::join!(
+        async { stopping(worker.run(shutdown.clone()).await) },
+        async { stopping(stage.run(shutdown.clone()).await) },
+    );
+    routed.and(assigned)
 }

@@ -25,8 +25,8 @@ use futures::future::join_all;
 use prost::Message as _;
 use switchboard_proto::v1::{
     AgentTask, AnalyticsRecord, BotRequest, ConversationControl, ConversationState, Destination,
-    Direction, Envelope, Owner, Rejection, RouteDecision,
-    conversation_control::Action as ControlAction, destination, envelope::Content,
+    Direction, Envelope, Owner, QueueEvent, Rejection, RouteDecision,
+    conversation_control::Action as ControlAction, destination, envelope::Content, queue_event,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -496,14 +496,17 @@ impl Router {
                 (format!("bot:{name}"), outcome.map(|_| ()))
             }
             DestinationSpec::Agent(queue) => {
-                let task = AgentTask {
+                let task = QueueEvent {
                     queue: queue.clone(),
-                    envelope: Some(envelope.clone()),
-                    decision: Some(route.clone()),
+                    event: Some(queue_event::Event::Task(AgentTask {
+                        queue: queue.clone(),
+                        envelope: Some(envelope.clone()),
+                        decision: Some(route.clone()),
+                    })),
                 };
                 let outcome = self
                     .retrying("agent", self.max_attempts, stop, || {
-                        self.outputs.agent(&task, trace)
+                        self.outputs.queue_event(&task, trace)
                     })
                     .await?;
                 (format!("agent:{queue}"), outcome)

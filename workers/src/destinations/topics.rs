@@ -13,7 +13,10 @@ use rdkafka::{
     message::{Header, OwnedHeaders},
     producer::{FutureProducer, FutureRecord},
 };
-use switchboard_proto::v1::{AgentTask, AnalyticsRecord, ConversationState, Envelope, Rejection};
+use switchboard_proto::v1::{
+    AnalyticsRecord, AssignmentEvent, ConversationState, Envelope, QueueEvent, QueueSnapshot,
+    Rejection,
+};
 
 use switchboard_broker::trace::{TRACEPARENT, TraceParent};
 
@@ -55,6 +58,10 @@ pub mod headers {
     pub const ORIGINAL_OFFSET: &str = "switchboard-original-offset";
 }
 
+/// Largest queue snapshot, in bytes (also the queue-state topic's
+/// `max.message.bytes`).
+pub const QUEUE_SNAPSHOT_MAX_BYTES: &str = "8388608";
+
 /// Headers carrying this hop's trace context.
 fn traced(trace: &TraceParent) -> OwnedHeaders {
     let value = trace.to_string();
@@ -73,6 +80,9 @@ pub struct TopicOutputs {
     outbound_topic_prefix: String,
     state_topic: String,
     rejections_topic: String,
+    messages_topic: String,
+    assignments_topic: String,
+    queue_state_topic: String,
 }
 
 impl TopicOutputs {
@@ -80,7 +90,12 @@ impl TopicOutputs {
     pub fn new(config: &WorkersConfig) -> anyhow::Result<Self> {
         let producer = config
             .kafka
-            .producer_config(&[("linger.ms", "2"), ("message.timeout.ms", "10000")])
+            .producer_config(&[
+                ("linger.ms", "2"),
+                ("message.timeout.ms", "10000"),
+                // Queue snapshots; the queue-state topic allows as much.
+                ("message.max.bytes", QUEUE_SNAPSHOT_MAX_BYTES),
+            ])
             .create()?;
         Ok(Self {
             producer,
@@ -90,21 +105,62 @@ impl TopicOutputs {
             outbound_topic_prefix: config.outbound_topic_prefix.clone(),
             state_topic: config.state_topic.clone(),
             rejections_topic: config.rejections_topic.clone(),
+            messages_topic: config.messages_topic.clone(),
+            assignments_topic: config.agents.assignments_topic.clone(),
+            queue_state_topic: config.agents.queue_state_topic.clone(),
         })
     }
 
-    /// Publishes an agent task, keyed by its queue so one queue's tasks stay in order.
-    pub async fn agent(
+    /// Publishes a queue event (an agent task, a conversation moved between
+    /// queues), keyed by its queue so one queue's events stay in order.
+    pub async fn queue_event(
         &self,
-        task: &AgentTask,
+        event: &QueueEvent,
         trace: &TraceParent,
     ) -> Result<(), DestinationError> {
         self.send(
             "agent",
             &self.agent_queue_topic,
-            &task.queue,
-            &task.encode_to_vec(),
+            &event.queue,
+            &event.encode_to_vec(),
             traced(trace),
+        )
+        .await
+    }
+
+    /// Publishes an assignment event for agent desks, keyed by conversation.
+    pub async fn assignment(&self, event: &AssignmentEvent) -> Result<(), DestinationError> {
+        self.send(
+            "assignments",
+            &self.assignments_topic,
+            &event.conversation_key,
+            &event.encode_to_vec(),
+            OwnedHeaders::new(),
+        )
+        .await
+    }
+
+    /// Publishes an envelope (a control event) to the messages topic, keyed
+    /// by conversation, for the conversation stage.
+    pub async fn message(&self, envelope: &Envelope) -> Result<(), DestinationError> {
+        self.send(
+            "messages",
+            &self.messages_topic,
+            &envelope.conversation_key(),
+            &envelope.encode_to_vec(),
+            OwnedHeaders::new(),
+        )
+        .await
+    }
+
+    /// Publishes a queue's snapshot to the compacted queue-state topic.
+    pub async fn queue_snapshot(&self, snapshot: &QueueSnapshot) -> Result<(), DestinationError> {
+        self.send(
+            "queue_state",
+            &self.queue_state_topic,
+            &snapshot.queue,
+            &snapshot.encode_to_vec(),
+            OwnedHeaders::new(),
         )
         .await
     }
@@ -207,6 +263,17 @@ impl TopicOutputs {
         });
         self.send("dlq", &self.dlq_topic, letter.key, &letter.payload, headers)
             .await
+    }
+
+    /// Publishes a record as is (the queue stage's dead letters).
+    pub async fn raw(
+        &self,
+        topic: &str,
+        key: &str,
+        payload: &[u8],
+        headers: OwnedHeaders,
+    ) -> Result<(), DestinationError> {
+        self.send("dlq", topic, key, payload, headers).await
     }
 
     async fn send(

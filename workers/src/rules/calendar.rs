@@ -11,11 +11,11 @@
 use std::collections::BTreeMap;
 
 use jiff::{Timestamp, tz::TimeZone};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// A calendar as written in the rules file. Unknown keys are refused too:
 /// they land in `days`, and only day names are accepted there.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CalendarSpec {
     /// IANA time zone, e.g. `America/New_York`.
     pub timezone: String,

@@ -75,7 +75,13 @@ pub fn apply_message(
                 } else {
                     &control.queue
                 };
-                hand_to_human(state, queue, "");
+                // A move between queues keeps the bot that handed off.
+                let from = if state.owner() == Owner::Human {
+                    state.handoff_from.clone()
+                } else {
+                    String::new()
+                };
+                hand_to_human(state, queue, &from);
                 true
             }
             Control::Release => {

@@ -1,0 +1,431 @@
+//! The queue stage's consume loop: the single owner of each queue-topic
+//! partition applies its events to the queues' books, writes their
+//! snapshots, then publishes what they decided.
+//!
+//! Per batch of events (or clock tick):
+//! 1. apply every event to its queue's book, skipping offsets the queue's
+//!    snapshot already reflects (`next_offset`);
+//! 2. write each changed queue's snapshot, outbox included, and wait for
+//!    Kafka;
+//! 3. publish the outbox (assignments, control events, moves) and wait;
+//! 4. commit the consumer offsets.
+//!
+//! A worker killed anywhere loses nothing and assigns nothing twice: before
+//! step 2 nothing was decided (the next owner redoes the events from the
+//! committed offset); after it, the next owner restores the snapshot,
+//! publishes its outbox again (same assignment ids), and skips the events
+//! it reflects. Every event below the committed offset is in its queue's
+//! snapshot, so a queue without a snapshot has no event there.
+//!
+//! Rebalances are eager: a partition moves only after its old owner has
+//! left it, and the old owner flushes each batch before polling again, so
+//! a partition's queues never have two owners at once. A worker that
+//! stalls past the session timeout while its process lives on could still
+//! write after the new owner's rebuild; Kafka transactions would fence
+//! that, at a cost on every batch.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime},
+};
+
+use futures::{FutureExt, future::try_join_all};
+use prost::Message as _;
+use rdkafka::{
+    Message, TopicPartitionList,
+    consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer},
+    message::{Header, OwnedHeaders, OwnedMessage},
+};
+use switchboard_broker::{kafka::KafkaConfig, shutdown::Shutdown};
+use switchboard_proto::v1::{QueueEvent, QueueOutput, QueueSnapshot, queue_output::Output};
+
+use super::{
+    config::AgentsConfig,
+    engine::{QueueBook, Settings},
+};
+use crate::{
+    config::WorkersConfig,
+    destinations::{DestinationError, topics::TopicOutputs},
+    router::Interrupted,
+};
+
+/// Events applied per batch, at most.
+const BATCH: usize = 500;
+
+/// Partition changes, recorded by the rebalance callback for the loop.
+#[derive(Default)]
+struct QueueContext {
+    changes: Mutex<Vec<Change>>,
+}
+
+enum Change {
+    Assigned(Vec<i32>),
+    Revoked(Vec<i32>),
+}
+
+impl rdkafka::ClientContext for QueueContext {}
+
+impl ConsumerContext for QueueContext {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let partitions =
+            |tpl: &TopicPartitionList| tpl.elements().iter().map(|e| e.partition()).collect();
+        let change = match rebalance {
+            Rebalance::Assign(tpl) => Change::Assigned(partitions(tpl)),
+            Rebalance::Revoke(tpl) => Change::Revoked(partitions(tpl)),
+            Rebalance::Error(e) => {
+                tracing::warn!(error = %e, "queue stage rebalance error");
+                return;
+            }
+        };
+        self.changes.lock().expect("changes lock").push(change);
+    }
+}
+
+/// The queues of the partitions this worker owns.
+type Owned = HashMap<i32, HashMap<String, QueueBook>>;
+
+/// The queue stage of one worker: a member of `<group_id>.queues` on the
+/// agent-queue topic.
+pub struct QueueStage {
+    consumer: StreamConsumer<QueueContext>,
+    outputs: TopicOutputs,
+    agents: AgentsConfig,
+    kafka: KafkaConfig,
+    topic: String,
+    dlq_topic: String,
+    settings: Mutex<HashMap<String, Arc<Settings>>>,
+}
+
+impl QueueStage {
+    /// Creates the consumer and the producer; topics must exist.
+    pub fn new(config: &WorkersConfig) -> anyhow::Result<Self> {
+        let group = format!("{}.queues", config.group_id);
+        let consumer: StreamConsumer<QueueContext> = config
+            .kafka
+            .client_config(&[
+                ("group.id", &group),
+                ("enable.auto.commit", "false"),
+                ("auto.offset.reset", "earliest"),
+                ("session.timeout.ms", "10000"),
+                ("heartbeat.interval.ms", "1000"),
+                // Eager: a partition never has two owners at once.
+                ("partition.assignment.strategy", "range"),
+            ])
+            .create_with_context(QueueContext::default())?;
+        consumer.subscribe(&[&config.agent_queue_topic])?;
+        Ok(Self {
+            consumer,
+            outputs: TopicOutputs::new(config)?,
+            agents: config.agents.clone(),
+            kafka: config.kafka.clone(),
+            topic: config.agent_queue_topic.clone(),
+            dlq_topic: config.dlq_topic.clone(),
+            settings: Mutex::default(),
+        })
+    }
+
+    fn settings(&self, queue: &str) -> Arc<Settings> {
+        let mut cache = self.settings.lock().expect("settings lock");
+        cache
+            .entry(queue.to_owned())
+            .or_insert_with(|| {
+                let config = self.agents.queue(queue).clone();
+                Arc::new(Settings {
+                    calendar: config.calendar().expect("checked when the config loaded"),
+                    config,
+                    label: self.agents.label(queue),
+                })
+            })
+            .clone()
+    }
+
+    fn book(&self, snapshot: QueueSnapshot) -> QueueBook {
+        let settings = self.settings(&snapshot.queue);
+        QueueBook::new(snapshot, settings)
+    }
+
+    /// Assigns until `shutdown` fires. Every batch is flushed before the
+    /// next poll, so stopping leaves nothing undone.
+    pub async fn run(self, shutdown: Shutdown) -> anyhow::Result<()> {
+        let mut owned = Owned::new();
+        let mut tick = tokio::time::interval(self.agents.tick);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_tick = std::time::Instant::now();
+        tracing::info!("queue stage started");
+        loop {
+            let first = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                next = self.consumer.recv() => Some(next.map(|m| m.detach())),
+                _ = tick.tick() => None,
+            };
+            let mut batch = Vec::new();
+            match first {
+                Some(Ok(message)) => batch.push(message),
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "queue stage consumer error");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                None => {}
+            }
+            while (1..BATCH).contains(&batch.len()) {
+                match self.consumer.recv().now_or_never() {
+                    Some(Ok(message)) => batch.push(message.detach()),
+                    _ => break,
+                }
+            }
+            let mut dirty = self.rebalanced(&mut owned).await?;
+            let now = now_ms();
+            let mut positions: HashMap<i32, i64> = HashMap::new();
+            for message in &batch {
+                let partition = message.partition();
+                let Some(books) = owned.get_mut(&partition) else {
+                    continue; // revoked meanwhile: the new owner redoes it
+                };
+                positions.insert(partition, message.offset() + 1);
+                let Some(event) = decode(message) else {
+                    continue;
+                };
+                let Some(change) = event.event else { continue };
+                let book = books.entry(event.queue.clone()).or_insert_with(|| {
+                    self.book(QueueSnapshot {
+                        queue: event.queue.clone(),
+                        partition,
+                        ..Default::default()
+                    })
+                });
+                if book.apply(change, message.offset(), now) {
+                    dirty.insert((partition, event.queue));
+                }
+            }
+            // Timers run at least every tick, busy or not.
+            if batch.is_empty() || last_tick.elapsed() >= self.agents.tick {
+                last_tick = std::time::Instant::now();
+                for (partition, books) in &mut owned {
+                    for (queue, book) in books {
+                        if book.tick(now) {
+                            dirty.insert((*partition, queue.clone()));
+                        }
+                    }
+                }
+            }
+            if self.flush(&mut owned, &dirty, &shutdown).await.is_err() {
+                break;
+            }
+            self.commit(&positions);
+        }
+        tracing::info!("queue stage stopped");
+        Ok(())
+    }
+
+    /// Applies the rebalances since the last batch: revoked partitions are
+    /// forgotten, assigned ones rebuilt from the queue-state topic. Returns
+    /// the restored queues with an outbox still to publish.
+    async fn rebalanced(&self, owned: &mut Owned) -> anyhow::Result<HashSet<(i32, String)>> {
+        let changes = std::mem::take(&mut *self.consumer.context().changes.lock().expect("lock"));
+        let mut assigned = HashSet::new();
+        for change in changes {
+            match change {
+                Change::Revoked(partitions) => {
+                    metrics::counter!("switchboard_agent_queue_rebalances_total", "event" => "revoke")
+                        .increment(1);
+                    for p in partitions {
+                        assigned.remove(&p);
+                        for book in owned.remove(&p).into_iter().flat_map(HashMap::into_values) {
+                            book.forget();
+                        }
+                    }
+                }
+                Change::Assigned(partitions) => {
+                    metrics::counter!("switchboard_agent_queue_rebalances_total", "event" => "assign")
+                        .increment(1);
+                    assigned.extend(partitions);
+                }
+            }
+        }
+        let mut pending = HashSet::new();
+        if assigned.is_empty() {
+            return Ok(pending);
+        }
+        let started = std::time::Instant::now();
+        let (kafka, topic) = (self.kafka.clone(), self.agents.queue_state_topic.clone());
+        let wanted = assigned.clone();
+        let snapshots =
+            tokio::task::spawn_blocking(move || read_snapshots(&kafka, &topic, &wanted)).await??;
+        metrics::histogram!("switchboard_agent_queue_rebuild_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+        for p in &assigned {
+            owned.entry(*p).or_default();
+        }
+        let restored = snapshots.len();
+        for snapshot in snapshots {
+            let (partition, queue) = (snapshot.partition, snapshot.queue.clone());
+            let book = self.book(snapshot);
+            book.report();
+            if !book.snapshot.outbox.is_empty() {
+                pending.insert((partition, queue.clone()));
+            }
+            owned.entry(partition).or_default().insert(queue, book);
+        }
+        tracing::info!(partitions = ?assigned, queues = restored, took = ?started.elapsed(), "queue partitions assigned, queues rebuilt");
+        Ok(pending)
+    }
+
+    /// Writes the snapshots of the `dirty` queues, then publishes their
+    /// outboxes. A restored queue's outbox is already in its snapshot.
+    async fn flush(
+        &self,
+        owned: &mut Owned,
+        dirty: &HashSet<(i32, String)>,
+        stop: &Shutdown,
+    ) -> Result<(), Interrupted> {
+        let books: Vec<&mut QueueBook> = owned
+            .iter_mut()
+            .flat_map(|(p, books)| books.iter_mut().map(move |(q, b)| ((*p, q.clone()), b)))
+            .filter(|(key, _)| dirty.contains(key))
+            .map(|(_, b)| b)
+            .collect();
+        let writes = books
+            .iter()
+            .map(|book| retrying(stop, || self.outputs.queue_snapshot(&book.snapshot)));
+        try_join_all(writes).await?;
+        let mut outputs = Vec::new();
+        for book in books {
+            outputs.extend(book.take_outbox());
+            book.report();
+        }
+        try_join_all(outputs.iter().map(|o| retrying(stop, || self.publish(o)))).await?;
+        Ok(())
+    }
+
+    async fn publish(&self, output: &QueueOutput) -> Result<(), DestinationError> {
+        match &output.output {
+            Some(Output::Assignment(event)) => self.outputs.assignment(event).await,
+            Some(Output::Control(envelope)) => self.outputs.message(envelope).await,
+            Some(Output::Moved(event)) => {
+                self.outputs
+                    .queue_event(event, &switchboard_broker::trace::TraceParent::root())
+                    .await
+            }
+            Some(Output::Refused(task)) => {
+                let envelope = task.envelope.clone().unwrap_or_default();
+                let destination = format!("agent:{}", task.queue);
+                let headers = [
+                    (crate::destinations::topics::headers::ERROR, "queue full"),
+                    (
+                        crate::destinations::topics::headers::DESTINATION,
+                        destination.as_str(),
+                    ),
+                    (
+                        crate::destinations::topics::headers::ORIGINAL_TOPIC,
+                        self.topic.as_str(),
+                    ),
+                ]
+                .into_iter()
+                .fold(OwnedHeaders::new(), |h, (key, value)| {
+                    h.insert(Header {
+                        key,
+                        value: Some(value),
+                    })
+                });
+                self.outputs
+                    .raw(
+                        &self.dlq_topic,
+                        &envelope.conversation_key(),
+                        &envelope.encode_to_vec(),
+                        headers,
+                    )
+                    .await
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn commit(&self, positions: &HashMap<i32, i64>) {
+        if positions.is_empty() {
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (partition, offset) in positions {
+            if let Err(e) =
+                tpl.add_partition_offset(&self.topic, *partition, rdkafka::Offset::Offset(*offset))
+            {
+                tracing::warn!(error = %e, "queue stage offset");
+            }
+        }
+        // Only a starting point: snapshots say what is applied.
+        if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
+            tracing::debug!(error = %e, "queue stage commit");
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as i64
+}
+
+fn decode(message: &OwnedMessage) -> Option<QueueEvent> {
+    match QueueEvent::decode(message.payload().unwrap_or_default()) {
+        Ok(event) => Some(event),
+        Err(e) => {
+            tracing::warn!(error = %e, partition = message.partition(), offset = message.offset(), "undecodable queue event skipped");
+            metrics::counter!("switchboard_agent_queue_undecodable_total").increment(1);
+            None
+        }
+    }
+}
+
+/// Retries a Kafka write until it succeeds or `stop` fires.
+async fn retrying<F, Fut>(stop: &Shutdown, mut attempt: F) -> Result<(), Interrupted>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), DestinationError>>,
+{
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let result = tokio::select! {
+            r = attempt() => r,
+            _ = stop.cancelled() => return Err(Interrupted),
+        };
+        match result {
+            Ok(()) => return Ok(()),
+            Err(e) => tracing::warn!(error = %e, retry_in = ?delay, "queue stage write failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.cancelled() => return Err(Interrupted),
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// The latest snapshot of every queue in `partitions`. Blocking.
+fn read_snapshots(
+    kafka: &KafkaConfig,
+    topic: &str,
+    partitions: &HashSet<i32>,
+) -> anyhow::Result<Vec<QueueSnapshot>> {
+    let mut latest: HashMap<String, QueueSnapshot> = HashMap::new();
+    for p in 0..crate::compacted::partition_count(kafka, topic)? {
+        crate::compacted::read_partition(kafka, topic, p, |key, value| {
+            match value.map(QueueSnapshot::decode) {
+                Some(Ok(snapshot)) => {
+                    latest.insert(key.to_owned(), snapshot);
+                }
+                None => {
+                    latest.remove(key);
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, queue = key, "undecodable queue snapshot skipped")
+                }
+            }
+        })?;
+    }
+    Ok(latest
+        .into_values()
+        .filter(|s| partitions.contains(&s.partition))
+        .collect())
+}
