@@ -14,35 +14,12 @@ use rdkafka::{Message as _, message::OwnedMessage};
 use switchboard_benches::pipeline::{Pipeline, PipelineConfig};
 use switchboard_broker::testkit::{self, RecordingBot};
 use switchboard_proto::v1::{
-    AnalyticsRecord, BotRequest, BotResponse, Channel, ConsentEvent, ConversationControl,
-    ConversationState, Direction, Envelope, MessageTag, Owner, PublishRequest, Rejection,
-    RejectionReason, Template, Text, bot_server::Bot, consent_event::Action as Consent,
-    conversation_control::Action as Control, envelope::Content, ingest_client::IngestClient,
+    AnalyticsRecord, Channel, ConsentEvent, ConversationControl, ConversationState, Direction,
+    Envelope, MessageTag, Owner, PublishRequest, Rejection, RejectionReason, Template, Text,
+    consent_event::Action as Consent, conversation_control::Action as Control, envelope::Content,
+    ingest_client::IngestClient,
 };
 use tonic::transport::Channel as GrpcChannel;
-
-/// Records every message; asks for a human when the text says "human please".
-#[derive(Clone, Default)]
-struct HandoffBot(RecordingBot);
-
-#[tonic::async_trait]
-impl Bot for HandoffBot {
-    async fn handle(
-        &self,
-        request: tonic::Request<BotRequest>,
-    ) -> Result<tonic::Response<BotResponse>, tonic::Status> {
-        let wants_human = matches!(
-            request.get_ref().envelope.as_ref().and_then(|e| e.content.as_ref()),
-            Some(Content::Text(t)) if t.body == "human please"
-        );
-        let mut response = self.0.handle(request).await?;
-        if wants_human {
-            response.get_mut().handoff = true;
-            response.get_mut().handoff_queue = "vip".into();
-        }
-        Ok(response)
-    }
-}
 
 fn envelope(
     channel: Channel,
@@ -126,14 +103,14 @@ async fn bot_hands_off_to_a_human_and_gets_the_conversation_back() {
         )
     };
 
-    let bot = HandoffBot::default();
+    let bot = RecordingBot::handing_off("human please", "vip");
     let pipeline = Pipeline::start(&config, bot.clone()).await.unwrap();
     let mut client = IngestClient::connect(format!("http://{}", pipeline.grpc_addr))
         .await
         .unwrap();
     publish(&mut client, say("hi")).await;
     publish(&mut client, say("human please")).await;
-    wait_for("the bot to see two messages", || bot.0.count() == 2).await;
+    wait_for("the bot to see two messages", || bot.count() == 2).await;
     // Restart the workers: the next owner must learn the handoff from Kafka.
     pipeline.stop().await.unwrap();
 
@@ -143,9 +120,15 @@ async fn bot_hands_off_to_a_human_and_gets_the_conversation_back() {
         .unwrap();
     publish(&mut client, say("is anyone there?")).await;
     let agents = config.agent_queue_topic.clone();
-    let tasks = read(&bootstrap, &agents, |r| !r.is_empty()).await;
-    let task = testkit::agent_task(tasks[0].payload().unwrap());
-    assert_eq!(task.queue, "vip", "the bot's handoff queue");
+    let tasks = read(&bootstrap, &agents, |r| r.len() >= 2).await;
+    let handoff = testkit::agent_task(tasks[0].payload().unwrap());
+    assert_eq!(handoff.queue, "vip", "the bot's handoff queue");
+    assert_eq!(
+        body(handoff.envelope.as_ref().unwrap()),
+        "human please",
+        "the message that asked for a human is the first task"
+    );
+    let task = testkit::agent_task(tasks[1].payload().unwrap());
     assert_eq!(body(task.envelope.as_ref().unwrap()), "is anyone there?");
     assert!(
         task.decision.unwrap().reason.contains("human-owned"),
@@ -165,16 +148,13 @@ async fn bot_hands_off_to_a_human_and_gets_the_conversation_back() {
     );
     publish(&mut client, release).await;
     publish(&mut client, say("thanks, one more question")).await;
-    wait_for("the bot to get the conversation back", || {
-        bot.0.count() == 3
-    })
-    .await;
-    let seen: Vec<String> = bot.0.seen().iter().map(|e| body(e).to_owned()).collect();
+    wait_for("the bot to get the conversation back", || bot.count() == 3).await;
+    let seen: Vec<String> = bot.seen().iter().map(|e| body(e).to_owned()).collect();
     assert_eq!(seen, ["hi", "human please", "thanks, one more question"]);
     assert_eq!(
         testkit::topic_size(&bootstrap, &config.agent_queue_topic),
-        1,
-        "only the message sent while human-owned went to the agents"
+        2,
+        "only the handoff and the message sent while human-owned went to the agents"
     );
 
     // The state topic tells the same story, in order.

@@ -164,13 +164,18 @@ async fn webhook_bot_gets_json_and_its_replies_and_handoffs_take_effect() {
         (reply.direction(), reply.conversation_id.as_str()),
         (Direction::Outbound, "web-1")
     );
-    // After the JSON handoff, the next message went to the agents' queue.
-    let tasks = read(&bootstrap, &config.agent_queue_topic, 1).await;
-    let task = testkit::agent_task(tasks[0].payload().unwrap());
-    assert_eq!(task.queue, "vip");
-    assert!(
-        matches!(&task.envelope.unwrap().content, Some(Content::Text(t)) if t.body == "still there?")
-    );
+    // The JSON handoff, then the next message, went to the agents' queue.
+    let tasks = read(&bootstrap, &config.agent_queue_topic, 2).await;
+    let bodies: Vec<String> = tasks
+        .iter()
+        .map(|t| testkit::agent_task(t.payload().unwrap()))
+        .inspect(|task| assert_eq!(task.queue, "vip"))
+        .map(|task| match task.envelope.unwrap().content {
+            Some(Content::Text(t)) => t.body,
+            other => panic!("not a text: {other:?}"),
+        })
+        .collect();
+    assert_eq!(bodies, ["human please", "still there?"]);
     let calls = calls.lock().unwrap().clone();
     assert_eq!(
         calls.len(),

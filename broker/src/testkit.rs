@@ -15,7 +15,9 @@ use rdkafka::{
     consumer::{BaseConsumer, Consumer},
     message::OwnedMessage,
 };
-use switchboard_proto::v1::{BotRequest, BotResponse, Envelope, bot_server::Bot};
+use switchboard_proto::v1::{
+    BotRequest, BotResponse, Envelope, bot_server::Bot, envelope::Content,
+};
 
 use crate::kafka::KafkaConfig;
 
@@ -119,6 +121,8 @@ pub struct RecordingBot {
     delay: Duration,
     /// Extra delay of up to this much, chosen per message from its id.
     jitter: Duration,
+    /// Asks for a human (in this queue) when a text says exactly this.
+    handoff: Option<(String, String)>,
 }
 
 impl RecordingBot {
@@ -126,6 +130,15 @@ impl RecordingBot {
     pub fn with_delay(delay: Duration) -> Self {
         Self {
             delay,
+            ..Self::default()
+        }
+    }
+
+    /// A bot that hands the conversation off to agent queue `queue` when
+    /// the customer writes exactly `text`.
+    pub fn handing_off(text: &str, queue: &str) -> Self {
+        Self {
+            handoff: Some((text.to_owned(), queue.to_owned())),
             ..Self::default()
         }
     }
@@ -199,8 +212,15 @@ impl Bot for RecordingBot {
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
+        let mut response = BotResponse::default();
+        if let Some((text, queue)) = &self.handoff
+            && matches!(&envelope.content, Some(Content::Text(t)) if t.body == *text)
+        {
+            response.handoff = true;
+            queue.clone_into(&mut response.handoff_queue);
+        }
         self.seen.lock().expect("lock").push(envelope);
-        Ok(tonic::Response::new(BotResponse::default()))
+        Ok(tonic::Response::new(response))
     }
 }
 

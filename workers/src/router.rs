@@ -302,17 +302,26 @@ impl Router {
             .iter()
             .map(|spec| self.deliver(spec, &envelope, &route, &state, &source.trace, stop));
         let mut failures = Vec::new();
+        let mut handoffs = Vec::new();
         for outcome in join_all(deliveries).await {
             let outcome = outcome?;
             failures.extend(outcome.failure);
-            if let Some((bot, queue)) = outcome.handoff {
-                route
-                    .reason
-                    .push_str(&format!("; bot {bot} handed off to agent queue {queue}"));
-                effects::hand_to_human(&mut state, &queue, &bot);
-                changed = true;
-                self.metrics.handoffs.increment(1);
-            }
+            handoffs.extend(outcome.handoff);
+        }
+        // The message that asked for a human is the queue's first task.
+        for (bot, queue) in handoffs {
+            route
+                .reason
+                .push_str(&format!("; bot {bot} handed off to agent queue {queue}"));
+            effects::hand_to_human(&mut state, &queue, &bot);
+            changed = true;
+            self.metrics.handoffs.increment(1);
+            let spec = DestinationSpec::Agent(queue);
+            route.destinations.push(to_proto(&spec));
+            let outcome = self
+                .deliver(&spec, &envelope, &route, &state, &source.trace, stop)
+                .await?;
+            failures.extend(outcome.failure);
         }
         for failure in &failures {
             route.reason.push_str(&format!(

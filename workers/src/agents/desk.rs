@@ -9,8 +9,9 @@ use prost::Message as _;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use switchboard_broker::kafka::KafkaConfig;
 use switchboard_proto::v1::{
-    AgentEvent, AssignmentEvent, ConversationAction, Envelope, QueueEvent, agent_event::Change,
-    assignment_event::Event, conversation_action::Action, queue_event,
+    AgentEvent, AssignmentEvent, Channel, ConversationAction, Direction, Envelope, MessageTag,
+    QueueEvent, Text, agent_event::Change, assignment_event::Event, conversation_action::Action,
+    envelope::Content, queue_event,
 };
 
 use crate::config::WorkersConfig;
@@ -165,5 +166,26 @@ impl Desk {
             view.apply(&self.agent_id, event);
         }
         Ok(view)
+    }
+}
+
+/// An agent's reply to the conversation of `last`: `OUTBOUND`, tagged
+/// `HUMAN_AGENT` where the channel knows the tag.
+pub fn reply_to(last: &Envelope, text: String) -> Envelope {
+    let tag = match last.channel() {
+        Channel::Messenger | Channel::Instagram => MessageTag::HumanAgent,
+        _ => MessageTag::Unspecified,
+    };
+    Envelope {
+        message_id: uuid::Uuid::now_v7().to_string(),
+        tenant_id: last.tenant_id.clone(),
+        channel: last.channel,
+        conversation_id: last.conversation_id.clone(),
+        customer: last.customer.clone(),
+        business: last.business.clone(),
+        direction: Direction::Outbound as i32,
+        tag: tag as i32,
+        content: Some(Content::Text(Text { body: text })),
+        ..Default::default()
     }
 }

@@ -10,11 +10,14 @@ use rdkafka::{
 };
 use switchboard_broker::config::Overrides;
 use switchboard_proto::v1::{
-    AgentCapacity, AgentSkills, AssignmentEvent, Channel, Direction, Envelope, MessageTag,
-    Presence, PublishRequest, Text, agent_event::Change, assignment_event::Event,
-    conversation_action::Action, envelope::Content, ingest_client::IngestClient,
+    AgentCapacity, AgentSkills, AssignmentEvent, Envelope, Presence, PublishRequest,
+    agent_event::Change, assignment_event::Event, conversation_action::Action, envelope::Content,
+    ingest_client::IngestClient,
 };
-use switchboard_workers::{agents::desk::Desk, config::WorkersConfig};
+use switchboard_workers::{
+    agents::desk::{self, Desk},
+    config::WorkersConfig,
+};
 
 /// Switchboard agent desk: set the agent's presence, skills and capacity,
 /// see and follow their assignments, accept, decline, close or release
@@ -203,7 +206,7 @@ async fn reply(
                 desk.agent_id()
             )
         })?;
-    let envelope = agent_reply(last, text);
+    let envelope = desk::reply_to(last, text);
     let mut client = IngestClient::connect(broker.to_owned()).await?;
     let mut request = tonic::Request::new(PublishRequest {
         envelope: Some(envelope),
@@ -220,27 +223,6 @@ async fn reply(
         response.message_id, response.partition, response.offset
     );
     Ok(())
-}
-
-/// An agent's reply to the conversation of `last`: `OUTBOUND`, tagged
-/// `HUMAN_AGENT` where the channel knows the tag.
-fn agent_reply(last: &Envelope, text: String) -> Envelope {
-    let tag = match last.channel() {
-        Channel::Messenger | Channel::Instagram => MessageTag::HumanAgent,
-        _ => MessageTag::Unspecified,
-    };
-    Envelope {
-        message_id: uuid::Uuid::now_v7().to_string(),
-        tenant_id: last.tenant_id.clone(),
-        channel: last.channel,
-        conversation_id: last.conversation_id.clone(),
-        customer: last.customer.clone(),
-        business: last.business.clone(),
-        direction: Direction::Outbound as i32,
-        tag: tag as i32,
-        content: Some(Content::Text(Text { body: text })),
-        ..Default::default()
-    }
 }
 
 fn describe(envelope: &Envelope) -> String {
