@@ -118,6 +118,11 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.000_5, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
 ];
 
+/// Buckets, in seconds, for waits on people (agent assignment): 1 s to 1 h.
+const WAIT_BUCKETS: &[f64] = &[
+    1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1_800.0, 3_600.0,
+];
+
 /// Installs the Prometheus recorder and serves `/metrics` on `addr`. Only the
 /// first call in a process installs anything; later calls return its result.
 pub fn install_metrics(addr: SocketAddr) -> Result<(), String> {
@@ -127,6 +132,13 @@ pub fn install_metrics(addr: SocketAddr) -> Result<(), String> {
             PrometheusBuilder::new()
                 .with_http_listener(addr)
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                // A full-name matcher takes precedence over the suffix.
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("switchboard_agent_wait_duration_seconds".into()),
+                        WAIT_BUCKETS,
+                    )
+                })
                 .and_then(|b| b.install())
                 .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
             describe();
@@ -223,6 +235,50 @@ fn describe() {
     describe_counter!(
         "switchboard_ownership_changes_total",
         "Conversation ownership changes, by event (handoff to a human, release to the bot, assign to an agent)."
+    );
+    describe_gauge!(
+        "switchboard_agent_queue_depth",
+        "Conversations waiting for an agent, per queue (exported by the queue's owner)."
+    );
+    describe_histogram!(
+        "switchboard_agent_wait_duration_seconds",
+        "Time from asking for a human to being assigned an agent, per queue."
+    );
+    describe_counter!(
+        "switchboard_agent_assignments_total",
+        "Assignments by outcome (assigned, sticky_hit, sticky_timeout, reassigned) and moves to another queue (overflow, after_hours)."
+    );
+    describe_counter!(
+        "switchboard_agent_unassignments_total",
+        "Conversations leaving their agent, by reason (closed, released, declined, no_accept, agent_offline)."
+    );
+    describe_gauge!(
+        "switchboard_agent_held_conversations",
+        "Conversations held by agents, per queue."
+    );
+    describe_gauge!(
+        "switchboard_agent_utilization_ratio",
+        "Held conversations over the capacity of the queue's online agents."
+    );
+    describe_gauge!(
+        "switchboard_agents",
+        "Agents per queue by presence (online, away, offline)."
+    );
+    describe_counter!(
+        "switchboard_agent_queue_refused_total",
+        "Tasks sent to the dead-letter topic because their queue held max_waiting conversations."
+    );
+    describe_counter!(
+        "switchboard_agent_queue_rebalances_total",
+        "Queue-stage partition rebalances, by event (assign, revoke)."
+    );
+    describe_histogram!(
+        "switchboard_agent_queue_rebuild_duration_seconds",
+        "Time to rebuild newly assigned partitions' queues from the queue-state topic."
+    );
+    describe_counter!(
+        "switchboard_agent_queue_undecodable_total",
+        "Queue-topic records that could not be decoded and were skipped."
     );
     describe_histogram!(
         "switchboard_end_to_end_duration_seconds",

@@ -187,22 +187,41 @@ routing = dashboard("switchboard-routing", "Switchboard / Routing",
                     "switchboard-workers", b, LINKS)
 
 # ---------------------------------------------------------------- agents
-AGENT_NOTE = ("Shows what exists today: AgentTasks written to the agent-queue topic (destination kind \"agent\"). "
-              "Queue depth, wait time and per-queue or per-agent panels come with agent assignment, which is not built yet.")
+AGENT_NOTE = ("Human-agent routing: the queue stage of switchboard-workers assigns waiting conversations to agents. "
+              "Per-queue series carry the queue name for queues listed in the config, `other` for the rest.")
 b = Board()
 b.text("About this dashboard",
-       "Switchboard routes agent-bound messages to the **agent-queue topic** as `AgentTask`s, keyed by queue name. "
-       "The panels below show those writes (`switchboard_destination_*{kind=\"agent\"}`).\n\n"
-       "**Queue depth, wait time and per-queue / per-agent panels come with agent assignment**, which is not built yet: "
-       "no metric for them exists today, and queue names are not a metric label.", h=4)
-b.panel("stat", "Agent-queue deliveries/s", "AgentTasks the agent-queue topic acknowledged.",
-        [(f'sum(rate(switchboard_destination_deliveries_total{{kind="agent",{I}}}[{RI}]))', "agent")], unit="ops", w=8, h=4)
-b.panel("stat", "Agent-queue error ratio", "Failed agent-queue write attempts over all attempts.",
-        [(f'sum(rate(switchboard_destination_errors_total{{kind="agent",{I}}}[{RI}])) / sum(rate(switchboard_destination_duration_seconds_count{{kind="agent",{I}}}[{RI}]))', "errors")],
-        unit="percentunit", w=8, h=4, defaults=thresholds((None, "green"), (0.01, "orange"), (0.05, "red")))
-b.panel("stat", "Share of routed messages sent to agents", "Agent-queue deliveries per routed record.",
-        [(f'sum(rate(switchboard_destination_deliveries_total{{kind="agent",{I}}}[{RI}])) / sum(rate(switchboard_worker_records_total{{outcome="routed",{I}}}[{RI}]))', "agents")],
-        unit="percentunit", w=8, h=4)
+       "The conversation stage writes agent-bound messages to the **agent-queue topic**; the owner of each queue's "
+       "partition assigns them to agents (skills, capacity, sticky agent, hours, overflow, reassignment).\n\n"
+       "Gauges are exported by the worker that owns the queue (0 elsewhere), so sum them over instances. "
+       "Outcomes: `assigned` (policy pick), `sticky_hit`, `sticky_timeout`, `reassigned`; `overflow` and `after_hours` "
+       "count moves to another queue.", h=4)
+b.panel("stat", "Conversations waiting", "Conversations waiting for an agent, all queues.",
+        [(f'sum(switchboard_agent_queue_depth{{{I}}})', "waiting")], w=6, h=4)
+b.panel("stat", "Wait p99 (5m)", "99th percentile of the time from asking for a human to being assigned.",
+        [(f'histogram_quantile(0.99, sum by (le) (rate(switchboard_agent_wait_duration_seconds_bucket{{{I}}}[5m])))', "p99")],
+        unit="s", w=6, h=4, defaults=thresholds((None, "green"), (60, "orange"), (300, "red")))
+b.panel("stat", "Agents online", "Agents taking new conversations, all queues.",
+        [(f'sum(switchboard_agents{{presence="online",{I}}})', "online")], w=6, h=4)
+b.panel("stat", "Busiest queue utilisation", "Held conversations over the capacity of online agents, in the busiest queue.",
+        [(f'max(switchboard_agent_utilization_ratio{{{I}}})', "utilisation")],
+        unit="percentunit", w=6, h=4, defaults=thresholds((None, "green"), (0.8, "orange"), (0.95, "red")))
+b.panel("timeseries", "Queue depth by queue", "Conversations waiting per queue.",
+        [(f'sum by (queue) (switchboard_agent_queue_depth{{{I}}})', "{{queue}}")])
+b.panel("timeseries", "Wait time by queue", "Time to assignment per queue (p50 and p99).",
+        [(f'histogram_quantile({q}, sum by (le, queue) (rate(switchboard_agent_wait_duration_seconds_bucket{{{I}}}[{RI}])))', f"{{{{queue}}}} p{int(q*100)}") for q in (0.5, 0.99)], unit="s")
+b.panel("timeseries", "Assignments by outcome", "Policy outcomes: assigned, sticky hit, sticky timeout, reassigned; moves: overflow, after hours.",
+        [(f'sum by (outcome) (rate(switchboard_agent_assignments_total{{{I}}}[{RI}]))', "{{outcome}}")], unit="ops")
+b.panel("timeseries", "Unassignments by reason", "Conversations leaving their agent: closed, released, declined, no accept in time, agent offline.",
+        [(f'sum by (reason) (rate(switchboard_agent_unassignments_total{{{I}}}[{RI}]))', "{{reason}}")], unit="ops")
+b.panel("timeseries", "Agent utilisation by queue", "Held conversations over the capacity of the queue's online agents.",
+        [(f'max by (queue) (switchboard_agent_utilization_ratio{{{I}}})', "{{queue}}")], unit="percentunit")
+b.panel("timeseries", "Agents by presence", "Agents online, away and offline, all queues.",
+        [(f'sum by (presence) (switchboard_agents{{{I}}})', "{{presence}}")])
+b.panel("timeseries", "Tasks refused (queue full)", "Tasks sent to the dead-letter topic because their queue held max_waiting conversations.",
+        [(f'sum by (queue) (rate(switchboard_agent_queue_refused_total{{{I}}}[{RI}]))', "{{queue}}")], unit="ops")
+b.panel("timeseries", "Queue rebuilds", "Time to rebuild the queues of newly assigned partitions from the queue-state topic.",
+        [(f'histogram_quantile(0.99, sum by (le) (rate(switchboard_agent_queue_rebuild_duration_seconds_bucket{{{I}}}[{RI}])))', "p99")], unit="s")
 b.panel("timeseries", "Agent-queue writes", "Attempts (successful or not) and acknowledged deliveries to the agent-queue topic.",
         [(f'sum(rate(switchboard_destination_duration_seconds_count{{kind="agent",{I}}}[{RI}]))', "attempts"),
          (f'sum(rate(switchboard_destination_deliveries_total{{kind="agent",{I}}}[{RI}]))', "acknowledged")], unit="ops")

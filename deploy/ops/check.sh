@@ -181,12 +181,12 @@ fi
 
 # ------------------------------------------------------------------ binaries
 BIN_DIR="${SWITCHBOARD_BIN_DIR:-$ROOT/target/debug}"
-BINS=(switchboard-broker switchboard-workers switchboard-bench)
+BINS=(switchboard-broker switchboard-workers switchboard-bench switchboard-desk)
 missing=()
 for b in "${BINS[@]}"; do [[ -x "$BIN_DIR/$b" ]] || missing+=("$b"); done
 if [[ ${#missing[@]} -gt 0 && -z "${SWITCHBOARD_BIN_DIR:-}" ]]; then
   log "binaries: ${missing[*]} missing in target/debug; building them (cargo build)"
-  run_check "cargo build ${BINS[*]}" 2400 cargo build --bin switchboard-broker --bin switchboard-workers --bin switchboard-bench
+  run_check "cargo build ${BINS[*]}" 2400 cargo build --bin switchboard-broker --bin switchboard-workers --bin switchboard-bench --bin switchboard-desk
 fi
 bins_ok=1
 for b in "${BINS[@]}"; do [[ -x "$BIN_DIR/$b" ]] || bins_ok=0; done

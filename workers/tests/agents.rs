@@ -817,3 +817,108 @@ async fn killed_queue_owner_loses_and_repeats_nothing() {
     second.wait().unwrap();
     q.stop().await;
 }
+
+// --- The reference desk -----------------------------------------------------
+
+/// Runs `switchboard-desk` as agent `agent` on `config`; returns (success, stdout + stderr).
+fn desk_cli(config: &std::path::Path, agent: &str, args: &[&str]) -> (bool, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard-desk"))
+        .arg("--config")
+        .arg(config)
+        .args(["--agent", agent, "--queue", "support"])
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run switchboard-desk");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the real local Kafka: run deploy/test.sh"]
+async fn reference_desk_cli_lists_accepts_replies_and_closes() {
+    use switchboard_broker::{config::BrokerConfig, server::Broker};
+
+    let mut q = Queues::new(&support(QueueConfig::default())).await;
+    q.start();
+    let broker = Broker::bind(BrokerConfig {
+        grpc_addr: "127.0.0.1:0".parse().unwrap(),
+        metrics_addr: None,
+        kafka: q.config.kafka.clone(),
+        messages_topic: q.config.messages_topic.clone(),
+        ..BrokerConfig::default()
+    })
+    .await
+    .unwrap();
+    let broker_url = format!("http://{}", broker.local_addr());
+    let broker_stop = Shutdown::new();
+    let broker_task = tokio::spawn(broker.serve(broker_stop.clone()));
+    let path = std::env::temp_dir().join(format!("{}.toml", testkit::random_topic("desk")));
+    std::fs::write(&path, toml::to_string(&q.config).unwrap()).unwrap();
+    let cli = |args: &[&str]| {
+        let (path, args): (_, Vec<String>) =
+            (path.clone(), args.iter().map(|a| a.to_string()).collect());
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                desk_cli(&path, "carol", &args)
+            })
+            .await
+            .unwrap()
+        }
+    };
+
+    let (ok, out) = cli(&["online"]).await;
+    assert!(ok && out.contains("carol is online in support"), "{out}");
+    q.task("support", "c1", "").await;
+    q.assigned("c1", 1).await;
+    let (ok, out) = cli(&["list"]).await;
+    assert!(ok && out.contains(&key("c1")), "{out}");
+    let c1 = &key("c1");
+    let (ok, out) = cli(&["accept", c1]).await;
+    assert!(ok && out.contains("accept"), "{out}");
+    let (ok, out) = cli(&["reply", c1, "On it!", "--broker", &broker_url]).await;
+    assert!(ok && out.contains("sent"), "{out}");
+    let (ok, out) = cli(&["close", c1]).await;
+    assert!(ok, "{out}");
+    wait_for("the close", || {
+        q.unassigned("c1") == [("carol".to_owned(), UnassignReason::Closed)]
+    })
+    .await;
+    // A conversation carol does not hold: a clear error, nothing sent.
+    let (ok, out) = cli(&["close", "acme/whatsapp/nobody"]).await;
+    assert!(!ok && out.contains("holds no conversation"), "{out}");
+
+    // The reply entered the pipeline as an OUTBOUND message.
+    let (bootstrap, topic) = (
+        q.config.kafka.bootstrap_servers.clone(),
+        q.config.messages_topic.clone(),
+    );
+    let replies = tokio::task::spawn_blocking(move || {
+        testkit::read_topic(&bootstrap, &topic, Duration::from_secs(30), |r| {
+            r.iter().any(|m| {
+                Envelope::decode(m.payload().unwrap()).unwrap().direction()
+                    == switchboard_proto::v1::Direction::Outbound
+                    && m.key() == Some(key("c1").as_bytes())
+                    && matches!(
+                        Envelope::decode(m.payload().unwrap()).unwrap().content,
+                        Some(Content::Text(_))
+                    )
+            })
+        })
+    })
+    .await
+    .unwrap();
+    assert!(replies.iter().any(|m| {
+        matches!(Envelope::decode(m.payload().unwrap()).unwrap().content,
+            Some(Content::Text(t)) if t.body == "On it!")
+    }));
+    broker_stop.cancel();
+    broker_task.await.unwrap().unwrap();
+    q.stop().await;
+}

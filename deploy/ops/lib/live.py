@@ -309,7 +309,7 @@ def bench(a, grpc_port: int, mode: str, n: int) -> bool:
 def phase_scrape(a, procs: Procs, work: pathlib.Path) -> None:
     run = a.run
     topics = {k: f"ops-{run}.{k}" for k in ("messages", "analytics", "agent-queue", "dlq", "state",
-                                            "rejections", "outbound")}
+                                            "rejections", "outbound", "queue-state", "assignments")}
     group = f"ops-{run}-workers"
     grpc_port, broker_metrics, workers_metrics, prom_port, dead_bot = free_ports(5)
     bins = pathlib.Path(a.bin_dir)
@@ -319,7 +319,8 @@ def phase_scrape(a, procs: Procs, work: pathlib.Path) -> None:
     # to a bot nobody serves, fail max_attempts times and end in the DLQ.
     rules = work / "rules.toml"
     rules.write_text('default = ["analytics"]\n\n[[rules]]\nid = "ops-dead-letter"\n'
-                     'keywords = ["ops-dead-letter"]\ndestinations = [{ bot = "down" }]\n')
+                     'keywords = ["ops-dead-letter"]\ndestinations = [{ bot = "down" }]\n\n'
+                     '[[rules]]\nid = "ops-agent"\nkeywords = ["ops-agent"]\ndestinations = [{ agent = "support" }]\n')
     workers_toml = work / "workers.toml"
     workers_toml.write_text(
         f'messages_topic = "{topics["messages"]}"\n'
@@ -333,7 +334,9 @@ def phase_scrape(a, procs: Procs, work: pathlib.Path) -> None:
         f'metrics_addr = "127.0.0.1:{workers_metrics}"\n'
         f'rules_file = "{rules}"\n'
         'max_attempts = 3\nretry_backoff = "10ms"\nretry_backoff_max = "50ms"\n'
-        f'[bots.down]\nendpoint = "http://127.0.0.1:{dead_bot}"\ntimeout = "1s"\n')
+        f'[bots.down]\nendpoint = "http://127.0.0.1:{dead_bot}"\ntimeout = "1s"\n'
+        f'[agents]\nqueue_state_topic = "{topics["queue-state"]}"\nassignments_topic = "{topics["assignments"]}"\n'
+        'tick = "200ms"\n[agents.queues.support]\ncapacity = 2\n')
     procs.start("broker", [str(bins / "switchboard-broker"), "--grpc-addr", f"127.0.0.1:{grpc_port}",
                            "--metrics-addr", f"127.0.0.1:{broker_metrics}", "--kafka-bootstrap", a.kafka,
                            "--messages-topic", topics["messages"]])
@@ -402,6 +405,18 @@ scrape_configs:
     code, _ = publish(grpc_port, envelope("demo", f"ops-{run}-dlq", "ops-dead-letter please"))
     if code != grpc.StatusCode.OK:
         result("fail", "publish a message routed to an unreachable bot", str(code))
+    # Two conversations ask for the support queue; an agent comes online a
+    # moment later (switchboard-desk) and takes both.
+    for i in (1, 2):
+        code, _ = publish(grpc_port, envelope("demo", f"ops-{run}-agent-{i}", "ops-agent please"))
+        if code != grpc.StatusCode.OK:
+            result("fail", "publish a message routed to the support queue", str(code))
+    time.sleep(1)
+    p = subprocess.run([str(bins / "switchboard-desk"), "--config", str(workers_toml), "--kafka-bootstrap", a.kafka,
+                        "--agent", "ops-agent", "--queue", "support", "online"],
+                       capture_output=True, text=True, timeout=remaining(60))
+    if p.returncode != 0:
+        result("fail", "switchboard-desk online", (p.stdout + p.stderr)[-1500:])
 
     checks = {
         'up{job="switchboard-broker"} == 1': ('up{job="switchboard-broker"}', lambda v: v == 1),
@@ -435,6 +450,14 @@ scrape_configs:
              lambda v: v == 0),
         'the unreachable bot has a circuit gauge (0 or 1)':
             ('max(switchboard_destination_circuit_open{destination="bot:down"})', lambda v: v in (0, 1)),
+        'agent queue: 2 assigned by policy (switchboard_agent_assignments_total)':
+            ('sum(switchboard_agent_assignments_total{queue="support",outcome="assigned"})', lambda v: v == 2),
+        'agent queue: wait time recorded for both (switchboard_agent_wait_duration_seconds_count)':
+            ('sum(switchboard_agent_wait_duration_seconds_count{queue="support"})', lambda v: v == 2),
+        'agent queue: depth exported and back to 0':
+            ('sum(switchboard_agent_queue_depth{queue="support"})', lambda v: v == 0),
+        'agent queue: utilisation 1 (2 held, capacity 2)':
+            ('max(switchboard_agent_utilization_ratio{queue="support"})', lambda v: v == 1),
         'switchboard_ingest_dedupe_hits_total >= 1': ('sum(switchboard_ingest_dedupe_hits_total)', lambda v: v >= 1),
         'switchboard_route_decisions_total{matched="default"} >= routed':
             ('sum(switchboard_route_decisions_total{matched="default"})', lambda v: v >= sent),

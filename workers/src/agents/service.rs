@@ -190,6 +190,7 @@ impl QueueStage {
                 let book = books.entry(event.queue.clone()).or_insert_with(|| {
                     self.book(QueueSnapshot {
                         queue: event.queue.clone(),
+                        topic: self.topic.clone(),
                         partition,
                         ..Default::default()
                     })
@@ -249,9 +250,11 @@ impl QueueStage {
         }
         let started = std::time::Instant::now();
         let (kafka, topic) = (self.kafka.clone(), self.agents.queue_state_topic.clone());
-        let wanted = assigned.clone();
-        let snapshots =
-            tokio::task::spawn_blocking(move || read_snapshots(&kafka, &topic, &wanted)).await??;
+        let (wanted, queue_topic) = (assigned.clone(), self.topic.clone());
+        let snapshots = tokio::task::spawn_blocking(move || {
+            read_snapshots(&kafka, &topic, &queue_topic, &wanted)
+        })
+        .await??;
         metrics::histogram!("switchboard_agent_queue_rebuild_duration_seconds")
             .record(started.elapsed().as_secs_f64());
         for p in &assigned {
@@ -402,10 +405,11 @@ where
     }
 }
 
-/// The latest snapshot of every queue in `partitions`. Blocking.
+/// The latest snapshot of every queue of `queue_topic` in `partitions`. Blocking.
 fn read_snapshots(
     kafka: &KafkaConfig,
     topic: &str,
+    queue_topic: &str,
     partitions: &HashSet<i32>,
 ) -> anyhow::Result<Vec<QueueSnapshot>> {
     let mut latest: HashMap<String, QueueSnapshot> = HashMap::new();
@@ -426,6 +430,6 @@ fn read_snapshots(
     }
     Ok(latest
         .into_values()
-        .filter(|s| partitions.contains(&s.partition))
+        .filter(|s| s.topic == queue_topic && partitions.contains(&s.partition))
         .collect())
 }
