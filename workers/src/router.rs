@@ -77,23 +77,86 @@ struct Delivered {
     handoff: Option<(String, String)>,
 }
 
-/// Metric handles taken once.
+/// What a delivery attempt writes to: the `kind` label of destination metrics.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Bot,
+    Agent,
+    Analytics,
+    Outbound,
+    Dlq,
+    State,
+    Rejections,
+}
+
+impl Kind {
+    const ALL: [Kind; 7] = [
+        Kind::Bot,
+        Kind::Agent,
+        Kind::Analytics,
+        Kind::Outbound,
+        Kind::Dlq,
+        Kind::State,
+        Kind::Rejections,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Kind::Bot => "bot",
+            Kind::Agent => "agent",
+            Kind::Analytics => "analytics",
+            Kind::Outbound => "outbound",
+            Kind::Dlq => "dlq",
+            Kind::State => "state",
+            Kind::Rejections => "rejections",
+        }
+    }
+}
+
+/// One destination kind's metric handles.
+struct DestinationMetrics {
+    duration: metrics::Histogram,
+    deliveries: metrics::Counter,
+    errors: metrics::Counter,
+    retries: metrics::Counter,
+}
+
+/// Metric handles taken once, so routing looks no label up per message.
 struct RouterMetrics {
     end_to_end: metrics::Histogram,
     handoffs: metrics::Counter,
     releases: metrics::Counter,
     assigns: metrics::Counter,
+    matched_rule: metrics::Counter,
+    matched_default: metrics::Counter,
+    bot_replies: metrics::Counter,
+    destinations: [DestinationMetrics; Kind::ALL.len()],
 }
 
 impl RouterMetrics {
     fn new() -> Self {
         let ownership = |event: &'static str| metrics::counter!("switchboard_ownership_changes_total", "event" => event);
+        let matched = |m: &'static str| metrics::counter!("switchboard_route_decisions_total", "matched" => m);
         Self {
             end_to_end: metrics::histogram!("switchboard_end_to_end_duration_seconds"),
             handoffs: ownership("handoff"),
             releases: ownership("release"),
             assigns: ownership("assign"),
+            matched_rule: matched("rule"),
+            matched_default: matched("default"),
+            bot_replies: metrics::counter!("switchboard_bot_replies_total"),
+            destinations: Kind::ALL.map(|kind| kind.label()).map(|kind| DestinationMetrics {
+                duration: metrics::histogram!("switchboard_destination_duration_seconds", "kind" => kind),
+                deliveries: metrics::counter!("switchboard_destination_deliveries_total", "kind" => kind),
+                errors: metrics::counter!("switchboard_destination_errors_total", "kind" => kind),
+                retries: metrics::counter!("switchboard_destination_retries_total", "kind" => kind),
+            }),
         }
+    }
+
+    /// The handles of destination kind `kind`.
+    fn destination(&self, kind: Kind) -> &DestinationMetrics {
+        &self.destinations[kind as usize]
     }
 
     fn ownership(&self, action: ControlAction) {
@@ -270,15 +333,13 @@ impl Router {
                 .await?;
         } else {
             let decision = rules.decide(&envelope, human_owned);
-            let matched = if decision.rule_id == "default" {
+            if decision.rule_id == "default" {
                 route.reason = "no rule matched".to_owned();
-                "default"
+                self.metrics.matched_default.increment(1);
             } else {
                 route.reason = format!("matched rule {}", decision.rule_id);
-                "rule"
-            };
-            metrics::counter!("switchboard_route_decisions_total", "matched" => matched)
-                .increment(1);
+                self.metrics.matched_rule.increment(1);
+            }
             decision.rule_id.clone_into(&mut route.rule_id);
             if envelope.direction() == Direction::Outbound {
                 targets.push(DestinationSpec::Outbound);
@@ -341,7 +402,7 @@ impl Router {
         changed |= effects::remember(&mut state, &envelope, self.recent_message_ids);
         if changed {
             effects::touch(&mut state);
-            self.retrying("state", 0, stop, || {
+            self.retrying(Kind::State, 0, stop, || {
                 self.outputs.state(&key, &state, &source.trace)
             })
             .await?
@@ -360,7 +421,7 @@ impl Router {
             envelope: Some(envelope),
             decision: Some(route),
         };
-        self.retrying("analytics", 0, stop, || {
+        self.retrying(Kind::Analytics, 0, stop, || {
             self.outputs.analytics(&key, &record, &source.trace)
         })
         .await?
@@ -394,7 +455,7 @@ impl Router {
             detail: refusal.detail,
             rejected_at: Some(switchboard_proto::timestamp(SystemTime::now())),
         };
-        self.retrying("rejections", 0, stop, || {
+        self.retrying(Kind::Rejections, 0, stop, || {
             self.outputs.rejection(key, &rejection, trace)
         })
         .await?
@@ -415,7 +476,7 @@ impl Router {
                 .reject(&envelope.conversation_key(), envelope, refusal, trace, stop)
                 .await;
         }
-        self.retrying("outbound", 0, stop, || {
+        self.retrying(Kind::Outbound, 0, stop, || {
             self.outputs.outbound(envelope, trace)
         })
         .await?
@@ -455,7 +516,7 @@ impl Router {
             offset = letter.source.offset,
             "message sent to the dead-letter topic"
         );
-        self.retrying("dlq", 0, stop, || self.outputs.dead_letter(letter))
+        self.retrying(Kind::Dlq, 0, stop, || self.outputs.dead_letter(letter))
             .await?
             .map_err(|_| Interrupted)?;
         metrics::counter!("switchboard_dlq_records_total", "reason" => reason).increment(1);
@@ -481,12 +542,13 @@ impl Router {
                     decision: Some(route.clone()),
                 };
                 let outcome = self
-                    .retrying("bot", self.max_attempts, stop, || {
+                    .retrying(Kind::Bot, self.max_attempts, stop, || {
                         bot.handle(request.clone(), trace)
                     })
                     .await?;
                 if let Ok(response) = &outcome {
-                    metrics::counter!("switchboard_bot_replies_total")
+                    self.metrics
+                        .bot_replies
                         .increment(response.replies.len() as u64);
                     // Replies go back into the pipeline, to the channel's outbound topic.
                     for reply in &response.replies {
@@ -514,7 +576,7 @@ impl Router {
                     })),
                 };
                 let outcome = self
-                    .retrying("agent", self.max_attempts, stop, || {
+                    .retrying(Kind::Agent, self.max_attempts, stop, || {
                         self.outputs.queue_event(&task, trace)
                     })
                     .await?;
@@ -522,7 +584,7 @@ impl Router {
             }
             DestinationSpec::Outbound => {
                 // Consent was checked before the message was routed.
-                self.retrying("outbound", 0, stop, || {
+                self.retrying(Kind::Outbound, 0, stop, || {
                     self.outputs.outbound(envelope, trace)
                 })
                 .await?
@@ -544,7 +606,7 @@ impl Router {
     /// `max_attempts` attempts; 0 means no limit), or `stop` fires.
     async fn retrying<T, F, Fut>(
         &self,
-        kind: &'static str,
+        kind: Kind,
         max_attempts: u32,
         stop: &CancellationToken,
         mut attempt: F,
@@ -553,6 +615,7 @@ impl Router {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, DestinationError>>,
     {
+        let handles = self.metrics.destination(kind);
         let mut delay = self.backoff;
         let mut attempts = 0;
         loop {
@@ -562,23 +625,21 @@ impl Router {
                 r = attempt() => r,
                 _ = stop.cancelled() => return Err(Interrupted),
             };
-            metrics::histogram!("switchboard_destination_duration_seconds", "kind" => kind)
-                .record(started.elapsed().as_secs_f64());
+            handles.duration.record(started.elapsed().as_secs_f64());
             let error = match result {
                 Ok(value) => {
-                    metrics::counter!("switchboard_destination_deliveries_total", "kind" => kind)
-                        .increment(1);
+                    handles.deliveries.increment(1);
                     return Ok(Ok(value));
                 }
                 Err(error) => error,
             };
-            metrics::counter!("switchboard_destination_errors_total", "kind" => kind).increment(1);
+            handles.errors.increment(1);
             if !error.retryable || (max_attempts > 0 && attempts >= max_attempts) {
                 tracing::error!(%error, attempts, "giving up on destination");
                 return Ok(Err((error, attempts)));
             }
             tracing::warn!(%error, retry_in = ?delay, "destination failed, retrying");
-            metrics::counter!("switchboard_destination_retries_total", "kind" => kind).increment(1);
+            handles.retries.increment(1);
             let jittered = delay.mul_f64(rand::random_range(0.5..1.0));
             tokio::select! {
                 _ = tokio::time::sleep(jittered) => {}
