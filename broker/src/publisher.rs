@@ -86,6 +86,8 @@ pub struct Publisher {
     in_flight: Arc<Semaphore>,
     max_in_flight: usize,
     max_envelope_bytes: usize,
+    ack_duration: metrics::Histogram,
+    kafka_errors: metrics::Counter,
 }
 
 impl Publisher {
@@ -113,6 +115,8 @@ impl Publisher {
             in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
             max_in_flight: config.max_in_flight,
             max_envelope_bytes: config.max_envelope_bytes,
+            ack_duration: metrics::histogram!("switchboard_ingest_kafka_ack_duration_seconds"),
+            kafka_errors: metrics::counter!("switchboard_ingest_kafka_errors_total"),
         })
     }
 
@@ -190,6 +194,8 @@ impl Publisher {
             delivery,
             _permit: permit,
             started: Instant::now(),
+            ack_duration: self.ack_duration.clone(),
+            kafka_errors: self.kafka_errors.clone(),
         })
     }
 
@@ -234,13 +240,15 @@ pub struct PendingAck {
     delivery: DeliveryFuture,
     _permit: OwnedSemaphorePermit,
     started: Instant,
+    ack_duration: metrics::Histogram,
+    kafka_errors: metrics::Counter,
 }
 
 impl PendingAck {
     /// Waits for Kafka's delivery report.
     pub async fn wait(self) -> Result<Ack, IngestError> {
         let result = self.delivery.await;
-        metrics::histogram!("switchboard_ingest_kafka_ack_duration_seconds")
+        self.ack_duration
             .record(self.started.elapsed().as_secs_f64());
         match result {
             Ok(Ok(delivery)) => Ok(Ack {
@@ -248,7 +256,7 @@ impl PendingAck {
                 offset: delivery.offset,
             }),
             Ok(Err((error, _))) => {
-                metrics::counter!("switchboard_ingest_kafka_errors_total").increment(1);
+                self.kafka_errors.increment(1);
                 Err(IngestError::from_kafka(error))
             }
             Err(_canceled) => Err(IngestError::ShuttingDown),

@@ -37,6 +37,7 @@ pub struct IngestService {
     dedupe: Arc<Dedupe>,
     limits: Arc<Limits>,
     max_in_flight_per_stream: usize,
+    requests: Arc<RequestCounters>,
 }
 
 /// A publish handed to Kafka (or recognised as a copy), not yet acknowledged.
@@ -74,6 +75,7 @@ impl IngestService {
             dedupe,
             limits: Arc::new(limits),
             max_in_flight_per_stream,
+            requests: Arc::new(RequestCounters::new()),
         }
     }
 
@@ -127,8 +129,46 @@ fn trace_of<T>(rpc: &'static str, request: &Request<T>) -> (tracing::Span, Trace
     )
 }
 
-fn count(rpc: &'static str, code: tonic::Code, n: u64) {
-    metrics::counter!("switchboard_ingest_requests_total", "rpc" => rpc, "code" => code_label(code)).increment(n);
+const RPCS: [&str; 3] = ["publish", "publish_stream", "ingest_webhook"];
+const CODES: [&str; 8] = [
+    "ok",
+    "invalid_argument",
+    "resource_exhausted",
+    "unavailable",
+    "failed_precondition",
+    "unauthenticated",
+    "permission_denied",
+    "other",
+];
+
+/// `switchboard_ingest_requests_total` handles, one per RPC and status
+/// label, taken once: requests look no label up.
+struct RequestCounters([[metrics::Counter; CODES.len()]; RPCS.len()]);
+
+impl RequestCounters {
+    fn new() -> Self {
+        Self(RPCS.map(|rpc| {
+            CODES.map(|code| metrics::counter!("switchboard_ingest_requests_total", "rpc" => rpc, "code" => code))
+        }))
+    }
+
+    /// Counts `n` requests of `rpc` (one of [`RPCS`]) answered with `code`.
+    fn count(&self, rpc: &str, code: tonic::Code, n: u64) {
+        let r = RPCS.iter().position(|x| *x == rpc).unwrap_or(0);
+        let label = code_label(code);
+        let c = CODES
+            .iter()
+            .position(|x| *x == label)
+            .unwrap_or(CODES.len() - 1);
+        self.0[r][c].increment(n);
+    }
+
+    fn record<T>(&self, rpc: &str, result: &Result<T, IngestError>) {
+        let code = result
+            .as_ref()
+            .map_or_else(IngestError::code, |_| tonic::Code::Ok);
+        self.count(rpc, code, 1);
+    }
 }
 
 fn code_label(code: tonic::Code) -> &'static str {
@@ -142,16 +182,6 @@ fn code_label(code: tonic::Code) -> &'static str {
         tonic::Code::PermissionDenied => "permission_denied",
         _ => "other",
     }
-}
-
-fn record<T>(rpc: &'static str, result: &Result<T, IngestError>) {
-    count(
-        rpc,
-        result
-            .as_ref()
-            .map_or_else(IngestError::code, |_| tonic::Code::Ok),
-        1,
-    );
 }
 
 type ResponseStream = Pin<Box<dyn Stream<Item = Result<PublishResponse, Status>> + Send>>;
@@ -173,7 +203,7 @@ impl Ingest for IngestService {
         }
         .instrument(span)
         .await;
-        record("publish", &result);
+        self.requests.record("publish", &result);
         Ok(Response::new(result?))
     }
 
@@ -186,7 +216,7 @@ impl Ingest for IngestService {
         let caller = self
             .auth
             .authenticate(request.metadata())
-            .inspect_err(|e| count("publish_stream", e.code(), 1))?;
+            .inspect_err(|e| self.requests.count("publish_stream", e.code(), 1))?;
         let (span, trace) = trace_of("ingest.publish_stream", &request);
         let mut inbound = request.into_inner();
         let limit = self.max_in_flight_per_stream;
@@ -217,12 +247,13 @@ impl Ingest for IngestService {
                             let sequence = req.sequence;
                             let permit = permit.take().expect("guarded by the select condition");
                             let queued = service.enqueue_request(&caller, req.envelope, trace.child(), permit);
+                            let requests = service.requests.clone();
                             pending.push(async move {
                                 let result = match queued {
                                     Ok(queued) => queued.response(sequence).await,
                                     Err(e) => Err(e),
                                 };
-                                record("publish_stream", &result);
+                                requests.record("publish_stream", &result);
                                 result.unwrap_or_else(|e| PublishResponse {
                                     sequence,
                                     error: Some(e.to_detail()),
@@ -288,7 +319,7 @@ impl Ingest for IngestService {
         }
         .instrument(span)
         .await;
-        record("ingest_webhook", &result);
+        self.requests.record("ingest_webhook", &result);
         Ok(Response::new(result?))
     }
 }
