@@ -141,34 +141,61 @@ const CODES: [&str; 8] = [
     "other",
 ];
 
-/// `switchboard_ingest_requests_total` handles, one per RPC and status
-/// label, taken once: requests look no label up.
-struct RequestCounters([[metrics::Counter; CODES.len()]; RPCS.len()]);
+const CHANNELS: [Channel; 6] = [
+    Channel::Unspecified,
+    Channel::Whatsapp,
+    Channel::Messenger,
+    Channel::Instagram,
+    Channel::Sms,
+    Channel::Webchat,
+];
+
+/// `switchboard_ingest_requests_total` handles, one per RPC, channel and
+/// status label, taken once: requests look no label up.
+struct RequestCounters(Vec<metrics::Counter>);
 
 impl RequestCounters {
     fn new() -> Self {
-        Self(RPCS.map(|rpc| {
-            CODES.map(|code| metrics::counter!("switchboard_ingest_requests_total", "rpc" => rpc, "code" => code))
-        }))
+        let mut counters = Vec::with_capacity(RPCS.len() * CHANNELS.len() * CODES.len());
+        for rpc in RPCS {
+            for channel in CHANNELS {
+                for code in CODES {
+                    counters.push(metrics::counter!(
+                        "switchboard_ingest_requests_total",
+                        "rpc" => rpc,
+                        "channel" => channel.slug(),
+                        "code" => code
+                    ));
+                }
+            }
+        }
+        Self(counters)
     }
 
-    /// Counts `n` requests of `rpc` (one of [`RPCS`]) answered with `code`.
-    fn count(&self, rpc: &str, code: tonic::Code, n: u64) {
+    /// Counts `n` requests of `rpc` (one of [`RPCS`]) on `channel`, answered
+    /// with `code`.
+    fn count(&self, rpc: &str, channel: Channel, code: tonic::Code, n: u64) {
         let r = RPCS.iter().position(|x| *x == rpc).unwrap_or(0);
+        let ch = CHANNELS.iter().position(|x| *x == channel).unwrap_or(0);
         let label = code_label(code);
         let c = CODES
             .iter()
             .position(|x| *x == label)
             .unwrap_or(CODES.len() - 1);
-        self.0[r][c].increment(n);
+        self.0[(r * CHANNELS.len() + ch) * CODES.len() + c].increment(n);
     }
 
-    fn record<T>(&self, rpc: &str, result: &Result<T, IngestError>) {
+    fn record<T>(&self, rpc: &str, channel: Channel, result: &Result<T, IngestError>) {
         let code = result
             .as_ref()
             .map_or_else(IngestError::code, |_| tonic::Code::Ok);
-        self.count(rpc, code, 1);
+        self.count(rpc, channel, code, 1);
     }
+}
+
+/// The channel an envelope names (unspecified when there is none).
+fn channel_of(envelope: Option<&Envelope>) -> Channel {
+    envelope.map_or(Channel::Unspecified, Envelope::channel)
 }
 
 fn code_label(code: tonic::Code) -> &'static str {
@@ -193,6 +220,7 @@ impl Ingest for IngestService {
         request: Request<PublishRequest>,
     ) -> Result<Response<PublishResponse>, Status> {
         let (span, trace) = trace_of("ingest.publish", &request);
+        let channel = channel_of(request.get_ref().envelope.as_ref());
         let result = async {
             let caller = self.auth.authenticate(request.metadata())?;
             let request = request.into_inner();
@@ -203,7 +231,7 @@ impl Ingest for IngestService {
         }
         .instrument(span)
         .await;
-        self.requests.record("publish", &result);
+        self.requests.record("publish", channel, &result);
         Ok(Response::new(result?))
     }
 
@@ -216,7 +244,10 @@ impl Ingest for IngestService {
         let caller = self
             .auth
             .authenticate(request.metadata())
-            .inspect_err(|e| self.requests.count("publish_stream", e.code(), 1))?;
+            .inspect_err(|e| {
+                self.requests
+                    .count("publish_stream", Channel::Unspecified, e.code(), 1)
+            })?;
         let (span, trace) = trace_of("ingest.publish_stream", &request);
         let mut inbound = request.into_inner();
         let limit = self.max_in_flight_per_stream;
@@ -245,6 +276,7 @@ impl Ingest for IngestService {
                     next = inbound.message(), if open && permit.is_some() => match next {
                         Ok(Some(req)) => {
                             let sequence = req.sequence;
+                            let channel = channel_of(req.envelope.as_ref());
                             let permit = permit.take().expect("guarded by the select condition");
                             let queued = service.enqueue_request(&caller, req.envelope, trace.child(), permit);
                             let requests = service.requests.clone();
@@ -253,7 +285,7 @@ impl Ingest for IngestService {
                                     Ok(queued) => queued.response(sequence).await,
                                     Err(e) => Err(e),
                                 };
-                                requests.record("publish_stream", &result);
+                                requests.record("publish_stream", channel, &result);
                                 result.unwrap_or_else(|e| PublishResponse {
                                     sequence,
                                     error: Some(e.to_detail()),
@@ -278,6 +310,7 @@ impl Ingest for IngestService {
         request: Request<WebhookRequest>,
     ) -> Result<Response<WebhookResponse>, Status> {
         let (span, trace) = trace_of("ingest.webhook", &request);
+        let channel = Channel::try_from(request.get_ref().channel).unwrap_or(Channel::Unspecified);
         let result = async {
             let caller = self.auth.authenticate(request.metadata())?;
             let request = request.into_inner();
@@ -285,7 +318,6 @@ impl Ingest for IngestService {
                 return Err(IngestError::invalid("tenant_id", "is required"));
             }
             caller.admit("tenant_id", &request.tenant_id, 0)?;
-            let channel = Channel::try_from(request.channel).unwrap_or(Channel::Unspecified);
             let envelopes = channels::normalize(
                 channel,
                 &request.tenant_id,
@@ -319,7 +351,7 @@ impl Ingest for IngestService {
         }
         .instrument(span)
         .await;
-        self.requests.record("ingest_webhook", &result);
+        self.requests.record("ingest_webhook", channel, &result);
         Ok(Response::new(result?))
     }
 }

@@ -102,6 +102,8 @@ b.panel("timeseries", "Envelopes by result code", "switchboard_ingest_requests_t
         [(f'sum by (code) (rate(switchboard_ingest_requests_total{{{I}}}[{RI}]))', "{{code}}")], unit="reqps")
 b.panel("timeseries", "Envelopes by RPC", "switchboard_ingest_requests_total by RPC (publish, publish_stream, ingest_webhook).",
         [(f'sum by (rpc) (rate(switchboard_ingest_requests_total{{{I}}}[{RI}]))', "{{rpc}}")], unit="reqps")
+b.panel("timeseries", "Envelopes by channel", "switchboard_ingest_requests_total by channel (unspecified: refused before the channel was known).",
+        [(f'sum by (channel) (rate(switchboard_ingest_requests_total{{{I}}}[{RI}]))', "{{channel}}")], unit="reqps")
 b.row("Kafka")
 b.panel("timeseries", "Kafka ack latency", "Time from handing an envelope to the producer until Kafka's delivery report (failures included).",
         [(f'histogram_quantile({q}, sum by (le) (rate(switchboard_ingest_kafka_ack_duration_seconds_bucket{{{I}}}[{RI}])))', f"p{int(q*100)}") for q in (0.5, 0.9, 0.99)], unit="s")

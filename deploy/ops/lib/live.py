@@ -423,6 +423,8 @@ scrape_configs:
         'up{job="switchboard-workers"} == 1': ('up{job="switchboard-workers"}', lambda v: v == 1),
         f'switchboard_ingest_requests_total{{code="ok"}} >= {sent + 2}':
             ('sum(switchboard_ingest_requests_total{code="ok"})', lambda v: v >= sent + 2),
+        'switchboard_ingest_requests_total is labelled by channel (webchat traffic counted)':
+            ('sum(switchboard_ingest_requests_total{channel="webchat",code="ok"})', lambda v: v >= 2),
         'switchboard_ingest_requests_total has publish and publish_stream':
             ('count(sum by (rpc) (switchboard_ingest_requests_total{rpc=~"publish|publish_stream"}))', lambda v: v == 2),
         f'switchboard_worker_records_total{{outcome="routed"}} >= {sent}':
