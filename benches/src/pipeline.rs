@@ -6,7 +6,7 @@ use switchboard_broker::{
     config::BrokerConfig, kafka::KafkaConfig, publisher::Publisher, server::Broker,
     shutdown::Shutdown, trace::TraceParent,
 };
-use switchboard_proto::v1::{Envelope, bot_server::Bot};
+use switchboard_proto::v1::{Envelope, bot_server::Bot, ingest_client::IngestClient};
 use switchboard_workers::{
     agents::{config::AgentsConfig, service::QueueStage},
     config::WorkersConfig,
@@ -249,6 +249,11 @@ impl Pipeline {
             bot_shutdown,
             bot_task,
         })
+    }
+
+    /// A gRPC client of the pipeline's ingestion node.
+    pub async fn client(&self) -> anyhow::Result<IngestClient<tonic::transport::Channel>> {
+        Ok(IngestClient::connect(format!("http://{}", self.grpc_addr)).await?)
     }
 
     /// A signal that stops the pipeline when fired.

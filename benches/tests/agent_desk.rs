@@ -9,23 +9,15 @@ use std::time::{Duration, Instant};
 
 use prost::Message as _;
 use switchboard_benches::pipeline::{Pipeline, PipelineConfig};
-use switchboard_broker::testkit::{self, RecordingBot};
+use switchboard_broker::testkit::{self, RecordingBot, text_of};
 use switchboard_proto::v1::{
     Channel, ConversationState, Direction, Envelope, MessageTag, Owner, Presence, PublishRequest,
-    Text, agent_event::Change, conversation_action::Action, envelope::Content,
-    ingest_client::IngestClient,
+    agent_event::Change, conversation_action::Action,
 };
 use switchboard_workers::agents::desk::{self, Desk, DeskView};
 
 fn say(body: &str) -> Envelope {
-    Envelope {
-        tenant_id: "acme".into(),
-        channel: Channel::Messenger as i32,
-        direction: Direction::Inbound as i32,
-        conversation_id: "psid-1".into(),
-        content: Some(Content::Text(Text { body: body.into() })),
-        ..Default::default()
-    }
+    testkit::inbound_text(Channel::Messenger, "psid-1", body)
 }
 
 /// The owner in a conversation-state record of conversation `key`.
@@ -36,13 +28,6 @@ fn owner(record: &rdkafka::message::OwnedMessage, key: &str) -> Option<Owner> {
             .unwrap()
             .owner()
     })
-}
-
-fn body(e: &Envelope) -> &str {
-    match &e.content {
-        Some(Content::Text(t)) => &t.body,
-        _ => "",
-    }
 }
 
 /// Polls the agent's view until `check` passes.
@@ -94,9 +79,7 @@ async fn bot_hands_off_agent_replies_and_releases_back_to_the_bot() {
         .await
         .unwrap();
 
-    let mut client = IngestClient::connect(format!("http://{}", pipeline.grpc_addr))
-        .await
-        .unwrap();
+    let mut client = pipeline.client().await.unwrap();
     let publish = |e: Envelope| PublishRequest {
         envelope: Some(e),
         sequence: 0,
@@ -112,7 +95,7 @@ async fn bot_hands_off_agent_replies_and_releases_back_to_the_bot() {
     .await;
     let held = &view.conversations[&key];
     assert_eq!(held.queue, "support");
-    assert_eq!(body(&held.messages[0]), "human please");
+    assert_eq!(text_of(&held.messages[0]), "human please");
     alice.act("support", &key, Action::Accept).await.unwrap();
 
     // The customer's next message goes to alice, not the bot.
@@ -123,7 +106,7 @@ async fn bot_hands_off_agent_replies_and_releases_back_to_the_bot() {
     let (alice, view) = wait_for_view(alice, "the next message", |v| {
         v.conversations
             .get(&key)
-            .is_some_and(|h| h.messages.iter().any(|m| body(m) == "my order is late"))
+            .is_some_and(|h| h.messages.iter().any(|m| text_of(m) == "my order is late"))
     })
     .await;
     assert_eq!(
@@ -150,7 +133,7 @@ async fn bot_hands_off_agent_replies_and_releases_back_to_the_bot() {
     .unwrap();
     let sent = Envelope::decode(rdkafka::Message::payload(&sent[0]).unwrap()).unwrap();
     assert_eq!(
-        (body(&sent), sent.direction(), sent.message_id.as_str()),
+        (text_of(&sent), sent.direction(), sent.message_id.as_str()),
         (
             "Sorry! It ships today.",
             Direction::Outbound,
@@ -181,7 +164,7 @@ async fn bot_hands_off_agent_replies_and_releases_back_to_the_bot() {
     assert!(owners.contains(&Owner::Human));
     client.publish(publish(say("thanks!"))).await.unwrap();
     wait_for("the bot to get the conversation back", || bot.count() == 3).await;
-    let seen: Vec<String> = bot.seen().iter().map(|e| body(e).to_owned()).collect();
+    let seen: Vec<String> = bot.seen().iter().map(|e| text_of(e).to_owned()).collect();
     assert_eq!(&seen[..2], ["hi", "human please"]);
     assert_eq!(seen[2], "thanks!");
     pipeline.stop().await.unwrap();

@@ -12,7 +12,7 @@ use std::{
 use prost::Message as _;
 use rdkafka::{Message as _, message::OwnedMessage};
 use switchboard_benches::pipeline::{Pipeline, PipelineConfig};
-use switchboard_broker::testkit::{self, RecordingBot};
+use switchboard_broker::testkit::{self, RecordingBot, text_of};
 use switchboard_proto::v1::{
     AnalyticsRecord, Channel, ConsentEvent, ConversationControl, ConversationState, Direction,
     Envelope, MessageTag, Owner, PublishRequest, Rejection, RejectionReason, Template, Text,
@@ -39,13 +39,6 @@ fn envelope(
 
 fn text(body: &str) -> Content {
     Content::Text(Text { body: body.into() })
-}
-
-fn body(e: &Envelope) -> &str {
-    match &e.content {
-        Some(Content::Text(t)) => &t.body,
-        _ => "",
-    }
 }
 
 async fn publish(client: &mut IngestClient<GrpcChannel>, envelope: Envelope) {
@@ -105,9 +98,7 @@ async fn bot_hands_off_to_a_human_and_gets_the_conversation_back() {
 
     let bot = RecordingBot::handing_off("human please", "vip");
     let pipeline = Pipeline::start(&config, bot.clone()).await.unwrap();
-    let mut client = IngestClient::connect(format!("http://{}", pipeline.grpc_addr))
-        .await
-        .unwrap();
+    let mut client = pipeline.client().await.unwrap();
     publish(&mut client, say("hi")).await;
     publish(&mut client, say("human please")).await;
     wait_for("the bot to see two messages", || bot.count() == 2).await;
@@ -115,21 +106,19 @@ async fn bot_hands_off_to_a_human_and_gets_the_conversation_back() {
     pipeline.stop().await.unwrap();
 
     let pipeline = Pipeline::start(&config, bot.clone()).await.unwrap();
-    let mut client = IngestClient::connect(format!("http://{}", pipeline.grpc_addr))
-        .await
-        .unwrap();
+    let mut client = pipeline.client().await.unwrap();
     publish(&mut client, say("is anyone there?")).await;
     let agents = config.agent_queue_topic.clone();
     let tasks = read(&bootstrap, &agents, |r| r.len() >= 2).await;
     let handoff = testkit::agent_task(tasks[0].payload().unwrap());
     assert_eq!(handoff.queue, "vip", "the bot's handoff queue");
     assert_eq!(
-        body(handoff.envelope.as_ref().unwrap()),
+        text_of(handoff.envelope.as_ref().unwrap()),
         "human please",
         "the message that asked for a human is the first task"
     );
     let task = testkit::agent_task(tasks[1].payload().unwrap());
-    assert_eq!(body(task.envelope.as_ref().unwrap()), "is anyone there?");
+    assert_eq!(text_of(task.envelope.as_ref().unwrap()), "is anyone there?");
     assert!(
         task.decision.unwrap().reason.contains("human-owned"),
         "the decision says why"
@@ -149,7 +138,7 @@ async fn bot_hands_off_to_a_human_and_gets_the_conversation_back() {
     publish(&mut client, release).await;
     publish(&mut client, say("thanks, one more question")).await;
     wait_for("the bot to get the conversation back", || bot.count() == 3).await;
-    let seen: Vec<String> = bot.seen().iter().map(|e| body(e).to_owned()).collect();
+    let seen: Vec<String> = bot.seen().iter().map(|e| text_of(e).to_owned()).collect();
     assert_eq!(seen, ["hi", "human please", "thanks, one more question"]);
     assert_eq!(
         testkit::topic_size(&bootstrap, &config.agent_queue_topic),
@@ -194,9 +183,7 @@ async fn consent_rules_decide_which_outbound_messages_are_sent() {
     let pipeline = Pipeline::start(&config, RecordingBot::default())
         .await
         .unwrap();
-    let mut client = IngestClient::connect(format!("http://{}", pipeline.grpc_addr))
-        .await
-        .unwrap();
+    let mut client = pipeline.client().await.unwrap();
 
     let hours_ago = |h: u64| {
         Some(switchboard_proto::timestamp(
@@ -271,7 +258,7 @@ async fn consent_rules_decide_which_outbound_messages_are_sent() {
             let e = r.envelope.as_ref().unwrap();
             let what = match &e.content {
                 Some(Content::Template(_)) => format!("{}: template", e.conversation_id),
-                _ => body(e).to_owned(),
+                _ => text_of(e).to_owned(),
             };
             (what, r.reason())
         })
@@ -299,7 +286,7 @@ async fn consent_rules_decide_which_outbound_messages_are_sent() {
             let e = Envelope::decode(m.payload().unwrap()).unwrap();
             sent.push(match &e.content {
                 Some(Content::Template(_)) => format!("{}: template", e.conversation_id),
-                _ => body(&e).to_owned(),
+                _ => text_of(&e).to_owned(),
             });
         }
     }
@@ -321,7 +308,7 @@ async fn consent_rules_decide_which_outbound_messages_are_sent() {
     let refusal = analytics
         .iter()
         .map(|m| AnalyticsRecord::decode(m.payload().unwrap()).unwrap())
-        .find(|r| body(r.envelope.as_ref().unwrap()) == "stranger: refused")
+        .find(|r| text_of(r.envelope.as_ref().unwrap()) == "stranger: refused")
         .unwrap()
         .decision
         .unwrap();

@@ -23,8 +23,7 @@ use rdkafka::{
 use switchboard_benches::pipeline::{Pipeline, PipelineConfig};
 use switchboard_broker::testkit::{self, RecordingBot};
 use switchboard_proto::v1::{
-    BotRequest, BotResponse, Channel, Direction, Envelope, PublishRequest, Text, bot_server::Bot,
-    envelope::Content, ingest_client::IngestClient,
+    BotRequest, BotResponse, Channel, Envelope, PublishRequest, bot_server::Bot, envelope::Content,
 };
 use switchboard_workers::{
     destinations::topics::headers,
@@ -56,17 +55,7 @@ impl Bot for SelectiveBot {
 }
 
 fn text(conversation: &str, body: &str) -> PublishRequest {
-    PublishRequest {
-        envelope: Some(Envelope {
-            tenant_id: "acme".into(),
-            channel: Channel::Webchat as i32,
-            direction: Direction::Inbound as i32,
-            conversation_id: conversation.into(),
-            content: Some(Content::Text(Text { body: body.into() })),
-            ..Default::default()
-        }),
-        sequence: 0,
-    }
+    testkit::publish_request(testkit::inbound_text(Channel::Webchat, conversation, body))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -98,9 +87,7 @@ async fn poison_and_permanent_failures_go_to_the_dlq_and_conversations_continue(
 
     let bot = SelectiveBot::default();
     let pipeline = Pipeline::start(&config, bot.clone()).await.unwrap();
-    let mut client = IngestClient::connect(format!("http://{}", pipeline.grpc_addr))
-        .await
-        .unwrap();
+    let mut client = pipeline.client().await.unwrap();
     let failing = client
         .publish(text("conv-a", "[fail] first"))
         .await

@@ -19,9 +19,7 @@ use switchboard_benches::{
 use switchboard_broker::testkit::{self, RecordingBot};
 use switchboard_proto::{
     partition::partition_for,
-    v1::{
-        AgentTask, AnalyticsRecord, Channel, Envelope, PublishRequest, ingest_client::IngestClient,
-    },
+    v1::{AgentTask, AnalyticsRecord, Channel, Envelope, PublishRequest},
 };
 use tonic_types::StatusExt;
 
@@ -138,9 +136,7 @@ async fn thousand_messages_reach_their_destinations_in_order() {
     } = setup("e2e").await;
     let bot = RecordingBot::default();
     let pipeline = Pipeline::start(&config, bot.clone()).await.unwrap();
-    let client = IngestClient::connect(format!("http://{}", pipeline.grpc_addr))
-        .await
-        .unwrap();
+    let client = pipeline.client().await.unwrap();
 
     // 50 conversations of 20 messages: 25 through Publish, 25 through PublishStream.
     let progress = Arc::new(Progress::default());
@@ -287,9 +283,7 @@ async fn bad_input_is_refused_with_field_paths_and_never_reaches_kafka() {
     let pipeline = Pipeline::start(&config, RecordingBot::default())
         .await
         .unwrap();
-    let mut client = IngestClient::connect(format!("http://{}", pipeline.grpc_addr))
-        .await
-        .unwrap();
+    let mut client = pipeline.client().await.unwrap();
     let valid = loadgen::conversations("acme", Channel::Sms, 0..1, 1, body)
         .remove(0)
         .remove(0);

@@ -24,8 +24,7 @@ use rdkafka::{Message as _, message::Headers};
 use switchboard_benches::pipeline::{Pipeline, PipelineConfig};
 use switchboard_broker::testkit::{self, RecordingBot};
 use switchboard_proto::v1::{
-    BotRequest, Channel, Direction, Envelope, PublishRequest, Text, envelope::Content,
-    ingest_client::IngestClient,
+    BotRequest, Channel, Direction, Envelope, PublishRequest, envelope::Content,
 };
 use switchboard_workers::destinations::{
     bot::{BotConfig, BotProtocol},
@@ -89,17 +88,7 @@ async fn serve_webhook() -> (SocketAddr, Calls, tokio::sync::oneshot::Sender<()>
 }
 
 fn say(conversation: &str, body: &str) -> PublishRequest {
-    PublishRequest {
-        envelope: Some(Envelope {
-            tenant_id: "acme".into(),
-            channel: Channel::Webchat as i32,
-            direction: Direction::Inbound as i32,
-            conversation_id: conversation.into(),
-            content: Some(Content::Text(Text { body: body.into() })),
-            ..Default::default()
-        }),
-        sequence: 0,
-    }
+    testkit::publish_request(testkit::inbound_text(Channel::Webchat, conversation, body))
 }
 
 async fn pipeline_with(
@@ -146,9 +135,7 @@ async fn webhook_bot_gets_json_and_its_replies_and_handoffs_take_effect() {
     let pipeline = Pipeline::start(&config, RecordingBot::default())
         .await
         .unwrap();
-    let mut client = IngestClient::connect(format!("http://{}", pipeline.grpc_addr))
-        .await
-        .unwrap();
+    let mut client = pipeline.client().await.unwrap();
     for body in ["hello", "human please", "still there?"] {
         client.publish(say("web-1", body)).await.unwrap();
     }
@@ -211,9 +198,7 @@ async fn a_failing_bot_trips_its_circuit_and_is_left_alone() {
     let pipeline = Pipeline::start(&config, RecordingBot::default())
         .await
         .unwrap();
-    let mut client = IngestClient::connect(format!("http://{}", pipeline.grpc_addr))
-        .await
-        .unwrap();
+    let mut client = pipeline.client().await.unwrap();
     // One conversation, so the messages are tried one after the other.
     for body in ["first", "second", "third"] {
         client.publish(say("down-1", body)).await.unwrap();

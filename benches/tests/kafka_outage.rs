@@ -13,10 +13,7 @@ use std::{
 };
 
 use switchboard_broker::{config::BrokerConfig, server::Broker, shutdown::Shutdown, testkit};
-use switchboard_proto::v1::{
-    Channel, Direction, Envelope, PublishRequest, Text, envelope::Content,
-    ingest_client::IngestClient,
-};
+use switchboard_proto::v1::{Channel, PublishRequest, ingest_client::IngestClient};
 
 struct OwnKafka {
     port: u16,
@@ -75,19 +72,11 @@ fn free_port_pair() -> u16 {
 }
 
 fn request(i: usize) -> PublishRequest {
-    PublishRequest {
-        envelope: Some(Envelope {
-            tenant_id: "acme".into(),
-            channel: Channel::Sms as i32,
-            direction: Direction::Inbound as i32,
-            conversation_id: format!("c-{i}"),
-            content: Some(Content::Text(Text {
-                body: format!("message {i}"),
-            })),
-            ..Default::default()
-        }),
-        sequence: 0,
-    }
+    testkit::publish_request(testkit::inbound_text(
+        Channel::Sms,
+        format!("c-{i}"),
+        format!("message {i}"),
+    ))
 }
 
 /// Publishes until Kafka acknowledges; every failure meanwhile must be UNAVAILABLE.

@@ -11,7 +11,7 @@ use switchboard_benches::pipeline::{Pipeline, PipelineConfig};
 use switchboard_broker::testkit::{self, RecordingBot};
 use switchboard_proto::{
     partition::partition_for,
-    v1::{Channel, Direction, Envelope, Text, envelope::Content},
+    v1::{Channel, Envelope},
 };
 
 const PARTITIONS: i32 = 12;
@@ -37,15 +37,12 @@ async fn ten_thousand_conversations_stay_in_order_under_a_slow_random_bot() {
         .flat_map(|seq| {
             (0..CONVERSATIONS).map(move |c| Envelope {
                 message_id: format!("c{c}-m{seq}"),
-                tenant_id: "acme".into(),
-                channel: Channel::Webchat as i32,
-                direction: Direction::Inbound as i32,
-                conversation_id: format!("conv-{c}"),
-                content: Some(Content::Text(Text {
-                    body: format!("message {seq}"),
-                })),
                 attributes: [("seq".to_owned(), seq.to_string())].into(),
-                ..Default::default()
+                ..testkit::inbound_text(
+                    Channel::Webchat,
+                    format!("conv-{c}"),
+                    format!("message {seq}"),
+                )
             })
         })
         .collect();

@@ -11,10 +11,8 @@ use std::{
 };
 
 use axum::{Router, body::Bytes, extract::State, routing::post};
-use switchboard_proto::v1::{
-    Channel, Direction, Envelope, PublishRequest, Text, envelope::Content,
-    ingest_client::IngestClient,
-};
+use switchboard_broker::testkit;
+use switchboard_proto::v1::{Channel, PublishRequest, ingest_client::IngestClient};
 
 type Received = Arc<Mutex<Vec<u8>>>;
 
@@ -76,16 +74,7 @@ async fn spans_of_one_message_reach_the_collector_in_the_callers_trace() {
     };
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let mut request = tonic::Request::new(PublishRequest {
-        envelope: Some(Envelope {
-            tenant_id: "acme".into(),
-            channel: Channel::Webchat as i32,
-            direction: Direction::Inbound as i32,
-            conversation_id: "traced".into(),
-            content: Some(Content::Text(Text {
-                body: "hello".into(),
-            })),
-            ..Default::default()
-        }),
+        envelope: Some(testkit::inbound_text(Channel::Webchat, "traced", "hello")),
         sequence: 0,
     });
     request.metadata_mut().insert(

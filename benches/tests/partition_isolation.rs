@@ -10,10 +10,7 @@ use switchboard_benches::pipeline::{Pipeline, PipelineConfig};
 use switchboard_broker::testkit::{self, RecordingBot};
 use switchboard_proto::{
     partition::{conversation_key, partition_for},
-    v1::{
-        BotRequest, BotResponse, Channel, Direction, Envelope, Text, bot_server::Bot,
-        envelope::Content,
-    },
+    v1::{BotRequest, BotResponse, Channel, Envelope, bot_server::Bot, envelope::Content},
 };
 
 const PARTITIONS: i32 = 4;
@@ -41,14 +38,7 @@ impl Bot for StallingBot {
 }
 
 fn envelope(conversation: &str, body: &str) -> Envelope {
-    Envelope {
-        tenant_id: "acme".into(),
-        channel: Channel::Webchat as i32,
-        direction: Direction::Inbound as i32,
-        conversation_id: conversation.into(),
-        content: Some(Content::Text(Text { body: body.into() })),
-        ..Default::default()
-    }
+    testkit::inbound_text(Channel::Webchat, conversation, body)
 }
 
 fn partition_of(conversation: &str) -> i32 {

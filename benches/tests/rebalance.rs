@@ -20,9 +20,7 @@ use switchboard_broker::{
     shutdown::Shutdown,
     testkit::{self, RecordingBot},
 };
-use switchboard_proto::v1::{
-    BotRequest, BotResponse, Channel, Direction, Envelope, Text, bot_server::Bot, envelope::Content,
-};
+use switchboard_proto::v1::{BotRequest, BotResponse, Channel, Envelope, bot_server::Bot};
 use switchboard_workers::{consumer::Worker, destinations::bot::echo, router::Router};
 
 const PARTITIONS: i32 = 12;
@@ -78,14 +76,7 @@ async fn workers_join_and_leave_without_losses_reordering_or_duplicate_storms() 
         .flat_map(|seq| {
             (0..CONVERSATIONS).map(move |c| Envelope {
                 message_id: format!("c{c}-m{seq}"),
-                tenant_id: "acme".into(),
-                channel: Channel::Webchat as i32,
-                direction: Direction::Inbound as i32,
-                conversation_id: format!("conv-{c}"),
-                content: Some(Content::Text(Text {
-                    body: seq.to_string(),
-                })),
-                ..Default::default()
+                ..testkit::inbound_text(Channel::Webchat, format!("conv-{c}"), seq.to_string())
             })
         })
         .collect();

@@ -17,10 +17,7 @@ use prost::Message as _;
 use rdkafka::Message as _;
 use switchboard_benches::pipeline::{Pipeline, PipelineConfig};
 use switchboard_broker::testkit::{self, RecordingBot};
-use switchboard_proto::v1::{
-    AnalyticsRecord, Channel, Direction, Envelope, PublishRequest, Text, envelope::Content,
-    ingest_client::IngestClient,
-};
+use switchboard_proto::v1::{AnalyticsRecord, Channel, PublishRequest};
 
 fn write_rules(path: &std::path::Path, text: &str, bump: u64) {
     std::fs::write(path, text).unwrap();
@@ -30,19 +27,11 @@ fn write_rules(path: &std::path::Path, text: &str, bump: u64) {
 }
 
 fn message(i: usize) -> PublishRequest {
-    PublishRequest {
-        envelope: Some(Envelope {
-            tenant_id: "acme".into(),
-            channel: Channel::Webchat as i32,
-            direction: Direction::Inbound as i32,
-            conversation_id: format!("conv-{}", i % 20),
-            content: Some(Content::Text(Text {
-                body: format!("please help #{i}"),
-            })),
-            ..Default::default()
-        }),
-        sequence: 0,
-    }
+    testkit::publish_request(testkit::inbound_text(
+        Channel::Webchat,
+        format!("conv-{}", i % 20),
+        format!("please help #{i}"),
+    ))
 }
 
 /// Rule ids of every analytics record, by message id.
@@ -85,9 +74,7 @@ async fn rules_reload_while_traffic_flows_and_bad_files_are_refused() {
     let pipeline = Pipeline::start(&config, RecordingBot::default())
         .await
         .unwrap();
-    let client = IngestClient::connect(format!("http://{}", pipeline.grpc_addr))
-        .await
-        .unwrap();
+    let client = pipeline.client().await.unwrap();
 
     // Traffic flows the whole time.
     let stop = Arc::new(AtomicBool::new(false));

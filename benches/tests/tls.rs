@@ -12,10 +12,7 @@ use switchboard_broker::{
     shutdown::Shutdown,
     testkit,
 };
-use switchboard_proto::v1::{
-    Channel, Direction, Envelope, PublishRequest, Text, envelope::Content,
-    ingest_client::IngestClient,
-};
+use switchboard_proto::v1::{Channel, PublishRequest, ingest_client::IngestClient};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 struct Pki {
@@ -44,19 +41,7 @@ fn pki() -> Pki {
 }
 
 fn request() -> PublishRequest {
-    PublishRequest {
-        envelope: Some(Envelope {
-            tenant_id: "acme".into(),
-            channel: Channel::Webchat as i32,
-            direction: Direction::Inbound as i32,
-            conversation_id: "tls".into(),
-            content: Some(Content::Text(Text {
-                body: "over TLS".into(),
-            })),
-            ..Default::default()
-        }),
-        sequence: 0,
-    }
+    testkit::publish_request(testkit::inbound_text(Channel::Webchat, "tls", "over TLS"))
 }
 
 async fn publish(endpoint: Endpoint) -> Result<(), String> {

@@ -12,10 +12,7 @@ use switchboard_broker::{
     testkit::{self, RecordingBot},
     trace::{TRACEPARENT, TraceParent},
 };
-use switchboard_proto::v1::{
-    Channel, Direction, Envelope, PublishRequest, Text, envelope::Content,
-    ingest_client::IngestClient,
-};
+use switchboard_proto::v1::{Channel, PublishRequest};
 
 fn header(record: &rdkafka::message::OwnedMessage) -> TraceParent {
     let value = record
@@ -44,24 +41,13 @@ async fn traceparent_crosses_kafka_to_the_bot() {
     let caller =
         TraceParent::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
     let mut request = tonic::Request::new(PublishRequest {
-        envelope: Some(Envelope {
-            tenant_id: "acme".into(),
-            channel: Channel::Sms as i32,
-            direction: Direction::Inbound as i32,
-            conversation_id: "traced".into(),
-            content: Some(Content::Text(Text {
-                body: "follow me".into(),
-            })),
-            ..Default::default()
-        }),
+        envelope: Some(testkit::inbound_text(Channel::Sms, "traced", "follow me")),
         sequence: 0,
     });
     request
         .metadata_mut()
         .insert(TRACEPARENT, caller.to_string().parse().unwrap());
-    let mut client = IngestClient::connect(format!("http://{}", pipeline.grpc_addr))
-        .await
-        .unwrap();
+    let mut client = pipeline.client().await.unwrap();
     client.publish(request).await.unwrap();
 
     // The node's span, in the Kafka record's headers.

@@ -16,7 +16,8 @@ use rdkafka::{
     message::OwnedMessage,
 };
 use switchboard_proto::v1::{
-    BotRequest, BotResponse, Envelope, bot_server::Bot, envelope::Content,
+    BotRequest, BotResponse, Channel, Direction, Envelope, PublishRequest, Text, bot_server::Bot,
+    envelope::Content,
 };
 
 use crate::kafka::KafkaConfig;
@@ -29,6 +30,38 @@ pub fn real_kafka() -> String {
              or start one with `deploy/kafka/start.sh` and export SWITCHBOARD_TEST_KAFKA=127.0.0.1:9092"
         )
     })
+}
+
+/// An inbound text message of tenant `acme` in `conversation` on `channel`.
+pub fn inbound_text(
+    channel: Channel,
+    conversation: impl Into<String>,
+    body: impl Into<String>,
+) -> Envelope {
+    Envelope {
+        tenant_id: "acme".into(),
+        channel: channel as i32,
+        direction: Direction::Inbound as i32,
+        conversation_id: conversation.into(),
+        content: Some(Content::Text(Text { body: body.into() })),
+        ..Default::default()
+    }
+}
+
+/// `envelope` as a `Publish` request.
+pub fn publish_request(envelope: Envelope) -> PublishRequest {
+    PublishRequest {
+        envelope: Some(envelope),
+        sequence: 0,
+    }
+}
+
+/// The body of a text envelope; empty for other content.
+pub fn text_of(envelope: &Envelope) -> &str {
+    match &envelope.content {
+        Some(Content::Text(t)) => &t.body,
+        _ => "",
+    }
 }
 
 /// A topic name that no other run uses.

@@ -136,11 +136,7 @@ impl Queues {
     async fn task(&self, queue: &str, conversation: &str, skills: &str) {
         let mut envelope = Envelope {
             message_id: uuid::Uuid::now_v7().to_string(),
-            tenant_id: "acme".into(),
-            channel: Channel::Whatsapp as i32,
-            conversation_id: conversation.into(),
-            content: Some(Content::Text(Default::default())),
-            ..Default::default()
+            ..testkit::inbound_text(Channel::Whatsapp, conversation, "")
         };
         if !skills.is_empty() {
             envelope.attributes.insert("skills".into(), skills.into());

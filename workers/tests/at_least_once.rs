@@ -15,7 +15,7 @@ use switchboard_broker::trace::TraceParent;
 use switchboard_broker::{
     config::BrokerConfig, publisher::Publisher, testkit, testkit::RecordingBot,
 };
-use switchboard_proto::v1::{Channel, Direction, Envelope, Text, envelope::Content};
+use switchboard_proto::v1::{Channel, Envelope};
 use switchboard_workers::destinations::bot::echo;
 use tokio::{net::TcpListener, process::Child};
 
@@ -67,14 +67,11 @@ async fn killed_worker_loses_nothing() {
     for i in 0..MESSAGES {
         let envelope = Envelope {
             message_id: format!("m-{i}"),
-            tenant_id: "acme".into(),
-            channel: Channel::Sms as i32,
-            direction: Direction::Inbound as i32,
-            conversation_id: format!("conv-{}", i % CONVERSATIONS),
-            content: Some(Content::Text(Text {
-                body: format!("message {i}"),
-            })),
-            ..Default::default()
+            ..testkit::inbound_text(
+                Channel::Sms,
+                format!("conv-{}", i % CONVERSATIONS),
+                format!("message {i}"),
+            )
         };
         pending.push(
             publisher
