@@ -52,15 +52,6 @@ pub fn read_partition(
     Ok(())
 }
 
-/// The number of partitions of `topic`. Blocking.
-pub fn partition_count(kafka: &KafkaConfig, topic: &str) -> KafkaResult<i32> {
-    let metadata = reader(kafka)?.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    Ok(metadata
-        .topics()
-        .first()
-        .map_or(0, |t| t.partitions().len() as i32))
-}
-
 fn reader(kafka: &KafkaConfig) -> KafkaResult<BaseConsumer> {
     kafka
         .client_config(&[

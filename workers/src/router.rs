@@ -333,7 +333,7 @@ impl Router {
                 .await?;
         } else {
             let decision = rules.decide(&envelope, human_owned);
-            if decision.rule_id == "default" {
+            if !decision.matched {
                 route.reason = "no rule matched".to_owned();
                 self.metrics.matched_default.increment(1);
             } else {
@@ -351,12 +351,11 @@ impl Router {
                             "; human-owned, so agent queue {} instead of bot {bot}",
                             state.queue
                         ));
-                        targets.push(DestinationSpec::Agent(state.queue.clone()));
+                        push_new(&mut targets, DestinationSpec::Agent(state.queue.clone()));
                     }
-                    spec => targets.push(spec.clone()),
+                    spec => push_new(&mut targets, spec.clone()),
                 }
             }
-            targets.dedup();
         }
         route.destinations = targets.iter().map(to_proto).collect();
         let deliveries = targets
@@ -378,6 +377,9 @@ impl Router {
             changed = true;
             self.metrics.handoffs.increment(1);
             let spec = DestinationSpec::Agent(queue);
+            if targets.contains(&spec) {
+                continue; // the rule already sent it to that queue
+            }
             route.destinations.push(to_proto(&spec));
             let outcome = self
                 .deliver(&spec, &envelope, &route, &state, &source.trace, stop)
@@ -402,30 +404,40 @@ impl Router {
         changed |= effects::remember(&mut state, &envelope, self.recent_message_ids);
         if changed {
             effects::touch(&mut state);
-            self.retrying(Kind::State, 0, stop, || {
-                self.outputs.state(&key, &state, &source.trace)
-            })
-            .await?
-            .map_err(|_| Interrupted)?;
         }
-        if let Some(received) = envelope
+        let received = envelope
             .received_at
             .as_ref()
-            .and_then(switchboard_proto::system_time)
-        {
-            self.metrics
-                .end_to_end
-                .record(received.elapsed().unwrap_or_default().as_secs_f64());
-        }
+            .and_then(switchboard_proto::system_time);
         let record = AnalyticsRecord {
             envelope: Some(envelope),
             decision: Some(route),
         };
-        self.retrying(Kind::Analytics, 0, stop, || {
-            self.outputs.analytics(&key, &record, &source.trace)
-        })
-        .await?
-        .map_err(|_| Interrupted)?;
+        // The state and analytics writes are independent: both must land
+        // before the offset is stored, neither waits for the other.
+        let write_state = async {
+            if !changed {
+                return Ok(());
+            }
+            self.retrying(Kind::State, 0, stop, || {
+                self.outputs.state(&key, &state, &source.trace)
+            })
+            .await?
+            .map_err(|_| Interrupted)
+        };
+        let write_analytics = async {
+            self.retrying(Kind::Analytics, 0, stop, || {
+                self.outputs.analytics(&key, &record, &source.trace)
+            })
+            .await?
+            .map_err(|_| Interrupted)
+        };
+        futures::try_join!(write_state, write_analytics)?;
+        if let Some(received) = received {
+            self.metrics
+                .end_to_end
+                .record(received.elapsed().unwrap_or_default().as_secs_f64());
+        }
         Ok((record.decision.expect("set above"), state))
     }
 
@@ -699,6 +711,14 @@ fn control_reason(control: &ConversationControl, state: &ConversationState) -> S
     }
 }
 
+/// Adds `spec` to `targets` unless it is there already: a message reaches
+/// each destination once.
+fn push_new(targets: &mut Vec<DestinationSpec>, spec: DestinationSpec) {
+    if !targets.contains(&spec) {
+        targets.push(spec);
+    }
+}
+
 fn to_proto(spec: &DestinationSpec) -> Destination {
     Destination {
         kind: Some(match spec {
@@ -707,5 +727,21 @@ fn to_proto(spec: &DestinationSpec) -> Destination {
             DestinationSpec::Analytics => destination::Kind::Analytics(true),
             DestinationSpec::Outbound => destination::Kind::Outbound(true),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_destination_named_twice_is_delivered_once() {
+        let mut targets = Vec::new();
+        let queue = || DestinationSpec::Agent("support".into());
+        // A human-owned bot destination becomes the queue the rule names too.
+        for spec in [queue(), DestinationSpec::Analytics, queue()] {
+            push_new(&mut targets, spec);
+        }
+        assert_eq!(targets, [queue(), DestinationSpec::Analytics]);
     }
 }

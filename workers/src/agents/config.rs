@@ -106,17 +106,6 @@ pub enum Policy {
     RoundRobin,
 }
 
-impl Policy {
-    /// The metric label.
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::LeastBusy => "least_busy",
-            Self::LongestIdle => "longest_idle",
-            Self::RoundRobin => "round_robin",
-        }
-    }
-}
-
 /// One queue's assignment policy.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -153,7 +153,7 @@ impl Desk {
         let mut view = DeskView::default();
         let topic = &self.assignments_topic;
         let mut events = Vec::new();
-        for p in 0..crate::compacted::partition_count(&self.kafka, topic)? {
+        for p in 0..self.kafka.partition_count(topic)? as i32 {
             crate::compacted::read_partition(&self.kafka, topic, p, |_, value| {
                 if let Some(Ok(event)) = value.map(AssignmentEvent::decode) {
                     events.push(event);

@@ -209,8 +209,8 @@ impl QueueBook {
             .is_none_or(|c| jiff::Timestamp::from_millisecond(now).is_ok_and(|at| c.is_open(at)))
     }
 
-    fn on_task(&mut self, task: AgentTask, now: i64) {
-        let Some(envelope) = task.envelope.clone() else {
+    fn on_task(&mut self, mut task: AgentTask, now: i64) {
+        let Some(envelope) = task.envelope.take() else {
             tracing::warn!(queue = %self.snapshot.queue, "agent task without an envelope ignored");
             return;
         };
@@ -251,7 +251,11 @@ impl QueueBook {
             self.snapshot.outbox.push(QueueOutput {
                 output: Some(Output::Moved(QueueEvent {
                     queue: queue.clone(),
-                    event: Some(queue_event::Event::Task(AgentTask { queue, ..task })),
+                    event: Some(queue_event::Event::Task(AgentTask {
+                        queue,
+                        envelope: Some(envelope),
+                        ..task
+                    })),
                 })),
             });
             return;
@@ -259,6 +263,7 @@ impl QueueBook {
         if self.snapshot.waiting.len() >= self.config().max_waiting {
             tracing::warn!(queue = %self.snapshot.queue, "queue full: task sent to the dead-letter topic");
             self.metrics.refused.increment(1);
+            task.envelope = Some(envelope);
             self.snapshot.outbox.push(QueueOutput {
                 output: Some(Output::Refused(task)),
             });

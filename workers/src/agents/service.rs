@@ -413,7 +413,7 @@ fn read_snapshots(
     partitions: &HashSet<i32>,
 ) -> anyhow::Result<Vec<QueueSnapshot>> {
     let mut latest: HashMap<String, QueueSnapshot> = HashMap::new();
-    for p in 0..crate::compacted::partition_count(kafka, topic)? {
+    for p in 0..kafka.partition_count(topic)? as i32 {
         crate::compacted::read_partition(kafka, topic, p, |key, value| {
             match value.map(QueueSnapshot::decode) {
                 Some(Ok(snapshot)) => {

@@ -22,6 +22,7 @@ struct Queue {
     assigned: Vec<(String, String, AssignmentOutcome)>,
     unassigned: Vec<(String, String, UnassignReason)>,
     moved: Vec<(String, String)>,
+    refused: Vec<String>,
     controls: usize,
 }
 
@@ -41,6 +42,7 @@ fn queue(config: QueueConfig) -> Queue {
         assigned: Vec::new(),
         unassigned: Vec::new(),
         moved: Vec::new(),
+        refused: Vec::new(),
         controls: 0,
     }
 }
@@ -80,7 +82,7 @@ impl Queue {
                     self.moved.push((key, m.queue));
                 }
                 Output::Control(_) => self.controls += 1,
-                Output::Refused(_) => {}
+                Output::Refused(t) => self.refused.push(t.envelope.unwrap().conversation_key()),
             }
         }
     }
@@ -361,4 +363,22 @@ fn replayed_events_are_skipped_and_later_messages_follow_the_agent() {
     assert_eq!(outbox_before, 1, "no second assignment for c1");
     let held = &q.book.snapshot.held[0];
     assert_eq!(held.conversation.as_ref().unwrap().messages.len(), 2);
+}
+
+#[test]
+fn a_full_queue_refuses_new_conversations_with_their_message() {
+    let mut q = queue(QueueConfig {
+        max_waiting: 2,
+        ..QueueConfig::default()
+    });
+    for c in ["c1", "c2", "c3"] {
+        q.task(c, "", S);
+    }
+    assert_eq!(q.refused, [key("c3")], "dead-lettered with its envelope");
+    q.task("c1", "", 2 * S);
+    assert_eq!(
+        q.refused.len(),
+        1,
+        "a waiting conversation's next message is kept"
+    );
 }

@@ -185,8 +185,11 @@ pub enum RulesError {
 /// What routing decided for one message.
 #[derive(Debug, Clone, Copy)]
 pub struct Decision<'a> {
-    /// The id of the rule that matched, or `default`.
+    /// The id of the rule that matched, or `default` (`outbound` for an
+    /// outbound message) when none did.
     pub rule_id: &'a str,
+    /// Whether a rule matched.
+    pub matched: bool,
     /// Where the message goes.
     pub destinations: &'a [DestinationSpec],
 }
@@ -384,16 +387,19 @@ impl RuleSet {
             .find(|c| (c.direction == Some(Direction::Outbound)) == outbound && c.matches(&message))
             .map(|c| Decision {
                 rule_id: &c.rule.id,
+                matched: true,
                 destinations: &c.rule.destinations,
             })
             .unwrap_or(if outbound {
                 Decision {
                     rule_id: "outbound",
+                    matched: false,
                     destinations: &[],
                 }
             } else {
                 Decision {
                     rule_id: "default",
+                    matched: false,
                     destinations: &self.default,
                 }
             })

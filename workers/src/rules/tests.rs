@@ -41,7 +41,7 @@ fn text(tenant: &str, channel: Channel, body: &str) -> Envelope {
 fn first_matching_rule_wins_and_default_catches_the_rest() {
     let rules = RuleSet::parse(RULES, &bots()).unwrap();
     let d = rules.decide(&text("acme", Channel::Whatsapp, "well HELLO you"), false);
-    assert_eq!(d.rule_id, "acme-greetings");
+    assert_eq!((d.rule_id, d.matched), ("acme-greetings", true));
     assert_eq!(d.destinations, [DestinationSpec::Bot("echo".into())]);
 
     // Outbound messages match only outbound rules, and never the default.
@@ -53,8 +53,9 @@ fn first_matching_rule_wins_and_default_catches_the_rest() {
         false,
     );
     assert_eq!(
-        (outbound.rule_id, outbound.destinations),
-        ("outbound", &[][..])
+        (outbound.rule_id, outbound.matched, outbound.destinations),
+        ("outbound", false, &[][..]),
+        "no rule matched: counted as such, not as a rule"
     );
 
     // Wrong tenant, wrong channel, no keyword: all fall through to the default.

@@ -29,13 +29,8 @@ impl PartitionStates {
     }
 
     /// Conversations cached.
-    pub fn len(&self) -> usize {
+    fn len(&self) -> usize {
         self.states.len()
-    }
-
-    /// Whether none are cached.
-    pub fn is_empty(&self) -> bool {
-        self.states.is_empty()
     }
 
     /// Reads partition `partition` of the state topic from its start to its
