@@ -5,12 +5,13 @@
 //!   (`switchboard-embedded`) and the end-to-end tests use it.
 //! - [`embedded`]: the same pipeline on librdkafka's in-memory mock
 //!   cluster, for a first run with nothing installed.
-//! - [`loadgen`]: builds conversation workloads and publishes them through
-//!   `Publish` or `PublishStream`, keeping each conversation in order. The
-//!   load generator (`switchboard-bench`) and the tests use it.
+//! - [`loadgen`]: the load generator's engine: conversation workloads sent
+//!   through `Publish`, `PublishStream` or `IngestWebhook` (or straight to
+//!   Kafka, as the limit), in open or closed loop, measured with HDR
+//!   histograms, optionally end to end, reported as JSON, Markdown and PNG.
 //! - [`scenarios`]: benchmark scenarios on a real Kafka, each comparing
 //!   Switchboard with its practical limit (raw librdkafka, a
-//!   partition-serial consumer) within one run.
+//!   partition-serial consumer, Kafka's own latency) within one run.
 //!
 //! Binaries: `switchboard-embedded` (the in-memory demo) and
 //! `switchboard-bench` (the load generator).

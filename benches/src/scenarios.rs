@@ -10,32 +10,36 @@
 //! - [`slow_destination`]: a 20 ms bot behind key-level concurrent routing
 //!   against a partition-serial consumer (one message at a time per
 //!   partition), with order violations counted.
+//! - [`latency`]: end-to-end latency (publish → analytics record) at fixed
+//!   open-loop rates, against Kafka's own produce → consume latency at the
+//!   same rates.
+//! - [`overload`]: twice the sustainable rate on an ingestion node: memory,
+//!   refusals by status code, and recovery afterwards.
 //!
 //! Every scenario uses topics of its own and deletes nothing: run it on a
 //! scratch Kafka (`deploy/kafka/start.sh`).
 
 use std::{
-    collections::HashMap,
-    sync::Arc,
+    collections::{BTreeMap, HashMap},
     time::{Duration, Instant},
 };
 
-use futures::{StreamExt, stream::FuturesUnordered};
 use prost::Message as _;
 use rdkafka::{
     Message as _,
     consumer::{Consumer, StreamConsumer},
-    producer::{FutureProducer, FutureRecord},
 };
 use serde::Serialize;
 use switchboard_broker::{
     config::BrokerConfig, kafka::KafkaConfig, server::Broker, shutdown::Shutdown,
     testkit::RecordingBot,
 };
-use switchboard_proto::v1::{Channel, Envelope, ingest_client::IngestClient};
+use switchboard_proto::v1::{Channel, Envelope};
 
 use crate::{
-    loadgen::{self, Mode, Progress, RunOptions},
+    loadgen::{
+        self, ChannelArg, LoadOptions, Rpc, SinkSpec, Target, report::LoadReport, sink::SinkFormat,
+    },
     pipeline::{Pipeline, PipelineConfig},
 };
 
@@ -53,7 +57,7 @@ pub struct Variant {
     /// This rate over the scenario's baseline (its first variant).
     pub ratio_to_baseline: f64,
     /// Anything else the variant measured (latency percentiles, violations).
-    pub details: HashMap<String, f64>,
+    pub details: BTreeMap<String, f64>,
 }
 
 /// A scenario's result.
@@ -65,6 +69,9 @@ pub struct ScenarioReport {
     pub parameters: HashMap<String, String>,
     /// The baseline first.
     pub variants: Vec<Variant>,
+    /// The load generator's full reports (with per-second timelines), by
+    /// variant name.
+    pub runs: BTreeMap<String, LoadReport<LoadOptions>>,
 }
 
 impl ScenarioReport {
@@ -76,7 +83,73 @@ impl ScenarioReport {
                 .map(|(k, v)| ((*k).to_owned(), v.clone()))
                 .collect(),
             variants: Vec::new(),
+            runs: BTreeMap::new(),
         }
+    }
+
+    /// Adds a load-generator run as a variant: its acknowledged messages
+    /// and time, its latency and errors, and end-to-end figures if a sink
+    /// watched. `extra` adds details of the scenario's own.
+    fn push_run(&mut self, name: &str, run: LoadReport<LoadOptions>, extra: &[(&str, f64)]) {
+        let mut details = vec![
+            ("p50_ms", run.latency_ms.p50),
+            ("p99_ms", run.latency_ms.p99),
+            ("p99.9_ms", run.latency_ms.p99_9),
+            ("errors", run.errors.values().sum::<u64>() as f64),
+        ];
+        if let Some(e2e) = &run.end_to_end {
+            details.extend([
+                ("e2e_p50_ms", e2e.latency_ms.p50),
+                ("e2e_p99_ms", e2e.latency_ms.p99),
+                ("e2e_p99.9_ms", e2e.latency_ms.p99_9),
+                ("lost", e2e.lost as f64),
+                ("order_violations", e2e.order_violations as f64),
+            ]);
+        }
+        if let Some(rss) = run.max_rss_mib {
+            details.push(("max_rss_mib", rss));
+        }
+        details.extend_from_slice(extra);
+        self.push(
+            name,
+            run.acked as usize,
+            Duration::from_secs_f64(run.elapsed_seconds),
+            &details,
+        );
+        self.runs.insert(name.to_owned(), run);
+    }
+
+    /// Writes a PNG of every run into `dir`, named after the scenario and
+    /// the variant.
+    pub fn plot(&self, dir: &std::path::Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
+        std::fs::create_dir_all(dir)?;
+        let slug = |s: &str| {
+            s.chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() {
+                        c.to_ascii_lowercase()
+                    } else {
+                        '-'
+                    }
+                })
+                .collect::<String>()
+                .split('-')
+                .filter(|p| !p.is_empty())
+                .collect::<Vec<_>>()
+                .join("-")
+        };
+        let mut written = Vec::new();
+        for (name, run) in &self.runs {
+            let path = dir.join(format!("{}--{}.png", slug(&self.scenario), slug(name)));
+            crate::loadgen::plot::write_png(
+                run,
+                &format!("{}: {name}", self.scenario),
+                &path,
+                (1000, 700),
+            )?;
+            written.push(path);
+        }
+        Ok(written)
     }
 
     fn push(&mut self, name: &str, messages: usize, elapsed: Duration, details: &[(&str, f64)]) {
@@ -96,15 +169,30 @@ impl ScenarioReport {
 
     /// A Markdown table of the variants.
     pub fn markdown(&self) -> String {
+        let keys: std::collections::BTreeSet<&String> = self
+            .variants
+            .iter()
+            .flat_map(|v| v.details.keys())
+            .collect();
         let mut out = format!(
-            "### {}\n\n| variant | messages | seconds | msg/s | × baseline |\n|---|---:|---:|---:|---:|\n",
-            self.scenario
+            "### {}\n\n| variant | messages | seconds | msg/s | × baseline |{}\n|---|---:|---:|---:|---:|{}\n",
+            self.scenario,
+            keys.iter().map(|k| format!(" {k} |")).collect::<String>(),
+            "---:|".repeat(keys.len()),
         );
         for v in &self.variants {
             out.push_str(&format!(
-                "| {} | {} | {:.2} | {:.0} | {:.2} |\n",
+                "| {} | {} | {:.2} | {:.0} | {:.2} |",
                 v.name, v.messages, v.seconds, v.rate_per_second, v.ratio_to_baseline
             ));
+            for k in &keys {
+                match v.details.get(*k) {
+                    Some(x) if x.fract() == 0.0 => out.push_str(&format!(" {x} |")),
+                    Some(x) => out.push_str(&format!(" {x:.2} |")),
+                    None => out.push_str(" |"),
+                }
+            }
+            out.push('\n');
         }
         out
     }
@@ -139,15 +227,82 @@ async fn wait_until(
     Ok(())
 }
 
-/// Ingest: the raw producer, then `PublishStream`, then unary `Publish`.
+/// Load options for a scenario run: `conversations` conversations of
+/// `payload_bytes`-byte texts, one tenant, web chat; the caller sets the
+/// pace and the length.
+fn load(rpc: Rpc, conversations: u64, payload_bytes: usize) -> LoadOptions {
+    LoadOptions {
+        rpc,
+        rate: None,
+        concurrency: 64,
+        connections: 4,
+        conversations,
+        tenants: 1,
+        tenant: "bench".into(),
+        channel: ChannelArg::Webchat,
+        payload_bytes,
+        messages: None,
+        duration: None,
+        max_in_flight: 50_000,
+        drain_timeout: Duration::from_secs(60),
+    }
+}
+
+/// An ingestion node in this process, on `topic`.
+struct Node {
+    address: String,
+    shutdown: Shutdown,
+    serving: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Node {
+    async fn start(kafka: &KafkaConfig, topic: &str, max_in_flight: usize) -> anyhow::Result<Self> {
+        let broker = Broker::bind(BrokerConfig {
+            grpc_addr: ([127, 0, 0, 1], 0).into(),
+            metrics_addr: None,
+            kafka: kafka.clone(),
+            messages_topic: topic.to_owned(),
+            max_in_flight,
+            ..BrokerConfig::default()
+        })
+        .await?;
+        let address = format!("http://{}", broker.local_addr());
+        let shutdown = Shutdown::new();
+        let serving = tokio::spawn(broker.serve(shutdown.clone()));
+        Ok(Self {
+            address,
+            shutdown,
+            serving,
+        })
+    }
+
+    async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.serving.await?
+    }
+}
+
+/// The raw producer, configured like the ingestion node's (acks, idempotence,
+/// compression, partitioner and linger), on a fresh topic.
+async fn raw_target(kafka: &KafkaConfig, name: &str) -> anyhow::Result<Target> {
+    let topic = format!("bench.{name}.{}", uuid::Uuid::now_v7().simple());
+    kafka.ensure_topics(&[&topic]).await?;
+    let linger = BrokerConfig::default().linger.as_millis().to_string();
+    let producer = kafka.producer_config(&[("linger.ms", &linger)]).create()?;
+    Ok(Target::Kafka { producer, topic })
+}
+
+/// Ingest: the raw producer, then `PublishStream`, then unary `Publish`
+/// (closed loop, `messages` each), then unary `Publish` in open loop at
+/// `unary_rate` for `unary_duration`.
 pub async fn ingest(
     kafka: &KafkaConfig,
-    messages: usize,
+    messages: u64,
     body_bytes: usize,
+    unary_rate: f64,
+    unary_duration: Duration,
 ) -> anyhow::Result<ScenarioReport> {
     let conversations = (messages / 10).max(1);
-    let envelopes = workload(conversations, messages.div_ceil(conversations), body_bytes);
-    let envelopes = &envelopes[..messages];
     let mut report = ScenarioReport::new(
         "ingest vs the raw producer",
         &[
@@ -157,85 +312,50 @@ pub async fn ingest(
             ("partitions", kafka.topic_partitions.to_string()),
         ],
     );
+    let counted = |rpc, concurrency| LoadOptions {
+        messages: Some(messages),
+        concurrency,
+        ..load(rpc, conversations, body_bytes)
+    };
 
     // The limit: librdkafka with the node's producer settings, same records.
-    let raw_topic = format!("bench.ingest-raw.{}", uuid::Uuid::now_v7().simple());
-    kafka.ensure_topics(&[&raw_topic]).await?;
-    let producer: FutureProducer = kafka.producer_config(&[("linger.ms", "5")]).create()?;
-    let records: Vec<(String, Vec<u8>)> = envelopes
-        .iter()
-        .map(|e| {
-            let mut e = e.clone();
-            e.message_id = uuid::Uuid::now_v7().to_string();
-            (e.conversation_key(), e.encode_to_vec())
-        })
-        .collect();
-    let started = Instant::now();
-    let mut pending = FuturesUnordered::new();
-    for (key, value) in &records {
-        pending.push(producer.send(
-            FutureRecord::to(&raw_topic).key(key).payload(value),
-            Duration::from_secs(60),
-        ));
-        while pending.len() >= 10_000 {
-            if let Some(Err((e, _))) = pending.next().await {
-                anyhow::bail!("raw producer: {e}");
-            }
-        }
-    }
-    while let Some(result) = pending.next().await {
-        if let Err((e, _)) = result {
-            anyhow::bail!("raw producer: {e}");
-        }
-    }
-    report.push("raw rdkafka producer", messages, started.elapsed(), &[]);
+    let raw = loadgen::run(
+        raw_target(kafka, "ingest-raw").await?,
+        counted(Rpc::Kafka, 10_000),
+        None,
+    )
+    .await?;
+    report.push_run("raw rdkafka producer", raw, &[]);
 
-    for (name, mode) in [
-        ("PublishStream", Mode::Stream),
-        ("unary Publish, 64 at once", Mode::Unary),
+    let topic = format!("bench.ingest.{}", uuid::Uuid::now_v7().simple());
+    kafka.ensure_topics(&[&topic]).await?;
+    let node = Node::start(kafka, &topic, 50_000).await?;
+    for (name, rpc, concurrency) in [
+        ("PublishStream, 4 streams", Rpc::Stream, 10_000),
+        ("unary Publish, 64 in flight", Rpc::Unary, 64),
     ] {
-        let topic = format!("bench.ingest.{}", uuid::Uuid::now_v7().simple());
-        kafka.ensure_topics(&[&topic]).await?;
-        let broker = Broker::bind(BrokerConfig {
-            grpc_addr: ([127, 0, 0, 1], 0).into(),
-            metrics_addr: None,
-            kafka: kafka.clone(),
-            messages_topic: topic,
-            ack_timeout: Duration::from_secs(30),
-            max_in_flight: 50_000,
-            ..BrokerConfig::default()
-        })
-        .await?;
-        let addr = broker.local_addr();
-        let shutdown = Shutdown::new();
-        let serving = tokio::spawn(broker.serve(shutdown.clone()));
-        let client = IngestClient::connect(format!("http://{addr}")).await?;
-        let run = loadgen::run(
-            client,
-            RunOptions {
-                mode,
-                messages,
-                conversations,
-                concurrency: 64,
-                tenant: "bench".into(),
-                channel: Channel::Webchat,
-            },
-            Arc::new(Progress::default()),
-        )
-        .await;
-        shutdown.cancel();
-        serving.await??;
-        anyhow::ensure!(run.failed.is_empty(), "{name}: failures {:?}", run.failed);
-        report.push(
-            name,
-            messages,
-            Duration::from_secs_f64(run.elapsed_seconds),
-            &[
-                ("latency_p50_ms", run.latency_ms["p50"]),
-                ("latency_p99_ms", run.latency_ms["p99"]),
-            ],
-        );
+        let target = Target::connect(&node.address, 4).await?;
+        let run = loadgen::run(target, counted(rpc, concurrency), None).await?;
+        anyhow::ensure!(run.errors.is_empty(), "{name}: errors {:?}", run.errors);
+        report.push_run(name, run, &[]);
     }
+    let target = Target::connect(&node.address, 4).await?;
+    let run = loadgen::run(
+        target,
+        LoadOptions {
+            rate: Some(unary_rate),
+            duration: Some(unary_duration),
+            ..load(Rpc::Unary, conversations, body_bytes)
+        },
+        None,
+    )
+    .await?;
+    report.push_run(
+        &format!("unary Publish, open loop at {unary_rate}/s"),
+        run,
+        &[],
+    );
+    node.stop().await?;
     Ok(report)
 }
 
@@ -390,5 +510,156 @@ pub async fn slow_destination(
             &[("order_violations", violations as f64)],
         );
     }
+    Ok(report)
+}
+
+/// Latency at load: for each rate, Kafka alone (the raw producer to a topic
+/// and a consumer of it, open loop) and then Switchboard (`rpc` to an
+/// ingestion node, a routing worker, the analytics topic), each for
+/// `duration`, after an unreported warm-up of both. Latency runs from the
+/// intended send time to the arrival.
+pub async fn latency(
+    kafka: &KafkaConfig,
+    rates: &[f64],
+    duration: Duration,
+    rpc: Rpc,
+    conversations: u64,
+) -> anyhow::Result<ScenarioReport> {
+    let mut report = ScenarioReport::new(
+        "end-to-end latency at load",
+        &[
+            ("rates", format!("{rates:?}")),
+            ("duration", format!("{duration:?}")),
+            ("rpc", format!("{rpc:?}")),
+            ("conversations", conversations.to_string()),
+            ("partitions", kafka.topic_partitions.to_string()),
+            ("destination", "analytics (a Kafka topic)".into()),
+        ],
+    );
+    let config = PipelineConfig::isolated(kafka.clone(), "bench.latency");
+    config.create_topics().await?;
+    let pipeline = Pipeline::start(&config, RecordingBot::default()).await?;
+    let address = format!("http://{}", pipeline.grpc_addr);
+    let raw = raw_target(kafka, "latency-raw").await?;
+    let Target::Kafka {
+        topic: raw_topic, ..
+    } = &raw
+    else {
+        unreachable!("raw_target is Kafka")
+    };
+    let raw_sink = SinkSpec {
+        kafka: kafka.clone(),
+        topic: raw_topic.clone(),
+        format: SinkFormat::Envelope,
+    };
+    let analytics_sink = SinkSpec {
+        kafka: kafka.clone(),
+        topic: config.analytics_topic.clone(),
+        format: SinkFormat::Analytics,
+    };
+    // Warm up both paths (connections, the JVM, caches) at the first rate;
+    // these runs are not reported.
+    let warm_up = LoadOptions {
+        rate: rates.first().copied(),
+        duration: Some(duration.min(Duration::from_secs(10))),
+        ..load(Rpc::Kafka, conversations, 200)
+    };
+    loadgen::run(raw.clone(), warm_up.clone(), None).await?;
+    loadgen::run(
+        Target::connect(&address, 4).await?,
+        LoadOptions { rpc, ..warm_up },
+        None,
+    )
+    .await?;
+    for &rate in rates {
+        let options = LoadOptions {
+            rate: Some(rate),
+            duration: Some(duration),
+            ..load(Rpc::Kafka, conversations, 200)
+        };
+        let alone = loadgen::run(raw.clone(), options.clone(), Some(raw_sink.clone())).await?;
+        let kafka_p99 = alone.end_to_end.as_ref().map_or(0.0, |e| e.latency_ms.p99);
+        report.push_run(&format!("Kafka alone at {rate}/s"), alone, &[]);
+        let run = loadgen::run(
+            Target::connect(&address, 4).await?,
+            LoadOptions { rpc, ..options },
+            Some(analytics_sink.clone()),
+        )
+        .await?;
+        let ratio = run
+            .end_to_end
+            .as_ref()
+            .map_or(0.0, |e| e.latency_ms.p99 / kafka_p99.max(1e-3));
+        report.push_run(
+            &format!("Switchboard at {rate}/s"),
+            run,
+            &[("e2e_p99_x_kafka", ratio)],
+        );
+    }
+    pipeline.stop().await?;
+    Ok(report)
+}
+
+/// Overload: an ingestion node with its default bounds. First the
+/// sustainable unary rate (closed loop, 256 in flight, for `probe`), then
+/// twice that in open loop for `duration`, then half of it for `recovery`.
+pub async fn overload(
+    kafka: &KafkaConfig,
+    probe: Duration,
+    duration: Duration,
+    recovery: Duration,
+    conversations: u64,
+) -> anyhow::Result<ScenarioReport> {
+    let max_in_flight = BrokerConfig::default().max_in_flight;
+    let mut report = ScenarioReport::new(
+        "overload: twice the sustainable rate",
+        &[
+            ("probe", format!("{probe:?}")),
+            ("duration", format!("{duration:?}")),
+            ("recovery", format!("{recovery:?}")),
+            ("conversations", conversations.to_string()),
+            ("node_max_in_flight", max_in_flight.to_string()),
+            ("partitions", kafka.topic_partitions.to_string()),
+        ],
+    );
+    let topic = format!("bench.overload.{}", uuid::Uuid::now_v7().simple());
+    kafka.ensure_topics(&[&topic]).await?;
+    let node = Node::start(kafka, &topic, max_in_flight).await?;
+    let base = load(Rpc::Unary, conversations, 200);
+    let run = loadgen::run(
+        Target::connect(&node.address, 4).await?,
+        LoadOptions {
+            concurrency: 256,
+            duration: Some(probe),
+            ..base.clone()
+        },
+        None,
+    )
+    .await?;
+    let sustainable = run.acked_rate.round().max(1.0);
+    report.push_run("closed loop, 256 in flight: the sustainable rate", run, &[]);
+    for (name, factor, length) in [
+        ("open loop at 2× sustainable", 2.0, duration),
+        ("open loop at 0.5× sustainable: recovery", 0.5, recovery),
+    ] {
+        let run = loadgen::run(
+            Target::connect(&node.address, 4).await?,
+            LoadOptions {
+                rate: Some(sustainable * factor),
+                duration: Some(length),
+                ..base.clone()
+            },
+            None,
+        )
+        .await?;
+        let refused = |code: &str| run.errors.get(code).copied().unwrap_or(0) as f64;
+        let extra = [
+            ("offered_per_second", run.offered_rate.round()),
+            ("resource_exhausted", refused("ResourceExhausted")),
+            ("unavailable", refused("Unavailable")),
+        ];
+        report.push_run(name, run, &extra);
+    }
+    node.stop().await?;
     Ok(report)
 }

@@ -41,51 +41,88 @@ async fn load_generator_drives_the_embedded_pipeline() {
         tonic_health::pb::health_check_response::ServingStatus::Serving
     );
 
-    let report = std::env::temp_dir().join(testkit::random_topic("bench-report"));
-    for mode in ["unary", "stream"] {
+    // The load generator, three ways, each watched end to end on the
+    // analytics topic: unary in closed loop, a stream in open loop, and
+    // webhooks of every channel.
+    let bootstrap = embedded.config.kafka.bootstrap_servers.clone();
+    let dir = std::env::temp_dir().join(testkit::random_topic("bench-report"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let runs: [(&str, &[&str]); 3] = [
+        ("unary", &["--messages", "200", "--concurrency", "16"]),
+        ("stream", &["--messages", "200", "--rate", "400"]),
+        ("webhook", &["--duration", "1s", "--rate", "100"]),
+    ];
+    for (rpc, pace) in runs {
+        let (json, markdown, plot) = (
+            dir.join(format!("{rpc}.json")),
+            dir.join(format!("{rpc}.md")),
+            dir.join(format!("{rpc}.png")),
+        );
         let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchboard-bench"))
-            .args([
-                "--target",
-                &target,
-                "--mode",
-                mode,
-                "--messages",
-                "200",
-                "--conversations",
-                "20",
-            ])
-            .args(["--max-duration", "60s", "--json"])
-            .arg(&report)
+            .args(["--target", &target, "--rpc", rpc, "--conversations", "20"])
+            .args(pace)
+            .args(["--sink-kafka", &bootstrap, "--sink-topic"])
+            .arg(&embedded.config.analytics_topic)
+            .arg("--json")
+            .arg(&json)
+            .arg("--markdown")
+            .arg(&markdown)
+            .arg("--plot")
+            .arg(&plot)
             .output()
             .await
             .unwrap();
         assert!(
             output.status.success(),
-            "{mode}: {}",
+            "{rpc}: {}",
             String::from_utf8_lossy(&output.stderr)
         );
-        let json: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
-        assert_eq!(json["acked"], 200, "{mode}: {json}");
-        assert_eq!(json["failed"], serde_json::json!({}), "{mode}");
-        assert!(json["latency_ms"]["p99"].as_f64().unwrap() > 0.0);
+        let report: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+        let sent = if rpc == "webhook" { 100 } else { 200 };
+        assert_eq!(report["sent"], sent, "{rpc}: {report}");
+        assert_eq!(report["acked"], sent, "{rpc}: {report}");
+        assert_eq!(report["errors"], serde_json::json!({}), "{rpc}");
+        assert!(report["latency_ms"]["p99"].as_f64().unwrap() > 0.0);
+        let e2e = &report["end_to_end"];
+        assert_eq!(e2e["received"], sent, "{rpc}: {e2e}");
+        assert_eq!(e2e["lost"], 0, "{rpc}: {e2e}");
+        assert_eq!(e2e["order_violations"], 0, "{rpc}: {e2e}");
+        assert!(e2e["latency_ms"]["p50"].as_f64().unwrap() > 0.0);
+        assert!(!report["timeline"].as_array().unwrap().is_empty());
+        let markdown = std::fs::read_to_string(&markdown).unwrap();
+        assert!(markdown.contains("| ingest → `"), "{markdown}");
+        let png = std::fs::read(&plot).unwrap();
+        assert!(png.starts_with(b"\x89PNG"), "{rpc}: not a PNG");
     }
-    let _ = std::fs::remove_file(report);
+    let _ = std::fs::remove_dir_all(dir);
 
-    // All 400 reach analytics through the workers.
-    let bootstrap = embedded.config.kafka.bootstrap_servers.clone();
+    // A run without an end, or with a bad option, is refused with a reason.
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchboard-bench"))
+        .args(["--target", &target, "--rate", "0", "--messages", "5"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("--rate must be above 0"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    // All 500 reach analytics through the workers.
     let topic = embedded.config.analytics_topic.clone();
     let records = tokio::task::spawn_blocking(move || {
         // Two workers: the second one's join rebalances, so messages in
-        // flight then may be routed twice (at least once). Wait for 400 distinct.
+        // flight then may be routed twice (at least once). Wait for 500 distinct.
         testkit::read_topic(&bootstrap, &topic, Duration::from_secs(60), |r| {
-            testkit::analytics_message_ids(r).len() >= 400
+            testkit::analytics_message_ids(r).len() >= 500
         })
     })
     .await
     .unwrap();
     let ids = testkit::analytics_message_ids(&records);
-    assert_eq!(ids.len(), 400);
+    assert_eq!(ids.len(), 500);
 
     // The echo bot's replies go back into the pipeline, on the channel's outbound topic.
     let bootstrap = embedded.config.kafka.bootstrap_servers.clone();
@@ -108,7 +145,7 @@ async fn load_generator_drives_the_embedded_pipeline() {
         assert_eq!(envelope.direction(), Direction::Outbound);
         assert_eq!(envelope.tenant_id, "demo");
         assert!(
-            matches!(&envelope.content, Some(Content::Text(t)) if t.body.starts_with("echo: hello"))
+            matches!(&envelope.content, Some(Content::Text(t)) if t.body.starts_with("echo: Hello"))
         );
         assert_eq!(reply.key().unwrap(), envelope.conversation_key().as_bytes());
     }

@@ -1,69 +1,91 @@
-//! `switchboard-bench`: the load generator.
+//! `switchboard-bench`: the load generator, and the benchmark scenarios.
 
-use std::{
-    sync::{Arc, atomic::Ordering},
-    time::{Duration, Instant},
-};
+use std::{path::PathBuf, time::Duration};
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use switchboard_benches::{
-    loadgen::{self, Mode, Progress, RunOptions},
-    scenarios,
+    loadgen::{self, LoadOptions, Rpc, SinkSpec, Target, plot, sink::SinkFormat},
+    scenarios::{self, ScenarioReport},
 };
-use switchboard_proto::v1::{Channel, ingest_client::IngestClient};
+use switchboard_broker::kafka::KafkaConfig;
 
-/// Publishes conversations to an ingestion node and reports throughput and
-/// latency. Each conversation's messages are published in order.
+/// Sends conversations to an ingestion node and reports throughput and
+/// latency (HDR percentiles, per second), optionally end to end. Each
+/// conversation's messages are sent in order.
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
-    /// Run a benchmark scenario on a real Kafka instead of publishing to a
-    /// running node.
+    /// Run a benchmark scenario on a real Kafka instead of loading a running
+    /// node.
     #[command(subcommand)]
     scenario: Option<Scenario>,
     /// The ingestion node.
     #[arg(long, default_value = "http://127.0.0.1:50051")]
     target: String,
-    /// How to publish.
-    #[arg(long, value_enum, default_value_t = CliMode::Unary)]
-    mode: CliMode,
-    /// Total messages to publish.
-    #[arg(long, default_value_t = 1_000)]
-    messages: usize,
-    /// Conversations to spread them over.
-    #[arg(long, default_value_t = 100)]
-    conversations: usize,
-    /// Conversations published at once (unary mode).
-    #[arg(long, default_value_t = 32)]
-    concurrency: usize,
-    /// Tenant id.
-    #[arg(long, default_value = "demo")]
-    tenant: String,
-    /// Channel: whatsapp, messenger, instagram, sms or webchat.
-    #[arg(long, default_value = "webchat")]
-    channel: String,
-    /// Give up after this long (e.g. 30s, 5m).
-    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
-    max_duration: Duration,
+    #[command(flatten)]
+    load: LoadOptions,
+    /// End to end: Kafka bootstrap servers of a destination topic to watch.
+    #[arg(long, requires = "sink_topic")]
+    sink_kafka: Option<String>,
+    /// End to end: the destination topic (e.g. switchboard.analytics).
+    #[arg(long, requires = "sink_kafka")]
+    sink_topic: Option<String>,
+    /// End to end: how the destination topic encodes envelopes.
+    #[arg(long, value_enum, default_value_t = SinkFormat::Analytics)]
+    sink_format: SinkFormat,
+    #[command(flatten)]
+    output: Output,
+}
+
+/// Where reports go, besides Markdown on standard output.
+#[derive(clap::Args, Debug)]
+struct Output {
     /// Also write the report as JSON to this file.
-    #[arg(long)]
-    json: Option<std::path::PathBuf>,
+    #[arg(long, global = true)]
+    json: Option<PathBuf>,
+    /// Also write the report as Markdown to this file.
+    #[arg(long, global = true)]
+    markdown: Option<PathBuf>,
+    /// Also plot latency percentiles and throughput over time as PNG: a
+    /// file for a load run, a directory for a scenario (one plot per run).
+    #[arg(long, global = true)]
+    plot: Option<PathBuf>,
+}
+
+impl Output {
+    fn write(&self, markdown: &str, json: &impl serde::Serialize) -> anyhow::Result<()> {
+        print!("{markdown}");
+        if let Some(path) = &self.markdown {
+            std::fs::write(path, markdown)?;
+        }
+        if let Some(path) = &self.json {
+            std::fs::write(path, serde_json::to_string_pretty(json)?)?;
+        }
+        Ok(())
+    }
 }
 
 /// Benchmark scenarios; each compares Switchboard with its practical limit
 /// in one run (benches/README.md).
 #[derive(Subcommand, Debug)]
 enum Scenario {
-    /// The raw rdkafka producer against PublishStream and unary Publish.
+    /// The raw rdkafka producer against PublishStream and unary Publish,
+    /// then unary Publish in open loop.
     Ingest {
         #[command(flatten)]
         common: ScenarioArgs,
-        /// Messages per variant.
+        /// Messages per closed-loop variant.
         #[arg(long, default_value_t = 100_000)]
-        messages: usize,
+        messages: u64,
         /// Text body size of each message, in bytes.
         #[arg(long, default_value_t = 300)]
         body_bytes: usize,
+        /// Rate of the open-loop unary variant, per second.
+        #[arg(long, default_value_t = 5_000.0)]
+        unary_rate: f64,
+        /// Length of the open-loop unary variant.
+        #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+        unary_duration: Duration,
     },
     /// The raw rdkafka consumer against workers routing to analytics.
     Routing {
@@ -87,6 +109,40 @@ enum Scenario {
         #[arg(long, default_value = "20ms", value_parser = humantime::parse_duration)]
         bot_delay: Duration,
     },
+    /// End-to-end latency at fixed open-loop rates, against Kafka alone.
+    Latency {
+        #[command(flatten)]
+        common: ScenarioArgs,
+        /// Rates, per second, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1000,5000,20000")]
+        rates: Vec<f64>,
+        /// Length of each run.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// How Switchboard's runs publish.
+        #[arg(long, value_enum, default_value_t = Rpc::Unary)]
+        rpc: Rpc,
+        /// Conversations.
+        #[arg(long, default_value_t = 10_000)]
+        conversations: u64,
+    },
+    /// Twice the sustainable rate on an ingestion node, then recovery.
+    Overload {
+        #[command(flatten)]
+        common: ScenarioArgs,
+        /// Length of the closed-loop run that finds the sustainable rate.
+        #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+        probe: Duration,
+        /// Length of the overload.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// Length of the recovery run at half the sustainable rate.
+        #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+        recovery: Duration,
+        /// Conversations.
+        #[arg(long, default_value_t = 10_000)]
+        conversations: u64,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -97,144 +153,121 @@ struct ScenarioArgs {
     /// Partitions of every topic the scenario creates.
     #[arg(long, default_value_t = 12)]
     partitions: i32,
-    /// Also write the report as JSON to this file.
-    #[arg(long)]
-    json: Option<std::path::PathBuf>,
 }
 
-async fn run_scenario(scenario: Scenario) -> anyhow::Result<()> {
+impl ScenarioArgs {
+    fn kafka(&self) -> KafkaConfig {
+        KafkaConfig {
+            bootstrap_servers: self.kafka.clone(),
+            topic_partitions: self.partitions,
+            ..Default::default()
+        }
+    }
+}
+
+async fn run_scenario(scenario: Scenario, output: &Output) -> anyhow::Result<()> {
     let _telemetry = switchboard_broker::telemetry::init("switchboard-bench");
-    let kafka_of = |common: &ScenarioArgs| switchboard_broker::kafka::KafkaConfig {
-        bootstrap_servers: common.kafka.clone(),
-        topic_partitions: common.partitions,
-        ..Default::default()
-    };
-    let (report, json) = match scenario {
+    let report: ScenarioReport = match scenario {
         Scenario::Ingest {
             common,
             messages,
             body_bytes,
-        } => (
-            scenarios::ingest(&kafka_of(&common), messages, body_bytes).await?,
-            common.json,
-        ),
-        Scenario::Routing { common, messages } => (
-            scenarios::routing(&kafka_of(&common), messages).await?,
-            common.json,
-        ),
+            unary_rate,
+            unary_duration,
+        } => {
+            scenarios::ingest(
+                &common.kafka(),
+                messages,
+                body_bytes,
+                unary_rate,
+                unary_duration,
+            )
+            .await?
+        }
+        Scenario::Routing { common, messages } => {
+            scenarios::routing(&common.kafka(), messages).await?
+        }
         Scenario::SlowDestination {
             common,
             conversations,
             per_conversation,
             bot_delay,
-        } => (
-            scenarios::slow_destination(
-                &kafka_of(&common),
-                conversations,
-                per_conversation,
-                bot_delay,
-            )
-            .await?,
-            common.json,
-        ),
+        } => {
+            scenarios::slow_destination(&common.kafka(), conversations, per_conversation, bot_delay)
+                .await?
+        }
+        Scenario::Latency {
+            common,
+            rates,
+            duration,
+            rpc,
+            conversations,
+        } => scenarios::latency(&common.kafka(), &rates, duration, rpc, conversations).await?,
+        Scenario::Overload {
+            common,
+            probe,
+            duration,
+            recovery,
+            conversations,
+        } => scenarios::overload(&common.kafka(), probe, duration, recovery, conversations).await?,
     };
-    print!("{}", report.markdown());
-    if let Some(path) = json {
-        std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
+    output.write(&report.markdown(), &report)?;
+    if let Some(dir) = &output.plot {
+        for path in report.plot(dir)? {
+            eprintln!("plotted {}", path.display());
+        }
     }
     Ok(())
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum CliMode {
-    Unary,
-    Stream,
+async fn run_load(args: Args) -> anyhow::Result<()> {
+    args.load.validate()?;
+    let target = Target::connect(&args.target, args.load.connections).await?;
+    let sink = args
+        .sink_kafka
+        .zip(args.sink_topic)
+        .map(|(kafka, topic)| SinkSpec {
+            kafka: KafkaConfig {
+                bootstrap_servers: kafka,
+                ..Default::default()
+            },
+            topic,
+            format: args.sink_format,
+        });
+    let report = loadgen::run(target, args.load, sink).await?;
+    args.output.write(&report.markdown(), &report)?;
+    if let Some(path) = &args.output.plot {
+        plot::write_png(&report, "switchboard-bench", path, (1000, 700))?;
+        eprintln!("plotted {}", path.display());
+    }
+    let lost = report
+        .end_to_end
+        .as_ref()
+        .map_or(0, |e| e.lost + e.order_violations);
+    anyhow::ensure!(
+        report.errors.is_empty() && lost == 0,
+        "not every message made it: errors {:?}, end to end {:?}",
+        report.errors,
+        report
+            .end_to_end
+            .as_ref()
+            .map(|e| (e.lost, e.order_violations))
+    );
+    Ok(())
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    if let Some(scenario) = args.scenario {
-        // Exit at once: on an error, dropping half-used Kafka clients can
-        // block the runtime's shutdown, and the error would never show.
-        if let Err(e) = run_scenario(scenario).await {
-            eprintln!("error: {e:#}");
-            std::process::exit(1);
-        }
-        std::process::exit(0);
-    }
-    let channel = Channel::from_str_name(&args.channel.to_ascii_uppercase())
-        .filter(|c| *c != Channel::Unspecified)
-        .ok_or_else(|| anyhow::anyhow!("unknown channel {:?}", args.channel))?;
-    let client = IngestClient::connect(args.target.clone())
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot connect to {}: {e}", args.target))?;
-    let options = RunOptions {
-        mode: match args.mode {
-            CliMode::Unary => Mode::Unary,
-            CliMode::Stream => Mode::Stream,
-        },
-        messages: args.messages,
-        conversations: args.conversations,
-        concurrency: args.concurrency,
-        tenant: args.tenant,
-        channel,
+async fn main() {
+    let mut args = Args::parse();
+    let result = match args.scenario.take() {
+        Some(scenario) => run_scenario(scenario, &args.output).await,
+        None => run_load(args).await,
     };
-    let progress = Arc::new(Progress::default());
-    let ticker = tokio::spawn({
-        let progress = progress.clone();
-        let total = args.messages;
-        async move {
-            let started = Instant::now();
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                let acked = progress.acked.load(Ordering::Relaxed);
-                let failed = progress.failed.load(Ordering::Relaxed);
-                eprintln!(
-                    "[{:>4.0}s] {acked}/{total} acked, {failed} failed, {:.0} msg/s",
-                    started.elapsed().as_secs_f64(),
-                    acked as f64 / started.elapsed().as_secs_f64()
-                );
-            }
-        }
-    });
-    let report = tokio::time::timeout(
-        args.max_duration,
-        loadgen::run(client, options, progress.clone()),
-    )
-    .await;
-    ticker.abort();
-    let Ok(report) = report else {
-        anyhow::bail!(
-            "gave up after {:?}: {} acked, {} failed",
-            args.max_duration,
-            progress.acked.load(Ordering::Relaxed),
-            progress.failed.load(Ordering::Relaxed)
-        );
-    };
-    println!(
-        "{} messages ({:?}): {} acked, failed {:?}, {:.2}s, {:.0} msg/s; latency ms p50 {} p90 {} p99 {} p99.9 {} max {}",
-        report.options.messages,
-        report.options.mode,
-        report.acked,
-        report.failed,
-        report.elapsed_seconds,
-        report.rate_per_second,
-        report.latency_ms["p50"],
-        report.latency_ms["p90"],
-        report.latency_ms["p99"],
-        report.latency_ms["p99.9"],
-        report.latency_ms["max"],
-    );
-    if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
+    // Exit at once: on an error, dropping half-used Kafka clients can block
+    // the runtime's shutdown, and the error would never show.
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
     }
-    anyhow::ensure!(
-        report.failed.is_empty(),
-        "some publishes failed: {:?}",
-        report.failed
-    );
-    Ok(())
+    std::process::exit(0);
 }

@@ -1,0 +1,551 @@
+//! The load generator: conversation workloads sent to an ingestion node
+//! (or, as the limit to compare with, straight to Kafka), measured.
+//!
+//! - [`workload`]: what message `i` of a run is, as an envelope or a
+//!   channel webhook, and the token that identifies it downstream.
+//! - [`run`] (here): the engine. **Open loop** sends message `i` at
+//!   `start + i / rate` whatever happened before, and measures latency from
+//!   that intended time, so a slow node shows as latency instead of as a
+//!   lower send rate (no coordinated omission). **Closed loop** keeps
+//!   `concurrency` messages in flight, for the most throughput. Either way a
+//!   conversation's messages are sent one after the other (unary calls and
+//!   webhooks wait for the previous message's answer; a stream keeps order
+//!   itself), so each conversation stays in order.
+//! - [`report`]: HDR histograms overall and per second, JSON and Markdown.
+//! - [`plot`]: a PNG of latency percentiles and throughput over time.
+//! - [`sink`]: the end-to-end sink on a destination topic: ingest →
+//!   destination latency, loss and order per conversation.
+//! - [`batch`]: publish prepared conversations at once (for tests).
+
+pub mod batch;
+pub mod plot;
+pub mod report;
+pub mod sink;
+pub mod workload;
+
+pub use batch::{Outcome, Progress, publish_stream, publish_unary};
+pub use workload::{conversations, seq_of};
+
+use std::{
+    collections::HashMap,
+    io::IsTerminal as _,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant, SystemTime},
+};
+
+use futures::StreamExt as _;
+use prost::Message as _;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde::Serialize;
+use switchboard_broker::kafka::KafkaConfig;
+use switchboard_proto::v1::{Channel, PublishRequest, ingest_client::IngestClient};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel as GrpcChannel;
+
+use self::{
+    report::{LoadReport, Recorder},
+    sink::{Sink, SinkFormat},
+    workload::Workload,
+};
+
+/// How messages are sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Rpc {
+    /// Unary `Publish`, one envelope per call.
+    Unary,
+    /// `PublishStream`, one stream per connection.
+    Stream,
+    /// `IngestWebhook` with the channels' own payloads, one message each.
+    Webhook,
+    /// librdkafka straight to a topic (the scenarios' baseline).
+    #[value(skip)]
+    Kafka,
+}
+
+/// A load run. Also the load generator's command line.
+#[derive(Debug, Clone, Serialize, clap::Args)]
+pub struct LoadOptions {
+    /// How to send.
+    #[arg(long, value_enum, default_value_t = Rpc::Unary)]
+    pub rpc: Rpc,
+    /// Open loop at this many messages per second. Without it, closed loop:
+    /// `--concurrency` messages in flight.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Messages in flight in closed loop.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// HTTP/2 connections to the node (conversation `c` uses connection
+    /// `c % connections`; with `stream`, one stream per connection).
+    #[arg(long, default_value_t = 4)]
+    pub connections: usize,
+    /// Conversations the messages are spread over.
+    #[arg(long, default_value_t = 1_000)]
+    pub conversations: u64,
+    /// Tenants the conversations are spread over.
+    #[arg(long, default_value_t = 1)]
+    pub tenants: u64,
+    /// Tenant id (with several tenants, the prefix: `<tenant>-<n>`).
+    #[arg(long, default_value = "demo")]
+    pub tenant: String,
+    /// Channel of `unary` and `stream` messages (webhooks rotate over all).
+    #[arg(long, value_enum, default_value_t = ChannelArg::Webchat)]
+    pub channel: ChannelArg,
+    /// Text size of each message, in bytes.
+    #[arg(long, default_value_t = 200)]
+    pub payload_bytes: usize,
+    /// Stop after this many messages.
+    #[arg(long)]
+    pub messages: Option<u64>,
+    /// Stop sending after this long (e.g. 30s, 2m).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    #[serde(with = "humantime_serde")]
+    pub duration: Option<Duration>,
+    /// Open loop: at most this many messages in flight. A message due while
+    /// the bound is reached is not sent and counts as `ClientBacklog`.
+    #[arg(long, default_value_t = 50_000)]
+    pub max_in_flight: usize,
+    /// After sending, wait this long at most for answers.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+}
+
+/// The channels, on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+#[allow(missing_docs)]
+pub enum ChannelArg {
+    Whatsapp,
+    Messenger,
+    Instagram,
+    Sms,
+    Webchat,
+}
+
+impl From<ChannelArg> for Channel {
+    fn from(c: ChannelArg) -> Self {
+        match c {
+            ChannelArg::Whatsapp => Channel::Whatsapp,
+            ChannelArg::Messenger => Channel::Messenger,
+            ChannelArg::Instagram => Channel::Instagram,
+            ChannelArg::Sms => Channel::Sms,
+            ChannelArg::Webchat => Channel::Webchat,
+        }
+    }
+}
+
+impl LoadOptions {
+    /// Checks the options make a finite run.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.messages.is_some() || self.duration.is_some(),
+            "give --messages or --duration (or both): a run must end"
+        );
+        if let Some(rate) = self.rate {
+            anyhow::ensure!(
+                rate.is_finite() && rate > 0.0,
+                "--rate must be above 0, not {rate}"
+            );
+        }
+        anyhow::ensure!(self.concurrency > 0, "--concurrency must be at least 1");
+        anyhow::ensure!(self.connections > 0, "--connections must be at least 1");
+        anyhow::ensure!(self.conversations > 0, "--conversations must be at least 1");
+        anyhow::ensure!(self.tenants > 0, "--tenants must be at least 1");
+        anyhow::ensure!(self.max_in_flight > 0, "--max-in-flight must be at least 1");
+        Ok(())
+    }
+
+    /// Messages the run is expected to send, if known in advance.
+    fn expected(&self) -> Option<u64> {
+        let by_time = self
+            .rate
+            .zip(self.duration)
+            .map(|(rate, d)| (rate * d.as_secs_f64()) as u64);
+        match (self.messages, by_time) {
+            (Some(m), Some(t)) => Some(m.min(t)),
+            (m, t) => m.or(t),
+        }
+    }
+}
+
+/// Where messages go.
+#[derive(Clone)]
+pub enum Target {
+    /// An ingestion node, over one client per connection.
+    Node(Vec<IngestClient<GrpcChannel>>),
+    /// A Kafka topic, through librdkafka (the practical limit).
+    Kafka {
+        /// The producer, configured like the ingestion node's.
+        producer: FutureProducer,
+        /// The topic.
+        topic: String,
+    },
+}
+
+impl Target {
+    /// Connects `connections` separate HTTP/2 connections to `address`.
+    pub async fn connect(address: &str, connections: usize) -> anyhow::Result<Self> {
+        let mut clients = Vec::with_capacity(connections);
+        for _ in 0..connections.max(1) {
+            let channel = tonic::transport::Endpoint::from_shared(address.to_owned())?
+                .connect()
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot connect to {address}: {e}"))?;
+            clients.push(IngestClient::new(channel));
+        }
+        Ok(Self::Node(clients))
+    }
+}
+
+/// An end-to-end sink to run alongside: a destination topic to watch.
+#[derive(Debug, Clone)]
+pub struct SinkSpec {
+    /// Kafka the topic is on.
+    pub kafka: KafkaConfig,
+    /// The topic (e.g. the analytics topic).
+    pub topic: String,
+    /// How it encodes envelopes.
+    pub format: SinkFormat,
+}
+
+/// State the dispatcher and its tasks share.
+struct Shared {
+    recorder: Recorder,
+    acked: Mutex<Vec<bool>>,
+    in_flight: AtomicUsize,
+    answered: AtomicU64,
+}
+
+impl Shared {
+    /// Message `index`, meant for `intended`, was answered.
+    fn answer(&self, index: u64, intended: Instant, result: Result<(), tonic::Code>) {
+        let now = Instant::now();
+        match result {
+            Ok(()) => {
+                self.recorder
+                    .ok(now, now.saturating_duration_since(intended));
+                let mut acked = self.acked.lock().expect("acked lock");
+                let i = index as usize;
+                if acked.len() <= i {
+                    acked.resize(i + 1, false);
+                }
+                acked[i] = true;
+            }
+            Err(code) => self.recorder.error(now, &format!("{code:?}"), 1),
+        }
+        self.answered.fetch_add(1, Ordering::Relaxed);
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Waiting stream requests of one connection: index → (intended send
+/// time, closed-loop permit).
+type StreamPending = Arc<Mutex<HashMap<u64, (Instant, Option<OwnedSemaphorePermit>)>>>;
+
+/// One `PublishStream` per connection.
+struct StreamConn {
+    requests: mpsc::Sender<PublishRequest>,
+    pending: StreamPending,
+}
+
+impl StreamConn {
+    fn open(mut client: IngestClient<GrpcChannel>, bound: usize, shared: Arc<Shared>) -> Self {
+        let (requests, rx) = mpsc::channel(bound.max(1));
+        let pending = StreamPending::default();
+        tokio::spawn({
+            let pending = pending.clone();
+            async move {
+                let outcome = match client
+                    .publish_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+                    .await
+                {
+                    Ok(responses) => {
+                        let mut responses = responses.into_inner();
+                        loop {
+                            match responses.next().await {
+                                Some(Ok(response)) => {
+                                    let waiting = pending
+                                        .lock()
+                                        .expect("pending lock")
+                                        .remove(&response.sequence);
+                                    if let Some((intended, _permit)) = waiting {
+                                        let result = match &response.error {
+                                            None => Ok(()),
+                                            Some(e) => Err(tonic::Code::from_i32(e.code)),
+                                        };
+                                        shared.answer(response.sequence, intended, result);
+                                    }
+                                }
+                                Some(Err(status)) => break status.code(),
+                                None => break tonic::Code::Unknown,
+                            }
+                        }
+                    }
+                    Err(status) => status.code(),
+                };
+                // Whatever is still waiting will not be answered.
+                for (index, (intended, _)) in pending.lock().expect("pending lock").drain() {
+                    shared.answer(index, intended, Err(outcome));
+                }
+            }
+        });
+        Self { requests, pending }
+    }
+}
+
+/// Sends the run and measures it; with `sink`, also end to end.
+pub async fn run(
+    target: Target,
+    options: LoadOptions,
+    sink: Option<SinkSpec>,
+) -> anyhow::Result<LoadReport<LoadOptions>> {
+    options.validate()?;
+    let run_id = uuid::Uuid::now_v7().simple().to_string()[20..].to_owned();
+    let workload = Workload {
+        run: run_id.clone(),
+        conversations: options.conversations,
+        tenants: options.tenants,
+        tenant: options.tenant.clone(),
+        channel: options.channel.into(),
+        body: Workload::body_of(options.payload_bytes),
+    };
+    let started = Instant::now();
+    let sink = match &sink {
+        Some(spec) => Some(
+            Sink::start(
+                &spec.kafka,
+                &spec.topic,
+                spec.format,
+                &run_id,
+                options.conversations,
+                started,
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    // The sink's set-up took a moment: start the clock again.
+    let started = Instant::now();
+    let started_wall = SystemTime::now();
+    let shared = Arc::new(Shared {
+        recorder: Recorder::new(started),
+        acked: Mutex::new(Vec::new()),
+        in_flight: AtomicUsize::new(0),
+        answered: AtomicU64::new(0),
+    });
+    let stop_progress = CancellationToken::new();
+    let progress = tokio::spawn(show_progress(
+        shared.clone(),
+        options.expected(),
+        stop_progress.clone(),
+    ));
+
+    let streams: Vec<StreamConn> = match (&target, options.rpc) {
+        (Target::Node(clients), Rpc::Stream) => clients
+            .iter()
+            .map(|c| StreamConn::open(c.clone(), options.max_in_flight, shared.clone()))
+            .collect(),
+        _ => Vec::new(),
+    };
+    let closed_loop = Arc::new(Semaphore::new(options.concurrency));
+    let mut chains: Vec<Option<oneshot::Receiver<()>>> =
+        (0..options.conversations).map(|_| None).collect();
+    let deadline = options.duration.map(|d| started + d);
+    let mut sent = 0_u64;
+    for index in 0.. {
+        if options.messages.is_some_and(|m| index >= m) {
+            break;
+        }
+        let (intended, permit) = match options.rate {
+            Some(rate) => {
+                let at = started + Duration::from_secs_f64(index as f64 / rate);
+                if deadline.is_some_and(|d| at >= d) {
+                    break;
+                }
+                if at > Instant::now() {
+                    tokio::time::sleep_until(at.into()).await;
+                }
+                (at, None)
+            }
+            None => {
+                let permit = closed_loop.clone().acquire_owned().await?;
+                let now = Instant::now();
+                if deadline.is_some_and(|d| now >= d) {
+                    break;
+                }
+                (now, Some(permit))
+            }
+        };
+        tokio::task::consume_budget().await;
+        sent += 1;
+        if shared.in_flight.load(Ordering::Relaxed) >= options.max_in_flight {
+            shared.recorder.error(Instant::now(), "ClientBacklog", 1);
+            continue;
+        }
+        shared.in_flight.fetch_add(1, Ordering::Relaxed);
+        let sent_at = started_wall + intended.saturating_duration_since(started);
+        let conversation = workload.conversation(index);
+        match &target {
+            Target::Node(clients) => {
+                let connection = conversation as usize % clients.len();
+                if let Some(stream) = streams.get(connection) {
+                    stream
+                        .pending
+                        .lock()
+                        .expect("pending lock")
+                        .insert(index, (intended, permit));
+                    if stream
+                        .requests
+                        .try_send(workload.publish(index, sent_at))
+                        .is_err()
+                    {
+                        let waiting = stream.pending.lock().expect("pending lock").remove(&index);
+                        if waiting.is_some() {
+                            shared.answer(index, intended, Err(tonic::Code::ResourceExhausted));
+                        }
+                    }
+                    continue;
+                }
+                // Unary and webhook: after the conversation's previous message.
+                let previous = chains[conversation as usize].take();
+                let (done, next) = oneshot::channel::<()>();
+                chains[conversation as usize] = Some(next);
+                let mut client = clients[connection].clone();
+                let shared = shared.clone();
+                let rpc = options.rpc;
+                let workload = workload.clone();
+                tokio::spawn(async move {
+                    if let Some(previous) = previous {
+                        let _ = previous.await;
+                    }
+                    let result = if rpc == Rpc::Webhook {
+                        client
+                            .ingest_webhook(workload.webhook(index, sent_at))
+                            .await
+                            .map(drop)
+                    } else {
+                        client
+                            .publish(workload.publish(index, sent_at))
+                            .await
+                            .map(drop)
+                    };
+                    shared.answer(index, intended, result.map_err(|s| s.code()));
+                    drop((done, permit));
+                });
+            }
+            Target::Kafka { producer, topic } => {
+                // Enqueued here, in order; only the ack is awaited apart.
+                let envelope = workload.envelope(index, sent_at);
+                let key = envelope.conversation_key();
+                let payload = envelope.encode_to_vec();
+                match producer.send_result(FutureRecord::to(topic).key(&key).payload(&payload)) {
+                    Ok(delivery) => {
+                        let shared = shared.clone();
+                        tokio::spawn(async move {
+                            let result = match delivery.await {
+                                Ok(Ok(_)) => Ok(()),
+                                _ => Err(tonic::Code::Unavailable),
+                            };
+                            shared.answer(index, intended, result);
+                            drop(permit);
+                        });
+                    }
+                    Err(_) => shared.answer(index, intended, Err(tonic::Code::ResourceExhausted)),
+                }
+            }
+        }
+    }
+    let sending = started.elapsed();
+    drop(streams);
+    drop(chains);
+
+    // Drain: wait for the answers still due.
+    let drain_until = Instant::now() + options.drain_timeout;
+    while shared.in_flight.load(Ordering::Relaxed) > 0 && Instant::now() < drain_until {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let unanswered = shared.in_flight.load(Ordering::Relaxed) as u64;
+    if unanswered > 0 {
+        shared
+            .recorder
+            .error(Instant::now(), "NoResponse", unanswered);
+    }
+    let elapsed = started.elapsed();
+    stop_progress.cancel();
+    let _ = progress.await;
+    let acked_set = shared.acked.lock().expect("acked lock").clone();
+    let end_to_end = match sink {
+        Some(sink) => Some(sink.finish(&acked_set, Duration::from_secs(15)).await?),
+        None => None,
+    };
+    let (acked, errors, latency_ms, timeline) = shared.recorder.summary();
+    let max_rss_mib = timeline.iter().filter_map(|s| s.rss_mib).reduce(f64::max);
+    Ok(LoadReport {
+        sent,
+        acked,
+        errors,
+        elapsed_seconds: elapsed.as_secs_f64(),
+        offered_rate: sent as f64 / sending.as_secs_f64().max(1e-9),
+        acked_rate: acked as f64 / elapsed.as_secs_f64().max(1e-9),
+        latency_ms,
+        end_to_end,
+        timeline,
+        max_rss_mib,
+        options,
+    })
+}
+
+/// A progress bar with rate and errors on a terminal; a line every five
+/// seconds otherwise. Samples memory every second.
+async fn show_progress(shared: Arc<Shared>, expected: Option<u64>, stop: CancellationToken) {
+    let terminal = std::io::stderr().is_terminal();
+    let bar = match expected {
+        Some(n) if terminal => indicatif::ProgressBar::new(n),
+        _ if terminal => indicatif::ProgressBar::new_spinner(),
+        _ => indicatif::ProgressBar::hidden(),
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:30}] {pos}/{len} answered, {msg}",
+        )
+        .expect("a valid template")
+        .progress_chars("=> "),
+    );
+    let started = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut last = (0_u64, Instant::now());
+    for n in 1_u64.. {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = stop.cancelled() => break,
+        }
+        let answered = shared.answered.load(Ordering::Relaxed);
+        let ok = shared.recorder.ok_count();
+        if n % 4 == 0 {
+            shared.recorder.sample_memory();
+            let rate = (answered - last.0) as f64 / last.1.elapsed().as_secs_f64();
+            last = (answered, Instant::now());
+            bar.set_message(format!(
+                "{rate:.0} msg/s, {} errors, {} in flight",
+                answered - ok.min(answered),
+                shared.in_flight.load(Ordering::Relaxed)
+            ));
+        }
+        bar.set_position(answered);
+        if !terminal && n % 20 == 0 {
+            eprintln!(
+                "[{:>5.0}s] {answered} answered, {ok} acked, {} in flight",
+                started.elapsed().as_secs_f64(),
+                shared.in_flight.load(Ordering::Relaxed)
+            );
+        }
+    }
+    shared.recorder.sample_memory();
+    bar.finish_and_clear();
+}
