@@ -244,6 +244,7 @@ fn load(rpc: Rpc, conversations: u64, payload_bytes: usize) -> LoadOptions {
         messages: None,
         duration: None,
         max_in_flight: 50_000,
+        memory_of: None,
         drain_timeout: Duration::from_secs(60),
     }
 }
@@ -600,11 +601,84 @@ pub async fn latency(
     Ok(report)
 }
 
-/// Overload: an ingestion node with its default bounds. First the
-/// sustainable unary rate (closed loop, 256 in flight, for `probe`), then
-/// twice that in open loop for `duration`, then half of it for `recovery`.
+/// An ingestion node in a process of its own (`switchboard-broker`), so its
+/// memory is measured apart from the load generator's.
+struct NodeProcess {
+    address: String,
+    child: tokio::process::Child,
+}
+
+impl NodeProcess {
+    /// Starts `binary` on free ports, publishing to `topic`, and waits until
+    /// it answers.
+    async fn spawn(
+        binary: &std::path::Path,
+        kafka: &KafkaConfig,
+        topic: &str,
+    ) -> anyhow::Result<Self> {
+        let free_port = || -> anyhow::Result<u16> {
+            Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port())
+        };
+        let (grpc, metrics) = (free_port()?, free_port()?);
+        let child = tokio::process::Command::new(binary)
+            .args(["--grpc-addr", &format!("127.0.0.1:{grpc}")])
+            .args(["--metrics-addr", &format!("127.0.0.1:{metrics}")])
+            .args(["--kafka-bootstrap", &kafka.bootstrap_servers])
+            .args(["--messages-topic", topic])
+            .env("RUST_LOG", "warn")
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot start {} ({e}); build it first: cargo build --release -p switchboard-broker",
+                    binary.display()
+                )
+            })?;
+        let address = format!("http://127.0.0.1:{grpc}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Target::connect(&address, 1).await.is_err() {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "{} did not answer on {address} within 30 s",
+                binary.display()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(Self { address, child })
+    }
+
+    /// Stops the node with SIGTERM (it drains), waiting up to 30 s.
+    async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(pid) = self.child.id() {
+            tokio::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .await?;
+        }
+        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await??;
+        anyhow::ensure!(status.success(), "the node exited with {status}");
+        Ok(())
+    }
+}
+
+/// `switchboard-broker` beside this executable (`target/release`).
+pub fn sibling_broker() -> std::path::PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join("switchboard-broker")))
+        .unwrap_or_else(|| "switchboard-broker".into())
+}
+
+/// Overload: an ingestion node (`broker`, its own process, with its
+/// default bounds). First the sustainable unary rate (closed loop, 256 in
+/// flight, for `probe`), then twice that in open loop for `duration`, then
+/// half of it for `recovery`. The node's resident memory is sampled every
+/// second.
 pub async fn overload(
     kafka: &KafkaConfig,
+    broker: &std::path::Path,
     probe: Duration,
     duration: Duration,
     recovery: Duration,
@@ -620,12 +694,16 @@ pub async fn overload(
             ("conversations", conversations.to_string()),
             ("node_max_in_flight", max_in_flight.to_string()),
             ("partitions", kafka.topic_partitions.to_string()),
+            ("memory", "the node process's resident set".into()),
         ],
     );
     let topic = format!("bench.overload.{}", uuid::Uuid::now_v7().simple());
     kafka.ensure_topics(&[&topic]).await?;
-    let node = Node::start(kafka, &topic, max_in_flight).await?;
-    let base = load(Rpc::Unary, conversations, 200);
+    let node = NodeProcess::spawn(broker, kafka, &topic).await?;
+    let base = LoadOptions {
+        memory_of: node.child.id(),
+        ..load(Rpc::Unary, conversations, 200)
+    };
     let run = loadgen::run(
         Target::connect(&node.address, 4).await?,
         LoadOptions {

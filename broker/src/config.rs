@@ -36,6 +36,11 @@ pub struct BrokerConfig {
     pub max_in_flight: usize,
     /// Most publishes in flight on one `PublishStream` call.
     pub max_in_flight_per_stream: usize,
+    /// Most calls served at once on one client connection (HTTP/2 streams).
+    /// More are refused at once with `RESOURCE_EXHAUSTED` (load shedding),
+    /// so a flood of calls cannot pile up in the node's memory; a
+    /// connection may open at most twice this many streams.
+    pub max_calls_per_connection: usize,
     /// How long Kafka may take to acknowledge a message before the publish
     /// fails with `UNAVAILABLE` (librdkafka `message.timeout.ms`).
     #[serde(with = "humantime_serde")]
@@ -84,6 +89,7 @@ impl Default for BrokerConfig {
             messages_topic: "switchboard.messages.v1".into(),
             max_in_flight: 10_000,
             max_in_flight_per_stream: 1_024,
+            max_calls_per_connection: 1_024,
             ack_timeout: Duration::from_secs(1),
             linger: Duration::from_millis(2),
             max_envelope_bytes: 1 << 20,
@@ -111,6 +117,10 @@ impl BrokerConfig {
         anyhow::ensure!(
             self.max_in_flight_per_stream > 0,
             "max_in_flight_per_stream must be at least 1"
+        );
+        anyhow::ensure!(
+            self.max_calls_per_connection > 0 && self.max_calls_per_connection <= 1 << 30,
+            "max_calls_per_connection must be between 1 and 2^30"
         );
         anyhow::ensure!(
             !self.messages_topic.is_empty(),

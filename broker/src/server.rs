@@ -101,7 +101,13 @@ impl Broker {
         let addr = listener.local_addr()?;
         tracing::info!(%addr, topic = %config.messages_topic, "ingestion node serving gRPC");
         let stopping = shutdown.clone();
-        let mut builder = tonic::transport::Server::builder();
+        // Calls past the per-connection limit are refused before they are
+        // read into memory, and HTTP/2 caps the streams a client may open.
+        let calls = config.max_calls_per_connection;
+        let mut builder = tonic::transport::Server::builder()
+            .concurrency_limit_per_connection(calls)
+            .load_shed(true)
+            .max_concurrent_streams(u32::try_from(calls * 2).unwrap_or(u32::MAX));
         if let Some(tls) = &config.tls {
             builder = builder.tls_config(server_tls(tls)?)?;
         }

@@ -1,4 +1,5 @@
-//! Load shedding and Kafka outages at the gRPC edge, with no real Kafka: a
+//! Load shedding (past the in-flight bound, and past the calls one
+//! connection may have open) and Kafka outages at the gRPC edge, with no real Kafka: a
 //! silent listener makes every publish wait, and a closed port makes
 //! librdkafka report every broker down.
 
@@ -42,10 +43,12 @@ async fn silent_kafka() -> (SocketAddr, tokio::task::JoinHandle<()>) {
 async fn node(
     bootstrap: String,
     max_in_flight: usize,
+    max_calls_per_connection: usize,
 ) -> (
     IngestClient<tonic::transport::Channel>,
     Shutdown,
     tokio::task::JoinHandle<anyhow::Result<()>>,
+    SocketAddr,
 ) {
     let broker = Broker::bind(BrokerConfig {
         grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -55,6 +58,7 @@ async fn node(
             ..KafkaConfig::default()
         },
         max_in_flight,
+        max_calls_per_connection,
         ack_timeout: Duration::from_millis(1500),
         shutdown_grace: Duration::from_secs(3),
         ..BrokerConfig::default()
@@ -70,13 +74,14 @@ async fn node(
             .unwrap(),
         shutdown,
         server,
+        addr,
     )
 }
 
 #[tokio::test]
 async fn sheds_load_past_the_in_flight_bound() {
     let (kafka, silent) = silent_kafka().await;
-    let (client, shutdown, server) = node(kafka.to_string(), 1).await;
+    let (client, shutdown, server, _) = node(kafka.to_string(), 1, 64).await;
 
     // The first publish takes the only in-flight slot and waits for Kafka.
     let first = tokio::spawn({
@@ -110,7 +115,7 @@ async fn sheds_load_past_the_in_flight_bound() {
 #[tokio::test]
 async fn fails_fast_when_no_kafka_broker_is_reachable() {
     // Nothing listens on port 1: librdkafka soon reports every broker down.
-    let (client, shutdown, server) = node("127.0.0.1:1".into(), 10).await;
+    let (client, shutdown, server, _) = node("127.0.0.1:1".into(), 10, 64).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     for _ in 0..3 {
         let started = std::time::Instant::now();
@@ -128,4 +133,44 @@ async fn fails_fast_when_no_kafka_broker_is_reachable() {
         .unwrap()
         .unwrap()
         .unwrap();
+}
+
+#[tokio::test]
+async fn sheds_calls_past_the_per_connection_bound() {
+    let (kafka, silent) = silent_kafka().await;
+    let (client, shutdown, server, addr) = node(kafka.to_string(), 100, 2).await;
+
+    // Two publishes on one connection wait for Kafka...
+    let waiting: Vec<_> = (0..2)
+        .map(|_| {
+            let mut client = client.clone();
+            tokio::spawn(async move { client.publish(request()).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // ...so a third on the same connection is refused before it is read.
+    let started = std::time::Instant::now();
+    let shed = client.clone().publish(request()).await.unwrap_err();
+    assert_eq!(shed.code(), tonic::Code::ResourceExhausted, "{shed:?}");
+    assert!(started.elapsed() < Duration::from_millis(500));
+
+    // Another connection has its own bound: its call is admitted and waits.
+    let mut other = IngestClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let admitted = tokio::time::timeout(Duration::from_millis(300), other.publish(request())).await;
+    assert!(admitted.is_err(), "not admitted: {admitted:?}");
+    for call in waiting {
+        let status = call.await.unwrap().unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    }
+
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    silent.abort();
 }

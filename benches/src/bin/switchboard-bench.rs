@@ -139,9 +139,14 @@ enum Scenario {
         /// Length of the recovery run at half the sustainable rate.
         #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
         recovery: Duration,
-        /// Conversations.
-        #[arg(long, default_value_t = 10_000)]
+        /// Conversations (more than the node's in-flight bound, so
+        /// per-conversation order does not throttle the load).
+        #[arg(long, default_value_t = 100_000)]
         conversations: u64,
+        /// The ingestion node binary [default: switchboard-broker beside
+        /// this one].
+        #[arg(long)]
+        broker: Option<PathBuf>,
     },
 }
 
@@ -209,7 +214,19 @@ async fn run_scenario(scenario: Scenario, output: &Output) -> anyhow::Result<()>
             duration,
             recovery,
             conversations,
-        } => scenarios::overload(&common.kafka(), probe, duration, recovery, conversations).await?,
+            broker,
+        } => {
+            let broker = broker.unwrap_or_else(scenarios::sibling_broker);
+            scenarios::overload(
+                &common.kafka(),
+                &broker,
+                probe,
+                duration,
+                recovery,
+                conversations,
+            )
+            .await?
+        }
     };
     output.write(&report.markdown(), &report)?;
     if let Some(dir) = &output.plot {

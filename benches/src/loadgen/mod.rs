@@ -110,6 +110,10 @@ pub struct LoadOptions {
     /// the bound is reached is not sent and counts as `ClientBacklog`.
     #[arg(long, default_value_t = 50_000)]
     pub max_in_flight: usize,
+    /// Sample this process's resident memory each second (e.g. the node's
+    /// pid); by default, the load generator's own.
+    #[arg(long)]
+    pub memory_of: Option<u32>,
     /// After sending, wait this long at most for answers.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     #[serde(with = "humantime_serde")]
@@ -343,6 +347,7 @@ pub async fn run(
     let progress = tokio::spawn(show_progress(
         shared.clone(),
         options.expected(),
+        options.memory_of,
         stop_progress.clone(),
     ));
 
@@ -502,8 +507,14 @@ pub async fn run(
 }
 
 /// A progress bar with rate and errors on a terminal; a line every five
-/// seconds otherwise. Samples memory every second.
-async fn show_progress(shared: Arc<Shared>, expected: Option<u64>, stop: CancellationToken) {
+/// seconds otherwise. Samples the memory of `memory_of` (or of this
+/// process) every second.
+async fn show_progress(
+    shared: Arc<Shared>,
+    expected: Option<u64>,
+    memory_of: Option<u32>,
+    stop: CancellationToken,
+) {
     let terminal = std::io::stderr().is_terminal();
     let bar = match expected {
         Some(n) if terminal => indicatif::ProgressBar::new(n),
@@ -528,7 +539,7 @@ async fn show_progress(shared: Arc<Shared>, expected: Option<u64>, stop: Cancell
         let answered = shared.answered.load(Ordering::Relaxed);
         let ok = shared.recorder.ok_count();
         if n % 4 == 0 {
-            shared.recorder.sample_memory();
+            shared.recorder.sample_memory(memory_of);
             let rate = (answered - last.0) as f64 / last.1.elapsed().as_secs_f64();
             last = (answered, Instant::now());
             bar.set_message(format!(
@@ -546,6 +557,6 @@ async fn show_progress(shared: Arc<Shared>, expected: Option<u64>, stop: Cancell
             );
         }
     }
-    shared.recorder.sample_memory();
+    shared.recorder.sample_memory(memory_of);
     bar.finish_and_clear();
 }

@@ -55,7 +55,8 @@ pub struct Second {
     pub errors: u64,
     /// Latency of this second's acknowledged messages.
     pub latency_ms: Option<Percentiles>,
-    /// Resident memory of this process at the end of the second, in MiB.
+    /// Resident memory of the watched process (by default the load
+    /// generator) at the end of the second, in MiB.
     pub rss_mib: Option<f64>,
 }
 
@@ -120,9 +121,9 @@ impl Recorder {
         self.second(&mut state, at).errors += n;
     }
 
-    /// Notes this process's resident memory now.
-    pub fn sample_memory(&self) {
-        let rss = resident_mib();
+    /// Notes the resident memory of process `pid` (or of this one) now.
+    pub fn sample_memory(&self, pid: Option<u32>) {
+        let rss = resident_mib(pid);
         let mut state = self.state.lock().expect("recorder lock");
         self.second(&mut state, Instant::now()).rss_mib = rss;
     }
@@ -156,9 +157,13 @@ impl Recorder {
     }
 }
 
-/// This process's resident set size in MiB (Linux), if known.
-pub fn resident_mib() -> Option<f64> {
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+/// The resident set size of process `pid` (or of this one) in MiB, if
+/// known (Linux).
+pub fn resident_mib(pid: Option<u32>) -> Option<f64> {
+    let path = pid.map_or("/proc/self/statm".to_owned(), |p| {
+        format!("/proc/{p}/statm")
+    });
+    let statm = std::fs::read_to_string(path).ok()?;
     let pages: f64 = statm.split_whitespace().nth(1)?.parse().ok()?;
     Some(pages * 4096.0 / (1024.0 * 1024.0))
 }
@@ -208,7 +213,8 @@ pub struct LoadReport<O> {
     pub end_to_end: Option<EndToEnd>,
     /// Per second.
     pub timeline: Vec<Second>,
-    /// Largest resident memory of this process seen during the run, in MiB.
+    /// Largest resident memory of the watched process seen during the run,
+    /// in MiB.
     pub max_rss_mib: Option<f64>,
 }
 
