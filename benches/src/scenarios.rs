@@ -294,8 +294,8 @@ async fn raw_target(kafka: &KafkaConfig, name: &str) -> anyhow::Result<Target> {
 }
 
 /// Ingest: the raw producer, then `PublishStream`, then unary `Publish`
-/// (closed loop, `messages` each), then unary `Publish` in open loop at
-/// `unary_rate` for `unary_duration`.
+/// (closed loop, `messages` each); then, in open loop at `unary_rate` for
+/// `unary_duration`, the raw producer and unary `Publish`.
 pub async fn ingest(
     kafka: &KafkaConfig,
     messages: u64,
@@ -340,13 +340,23 @@ pub async fn ingest(
         anyhow::ensure!(run.errors.is_empty(), "{name}: errors {:?}", run.errors);
         report.push_run(name, run, &[]);
     }
-    let target = Target::connect(&node.address, 4).await?;
+    // Open loop at one rate: Kafka's own produce latency, then unary calls.
+    let open = LoadOptions {
+        rate: Some(unary_rate),
+        duration: Some(unary_duration),
+        ..load(Rpc::Kafka, conversations, body_bytes)
+    };
+    let raw = loadgen::run(raw_target(kafka, "ingest-raw").await?, open.clone(), None).await?;
+    report.push_run(
+        &format!("raw rdkafka producer, open loop at {unary_rate}/s"),
+        raw,
+        &[],
+    );
     let run = loadgen::run(
-        target,
+        Target::connect(&node.address, 4).await?,
         LoadOptions {
-            rate: Some(unary_rate),
-            duration: Some(unary_duration),
-            ..load(Rpc::Unary, conversations, body_bytes)
+            rpc: Rpc::Unary,
+            ..open
         },
         None,
     )

@@ -69,21 +69,21 @@ impl Output {
 /// in one run (benches/README.md).
 #[derive(Subcommand, Debug)]
 enum Scenario {
-    /// The raw rdkafka producer against PublishStream and unary Publish,
-    /// then unary Publish in open loop.
+    /// The raw rdkafka producer against PublishStream and unary Publish, in
+    /// closed loop, then against unary Publish in open loop.
     Ingest {
         #[command(flatten)]
         common: ScenarioArgs,
         /// Messages per closed-loop variant.
-        #[arg(long, default_value_t = 100_000)]
+        #[arg(long, default_value_t = 300_000)]
         messages: u64,
         /// Text body size of each message, in bytes.
         #[arg(long, default_value_t = 300)]
         body_bytes: usize,
-        /// Rate of the open-loop unary variant, per second.
+        /// Rate of the open-loop variants, per second.
         #[arg(long, default_value_t = 5_000.0)]
         unary_rate: f64,
-        /// Length of the open-loop unary variant.
+        /// Length of each open-loop variant.
         #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
         unary_duration: Duration,
     },
@@ -272,6 +272,11 @@ async fn run_load(args: Args) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// mimalloc: the system allocator's malloc and free took about 12% of the
+/// ingest path's CPU (benches/README.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() {

@@ -33,6 +33,11 @@ struct Args {
     workers: usize,
 }
 
+/// mimalloc: the system allocator's malloc and free took about 12% of the
+/// ingest path's CPU (benches/README.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let _telemetry = telemetry::init("switchboard-embedded");
