@@ -560,7 +560,10 @@ async fn route_partition(
                         Outcome::Duplicate
                     } else {
                         let source = Source { topic: &topic, partition, offset, trace };
-                        match router.route(envelope, state, source, &abort).await {
+                        // Boxed: routing's future is large, and the task
+                        // would otherwise be copied whole on every move
+                        // (memmove was 13% of a routing profile).
+                        match Box::pin(router.route(envelope, state, source, &abort)).await {
                             Ok((_, state)) => {
                                 states.put(key.clone(), state);
                                 Outcome::Routed

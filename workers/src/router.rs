@@ -329,8 +329,9 @@ impl Router {
         {
             route.rule_id = "consent".into();
             route.reason = format!("rejected ({}): {}", refusal.label(), refusal.detail);
-            self.reject(&key, &envelope, refusal, &source.trace, stop)
-                .await?;
+            // Rare paths are boxed, so the common path's future stays
+            // small (a large one is copied whole on every move).
+            Box::pin(self.reject(&key, &envelope, refusal, &source.trace, stop)).await?;
         } else {
             let decision = rules.decide(&envelope, human_owned);
             if !decision.matched {
@@ -381,9 +382,9 @@ impl Router {
                 continue; // the rule already sent it to that queue
             }
             route.destinations.push(to_proto(&spec));
-            let outcome = self
-                .deliver(&spec, &envelope, &route, &state, &source.trace, stop)
-                .await?;
+            let outcome =
+                Box::pin(self.deliver(&spec, &envelope, &route, &state, &source.trace, stop))
+                    .await?;
             failures.extend(outcome.failure);
         }
         for failure in &failures {
@@ -399,7 +400,7 @@ impl Router {
                 attempts: failure.attempts,
                 source,
             };
-            self.dead_letter("destination", &letter, stop).await?;
+            Box::pin(self.dead_letter("destination", &letter, stop)).await?;
         }
         changed |= effects::remember(&mut state, &envelope, self.recent_message_ids);
         if changed {
