@@ -145,7 +145,7 @@ impl ScenarioReport {
                 run,
                 &format!("{}: {name}", self.scenario),
                 &path,
-                (1000, 700),
+                (1000, 900),
             )?;
             written.push(path);
         }

@@ -254,7 +254,7 @@ async fn run_load(args: Args) -> anyhow::Result<()> {
     let report = loadgen::run(target, args.load, sink).await?;
     args.output.write(&report.markdown(), &report)?;
     if let Some(path) = &args.output.plot {
-        plot::write_png(&report, "switchboard-bench", path, (1000, 700))?;
+        plot::write_png(&report, "switchboard-bench", path, (1000, 900))?;
         eprintln!("plotted {}", path.display());
     }
     let lost = report

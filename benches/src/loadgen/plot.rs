@@ -1,5 +1,5 @@
 //! A run's report as a PNG: latency percentiles per second (log scale) over
-//! throughput and errors per second. The font is bundled (DejaVu Sans), so
+//! throughput and errors per second, over resident memory. The font is bundled (DejaVu Sans), so
 //! plotting needs nothing from the system.
 
 use std::{path::Path, sync::Once};
@@ -36,7 +36,8 @@ pub fn write_png<O>(
     let root = BitMapBackend::new(path, (width, height)).into_drawing_area();
     root.fill(&WHITE)?;
     let root = root.titled(title, ("sans-serif", 20))?;
-    let (upper, lower) = root.split_vertically(height * 55 / 100);
+    let (upper, rest) = root.split_vertically(height * 45 / 100);
+    let (lower, bottom) = rest.split_vertically(height * 30 / 100);
     let seconds = report.timeline.len().max(1) as f64;
 
     let e2e = report
@@ -140,6 +141,23 @@ pub fn write_png<O>(
         .border_style(BLACK)
         .position(SeriesLabelPosition::UpperRight)
         .draw()?;
+    let memory: Vec<(f64, f64)> = report
+        .timeline
+        .iter()
+        .filter_map(|s| s.rss_mib.map(|m| (s.second as f64 + 0.5, m)))
+        .collect();
+    let most = memory.iter().map(|(_, m)| *m).fold(1.0_f64, f64::max);
+    let mut rss = ChartBuilder::on(&bottom)
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(60)
+        .caption(
+            "resident memory of the watched process (MiB)",
+            ("sans-serif", 16),
+        )
+        .build_cartesian_2d(0.0..seconds, 0.0..most * 1.1)?;
+    rss.configure_mesh().x_desc("seconds").draw()?;
+    rss.draw_series(LineSeries::new(memory, BLACK.stroke_width(2)))?;
     root.present()?;
     Ok(())
 }

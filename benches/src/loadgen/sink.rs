@@ -1,7 +1,8 @@
 //! The end-to-end sink: reads a destination topic while a run goes on and
 //! records when each of the run's messages arrives.
 //!
-//! It starts at the topic's current end, so only new records count, and
+//! It starts at the topic's current end, so only new records count (and
+//! gives its consumer two seconds to start fetching before the run), and
 //! recognises the run's messages by the [`Token`] in their channel message
 //! id. Latency is arrival minus the intended send time the token carries
 //! (the load generator and the sink share this host's clock). Afterwards,
@@ -26,6 +27,9 @@ use super::{
     report::{EndToEnd, Recorder},
     workload::{Token, unix_micros},
 };
+
+/// Time the sink's consumer gets to start fetching before a run starts.
+const SETTLE: Duration = Duration::from_secs(2);
 
 /// How the sink's topic encodes envelopes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
@@ -100,6 +104,10 @@ impl Sink {
             .await??
         };
         consumer.assign(&assignment)?;
+        // librdkafka's first fetch after an assignment comes about a second
+        // later here: start the run only after that, or the first messages
+        // would count the sink's own start as latency.
+        tokio::time::sleep(SETTLE).await;
         let recorder = Arc::new(Recorder::new(started));
         let arrivals = Arc::new(Mutex::new(Arrivals {
             highest: vec![None; conversations.max(1) as usize],

@@ -33,6 +33,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.parse
 import urllib.request
@@ -293,16 +294,18 @@ def promtool_lint(promtool: str, name: str, text: str) -> None:
 
 
 # ------------------------------------------------------------------ phase 1
-def bench(a, grpc_port: int, mode: str, n: int) -> bool:
-    p = subprocess.run([str(pathlib.Path(a.bin_dir) / "switchboard-bench"), "--target", f"http://127.0.0.1:{grpc_port}",
-                        "--mode", mode, "--messages", str(n), "--conversations", "50", "--max-duration", "60s"],
-                       capture_output=True, text=True, timeout=remaining(120))
-    out = (p.stdout + p.stderr).strip()
-    m = re.search(r"(\d+) acked, failed \{(.*?)\}", out)
-    if p.returncode == 0 and m and int(m.group(1)) == n and not m.group(2).strip():
-        result("ok", f"switchboard-bench --mode {mode} --messages {n}: all acked")
+def bench(a, grpc_port: int, rpc: str, n: int) -> bool:
+    with tempfile.TemporaryDirectory() as tmp:
+        report_path = pathlib.Path(tmp) / "report.json"
+        p = subprocess.run([str(pathlib.Path(a.bin_dir) / "switchboard-bench"), "--target", f"http://127.0.0.1:{grpc_port}",
+                            "--rpc", rpc, "--messages", str(n), "--conversations", "50", "--json", str(report_path)],
+                           capture_output=True, text=True, timeout=remaining(120))
+        out = (p.stdout + p.stderr).strip()
+        report = json.loads(report_path.read_text()) if report_path.exists() else {}
+    if p.returncode == 0 and report.get("acked") == n and not report.get("errors"):
+        result("ok", f"switchboard-bench --rpc {rpc} --messages {n}: all acked")
         return True
-    result("fail", f"switchboard-bench --mode {mode} --messages {n}", out[-1500:])
+    result("fail", f"switchboard-bench --rpc {rpc} --messages {n}", out[-1500:])
     return False
 
 
