@@ -619,12 +619,13 @@ struct NodeProcess {
 }
 
 impl NodeProcess {
-    /// Starts `binary` on free ports, publishing to `topic`, and waits until
-    /// it answers.
+    /// Starts `binary` on free ports, publishing to `topic`, remembering at
+    /// most `dedupe_entries` channel message ids, and waits until it answers.
     async fn spawn(
         binary: &std::path::Path,
         kafka: &KafkaConfig,
         topic: &str,
+        dedupe_entries: usize,
     ) -> anyhow::Result<Self> {
         let free_port = || -> anyhow::Result<u16> {
             Ok(std::net::TcpListener::bind("127.0.0.1:0")?
@@ -638,6 +639,10 @@ impl NodeProcess {
             .args(["--kafka-bootstrap", &kafka.bootstrap_servers])
             .args(["--messages-topic", topic])
             .env("RUST_LOG", "warn")
+            .env(
+                "SWITCHBOARD_BROKER_DEDUPE__MAX_ENTRIES",
+                dedupe_entries.to_string(),
+            )
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| {
@@ -682,7 +687,8 @@ pub fn sibling_broker() -> std::path::PathBuf {
 }
 
 /// Overload: an ingestion node (`broker`, its own process, with its
-/// default bounds). First the sustainable unary rate (closed loop, 256 in
+/// default bounds but a dedupe cache of `dedupe_entries`, so the run
+/// reaches the cache's ceiling). First the sustainable unary rate (closed loop, 256 in
 /// flight, for `probe`), then twice that in open loop for `duration`, then
 /// half of it for `recovery`. The node's resident memory is sampled every
 /// second.
@@ -693,6 +699,7 @@ pub async fn overload(
     duration: Duration,
     recovery: Duration,
     conversations: u64,
+    dedupe_entries: usize,
 ) -> anyhow::Result<ScenarioReport> {
     let max_in_flight = BrokerConfig::default().max_in_flight;
     let mut report = ScenarioReport::new(
@@ -703,13 +710,14 @@ pub async fn overload(
             ("recovery", format!("{recovery:?}")),
             ("conversations", conversations.to_string()),
             ("node_max_in_flight", max_in_flight.to_string()),
+            ("node_dedupe_max_entries", dedupe_entries.to_string()),
             ("partitions", kafka.topic_partitions.to_string()),
             ("memory", "the node process's resident set".into()),
         ],
     );
     let topic = format!("bench.overload.{}", uuid::Uuid::now_v7().simple());
     kafka.ensure_topics(&[&topic]).await?;
-    let node = NodeProcess::spawn(broker, kafka, &topic).await?;
+    let node = NodeProcess::spawn(broker, kafka, &topic, dedupe_entries).await?;
     let base = LoadOptions {
         memory_of: node.child.id(),
         ..load(Rpc::Unary, conversations, 200)

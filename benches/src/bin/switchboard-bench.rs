@@ -147,6 +147,11 @@ enum Scenario {
         /// this one].
         #[arg(long)]
         broker: Option<PathBuf>,
+        /// The node's dedupe cache size (`dedupe.max_entries`; 1,000,000 by
+        /// default in production). Its ids are most of the node's memory, so
+        /// a smaller cache lets a short run reach the ceiling.
+        #[arg(long, default_value_t = 200_000)]
+        dedupe_entries: usize,
     },
 }
 
@@ -215,6 +220,7 @@ async fn run_scenario(scenario: Scenario, output: &Output) -> anyhow::Result<()>
             recovery,
             conversations,
             broker,
+            dedupe_entries,
         } => {
             let broker = broker.unwrap_or_else(scenarios::sibling_broker);
             scenarios::overload(
@@ -224,6 +230,7 @@ async fn run_scenario(scenario: Scenario, output: &Output) -> anyhow::Result<()>
                 duration,
                 recovery,
                 conversations,
+                dedupe_entries,
             )
             .await?
         }
