@@ -78,6 +78,16 @@ async fn node(
     )
 }
 
+/// Stops the node and checks it shut down cleanly within 10 s.
+async fn stop(shutdown: Shutdown, server: tokio::task::JoinHandle<anyhow::Result<()>>) {
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
 #[tokio::test]
 async fn sheds_load_past_the_in_flight_bound() {
     let (kafka, silent) = silent_kafka().await;
@@ -103,12 +113,7 @@ async fn sheds_load_past_the_in_flight_bound() {
     let again = client.clone().publish(request()).await.unwrap_err();
     assert_eq!(again.code(), tonic::Code::Unavailable);
 
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(10), server)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    stop(shutdown, server).await;
     silent.abort();
 }
 
@@ -127,12 +132,7 @@ async fn fails_fast_when_no_kafka_broker_is_reachable() {
             started.elapsed()
         );
     }
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(10), server)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    stop(shutdown, server).await;
 }
 
 #[tokio::test]
@@ -166,11 +166,6 @@ async fn sheds_calls_past_the_per_connection_bound() {
         assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
     }
 
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(10), server)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    stop(shutdown, server).await;
     silent.abort();
 }
