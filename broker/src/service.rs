@@ -129,7 +129,27 @@ fn trace_of<T>(rpc: &'static str, request: &Request<T>) -> (tracing::Span, Trace
     )
 }
 
-const RPCS: [&str; 3] = ["publish", "publish_stream", "ingest_webhook"];
+/// The Ingest RPCs, for the `rpc` label.
+#[derive(Debug, Clone, Copy)]
+enum Rpc {
+    Publish,
+    PublishStream,
+    IngestWebhook,
+}
+
+impl Rpc {
+    const ALL: [Self; 3] = [Self::Publish, Self::PublishStream, Self::IngestWebhook];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Publish => "publish",
+            Self::PublishStream => "publish_stream",
+            Self::IngestWebhook => "ingest_webhook",
+        }
+    }
+}
+
+/// The `code` label values, indexed by [`code_index`].
 const CODES: [&str; 8] = [
     "ok",
     "invalid_argument",
@@ -141,28 +161,33 @@ const CODES: [&str; 8] = [
     "other",
 ];
 
-const CHANNELS: [Channel; 6] = [
-    Channel::Unspecified,
-    Channel::Whatsapp,
-    Channel::Messenger,
-    Channel::Instagram,
-    Channel::Sms,
-    Channel::Webchat,
-];
+/// `code`'s place in [`CODES`].
+fn code_index(code: tonic::Code) -> usize {
+    match code {
+        tonic::Code::Ok => 0,
+        tonic::Code::InvalidArgument => 1,
+        tonic::Code::ResourceExhausted => 2,
+        tonic::Code::Unavailable => 3,
+        tonic::Code::FailedPrecondition => 4,
+        tonic::Code::Unauthenticated => 5,
+        tonic::Code::PermissionDenied => 6,
+        _ => 7,
+    }
+}
 
 /// `switchboard_ingest_requests_total` handles, one per RPC, channel and
-/// status label, taken once: requests look no label up.
+/// status label, taken once: a request indexes its handle, looking nothing up.
 struct RequestCounters(Vec<metrics::Counter>);
 
 impl RequestCounters {
     fn new() -> Self {
-        let mut counters = Vec::with_capacity(RPCS.len() * CHANNELS.len() * CODES.len());
-        for rpc in RPCS {
-            for channel in CHANNELS {
+        let mut counters = Vec::with_capacity(Rpc::ALL.len() * Channel::ALL.len() * CODES.len());
+        for rpc in Rpc::ALL {
+            for channel in Channel::ALL {
                 for code in CODES {
                     counters.push(metrics::counter!(
                         "switchboard_ingest_requests_total",
-                        "rpc" => rpc,
+                        "rpc" => rpc.label(),
                         "channel" => channel.slug(),
                         "code" => code
                     ));
@@ -172,20 +197,15 @@ impl RequestCounters {
         Self(counters)
     }
 
-    /// Counts `n` requests of `rpc` (one of [`RPCS`]) on `channel`, answered
-    /// with `code`.
-    fn count(&self, rpc: &str, channel: Channel, code: tonic::Code, n: u64) {
-        let r = RPCS.iter().position(|x| *x == rpc).unwrap_or(0);
-        let ch = CHANNELS.iter().position(|x| *x == channel).unwrap_or(0);
-        let label = code_label(code);
-        let c = CODES
-            .iter()
-            .position(|x| *x == label)
-            .unwrap_or(CODES.len() - 1);
-        self.0[(r * CHANNELS.len() + ch) * CODES.len() + c].increment(n);
+    /// Counts `n` requests of `rpc` on `channel`, answered with `code`.
+    fn count(&self, rpc: Rpc, channel: Channel, code: tonic::Code, n: u64) {
+        // `Channel::ALL` is in value order, so a channel is its own index.
+        let i =
+            (rpc as usize * Channel::ALL.len() + channel as usize) * CODES.len() + code_index(code);
+        self.0[i].increment(n);
     }
 
-    fn record<T>(&self, rpc: &str, channel: Channel, result: &Result<T, IngestError>) {
+    fn record<T>(&self, rpc: Rpc, channel: Channel, result: &Result<T, IngestError>) {
         let code = result
             .as_ref()
             .map_or_else(IngestError::code, |_| tonic::Code::Ok);
@@ -196,19 +216,6 @@ impl RequestCounters {
 /// The channel an envelope names (unspecified when there is none).
 fn channel_of(envelope: Option<&Envelope>) -> Channel {
     envelope.map_or(Channel::Unspecified, Envelope::channel)
-}
-
-fn code_label(code: tonic::Code) -> &'static str {
-    match code {
-        tonic::Code::Ok => "ok",
-        tonic::Code::InvalidArgument => "invalid_argument",
-        tonic::Code::ResourceExhausted => "resource_exhausted",
-        tonic::Code::Unavailable => "unavailable",
-        tonic::Code::FailedPrecondition => "failed_precondition",
-        tonic::Code::Unauthenticated => "unauthenticated",
-        tonic::Code::PermissionDenied => "permission_denied",
-        _ => "other",
-    }
 }
 
 type ResponseStream = Pin<Box<dyn Stream<Item = Result<PublishResponse, Status>> + Send>>;
@@ -231,7 +238,7 @@ impl Ingest for IngestService {
         }
         .instrument(span)
         .await;
-        self.requests.record("publish", channel, &result);
+        self.requests.record(Rpc::Publish, channel, &result);
         Ok(Response::new(result?))
     }
 
@@ -246,7 +253,7 @@ impl Ingest for IngestService {
             .authenticate(request.metadata())
             .inspect_err(|e| {
                 self.requests
-                    .count("publish_stream", Channel::Unspecified, e.code(), 1)
+                    .count(Rpc::PublishStream, Channel::Unspecified, e.code(), 1)
             })?;
         let (span, trace) = trace_of("ingest.publish_stream", &request);
         let mut inbound = request.into_inner();
@@ -285,7 +292,7 @@ impl Ingest for IngestService {
                                     Ok(queued) => queued.response(sequence).await,
                                     Err(e) => Err(e),
                                 };
-                                requests.record("publish_stream", channel, &result);
+                                requests.record(Rpc::PublishStream, channel, &result);
                                 result.unwrap_or_else(|e| PublishResponse {
                                     sequence,
                                     error: Some(e.to_detail()),
@@ -351,7 +358,7 @@ impl Ingest for IngestService {
         }
         .instrument(span)
         .await;
-        self.requests.record("ingest_webhook", channel, &result);
+        self.requests.record(Rpc::IngestWebhook, channel, &result);
         Ok(Response::new(result?))
     }
 }

@@ -23,15 +23,6 @@ fn now() -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(1_750_000_000)
 }
 
-const CHANNELS: [Channel; 6] = [
-    Channel::Unspecified,
-    Channel::Whatsapp,
-    Channel::Messenger,
-    Channel::Instagram,
-    Channel::Sms,
-    Channel::Webchat,
-];
-
 const CONTENT_TYPES: [&str; 6] = [
     "",
     "application/json",
@@ -323,7 +314,7 @@ fn mutate(value: &mut Value, index: Index, mutation: &Mutation) {
 proptest! {
     #[test]
     fn arbitrary_bytes_never_panic(
-        channel in proptest::sample::select(&CHANNELS[..]),
+        channel in proptest::sample::select(&Channel::ALL[..]),
         content_type in proptest::sample::select(&CONTENT_TYPES[..]),
         payload in proptest::collection::vec(any::<u8>(), 0..512),
         limits in limits(),
@@ -333,7 +324,7 @@ proptest! {
 
     #[test]
     fn arbitrary_json_never_panics(
-        channel in proptest::sample::select(&CHANNELS[..]),
+        channel in proptest::sample::select(&Channel::ALL[..]),
         value in json(8),
         limits in limits(),
     ) {
@@ -343,7 +334,7 @@ proptest! {
 
     #[test]
     fn webhook_shaped_json_never_panics(
-        channel in proptest::sample::select(&CHANNELS[1..4]),
+        channel in proptest::sample::select(&Channel::ALL[1..4]),
         value in webhook(),
         limits in limits(),
     ) {

@@ -30,6 +30,17 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 pub use pbjson_types::Timestamp;
 
 impl v1::Channel {
+    /// Every channel, `Unspecified` first, in value order (so a channel's
+    /// value is its index here).
+    pub const ALL: [Self; 6] = [
+        Self::Unspecified,
+        Self::Whatsapp,
+        Self::Messenger,
+        Self::Instagram,
+        Self::Sms,
+        Self::Webchat,
+    ];
+
     /// The lowercase name used in Kafka keys, rules and metric labels.
     pub fn slug(self) -> &'static str {
         match self {
@@ -93,4 +104,18 @@ pub fn system_time(ts: &Timestamp) -> Option<std::time::SystemTime> {
         .filter(|n| *n < 1_000_000_000)?;
     let secs = u64::try_from(ts.seconds).ok()?;
     std::time::UNIX_EPOCH.checked_add(std::time::Duration::new(secs, nanos))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::v1::Channel;
+
+    #[test]
+    fn every_channel_is_listed_at_its_value() {
+        for (i, channel) in Channel::ALL.iter().enumerate() {
+            assert_eq!(*channel as usize, i);
+            assert_eq!(Channel::try_from(i as i32), Ok(*channel));
+        }
+        assert!(Channel::try_from(Channel::ALL.len() as i32).is_err());
+    }
 }
