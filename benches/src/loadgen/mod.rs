@@ -241,11 +241,40 @@ impl Shared {
                 }
                 acked[i] = true;
             }
-            Err(code) => self.recorder.error(now, &format!("{code:?}"), 1),
+            Err(code) => self.recorder.error(now, code_name(code), 1),
         }
         self.answered.fetch_add(1, Ordering::Relaxed);
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// gRPC codes by value, named as in tonic (`ResourceExhausted`), so an
+/// error is counted without formatting its code.
+const CODE_NAMES: [&str; 17] = [
+    "Ok",
+    "Cancelled",
+    "Unknown",
+    "InvalidArgument",
+    "DeadlineExceeded",
+    "NotFound",
+    "AlreadyExists",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "FailedPrecondition",
+    "Aborted",
+    "OutOfRange",
+    "Unimplemented",
+    "Internal",
+    "Unavailable",
+    "DataLoss",
+    "Unauthenticated",
+];
+
+fn code_name(code: tonic::Code) -> &'static str {
+    CODE_NAMES
+        .get(i32::from(code) as usize)
+        .copied()
+        .unwrap_or("Unknown")
 }
 
 /// Waiting stream requests of one connection: index → (intended send
@@ -311,14 +340,14 @@ pub async fn run(
 ) -> anyhow::Result<LoadReport<LoadOptions>> {
     options.validate()?;
     let run_id = uuid::Uuid::now_v7().simple().to_string()[20..].to_owned();
-    let workload = Workload {
+    let workload = Arc::new(Workload {
         run: run_id.clone(),
         conversations: options.conversations,
         tenants: options.tenants,
         tenant: options.tenant.clone(),
         channel: options.channel.into(),
         body: Workload::body_of(options.payload_bytes),
-    };
+    });
     let started = Instant::now();
     let sink = match &sink {
         Some(spec) => Some(
@@ -559,4 +588,17 @@ async fn show_progress(
     }
     shared.recorder.sample_memory(memory_of);
     bar.finish_and_clear();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn code_names_match_tonic() {
+        for value in 0..17 {
+            let code = tonic::Code::from_i32(value);
+            assert_eq!(code_name(code), format!("{code:?}"));
+        }
+    }
 }

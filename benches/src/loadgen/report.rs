@@ -117,7 +117,12 @@ impl Recorder {
     /// `n` failures at `at`, labelled `code`.
     pub fn error(&self, at: Instant, code: &str, n: u64) {
         let mut state = self.state.lock().expect("recorder lock");
-        *state.errors.entry(code.to_owned()).or_default() += n;
+        match state.errors.get_mut(code) {
+            Some(count) => *count += n,
+            None => {
+                state.errors.insert(code.to_owned(), n);
+            }
+        }
         self.second(&mut state, at).errors += n;
     }
 
