@@ -120,13 +120,16 @@ impl PipelineConfig {
     /// a backlog for the workers to work through.
     pub async fn preload(&self, envelopes: &[Envelope]) -> anyhow::Result<()> {
         use futures::{StreamExt, stream::FuturesUnordered};
-        let publisher = Publisher::new(&BrokerConfig {
-            kafka: self.kafka.clone(),
-            messages_topic: self.messages_topic.clone(),
-            ack_timeout: Duration::from_secs(60),
-            max_in_flight: 50_000,
-            ..BrokerConfig::default()
-        })?;
+        let publisher = Publisher::new(
+            BrokerConfig {
+                kafka: self.kafka.clone(),
+                messages_topic: self.messages_topic.clone(),
+                ack_timeout: Duration::from_secs(60),
+                max_in_flight: 50_000,
+                ..BrokerConfig::default()
+            }
+            .publisher(),
+        )?;
         let mut pending = FuturesUnordered::new();
         for envelope in envelopes {
             let permit = publisher.permit().await?;

@@ -1,7 +1,8 @@
 //! A Kafka outage seen from the gRPC edge, on a real Apache Kafka of the
 //! test's own (another port and data folder, so other tests are not
-//! disturbed): publishes fail fast with UNAVAILABLE while Kafka is down,
-//! and work again once it is back, without restarting the node.
+//! disturbed): publishes fail fast with UNAVAILABLE and the node reports
+//! NOT_SERVING while Kafka is down, and both recover once it is back,
+//! without restarting the node.
 //!
 //! Run with `deploy/test.sh` (it fetches the Kafka jars).
 
@@ -14,6 +15,21 @@ use std::{
 
 use switchboard_broker::{config::BrokerConfig, server::Broker, shutdown::Shutdown, testkit};
 use switchboard_proto::v1::{Channel, PublishRequest, ingest_client::IngestClient};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+/// The Ingest service's health status.
+async fn serving(health: &mut HealthClient<tonic::transport::Channel>) -> ServingStatus {
+    health
+        .check(HealthCheckRequest {
+            service: "switchboard.v1.Ingest".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status()
+}
 
 struct OwnKafka {
     port: u16,
@@ -111,6 +127,8 @@ async fn publishes_fail_fast_while_kafka_is_down_and_recover_after() {
         metrics_addr: None,
         kafka: testkit::kafka_config(&kafka.bootstrap(), 3),
         messages_topic: testkit::random_topic("outage.messages"),
+        // What a caller waits at most before the node knows Kafka is down.
+        ack_timeout: Duration::from_secs(1),
         ..BrokerConfig::default()
     };
     config
@@ -125,8 +143,16 @@ async fn publishes_fail_fast_while_kafka_is_down_and_recover_after() {
     let mut client = IngestClient::connect(format!("http://{addr}"))
         .await
         .unwrap();
+    let mut health = HealthClient::new(
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
     // A fresh Kafka takes a moment to elect the new topic's leaders.
     publish_until_ok(&mut client, Duration::from_secs(60)).await;
+    assert_eq!(serving(&mut health).await, ServingStatus::Serving);
 
     kafka.run("stop.sh");
     // Every publish while Kafka is down answers UNAVAILABLE within about a
@@ -148,10 +174,13 @@ async fn publishes_fail_fast_while_kafka_is_down_and_recover_after() {
         fastest < Duration::from_millis(200),
         "fail-fast once Kafka is known down ({fastest:?})"
     );
+    // Load balancers see it: the node is not serving while Kafka is down.
+    assert_eq!(serving(&mut health).await, ServingStatus::NotServing);
 
     kafka.run("start.sh");
     let recovered = publish_until_ok(&mut client, Duration::from_secs(60)).await;
     assert!(!recovered.message_id.is_empty());
+    assert_eq!(serving(&mut health).await, ServingStatus::Serving);
 
     stop.cancel();
     server.await.unwrap().unwrap();

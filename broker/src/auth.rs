@@ -31,6 +31,7 @@ use std::{
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter, clock::Clock};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+use tokio::sync::watch;
 use tonic::metadata::MetadataMap;
 
 use crate::error::IngestError;
@@ -55,6 +56,7 @@ struct TenantEntry {
 struct Tenant {
     entry: TenantEntry,
     limiter: Arc<DefaultDirectRateLimiter>,
+    burst: NonZeroU32,
 }
 
 /// One loaded tenants file: key digests to tenant ids, and the tenants.
@@ -68,6 +70,8 @@ struct Snapshot {
 pub struct Auth {
     file: Option<PathBuf>,
     state: RwLock<(Arc<Snapshot>, Option<SystemTime>)>,
+    /// Bumped at every reload, so long calls can check their caller again.
+    reloads: watch::Sender<u64>,
 }
 
 /// Who is calling.
@@ -81,14 +85,24 @@ pub enum Caller {
         id: String,
         /// Its rate limiter.
         limiter: Arc<DefaultDirectRateLimiter>,
+        /// The limiter's burst: the most one request can ever take.
+        burst: NonZeroU32,
+        /// The SHA-256 digest of the key it presented.
+        key: [u8; 32],
     },
 }
 
 impl Caller {
     /// Checks that the caller may publish for `tenant_id` (found at `field`),
     /// and takes `messages` from its rate limit.
+    /// A request with more messages than the tenant's burst (a channel
+    /// webhook cannot be split) takes the whole burst: it waits for a full
+    /// bucket instead of being refused forever.
     pub fn admit(&self, field: &str, tenant_id: &str, messages: u32) -> Result<(), IngestError> {
-        let Self::Tenant { id, limiter } = self else {
+        let Self::Tenant {
+            id, limiter, burst, ..
+        } = self
+        else {
             return Ok(());
         };
         if tenant_id != id && !tenant_id.is_empty() {
@@ -99,6 +113,7 @@ impl Caller {
         let Some(n) = NonZeroU32::new(messages) else {
             return Ok(());
         };
+        let n = n.min(*burst);
         match limiter.check_n(n) {
             Ok(Ok(())) => Ok(()),
             Ok(Err(not_until)) => Err(IngestError::RateLimited {
@@ -128,6 +143,7 @@ impl Auth {
         let auth = Self {
             file: file.map(Path::to_path_buf),
             state: RwLock::new((Arc::default(), None)),
+            reloads: watch::Sender::new(0),
         };
         if let Some(file) = file {
             let modified = std::fs::metadata(file)?.modified().ok();
@@ -162,17 +178,42 @@ impl Auth {
             .ok_or_else(|| {
                 IngestError::Unauthenticated("`authorization` must be `Bearer <API key>`")
             })?;
-        let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+        self.caller(Sha256::digest(key.as_bytes()).into(), "unknown API key")
+    }
+
+    /// The caller presenting the key with `digest`, in the tenants now in force.
+    fn caller(&self, digest: [u8; 32], unknown: &'static str) -> Result<Caller, IngestError> {
         let snapshot = self.state.read().expect("auth lock").0.clone();
         let tenant = snapshot
             .keys
             .get(&digest)
-            .ok_or(IngestError::Unauthenticated("unknown API key"))?;
-        let limiter = snapshot.tenants[tenant].limiter.clone();
+            .ok_or(IngestError::Unauthenticated(unknown))?;
+        let entry = &snapshot.tenants[tenant];
         Ok(Caller::Tenant {
             id: tenant.clone(),
-            limiter,
+            limiter: entry.limiter.clone(),
+            burst: entry.burst,
+            key: digest,
         })
+    }
+
+    /// Checks a long call's caller against the tenants now in force: its
+    /// key may have been removed, or its limits changed, since the call
+    /// began. A key that now belongs to another tenant is refused too.
+    pub fn recheck(&self, caller: &Caller) -> Result<Caller, IngestError> {
+        let Caller::Tenant { id, key, .. } = caller else {
+            return Ok(Caller::Anyone);
+        };
+        let current = self.caller(*key, "the API key was revoked")?;
+        if current.tenant() != Some(id.as_str()) {
+            return Err(IngestError::Unauthenticated("the API key was revoked"));
+        }
+        Ok(current)
+    }
+
+    /// Changes at every reload of the tenants file.
+    pub fn reloads(&self) -> watch::Receiver<u64> {
+        self.reloads.subscribe()
     }
 
     /// Re-reads the tenants file if it changed. On error the old tenants stay.
@@ -190,6 +231,7 @@ impl Auth {
         };
         let snapshot = load(file, &current)?;
         *self.state.write().expect("auth lock") = (Arc::new(snapshot), modified);
+        self.reloads.send_modify(|n| *n += 1);
         Ok(true)
     }
 
@@ -269,7 +311,14 @@ fn load(path: &Path, previous: &Snapshot) -> anyhow::Result<Snapshot> {
         };
         if snapshot
             .tenants
-            .insert(entry.id.clone(), Tenant { entry, limiter })
+            .insert(
+                entry.id.clone(),
+                Tenant {
+                    entry,
+                    limiter,
+                    burst,
+                },
+            )
             .is_some()
         {
             return Err(anyhow::anyhow!("a tenant is listed twice"));

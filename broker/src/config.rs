@@ -17,7 +17,13 @@ use figment::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::{channels::Limits, dedupe::DedupeConfig, kafka::KafkaConfig};
+use crate::{
+    channels::Limits, dedupe::DedupeConfig, kafka::KafkaConfig, publisher::PublisherConfig,
+    service::ServiceConfig,
+};
+
+/// Room for a request's fields around its envelope or webhook body.
+const REQUEST_FRAMING_BYTES: usize = 64 << 10;
 
 /// Configuration of an ingestion node.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -34,6 +40,10 @@ pub struct BrokerConfig {
     /// Most publishes waiting for a Kafka ack at once, over all RPCs. Past
     /// it, unary calls get `RESOURCE_EXHAUSTED` and streams stop reading.
     pub max_in_flight: usize,
+    /// Most encoded envelope bytes waiting for a Kafka ack at once, over
+    /// all RPCs. Past it, publishes get `RESOURCE_EXHAUSTED`: memory is
+    /// bounded in bytes, not only in messages.
+    pub max_in_flight_bytes: usize,
     /// Most publishes in flight on one `PublishStream` call.
     pub max_in_flight_per_stream: usize,
     /// Most calls served at once on one client connection (HTTP/2 streams).
@@ -42,14 +52,22 @@ pub struct BrokerConfig {
     /// connection may open at most twice this many streams.
     pub max_calls_per_connection: usize,
     /// How long Kafka may take to acknowledge a message before the publish
-    /// fails with `UNAVAILABLE` (librdkafka `message.timeout.ms`).
+    /// fails with `UNAVAILABLE` (librdkafka `message.timeout.ms`). Longer
+    /// than a partition leader election (a lost broker is noticed after
+    /// Kafka's `broker.session.timeout.ms`, 9 s by default).
     #[serde(with = "humantime_serde")]
     pub ack_timeout: Duration,
     /// How long the producer may batch messages (librdkafka `linger.ms`).
     #[serde(with = "humantime_serde")]
     pub linger: Duration,
-    /// Largest accepted encoded envelope, in bytes.
+    /// Largest accepted encoded envelope, in bytes. gRPC requests are
+    /// refused before they are decoded when they are larger than this (or
+    /// than `webhook_limits.max_body_bytes`) plus 64 KiB of framing.
     pub max_envelope_bytes: usize,
+    /// How far in the future a caller's `sent_at` may be (clock skew).
+    /// Later ones are refused with `INVALID_ARGUMENT`.
+    #[serde(with = "humantime_serde")]
+    pub max_clock_skew: Duration,
     /// Time allowed after the shutdown signal for in-flight calls to finish.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -88,11 +106,13 @@ impl Default for BrokerConfig {
             kafka: KafkaConfig::default(),
             messages_topic: "switchboard.messages.v1".into(),
             max_in_flight: 10_000,
+            max_in_flight_bytes: 256 << 20,
             max_in_flight_per_stream: 1_024,
             max_calls_per_connection: 1_024,
-            ack_timeout: Duration::from_secs(1),
+            ack_timeout: Duration::from_secs(30),
             linger: Duration::from_millis(2),
             max_envelope_bytes: 1 << 20,
+            max_clock_skew: Duration::from_secs(300),
             shutdown_grace: Duration::from_secs(10),
             auth_file: None,
             auth_reload_interval: Duration::from_secs(2),
@@ -112,8 +132,45 @@ impl BrokerConfig {
         Ok(config)
     }
 
+    /// The publisher's section.
+    pub fn publisher(&self) -> PublisherConfig {
+        PublisherConfig {
+            kafka: self.kafka.clone(),
+            topic: self.messages_topic.clone(),
+            max_in_flight: self.max_in_flight,
+            max_in_flight_bytes: self.max_in_flight_bytes,
+            max_envelope_bytes: self.max_envelope_bytes,
+            ack_timeout: self.ack_timeout,
+            linger: self.linger,
+        }
+    }
+
+    /// The gRPC service's section.
+    pub fn service(&self) -> ServiceConfig {
+        ServiceConfig {
+            webhook_limits: self.webhook_limits.clone(),
+            max_in_flight_per_stream: self.max_in_flight_per_stream,
+            max_clock_skew: self.max_clock_skew,
+            max_request_bytes: self.max_request_bytes(),
+        }
+    }
+
+    /// The largest gRPC request the node decodes: the largest envelope or
+    /// webhook body, plus framing.
+    pub fn max_request_bytes(&self) -> usize {
+        self.max_envelope_bytes
+            .max(self.webhook_limits.max_body_bytes)
+            .saturating_add(REQUEST_FRAMING_BYTES)
+    }
+
     fn check(&self) -> anyhow::Result<()> {
         anyhow::ensure!(self.max_in_flight > 0, "max_in_flight must be at least 1");
+        anyhow::ensure!(
+            self.max_in_flight_bytes >= self.max_envelope_bytes,
+            "max_in_flight_bytes ({}) must be at least max_envelope_bytes ({})",
+            self.max_in_flight_bytes,
+            self.max_envelope_bytes
+        );
         anyhow::ensure!(
             self.max_in_flight_per_stream > 0,
             "max_in_flight_per_stream must be at least 1"
@@ -200,6 +257,13 @@ mod tests {
         assert_eq!(config.ack_timeout, Duration::from_secs(3));
         assert_eq!(config.kafka.bootstrap_servers, "flag:2");
         assert_eq!(config.max_in_flight, BrokerConfig::default().max_in_flight);
+    }
+
+    /// Kafka notices a lost broker after `broker.session.timeout.ms` (9 s by
+    /// default) and then elects new leaders: a publish must outlive that.
+    #[test]
+    fn the_ack_timeout_outlives_a_leader_election() {
+        assert!(BrokerConfig::default().ack_timeout > Duration::from_secs(9));
     }
 
     #[test]

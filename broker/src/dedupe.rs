@@ -17,7 +17,10 @@
 //! a conversation's message lands in the same partition.
 
 use std::{
-    sync::{Arc, Mutex, RwLock},
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -66,13 +69,24 @@ pub type SharedPublish = Shared<BoxFuture<'static, Result<Published, IngestError
 type Key = (String, i32, String);
 /// Keys come from clients, so the hasher is seeded; foldhash is several
 /// times faster than the default SipHash on these short keys.
-type Generation = Arc<DashMap<Key, SharedPublish, foldhash::quality::RandomState>>;
+/// Each entry has an id, so a failed publish forgets only itself, never a
+/// later copy that replaced it.
+type Generation = Arc<DashMap<Key, (u64, SharedPublish), foldhash::quality::RandomState>>;
+
+/// Whether a first copy's publish has already failed. A failed publish is
+/// forgotten when it is awaited, but its caller may have gone away before
+/// that (a deadline, a closed stream): then the next copy finds it here,
+/// and publishes again instead of inheriting the failure.
+fn has_failed(first: &SharedPublish) -> bool {
+    matches!(first.clone().now_or_never(), Some(Err(_)))
+}
 
 /// The node's bounded, time-windowed dedupe cache.
 pub struct Dedupe {
     config: DedupeConfig,
     generations: RwLock<(Generation, Generation)>,
     rotated: Mutex<Instant>,
+    next_id: AtomicU64,
 }
 
 impl Dedupe {
@@ -82,6 +96,7 @@ impl Dedupe {
             config,
             generations: RwLock::default(),
             rotated: Mutex::new(Instant::now()),
+            next_id: AtomicU64::new(0),
         }
     }
 
@@ -107,32 +122,39 @@ impl Dedupe {
         self.maybe_rotate();
         let key = (tenant.to_owned(), channel, channel_message_id.to_owned());
         let (current, previous) = self.generations.read().expect("dedupe lock").clone();
-        if let Some(first) = previous
+        // Clone the entry out, so no map lock is held while it is checked.
+        let found = previous
             .get(&key)
             .or_else(|| current.get(&key))
-            .map(|f| f.clone())
-        {
-            metrics::counter!("switchboard_ingest_dedupe_hits_total").increment(1);
-            return Ok((first, true));
+            .map(|f| f.value().clone());
+        if let Some((id, first)) = found {
+            if !has_failed(&first) {
+                metrics::counter!("switchboard_ingest_dedupe_hits_total").increment(1);
+                return Ok((first, true));
+            }
+            for generation in [&previous, &current] {
+                generation.remove_if(&key, |_, (other, _)| *other == id);
+            }
         }
         match current.entry(key.clone()) {
             Entry::Occupied(first) => {
                 metrics::counter!("switchboard_ingest_dedupe_hits_total").increment(1);
-                Ok((first.get().clone(), true))
+                Ok((first.get().1.clone(), true))
             }
             Entry::Vacant(slot) => {
                 let pending = enqueue()?;
                 let generation = current.clone();
+                let id = self.next_id.fetch_add(1, Ordering::Relaxed);
                 let shared = async move {
                     let result = pending.await;
                     if result.is_err() {
-                        generation.remove(&key);
+                        generation.remove_if(&key, |_, (other, _)| *other == id);
                     }
                     result
                 }
                 .boxed()
                 .shared();
-                slot.insert(shared.clone());
+                slot.insert((id, shared.clone()));
                 Ok((shared, false))
             }
         }
@@ -245,6 +267,30 @@ mod tests {
                 .is_err()
         );
         assert!(!dedupe.publish_once("acme", 1, "mid.2", || ok(4)).unwrap().1);
+    }
+
+    /// A first copy whose caller went away before Kafka answered with an
+    /// error must not hand that error to every later copy.
+    #[tokio::test]
+    async fn a_failed_first_copy_nobody_awaited_lets_the_next_one_publish() {
+        let dedupe = Dedupe::new(DedupeConfig::default());
+        let (first, dup) = dedupe
+            .publish_once("acme", 1, "mid.9", || {
+                Ok(async {
+                    Err(IngestError::Unavailable(KafkaError::MessageProduction(
+                        RDKafkaErrorCode::MessageTimedOut,
+                    )))
+                }
+                .boxed())
+            })
+            .unwrap();
+        assert!(!dup);
+        drop(first); // the caller's deadline ran out
+        let (second, dup) = dedupe.publish_once("acme", 1, "mid.9", || ok(5)).unwrap();
+        assert!(!dup, "a failed first copy is not a duplicate to answer");
+        assert_eq!(second.await.unwrap(), published(5));
+        // And the successful one is remembered.
+        assert!(dedupe.publish_once("acme", 1, "mid.9", || ok(6)).unwrap().1);
     }
 
     #[tokio::test]

@@ -142,6 +142,47 @@ impl From<IngestError> for Status {
     }
 }
 
+/// Requests over the node's size limit.
+pub mod limits {
+    use tonic::Status;
+    use tonic_types::{ErrorDetails, StatusExt};
+
+    /// The status for a request larger than `limit` bytes.
+    pub fn too_large(limit: usize) -> Status {
+        let mut details = ErrorDetails::new();
+        let description = format!(
+            "the request is larger than the node's {limit} byte limit \
+             (max_envelope_bytes or webhook_limits.max_body_bytes, plus framing)"
+        );
+        details.add_bad_request_violation("request", description.clone());
+        Status::with_error_details(tonic::Code::InvalidArgument, description, details)
+    }
+
+    /// tonic refuses a request over its decode limit with a bare
+    /// `OUT_OF_RANGE` before any handler runs; the node's handlers never
+    /// answer `OUT_OF_RANGE`, so such an answer is that refusal, and is
+    /// rewritten to `INVALID_ARGUMENT` naming the limit.
+    pub fn too_large_is_invalid<B>(
+        mut response: http::Response<B>,
+        limit: usize,
+    ) -> http::Response<B> {
+        let out_of_range = (tonic::Code::OutOfRange as i32).to_string();
+        if response
+            .headers()
+            .get("grpc-status")
+            .is_some_and(|code| code.as_bytes() == out_of_range.as_bytes())
+        {
+            let (parts, _) = too_large(limit).into_http::<()>().into_parts();
+            for name in ["grpc-status", "grpc-message", "grpc-status-details-bin"] {
+                if let Some(value) = parts.headers.get(name) {
+                    response.headers_mut().insert(name, value.clone());
+                }
+            }
+        }
+        response
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

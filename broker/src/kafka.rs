@@ -1,11 +1,16 @@
 //! Kafka client settings shared by the ingestion node and the workers.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use rdkafka::{
-    ClientConfig,
+    ClientConfig, ClientContext,
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
-    client::DefaultClientContext,
+    config::RDKafkaLogLevel,
+    error::KafkaError,
     types::RDKafkaErrorCode,
 };
 use serde::{Deserialize, Serialize};
@@ -87,6 +92,48 @@ impl KafkaConfig {
         Ok(topic_metadata.partitions().len())
     }
 
+    /// Waits until a broker answers a metadata request, or `deadline`.
+    /// While none does, the client's [`ReportingContext`] says so at once
+    /// and every few seconds, with the address and librdkafka's reason.
+    /// Cancel-safe: each attempt is a blocking call of its own, so a
+    /// shutdown signal ends the wait.
+    pub async fn wait_until_reachable(&self, deadline: Instant) -> anyhow::Result<()> {
+        use rdkafka::consumer::{BaseConsumer, Consumer as _};
+        let context = ReportingContext::new(&self.bootstrap_servers, "startup");
+        let probe: Arc<BaseConsumer<ReportingContext>> =
+            Arc::new(self.client_config(&[]).create_with_context(context)?);
+        loop {
+            let attempt = probe.clone();
+            let answer = tokio::task::spawn_blocking(move || {
+                let answer = attempt.fetch_metadata(None, Duration::from_millis(500));
+                // Hands librdkafka's queued log lines and errors to the
+                // context, which reports them.
+                let _ = attempt.poll(Duration::from_millis(500));
+                answer
+            })
+            .await?;
+            match answer {
+                Ok(_) => return Ok(()),
+                Err(e) => anyhow::ensure!(
+                    Instant::now() < deadline,
+                    "Kafka at {} did not answer: {}",
+                    self.bootstrap_servers,
+                    probe
+                        .context()
+                        .last_reason()
+                        .unwrap_or_else(|| e.to_string())
+                ),
+            }
+        }
+    }
+
+    /// `min.insync.replicas` of every topic Switchboard creates:
+    /// `min(2, topic_replication)`, so `acks=all` means two copies whenever
+    /// there can be two.
+    pub fn min_insync_replicas(&self) -> i32 {
+        self.topic_replication.clamp(1, 2)
+    }
+
     /// Creates the given topics if they do not exist yet. Transient
     /// failures (a busy controller, a timeout) are retried for up to a
     /// minute, so a node starting while Kafka is busy does not give up.
@@ -101,9 +148,22 @@ impl KafkaConfig {
         topics: &[&str],
         configs: &[(&str, &str)],
     ) -> anyhow::Result<()> {
-        let admin: AdminClient<DefaultClientContext> = self.client_config(&[]).create()?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        self.wait_until_reachable(deadline).await?;
+        let admin: AdminClient<ReportingContext> =
+            self.client_config(&[])
+                .create_with_context(ReportingContext::new(
+                    &self.bootstrap_servers,
+                    "topic admin",
+                ))?;
+        // `acks=all` means every in-sync replica; without a floor, a topic
+        // with one replica left in sync acknowledges on that one alone.
+        let min_insync = self.min_insync_replicas().to_string();
+        let configs: Vec<(&str, &str)> = [("min.insync.replicas", min_insync.as_str())]
+            .into_iter()
+            .chain(configs.iter().copied())
+            .collect();
         let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
         let mut missing: Vec<&str> = topics.to_vec();
         loop {
             let new: Vec<NewTopic<'_>> = missing
@@ -144,7 +204,7 @@ impl KafkaConfig {
                 return Ok(());
             }
             anyhow::ensure!(
-                std::time::Instant::now() < deadline,
+                Instant::now() < deadline,
                 "cannot create topics {retry:?} within a minute; is Kafka at {} up?",
                 self.bootstrap_servers
             );
@@ -153,6 +213,97 @@ impl KafkaConfig {
         }
     }
 }
+
+/// A client context that says plainly when Kafka is not answering: the
+/// first error at once, with the bootstrap address and librdkafka's reason,
+/// then at most one line every [`ReportingContext::EVERY`] while errors go
+/// on (with how many were folded into it). librdkafka's own log lines go to
+/// `tracing` at debug level, and the last error among them is kept as the
+/// reason to report.
+pub struct ReportingContext {
+    bootstrap: String,
+    client: &'static str,
+    last: Mutex<(Option<Instant>, u64)>,
+    last_reason: Mutex<Option<String>>,
+}
+
+impl ReportingContext {
+    /// How often a continuing error is repeated in the log.
+    pub const EVERY: Duration = Duration::from_secs(5);
+
+    /// A context for the `client` (e.g. "ingest producer") of `bootstrap`.
+    pub fn new(bootstrap: &str, client: &'static str) -> Self {
+        Self {
+            bootstrap: bootstrap.to_owned(),
+            client,
+            last: Mutex::new((None, 0)),
+            last_reason: Mutex::new(None),
+        }
+    }
+
+    /// librdkafka's last error, as it worded it.
+    pub fn last_reason(&self) -> Option<String> {
+        self.last_reason.lock().expect("reason lock").clone()
+    }
+}
+
+impl ReportingContext {
+    /// Logs `reason` now, or folds it into the next line if one was logged
+    /// less than [`Self::EVERY`] ago.
+    fn report(&self, reason: &str, unreachable: bool) {
+        *self.last_reason.lock().expect("reason lock") = Some(reason.to_owned());
+        let mut last = self.last.lock().expect("reporting lock");
+        let (at, folded) = &mut *last;
+        if at.is_some_and(|at| at.elapsed() < Self::EVERY) {
+            *folded += 1;
+            return;
+        }
+        if unreachable {
+            tracing::error!(
+                client = self.client,
+                reason,
+                folded = *folded,
+                "Kafka at {} is not answering; retrying",
+                self.bootstrap
+            );
+        } else {
+            tracing::warn!(
+                client = self.client,
+                bootstrap = %self.bootstrap,
+                reason,
+                folded = *folded,
+                "Kafka client error"
+            );
+        }
+        *at = Some(Instant::now());
+        *folded = 0;
+    }
+}
+
+impl ClientContext for ReportingContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        if (level as i32) <= (RDKafkaLogLevel::Error as i32) {
+            // librdkafka says FAIL when it cannot reach a broker.
+            self.report(message, fac == "FAIL");
+        } else {
+            tracing::trace!(client = self.client, fac, "librdkafka: {message}");
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        let unreachable = matches!(
+            error.rdkafka_error_code(),
+            Some(
+                RDKafkaErrorCode::AllBrokersDown
+                    | RDKafkaErrorCode::BrokerTransportFailure
+                    | RDKafkaErrorCode::Resolve
+            )
+        );
+        self.report(&format!("{error}: {reason}"), unreachable);
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for ReportingContext {}
 
 /// Errors that a later attempt at creating a topic may not hit.
 fn is_transient(code: RDKafkaErrorCode) -> bool {

@@ -1,10 +1,22 @@
 //! The bounded Kafka producer behind every ingest RPC.
 //!
-//! [`Publisher::enqueue`] is synchronous: it takes an in-flight permit,
-//! encodes the envelope and hands it to librdkafka in call order, so messages
-//! of one conversation enter their partition in the order they were
-//! published, even when their acks are awaited concurrently. The returned
-//! [`PendingAck`] resolves once Kafka has the message (`acks=all`).
+//! [`Publisher::enqueue`] is synchronous: it takes the envelope's bytes from
+//! the in-flight byte budget, encodes it and hands it to librdkafka in call
+//! order, so messages of one conversation enter their partition in the order
+//! they were published, even when their acks are awaited concurrently. The
+//! returned [`PendingAck`] resolves once Kafka has the message (`acks=all`).
+//!
+//! **Permits are freed by Kafka's answer, not by the caller.** The in-flight
+//! permits travel with the record into librdkafka and are dropped by the
+//! delivery callback, so a caller that goes away before the ack (a client
+//! deadline, a closed stream, a webhook that failed half-way) never leaks a
+//! slot: the node's capacity is back as soon as Kafka answers.
+//!
+//! **Health.** [`KafkaHealth`] follows librdkafka's error events: all
+//! brokers down, or a fatal error of the idempotent producer. Either makes
+//! publishes fail fast with `UNAVAILABLE` and the node report NOT_SERVING;
+//! [`Publisher::watch_recovery`] clears the first once a broker answers, and
+//! replaces a producer that hit a fatal error with a new one.
 
 use std::{
     sync::{
@@ -14,20 +26,22 @@ use std::{
     time::{Duration, Instant},
 };
 
+use arc_swap::ArcSwap;
 use prost::Message;
 use rdkafka::{
-    ClientContext,
+    ClientContext, Message as _,
+    config::FromClientConfigAndContext,
     error::KafkaError,
     message::{Header, OwnedHeaders},
-    producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer},
+    producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer},
     types::RDKafkaErrorCode,
 };
 use switchboard_proto::v1::Envelope;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 
 use crate::{
-    config::BrokerConfig,
     error::IngestError,
+    kafka::{KafkaConfig, ReportingContext},
     trace::{TRACEPARENT, TraceParent},
 };
 
@@ -43,81 +57,194 @@ pub struct Ack {
 /// Content type header value of every message Switchboard writes.
 pub const CONTENT_TYPE: &str = "application/x-protobuf; messageType=switchboard.v1.Envelope";
 
-/// Tracks whether Kafka is reachable, from librdkafka's error events.
+/// The publisher's own settings (a section of the node's config).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PublisherConfig {
+    /// How to reach Kafka.
+    pub kafka: KafkaConfig,
+    /// Topic that canonical envelopes are published to.
+    pub topic: String,
+    /// Most publishes waiting for a Kafka ack at once.
+    pub max_in_flight: usize,
+    /// Most encoded envelope bytes waiting for a Kafka ack at once.
+    pub max_in_flight_bytes: usize,
+    /// Largest accepted encoded envelope, in bytes.
+    pub max_envelope_bytes: usize,
+    /// librdkafka `message.timeout.ms`.
+    pub ack_timeout: Duration,
+    /// librdkafka `linger.ms`.
+    pub linger: Duration,
+}
+
+/// Why Kafka cannot take publishes right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KafkaState {
+    /// Publishes go through.
+    Up,
+    /// librdkafka reports every broker down.
+    AllBrokersDown,
+    /// The producer hit a fatal error and must be replaced.
+    Fatal,
+}
+
+/// Tracks whether Kafka is usable, from librdkafka's error events.
 /// Cheap to clone: clones share the state.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct KafkaHealth {
-    down: Arc<AtomicBool>,
+    state: Arc<watch::Sender<KafkaState>>,
+}
+
+impl Default for KafkaHealth {
+    fn default() -> Self {
+        Self {
+            state: Arc::new(watch::Sender::new(KafkaState::Up)),
+        }
+    }
 }
 
 impl KafkaHealth {
-    fn set_down(&self, down: bool) {
-        if self.down.swap(down, Ordering::Relaxed) != down {
-            if down {
-                tracing::error!("all Kafka brokers are down; publishes fail fast with UNAVAILABLE");
-            } else {
-                tracing::info!("Kafka is reachable again");
+    fn set(&self, state: KafkaState) {
+        let changed = self.state.send_if_modified(|current| {
+            // A fatal producer is only cleared by a new one (`recovered`).
+            if *current == state || *current == KafkaState::Fatal {
+                return false;
             }
-            metrics::gauge!("switchboard_ingest_kafka_up").set(if down { 0.0 } else { 1.0 });
+            *current = state;
+            true
+        });
+        if changed {
+            self.report(state);
         }
     }
 
-    /// Whether librdkafka reported every broker down and none came back yet.
+    /// A new producer replaced the one that hit a fatal error.
+    fn recovered(&self) {
+        self.state.send_replace(KafkaState::Up);
+        self.report(KafkaState::Up);
+    }
+
+    fn report(&self, state: KafkaState) {
+        match state {
+            KafkaState::AllBrokersDown => {
+                tracing::error!("all Kafka brokers are down; publishes fail fast with UNAVAILABLE")
+            }
+            KafkaState::Fatal => tracing::error!(
+                "the Kafka producer hit a fatal error; publishes fail with UNAVAILABLE until it is replaced"
+            ),
+            KafkaState::Up => tracing::info!("Kafka is serving publishes again"),
+        }
+        metrics::gauge!(KAFKA_UP).set(if state == KafkaState::Up { 1.0 } else { 0.0 });
+    }
+
+    /// The current state.
+    pub fn state(&self) -> KafkaState {
+        *self.state.borrow()
+    }
+
+    /// Whether publishes fail fast right now.
     pub fn is_down(&self) -> bool {
-        self.down.load(Ordering::Relaxed)
+        self.state() != KafkaState::Up
+    }
+
+    /// A receiver that sees every change of state (for the health service).
+    pub fn subscribe(&self) -> watch::Receiver<KafkaState> {
+        self.state.subscribe()
     }
 }
 
-impl ClientContext for KafkaHealth {
-    fn error(&self, error: KafkaError, reason: &str) {
-        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
-            self.set_down(true);
-        } else {
-            tracing::warn!(%error, reason, "kafka client error");
-        }
-    }
+/// `switchboard_ingest_kafka_up`: 1 while publishes can reach Kafka.
+const KAFKA_UP: &str = "switchboard_ingest_kafka_up";
+
+/// What travels with a record through librdkafka: the permits it holds, and
+/// where to send Kafka's answer.
+struct InFlight {
+    _permit: OwnedSemaphorePermit,
+    _bytes: OwnedSemaphorePermit,
+    started: Instant,
+    answer: oneshot::Sender<Result<Ack, KafkaError>>,
 }
 
-/// Publishes envelopes to the messages topic, with a bound on work in flight.
-pub struct Publisher {
-    producer: FutureProducer<KafkaHealth>,
+/// The producer's context: reports errors and health, and answers each
+/// delivery, freeing its permits at once.
+struct PublisherContext {
     health: KafkaHealth,
-    topic: String,
-    in_flight: Arc<Semaphore>,
-    max_in_flight: usize,
-    max_envelope_bytes: usize,
+    /// Set once a new producer replaced this one: its errors no longer
+    /// say anything about Kafka's health.
+    retired: AtomicBool,
+    reporting: ReportingContext,
     ack_duration: metrics::Histogram,
     kafka_errors: metrics::Counter,
 }
 
+impl ClientContext for PublisherContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if self.retired.load(Ordering::Relaxed) {
+            return;
+        }
+        // A fatal error arrives here with its underlying code; the
+        // recovery watch asks the client whether it is fatal.
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            self.health.set(KafkaState::AllBrokersDown);
+        }
+        self.reporting.error(error, reason);
+    }
+}
+
+impl ProducerContext for PublisherContext {
+    type DeliveryOpaque = Box<InFlight>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, in_flight: Box<InFlight>) {
+        let InFlight {
+            started, answer, ..
+        } = *in_flight; // the permits drop here, whoever is waiting
+        self.ack_duration.record(started.elapsed().as_secs_f64());
+        let outcome = match result {
+            Ok(message) => Ok(Ack {
+                partition: message.partition(),
+                offset: message.offset(),
+            }),
+            Err((error, _)) => {
+                self.kafka_errors.increment(1);
+                Err(error.clone())
+            }
+        };
+        // The caller may be gone; its permits are freed all the same.
+        let _ = answer.send(outcome);
+    }
+}
+
+type Producer_ = ThreadedProducer<PublisherContext>;
+
+/// Publishes envelopes to the messages topic, with bounds on work in flight.
+pub struct Publisher {
+    config: PublisherConfig,
+    producer: ArcSwap<Producer_>,
+    health: KafkaHealth,
+    in_flight: Arc<Semaphore>,
+    in_flight_bytes: Arc<Semaphore>,
+}
+
 impl Publisher {
     /// Creates the producer. Nothing is sent until the first publish.
-    pub fn new(config: &BrokerConfig) -> anyhow::Result<Self> {
-        let timeout_ms = config.ack_timeout.as_millis().to_string();
-        let linger_ms = config.linger.as_millis().to_string();
-        let queue = (config.max_in_flight * 2).max(1_000).to_string();
+    pub fn new(config: PublisherConfig) -> anyhow::Result<Self> {
         let health = KafkaHealth::default();
-        metrics::gauge!("switchboard_ingest_kafka_up").set(1.0);
-        let producer = config
-            .kafka
-            .producer_config(&[
-                ("linger.ms", &linger_ms),
-                ("message.timeout.ms", &timeout_ms),
-                ("queue.buffering.max.messages", &queue),
-                // Notice a returning broker quickly.
-                ("reconnect.backoff.max.ms", "1000"),
-            ])
-            .create_with_context(health.clone())?;
+        metrics::gauge!(KAFKA_UP).set(1.0);
+        let producer = create_producer(&config, &health)?;
         Ok(Self {
-            producer,
+            producer: ArcSwap::from_pointee(producer),
             health,
-            topic: config.messages_topic.clone(),
             in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
-            max_in_flight: config.max_in_flight,
-            max_envelope_bytes: config.max_envelope_bytes,
-            ack_duration: metrics::histogram!("switchboard_ingest_kafka_ack_duration_seconds"),
-            kafka_errors: metrics::counter!("switchboard_ingest_kafka_errors_total"),
+            // A semaphore holds at most `usize::MAX >> 3` permits.
+            in_flight_bytes: Arc::new(Semaphore::new(
+                config.max_in_flight_bytes.min(Semaphore::MAX_PERMITS),
+            )),
+            config,
         })
+    }
+
+    /// Kafka's health as this producer sees it.
+    pub fn health(&self) -> &KafkaHealth {
+        &self.health
     }
 
     /// Takes an in-flight permit without waiting; fails with `Overloaded` at the bound.
@@ -139,11 +266,12 @@ impl Publisher {
 
     /// Publishes in flight right now.
     pub fn in_flight(&self) -> usize {
-        self.max_in_flight - self.in_flight.available_permits()
+        self.config.max_in_flight - self.in_flight.available_permits()
     }
 
-    /// Hands a validated envelope to Kafka, in call order, holding `permit`
-    /// until the ack arrives. `trace` (this hop's span) goes in the
+    /// Hands a validated envelope to Kafka, in call order. `permit` and the
+    /// envelope's bytes are held until Kafka answers, whether or not anyone
+    /// waits for the answer. `trace` (this hop's span) goes in the
     /// `traceparent` header.
     pub fn enqueue(
         &self,
@@ -157,16 +285,21 @@ impl Publisher {
             )));
         }
         let payload = envelope.encode_to_vec();
-        if payload.len() > self.max_envelope_bytes {
+        if payload.len() > self.config.max_envelope_bytes {
             return Err(IngestError::invalid(
                 "envelope",
                 format!(
-                    "encodes to {} bytes, over the {} byte limit",
+                    "encodes to {} bytes, over the {} byte limit (max_envelope_bytes)",
                     payload.len(),
-                    self.max_envelope_bytes
+                    self.config.max_envelope_bytes
                 ),
             ));
         }
+        let bytes = self
+            .in_flight_bytes
+            .clone()
+            .try_acquire_many_owned(u32::try_from(payload.len().max(1)).unwrap_or(u32::MAX))
+            .map_err(|_| IngestError::Overloaded("too many bytes in flight"))?;
         let key = envelope.conversation_key();
         let traceparent = trace.to_string();
         let headers = OwnedHeaders::new_with_capacity(3)
@@ -182,25 +315,30 @@ impl Publisher {
                 key: TRACEPARENT,
                 value: Some(traceparent.as_str()),
             });
-        let record = FutureRecord::to(&self.topic)
+        let (answer, ack) = oneshot::channel();
+        let in_flight = Box::new(InFlight {
+            _permit: permit,
+            _bytes: bytes,
+            started: Instant::now(),
+            answer,
+        });
+        let record = BaseRecord::with_opaque_to(&self.config.topic, in_flight)
             .key(&key)
             .payload(&payload)
             .headers(headers);
-        let delivery = self
-            .producer
-            .send_result(record)
+        self.producer
+            .load()
+            .send(record)
             .map_err(|(e, _)| IngestError::from_kafka(e))?;
-        Ok(PendingAck {
-            delivery,
-            _permit: permit,
-            started: Instant::now(),
-            ack_duration: self.ack_duration.clone(),
-            kafka_errors: self.kafka_errors.clone(),
-        })
+        Ok(PendingAck { ack })
     }
 
-    /// While Kafka is marked down, asks it for metadata every `interval` and
-    /// clears the mark once it answers. Runs until `stop` fires.
+    /// Every `interval` until `stop` fires: while all brokers are marked
+    /// down, asks Kafka for metadata and clears the mark once it answers;
+    /// once the producer reports a fatal error, marks Kafka unusable (the
+    /// node goes NOT_SERVING), and at the next tick replaces the producer
+    /// (the old one's queued messages fail, and their callers get
+    /// `UNAVAILABLE`).
     pub async fn watch_recovery(
         self: Arc<Self>,
         interval: Duration,
@@ -208,58 +346,100 @@ impl Publisher {
     ) {
         let mut tick = tokio::time::interval(interval);
         while tokio::select! { _ = tick.tick() => true, _ = stop.cancelled() => false } {
-            if !self.health.is_down() {
+            if self.health.state() != KafkaState::Fatal
+                && let Some((code, reason)) = self.producer.load().client().fatal_error()
+            {
+                tracing::error!(%code, reason, "the Kafka producer hit a fatal error");
+                self.health.set(KafkaState::Fatal);
                 continue;
             }
-            let publisher = self.clone();
-            let reachable = tokio::task::spawn_blocking(move || {
-                publisher
-                    .producer
-                    .client()
-                    .fetch_metadata(Some(&publisher.topic), interval)
-                    .is_ok()
-            })
-            .await
-            .unwrap_or(false);
-            if reachable {
-                self.health.set_down(false);
+            match self.health.state() {
+                KafkaState::Up => {}
+                KafkaState::AllBrokersDown => {
+                    let producer = self.producer.load_full();
+                    let topic = self.config.topic.clone();
+                    let reachable = tokio::task::spawn_blocking(move || {
+                        producer
+                            .client()
+                            .fetch_metadata(Some(&topic), interval)
+                            .is_ok()
+                    })
+                    .await
+                    .unwrap_or(false);
+                    if reachable {
+                        self.health.set(KafkaState::Up);
+                    }
+                }
+                KafkaState::Fatal => self.replace_producer(),
             }
+        }
+    }
+
+    /// Replaces a producer that hit a fatal error with a new one.
+    fn replace_producer(&self) {
+        tracing::warn!("replacing the Kafka producer after a fatal error");
+        metrics::counter!(PRODUCER_REPLACED).increment(1);
+        match create_producer(&self.config, &self.health) {
+            Ok(producer) => {
+                let old = self.producer.swap(Arc::new(producer));
+                old.context().retired.store(true, Ordering::Relaxed);
+                self.health.recovered();
+                // Whatever the old producer still holds fails, answering
+                // its callers and freeing their permits.
+                tokio::task::spawn_blocking(move || {
+                    old.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
+                    let _ = old.flush(Duration::from_secs(1));
+                });
+            }
+            Err(e) => tracing::error!(error = %e, "cannot create a new Kafka producer"),
         }
     }
 
     /// Waits up to `timeout` for every queued message to be acknowledged.
     pub fn flush(&self, timeout: Duration) {
-        if let Err(e) = self.producer.flush(timeout) {
+        if let Err(e) = self.producer.load().flush(timeout) {
             tracing::warn!(error = %e, "producer flush did not complete");
         }
     }
 }
 
-/// A message handed to Kafka, not yet acknowledged.
+/// `switchboard_ingest_producer_replaced_total`: producers replaced after a fatal error.
+const PRODUCER_REPLACED: &str = "switchboard_ingest_producer_replaced_total";
+
+fn create_producer(config: &PublisherConfig, health: &KafkaHealth) -> anyhow::Result<Producer_> {
+    let timeout_ms = config.ack_timeout.as_millis().to_string();
+    let linger_ms = config.linger.as_millis().to_string();
+    let queue = (config.max_in_flight * 2).max(1_000).to_string();
+    let context = PublisherContext {
+        health: health.clone(),
+        retired: AtomicBool::new(false),
+        reporting: ReportingContext::new(&config.kafka.bootstrap_servers, "ingest producer"),
+        ack_duration: metrics::histogram!("switchboard_ingest_kafka_ack_duration_seconds"),
+        kafka_errors: metrics::counter!("switchboard_ingest_kafka_errors_total"),
+    };
+    let client = config.kafka.producer_config(&[
+        ("linger.ms", &linger_ms),
+        ("message.timeout.ms", &timeout_ms),
+        ("queue.buffering.max.messages", &queue),
+        // Notice a returning broker quickly.
+        ("reconnect.backoff.max.ms", "1000"),
+    ]);
+    Ok(Producer_::from_config_and_context(&client, context)?)
+}
+
+/// A message handed to Kafka, not yet acknowledged. Dropping it does not
+/// cancel the publish, and frees nothing early: Kafka's answer does.
 pub struct PendingAck {
-    delivery: DeliveryFuture,
-    _permit: OwnedSemaphorePermit,
-    started: Instant,
-    ack_duration: metrics::Histogram,
-    kafka_errors: metrics::Counter,
+    ack: oneshot::Receiver<Result<Ack, KafkaError>>,
 }
 
 impl PendingAck {
     /// Waits for Kafka's delivery report.
     pub async fn wait(self) -> Result<Ack, IngestError> {
-        let result = self.delivery.await;
-        self.ack_duration
-            .record(self.started.elapsed().as_secs_f64());
-        match result {
-            Ok(Ok(delivery)) => Ok(Ack {
-                partition: delivery.partition,
-                offset: delivery.offset,
-            }),
-            Ok(Err((error, _))) => {
-                self.kafka_errors.increment(1);
-                Err(IngestError::from_kafka(error))
-            }
-            Err(_canceled) => Err(IngestError::ShuttingDown),
+        match self.ack.await {
+            Ok(Ok(ack)) => Ok(ack),
+            Ok(Err(error)) => Err(IngestError::from_kafka(error)),
+            Err(_dropped) => Err(IngestError::ShuttingDown),
         }
     }
 }

@@ -7,7 +7,12 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::{
-    auth::Auth, config::BrokerConfig, dedupe::Dedupe, publisher::Publisher, service::IngestService,
+    auth::Auth,
+    config::BrokerConfig,
+    dedupe::Dedupe,
+    error::limits,
+    publisher::{KafkaState, Publisher},
+    service::IngestService,
     shutdown::Shutdown,
 };
 
@@ -25,7 +30,7 @@ impl Broker {
         let listener = TcpListener::bind(config.grpc_addr)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.grpc_addr))?;
-        let publisher = Arc::new(Publisher::new(&config)?);
+        let publisher = Arc::new(Publisher::new(config.publisher())?);
         let auth = Arc::new(Auth::new(config.auth_file.as_deref())?);
         if !auth.enabled() {
             tracing::warn!(
@@ -79,8 +84,7 @@ impl Broker {
             publisher.clone(),
             auth,
             Arc::new(Dedupe::new(config.dedupe.clone())),
-            config.webhook_limits.clone(),
-            config.max_in_flight_per_stream,
+            config.service(),
         );
         let gauge_publisher = publisher.clone();
         let gauge_stop = shutdown.clone();
@@ -104,6 +108,7 @@ impl Broker {
         // Calls past the per-connection limit are refused before they are
         // read into memory, and HTTP/2 caps the streams a client may open.
         let calls = config.max_calls_per_connection;
+        let max_request_bytes = config.max_request_bytes();
         let mut builder = tonic::transport::Server::builder()
             .concurrency_limit_per_connection(calls)
             .load_shed(true)
@@ -111,11 +116,22 @@ impl Broker {
         if let Some(tls) = &config.tls {
             builder = builder.tls_config(server_tls(tls)?)?;
         }
+        // Health follows Kafka: NOT_SERVING while publishes cannot reach it.
+        tokio::spawn(follow_kafka(
+            publisher.health().subscribe(),
+            health.clone(),
+            shutdown.clone(),
+        ));
         let server = builder
+            .layer(tower::util::MapResponseLayer::new(
+                move |response: http::Response<tonic::body::Body>| {
+                    limits::too_large_is_invalid(response, max_request_bytes)
+                },
+            ))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(IngestServer::new(service))
+            .add_service(IngestServer::new(service).max_decoding_message_size(max_request_bytes))
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
                 stopping.cancelled().await;
                 health
@@ -134,6 +150,29 @@ impl Broker {
         tokio::task::spawn_blocking(move || publisher.flush(grace)).await?;
         tracing::info!("ingestion node stopped");
         Ok(())
+    }
+}
+
+/// Sets the Ingest service's health from Kafka's state until `stop` fires,
+/// so load balancers move traffic away from a node that cannot publish.
+async fn follow_kafka(
+    mut kafka: tokio::sync::watch::Receiver<KafkaState>,
+    health: tonic_health::server::HealthReporter,
+    stop: Shutdown,
+) {
+    loop {
+        let state = *kafka.borrow_and_update();
+        if state == KafkaState::Up {
+            health.set_serving::<IngestServer<IngestService>>().await;
+        } else {
+            health
+                .set_not_serving::<IngestServer<IngestService>>()
+                .await;
+        }
+        tokio::select! {
+            changed = kafka.changed() => if changed.is_err() { return },
+            _ = stop.cancelled() => return,
+        }
     }
 }
 

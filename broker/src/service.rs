@@ -7,7 +7,11 @@
 //! retried channel message is answered with `duplicate = true` and the
 //! original message id instead of being published again.
 
-use std::{pin::Pin, sync::Arc, time::SystemTime};
+use std::{
+    pin::Pin,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use futures::{FutureExt, Stream, StreamExt, stream::FuturesUnordered};
 use switchboard_proto::v1::{
@@ -23,11 +27,24 @@ use crate::{
     auth::{Auth, Caller},
     channels::{self, Limits},
     dedupe::{Dedupe, Published, SharedPublish},
-    error::IngestError,
+    error::{IngestError, limits},
     publisher::Publisher,
     trace::{self, TRACEPARENT, TraceParent},
     validate,
 };
+
+/// The service's own settings (a section of the node's config).
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    /// Size limits of webhook bodies.
+    pub webhook_limits: Limits,
+    /// Most publishes in flight on one `PublishStream` call.
+    pub max_in_flight_per_stream: usize,
+    /// How far ahead of the node's clock a `sent_at` may be.
+    pub max_clock_skew: Duration,
+    /// The largest request the server decodes (named in refusals).
+    pub max_request_bytes: usize,
+}
 
 /// Serves `Publish`, `PublishStream` and `IngestWebhook`.
 #[derive(Clone)]
@@ -35,8 +52,7 @@ pub struct IngestService {
     publisher: Arc<Publisher>,
     auth: Arc<Auth>,
     dedupe: Arc<Dedupe>,
-    limits: Arc<Limits>,
-    max_in_flight_per_stream: usize,
+    config: Arc<ServiceConfig>,
     requests: Arc<RequestCounters>,
 }
 
@@ -66,15 +82,13 @@ impl IngestService {
         publisher: Arc<Publisher>,
         auth: Arc<Auth>,
         dedupe: Arc<Dedupe>,
-        limits: Limits,
-        max_in_flight_per_stream: usize,
+        config: ServiceConfig,
     ) -> Self {
         Self {
             publisher,
             auth,
             dedupe,
-            limits: Arc::new(limits),
-            max_in_flight_per_stream,
+            config: Arc::new(config),
             requests: Arc::new(RequestCounters::new()),
         }
     }
@@ -112,7 +126,12 @@ impl IngestService {
         permit: OwnedSemaphorePermit,
     ) -> Result<Pending, IngestError> {
         let envelope = envelope.ok_or_else(|| IngestError::invalid("envelope", "is required"))?;
-        let envelope = validate::normalize("envelope", envelope, SystemTime::now())?;
+        let envelope = validate::normalize(
+            "envelope",
+            envelope,
+            SystemTime::now(),
+            self.config.max_clock_skew,
+        )?;
         caller.admit("envelope.tenant_id", &envelope.tenant_id, 1)?;
         self.enqueue(envelope, trace, permit)
     }
@@ -248,7 +267,7 @@ impl Ingest for IngestService {
         &self,
         request: Request<Streaming<PublishRequest>>,
     ) -> Result<Response<Self::PublishStreamStream>, Status> {
-        let caller = self
+        let mut caller = self
             .auth
             .authenticate(request.metadata())
             .inspect_err(|e| {
@@ -257,9 +276,10 @@ impl Ingest for IngestService {
             })?;
         let (span, trace) = trace_of("ingest.publish_stream", &request);
         let mut inbound = request.into_inner();
-        let limit = self.max_in_flight_per_stream;
+        let limit = self.config.max_in_flight_per_stream;
         let (tx, rx) = mpsc::channel(limit);
         let service = self.clone();
+        let mut reloads = self.auth.reloads();
         tokio::spawn(async move {
             let mut pending = FuturesUnordered::new();
             // A global in-flight permit is taken before a request is read, so
@@ -267,6 +287,8 @@ impl Ingest for IngestService {
             // back on the client; the per-stream bound does the same.
             let mut permit = None;
             let mut open = true;
+            // Why the node ends the stream, once what it accepted is answered.
+            let mut ending: Option<Status> = None;
             while open || !pending.is_empty() {
                 tokio::select! {
                     Some(done) = pending.next(), if !pending.is_empty() => {
@@ -274,6 +296,15 @@ impl Ingest for IngestService {
                             return; // the client went away
                         }
                     }
+                    // The tenants file changed: the key may be gone.
+                    Ok(()) = reloads.changed(), if open => match service.auth.recheck(&caller) {
+                        Ok(current) => caller = current,
+                        Err(e) => {
+                            tracing::info!(error = %e, "ending a publish stream: its API key was revoked");
+                            ending = Some(e.into());
+                            open = false;
+                        }
+                    },
                     p = service.publisher.permit(), if open && permit.is_none() && pending.len() < limit => {
                         match p {
                             Ok(p) => permit = Some(p),
@@ -301,12 +332,19 @@ impl Ingest for IngestService {
                             });
                         }
                         Ok(None) => open = false,
+                        Err(status) if status.code() == tonic::Code::OutOfRange => {
+                            ending = Some(limits::too_large(service.config.max_request_bytes));
+                            open = false;
+                        }
                         Err(status) => {
                             tracing::debug!(%status, "publish stream ended by the client");
                             open = false;
                         }
                     },
                 }
+            }
+            if let Some(status) = ending {
+                let _ = tx.send(Err(status)).await;
             }
         }.instrument(span));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -330,7 +368,7 @@ impl Ingest for IngestService {
                 &request.tenant_id,
                 &request.payload,
                 &request.content_type,
-                &self.limits,
+                &self.config.webhook_limits,
                 SystemTime::now(),
             )?;
             caller.admit(
@@ -342,8 +380,12 @@ impl Ingest for IngestService {
             // holds a permit before any is handed to Kafka.
             let mut admitted = Vec::with_capacity(envelopes.len());
             for (i, envelope) in envelopes.into_iter().enumerate() {
-                let envelope =
-                    validate::normalize(&format!("payload[{i}]"), envelope, SystemTime::now())?;
+                let envelope = validate::normalize(
+                    &format!("payload[{i}]"),
+                    envelope,
+                    SystemTime::now(),
+                    self.config.max_clock_skew,
+                )?;
                 admitted.push((envelope, self.publisher.try_permit()?));
             }
             let pending = admitted

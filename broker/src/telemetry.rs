@@ -209,7 +209,11 @@ fn describe() {
     );
     describe_gauge!(
         "switchboard_ingest_kafka_up",
-        "1 while Kafka is reachable, 0 after every broker went down."
+        "1 while publishes can reach Kafka; 0 after every broker went down or the producer hit a fatal error."
+    );
+    describe_counter!(
+        "switchboard_ingest_producer_replaced_total",
+        "Kafka producers the node replaced after a fatal error (e.g. of the idempotent producer)."
     );
     describe_counter!(
         "switchboard_rules_reloads_total",
@@ -322,6 +326,7 @@ fn zero_known_series() {
     }
     metrics::counter!("switchboard_ingest_kafka_errors_total").absolute(0);
     metrics::counter!("switchboard_ingest_dedupe_hits_total").absolute(0);
+    metrics::counter!("switchboard_ingest_producer_replaced_total").absolute(0);
 }
 
 #[cfg(test)]

@@ -2,9 +2,12 @@
 //!
 //! Every envelope is checked completely, so a caller learns about all bad
 //! fields at once, each named by its path. A valid envelope is normalized:
-//! it gets a UUIDv7 `message_id` and a `received_at` when it has none.
+//! it gets a UUIDv7 `message_id` when it has none, and always gets the
+//! node's own `received_at`: consent windows are judged with times the node
+//! set, never with a caller's clock. A caller's `sent_at` may be at most
+//! `max_clock_skew` ahead of the node's clock.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use switchboard_proto::v1::{Channel, Direction, Envelope, envelope::Content};
 
@@ -19,6 +22,7 @@ pub fn normalize(
     path: &str,
     mut envelope: Envelope,
     now: SystemTime,
+    max_clock_skew: Duration,
 ) -> Result<Envelope, IngestError> {
     let mut violations = Vec::new();
     let mut required = |field: &str, value: &str| {
@@ -89,13 +93,23 @@ pub fn normalize(
         ("sent_at", &envelope.sent_at),
         ("received_at", &envelope.received_at),
     ] {
-        if let Some(ts) = ts
-            && switchboard_proto::system_time(ts).is_none()
-        {
-            violations.push(FieldViolation::new(
+        let Some(ts) = ts else { continue };
+        match switchboard_proto::system_time(ts) {
+            None => violations.push(FieldViolation::new(
                 format!("{path}.{field}"),
                 "is not a valid timestamp",
-            ));
+            )),
+            Some(at) if field == "sent_at" && at > now + max_clock_skew => {
+                violations.push(FieldViolation::new(
+                    format!("{path}.{field}"),
+                    format!(
+                        "is {}s ahead of the node's clock, more than the {}s allowed (max_clock_skew)",
+                        at.duration_since(now).unwrap_or_default().as_secs(),
+                        max_clock_skew.as_secs()
+                    ),
+                ))
+            }
+            Some(_) => {}
         }
     }
     if !violations.is_empty() {
@@ -105,9 +119,7 @@ pub fn normalize(
     if envelope.message_id.is_empty() {
         envelope.message_id = uuid::Uuid::now_v7().to_string();
     }
-    if envelope.received_at.is_none() {
-        envelope.received_at = Some(switchboard_proto::timestamp(now));
-    }
+    envelope.received_at = Some(switchboard_proto::timestamp(now));
     Ok(envelope)
 }
 
@@ -127,6 +139,8 @@ mod tests {
         }
     }
 
+    const SKEW: Duration = Duration::from_secs(300);
+
     fn fields(err: IngestError) -> Vec<String> {
         match err {
             IngestError::InvalidArgument(v) => v.into_iter().map(|v| v.field).collect(),
@@ -136,7 +150,7 @@ mod tests {
 
     #[test]
     fn assigns_ids_and_received_at() {
-        let env = normalize("envelope", valid(), SystemTime::now()).unwrap();
+        let env = normalize("envelope", valid(), SystemTime::now(), SKEW).unwrap();
         let id = uuid::Uuid::parse_str(&env.message_id).unwrap();
         assert_eq!(id.get_version_num(), 7);
         assert!(env.received_at.is_some());
@@ -145,7 +159,7 @@ mod tests {
             ..valid()
         };
         assert_eq!(
-            normalize("envelope", keep, SystemTime::now())
+            normalize("envelope", keep, SystemTime::now(), SKEW)
                 .unwrap()
                 .message_id,
             "given"
@@ -154,7 +168,7 @@ mod tests {
 
     #[test]
     fn names_every_missing_field() {
-        let err = normalize("envelope", Envelope::default(), SystemTime::now()).unwrap_err();
+        let err = normalize("envelope", Envelope::default(), SystemTime::now(), SKEW).unwrap_err();
         assert_eq!(
             fields(err),
             [
@@ -179,7 +193,7 @@ mod tests {
             }),
             ..valid()
         };
-        let err = normalize("envelope", env, SystemTime::now()).unwrap_err();
+        let err = normalize("envelope", env, SystemTime::now(), SKEW).unwrap_err();
         assert_eq!(
             fields(err),
             [
@@ -189,5 +203,49 @@ mod tests {
                 "envelope.sent_at"
             ]
         );
+    }
+
+    #[test]
+    fn refuses_sent_at_ahead_of_the_clock_and_sets_received_at_itself() {
+        let now = SystemTime::now();
+        let ahead = |by: Duration| Envelope {
+            sent_at: Some(switchboard_proto::timestamp(now + by)),
+            // A caller-supplied time is replaced by the node's.
+            received_at: Some(switchboard_proto::timestamp(
+                now + Duration::from_secs(86_400 * 365),
+            )),
+            ..valid()
+        };
+        // Within the skew: accepted, and `received_at` is the node's now.
+        let env = normalize("envelope", ahead(Duration::from_secs(60)), now, SKEW).unwrap();
+        assert_eq!(env.received_at, Some(switchboard_proto::timestamp(now)));
+        // A year ahead, or seconds sent as milliseconds: refused, by path.
+        let year = normalize(
+            "envelope",
+            ahead(Duration::from_secs(86_400 * 365)),
+            now,
+            SKEW,
+        );
+        assert_eq!(fields(year.unwrap_err()), ["envelope.sent_at"]);
+        let millis = Envelope {
+            sent_at: Some(switchboard_proto::Timestamp {
+                seconds: now
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .unwrap()
+                    .as_millis() as i64,
+                nanos: 0,
+            }),
+            ..valid()
+        };
+        let err = normalize("payload[0]", millis, now, SKEW).unwrap_err();
+        assert_eq!(fields(err), ["payload[0].sent_at"]);
+        // The past is fine: channels deliver late.
+        let late = Envelope {
+            sent_at: Some(switchboard_proto::timestamp(
+                now - Duration::from_secs(86_400),
+            )),
+            ..valid()
+        };
+        assert!(normalize("envelope", late, now, SKEW).is_ok());
     }
 }

@@ -56,8 +56,13 @@ fn run(channel: Channel, name: &str) -> Vec<Envelope> {
         if channel != Channel::Webchat {
             assert_eq!(envelope.message_id, "", "{name}");
         }
-        validate::normalize("payload", envelope.clone(), now())
-            .unwrap_or_else(|e| panic!("{name}: {e}: {envelope:?}"));
+        validate::normalize(
+            "payload",
+            envelope.clone(),
+            now(),
+            std::time::Duration::from_secs(300),
+        )
+        .unwrap_or_else(|e| panic!("{name}: {e}: {envelope:?}"));
     }
     envelopes
 }

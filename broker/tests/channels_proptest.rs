@@ -65,8 +65,13 @@ fn check(channel: Channel, payload: &[u8], content_type: &str, limits: &Limits) 
             if channel != Channel::Webchat {
                 for envelope in envelopes {
                     assert_eq!(envelope.channel(), channel);
-                    validate::normalize("payload", envelope.clone(), now())
-                        .unwrap_or_else(|e| panic!("{e}: {envelope:?}"));
+                    validate::normalize(
+                        "payload",
+                        envelope.clone(),
+                        now(),
+                        std::time::Duration::from_secs(300),
+                    )
+                    .unwrap_or_else(|e| panic!("{e}: {envelope:?}"));
                 }
             }
         }

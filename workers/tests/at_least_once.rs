@@ -56,12 +56,15 @@ async fn killed_worker_loses_nothing() {
         .unwrap();
 
     // Publish everything first, through the ingestion node's publisher.
-    let publisher = Publisher::new(&BrokerConfig {
-        kafka: kafka.clone(),
-        messages_topic: messages.clone(),
-        ack_timeout: Duration::from_secs(10),
-        ..BrokerConfig::default()
-    })
+    let publisher = Publisher::new(
+        BrokerConfig {
+            kafka: kafka.clone(),
+            messages_topic: messages.clone(),
+            ack_timeout: Duration::from_secs(10),
+            ..BrokerConfig::default()
+        }
+        .publisher(),
+    )
     .unwrap();
     let mut pending = Vec::new();
     for i in 0..MESSAGES {

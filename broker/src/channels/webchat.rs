@@ -4,11 +4,15 @@
 //!
 //! The tenant and channel always come from the request, never from the body:
 //! a body that names another tenant or channel is refused rather than
-//! silently moved. Everything else is kept as posted, for [`crate::validate::normalize`] to
-//! check; only free text is bounded here.
+//! silently moved. A web chat webhook carries what a site's visitors can
+//! send, and nothing else: `INBOUND` customer content (an absent direction
+//! means `INBOUND`). Control, consent, status, template, system and handover
+//! envelopes, and anything `OUTBOUND`, come only through `Publish`, from
+//! authenticated internal callers. Everything else is kept as posted, for
+//! [`crate::validate::normalize`] to check; only free text is bounded here.
 
 use prost::Message as _;
-use switchboard_proto::v1::{Envelope, envelope::Content};
+use switchboard_proto::v1::{Direction, Envelope, envelope::Content};
 
 use super::common::{Ctx, JsonPath, parse};
 use crate::error::{FieldViolation, IngestError};
@@ -30,9 +34,29 @@ pub(super) fn normalize_protobuf(ctx: &mut Ctx<'_>, body: &[u8]) -> Result<(), I
     accept(ctx, envelope)
 }
 
-fn accept(ctx: &mut Ctx<'_>, envelope: Envelope) -> Result<(), IngestError> {
+fn accept(ctx: &mut Ctx<'_>, mut envelope: Envelope) -> Result<(), IngestError> {
     ctx.count_events(1)?;
     let root = JsonPath::root();
+    match envelope.direction() {
+        Direction::Inbound => {}
+        Direction::Unspecified => envelope.direction = Direction::Inbound as i32,
+        Direction::Outbound => {
+            let violation = FieldViolation::new(
+                root.key("direction").to_string(),
+                "must be INBOUND (or absent): a web chat webhook carries only what visitors send; \
+                 business messages go through Publish",
+            );
+            return Err(ctx.fail(violation));
+        }
+    }
+    if let Some(field) = envelope.content.as_ref().and_then(not_from_visitors) {
+        let violation = FieldViolation::new(
+            root.key(field).to_string(),
+            "is not content a visitor can send; control, consent, status, template, system and \
+             handover envelopes go through Publish",
+        );
+        return Err(ctx.fail(violation));
+    }
     if !envelope.tenant_id.is_empty() && envelope.tenant_id != ctx.tenant_id() {
         let violation = FieldViolation::new(
             root.key("tenantId").to_string(),
@@ -54,6 +78,29 @@ fn accept(ctx: &mut Ctx<'_>, envelope: Envelope) -> Result<(), IngestError> {
     }
     ctx.emit(&root, envelope);
     Ok(())
+}
+
+/// The (proto3 JSON) field of content that only the business side or
+/// Switchboard itself may publish.
+fn not_from_visitors(content: &Content) -> Option<&'static str> {
+    match content {
+        Content::Control(_) => Some("control"),
+        Content::Consent(_) => Some("consent"),
+        Content::Status(_) => Some("status"),
+        Content::Template(_) => Some("template"),
+        Content::System(_) => Some("system"),
+        Content::Handover(_) => Some("handover"),
+        Content::Text(_)
+        | Content::Media(_)
+        | Content::Location(_)
+        | Content::InteractiveReply(_)
+        | Content::Reaction(_)
+        | Content::Order(_)
+        | Content::Postback(_)
+        | Content::Unsupported(_)
+        | Content::Deletion(_)
+        | Content::Attachments(_) => None,
+    }
 }
 
 /// The content's free-text fields, with their (proto3 JSON) paths.
