@@ -10,9 +10,20 @@ use switchboard_proto::{
     },
 };
 
-/// When the channel says a message was sent, else when Switchboard got it.
+/// When a message counts as sent for the messaging windows: the channel's
+/// `sent_at`, but never later than the ingestion node's own `received_at`.
+/// A caller's clock can make a window close sooner, never keep it open.
 pub fn sent_at(envelope: &Envelope) -> Option<Timestamp> {
-    envelope.sent_at.or(envelope.received_at)
+    match (envelope.sent_at, envelope.received_at) {
+        (Some(sent), Some(received)) => Some(
+            if (sent.seconds, sent.nanos) <= (received.seconds, received.nanos) {
+                sent
+            } else {
+                received
+            },
+        ),
+        (sent, received) => sent.or(received),
+    }
 }
 
 /// Whether `envelope` is the customer writing in: it opens or refreshes the

@@ -259,3 +259,31 @@ fn recent_ids_are_bounded_and_spot_copies() {
     remember(&mut state, &with_id("d"), 0);
     assert_eq!(state.recent_message_ids, ["b", "c"], "0 turns it off");
 }
+
+/// A caller's clock cannot keep the window open: a `sent_at` later than the
+/// ingestion node's `received_at` counts as `received_at`.
+#[test]
+fn the_window_opens_at_the_nodes_time_at_the_latest() {
+    let mut state = ConversationState::default();
+    let received = SystemTime::now() - 25 * HOUR;
+    let mut inbound = message(
+        Channel::Whatsapp,
+        Direction::Inbound,
+        text("hi"),
+        Duration::ZERO,
+    );
+    inbound.sent_at = Some(switchboard_proto::timestamp(received + 365 * 24 * HOUR));
+    inbound.received_at = Some(switchboard_proto::timestamp(received));
+    assert!(apply_message(&mut state, &inbound, "support"));
+    assert_eq!(
+        state.last_inbound_at,
+        Some(switchboard_proto::timestamp(received))
+    );
+    let reply = message(
+        Channel::Whatsapp,
+        Direction::Outbound,
+        text("hello"),
+        Duration::ZERO,
+    );
+    assert_eq!(check(&state, &reply), Err(RejectionReason::OutsideWindow));
+}
