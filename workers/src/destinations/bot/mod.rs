@@ -67,20 +67,21 @@ impl BotDestination {
         request: BotRequest,
         trace: &TraceParent,
     ) -> Result<BotResponse, DestinationError> {
-        if !self.breaker.permit() {
+        // Dropped with this future (its partition revoked), a trial call
+        // counts as failed, so the circuit cannot stay half-open.
+        let Some(call) = self.breaker.permit() else {
             return Err(DestinationError {
                 kind: "bot",
                 name: self.name.clone(),
                 message: "circuit open: the bot kept failing; not calling it for now".into(),
                 retryable: true,
             });
-        }
+        };
         let result = match &self.client {
             Client::Grpc(bot) => bot.call(request, trace).await,
             Client::Http(bot) => bot.call(&request, trace).await,
         };
-        self.breaker
-            .record(!matches!(&result, Err(e) if e.retryable));
+        call.record(!matches!(&result, Err(e) if e.retryable));
         result.map_err(|e| DestinationError {
             kind: "bot",
             name: self.name.clone(),
