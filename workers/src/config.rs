@@ -240,6 +240,10 @@ impl WorkersConfig {
             "max_in_flight_per_worker must be at least 1"
         );
         anyhow::ensure!(!config.group_id.is_empty(), "group_id must not be empty");
+        for (name, bot) in &config.bots {
+            bot.validate()
+                .map_err(|e| anyhow::anyhow!("bots.{name}: {e}"))?;
+        }
         config.agents.validate()?;
         Ok(config)
     }

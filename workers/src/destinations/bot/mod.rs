@@ -46,7 +46,8 @@ impl BotDestination {
                 grpc::GrpcBot::new(&config.endpoint, config.timeout).map(Client::Grpc)
             }
             BotProtocol::Http => {
-                http::HttpBot::new(&config.endpoint, config.timeout).map(Client::Http)
+                http::HttpBot::new(&config.endpoint, config.timeout, config.max_response_bytes)
+                    .map(Client::Http)
             }
         }
         .map_err(|e| anyhow::anyhow!("bot {name:?}: {e}"))?;
