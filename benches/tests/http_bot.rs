@@ -98,6 +98,12 @@ async fn pipeline_with(
 ) -> (PipelineConfig, std::path::PathBuf) {
     let bootstrap = testkit::real_kafka();
     let mut config = PipelineConfig::isolated(testkit::kafka_config(&bootstrap, 2), prefix);
+    // Records are written before the routing group first joins; the
+    // workers' default (`latest`) would skip them.
+    config
+        .kafka
+        .properties
+        .insert("auto.offset.reset".into(), "earliest".into());
     let path = std::env::temp_dir().join(format!("{}.toml", testkit::random_topic(prefix)));
     std::fs::write(&path, rules).unwrap();
     config.rules_file = Some(path.clone());

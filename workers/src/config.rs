@@ -27,6 +27,14 @@ pub struct WorkersConfig {
     pub kafka: KafkaConfig,
     /// Consumer group id; all workers of one deployment share it.
     pub group_id: String,
+    /// Where the routing group starts reading a partition it has no
+    /// committed offset for (a new group, or offsets expired): `latest`
+    /// (the default) routes only messages that arrive from then on;
+    /// `earliest` routes the topic's whole retention again, to the bots
+    /// too. The queue stage always starts at the earliest offset (its
+    /// snapshots say what is applied), and state rebuilds read compacted
+    /// topics from the beginning, whatever this says.
+    pub auto_offset_reset: AutoOffsetReset,
     /// Topic the ingestion nodes publish envelopes to.
     pub messages_topic: String,
     /// Topic that receives every message with its route decision.
@@ -95,11 +103,34 @@ pub struct WorkersConfig {
     pub agents: AgentsConfig,
 }
 
+/// Where a consumer group with no committed offset starts (librdkafka's
+/// `auto.offset.reset`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AutoOffsetReset {
+    /// The oldest message the topic still has.
+    Earliest,
+    /// The next message to arrive.
+    #[default]
+    Latest,
+}
+
+impl AutoOffsetReset {
+    /// The librdkafka value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Earliest => "earliest",
+            Self::Latest => "latest",
+        }
+    }
+}
+
 impl Default for WorkersConfig {
     fn default() -> Self {
         Self {
             kafka: KafkaConfig::default(),
             group_id: "switchboard-workers".into(),
+            auto_offset_reset: AutoOffsetReset::default(),
             messages_topic: "switchboard.messages.v1".into(),
             analytics_topic: "switchboard.analytics.v1".into(),
             agent_queue_topic: "switchboard.agent-queue.v1".into(),
@@ -266,8 +297,41 @@ mod tests {
         .unwrap();
         assert_eq!(config.bots["echo"].endpoint, "http://127.0.0.1:50061");
         assert_eq!(config.group_id, WorkersConfig::default().group_id);
+        assert_eq!(config.auto_offset_reset, AutoOffsetReset::Latest);
         let bots: HashSet<&str> = config.bots.keys().map(String::as_str).collect();
         let rules = RuleSet::load(&root.join(config.rules_file.unwrap()), &bots).unwrap();
         assert_eq!(rules.bots().next(), Some("echo"));
+    }
+
+    fn load_toml(text: &str) -> anyhow::Result<WorkersConfig> {
+        let path = std::env::temp_dir().join(format!("workers-{}.toml", uuid::Uuid::now_v7()));
+        std::fs::write(&path, text).unwrap();
+        let config = WorkersConfig::load(Some(&path), serde_json::json!({}));
+        let _ = std::fs::remove_file(path);
+        config
+    }
+
+    #[test]
+    fn auto_offset_reset_is_latest_unless_set_and_checked() {
+        assert_eq!(
+            load_toml("").unwrap().auto_offset_reset,
+            AutoOffsetReset::Latest
+        );
+        assert_eq!(
+            load_toml("auto_offset_reset = \"earliest\"\n")
+                .unwrap()
+                .auto_offset_reset,
+            AutoOffsetReset::Earliest
+        );
+        assert!(load_toml("auto_offset_reset = \"smallest\"\n").is_err());
+    }
+
+    #[test]
+    fn a_bot_without_room_for_an_answer_is_refused() {
+        let error = load_toml(
+            "[bots.web]\nprotocol = \"http\"\nendpoint = \"http://127.0.0.1:1\"\nmax_response_bytes = 0\n",
+        )
+        .unwrap_err();
+        assert!(error.to_string().contains("max_response_bytes"), "{error}");
     }
 }

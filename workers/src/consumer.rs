@@ -211,7 +211,7 @@ impl Worker {
                 ("enable.auto.commit", "true"),
                 ("auto.commit.interval.ms", "1000"),
                 ("enable.auto.offset.store", "false"),
-                ("auto.offset.reset", "earliest"),
+                ("auto.offset.reset", config.auto_offset_reset.as_str()),
                 ("session.timeout.ms", "10000"),
                 // Incremental rebalances: only the partitions that move stop;
                 // the others keep routing, with their state cached.

@@ -36,7 +36,7 @@ use switchboard_workers::{
         desk::Desk,
         service::QueueStage,
     },
-    config::WorkersConfig,
+    config::{AutoOffsetReset, WorkersConfig},
     rules::CalendarSpec,
 };
 
@@ -47,6 +47,8 @@ fn isolated(queues: BTreeMap<String, QueueConfig>) -> WorkersConfig {
     WorkersConfig {
         kafka: testkit::kafka_config(&bootstrap, 3),
         group_id: t("group"),
+        // Tests may publish before a worker process's group first joins.
+        auto_offset_reset: AutoOffsetReset::Earliest,
         messages_topic: t("messages"),
         analytics_topic: t("analytics"),
         agent_queue_topic: t("queue"),

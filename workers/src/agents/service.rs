@@ -106,6 +106,9 @@ impl QueueStage {
             .client_config(&[
                 ("group.id", &group),
                 ("enable.auto.commit", "false"),
+                // Always earliest, whatever the routing group's setting:
+                // an event below the committed offset must be in its
+                // queue's snapshot, so a new group must not skip any.
                 ("auto.offset.reset", "earliest"),
                 ("session.timeout.ms", "10000"),
                 ("heartbeat.interval.ms", "1000"),
