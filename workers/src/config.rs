@@ -79,6 +79,12 @@ pub struct WorkersConfig {
     pub max_in_flight_per_partition: usize,
     /// Most messages in flight at once over all partitions of a worker.
     pub max_in_flight_per_worker: usize,
+    /// Most messages of one partition finished above its oldest unfinished
+    /// one. Past it the partition takes no new messages until that one
+    /// finishes, so a message retried for a long time (or forever, with
+    /// `max_attempts = 0`) holds its partition back instead of growing the
+    /// set of finished offsets without bound.
+    pub max_finished_ahead_per_partition: usize,
     /// Channel message ids remembered per conversation (in its state) to
     /// drop copies that reached Kafka twice (through different ingestion
     /// nodes, or after a node's dedupe window). 0 turns this check off.
@@ -146,6 +152,7 @@ impl Default for WorkersConfig {
             bots: BTreeMap::new(),
             max_in_flight_per_partition: 256,
             max_in_flight_per_worker: 4096,
+            max_finished_ahead_per_partition: 10_000,
             recent_message_ids: 20,
             max_attempts: 8,
             retry_backoff: Duration::from_millis(100),
@@ -269,6 +276,10 @@ impl WorkersConfig {
         anyhow::ensure!(
             config.max_in_flight_per_worker > 0,
             "max_in_flight_per_worker must be at least 1"
+        );
+        anyhow::ensure!(
+            config.max_finished_ahead_per_partition > 0,
+            "max_finished_ahead_per_partition must be at least 1"
         );
         anyhow::ensure!(!config.group_id.is_empty(), "group_id must not be empty");
         for (name, bot) in &config.bots {

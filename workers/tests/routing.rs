@@ -146,3 +146,108 @@ async fn a_new_routing_group_starts_at_the_end_by_default() {
     shutdown.cancel();
     worker.await.unwrap().unwrap();
 }
+
+/// Answers every message, except that it is "down" (unavailable) for texts
+/// containing "stuck" until cured.
+#[derive(Clone, Default)]
+struct StuckBot(Arc<std::sync::atomic::AtomicBool>);
+
+#[tonic::async_trait]
+impl switchboard_proto::v1::bot_server::Bot for StuckBot {
+    async fn handle(
+        &self,
+        request: tonic::Request<switchboard_proto::v1::BotRequest>,
+    ) -> Result<tonic::Response<switchboard_proto::v1::BotResponse>, tonic::Status> {
+        let envelope = request.into_inner().envelope.unwrap_or_default();
+        if testkit::text_of(&envelope).contains("stuck")
+            && !self.0.load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(tonic::Status::unavailable("down for stuck messages"));
+        }
+        Ok(tonic::Response::new(Default::default()))
+    }
+}
+
+/// Serves `bot` on 127.0.0.1 and names it `name` in `config`, the rules'
+/// default destination.
+async fn with_bot(
+    config: &mut WorkersConfig,
+    name: &str,
+    bot: impl switchboard_proto::v1::bot_server::Bot,
+) -> Shutdown {
+    use switchboard_workers::destinations::bot::{BotConfig, BotProtocol, echo};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = Shutdown::new();
+    tokio::spawn(echo::serve(bot, listener, stop.clone().cancelled_owned()));
+    let mut bot = BotConfig::new(BotProtocol::Grpc, format!("http://{addr}"));
+    bot.circuit_failures = 0;
+    config.bots.insert(name.to_owned(), bot);
+    let rules = std::env::temp_dir().join(format!("{}.toml", testkit::random_topic("rules")));
+    std::fs::write(&rules, format!("default = [{{ bot = \"{name}\" }}]\n")).unwrap();
+    config.rules_file = Some(rules);
+    stop
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the real local Kafka: run deploy/test.sh"]
+async fn a_message_retried_forever_holds_its_partition_back_within_a_bound() {
+    const AHEAD: usize = 20;
+    const IN_FLIGHT: usize = 8;
+    let mut config = isolated("bounded", 1);
+    config.max_attempts = 0; // retry forever
+    config.retry_backoff_max = Duration::from_millis(50);
+    config.max_in_flight_per_partition = IN_FLIGHT;
+    config.max_finished_ahead_per_partition = AHEAD;
+    config.auto_offset_reset = switchboard_workers::config::AutoOffsetReset::Earliest;
+    let bot = StuckBot::default();
+    let stop_bot = with_bot(&mut config, "stuckbot", bot.clone()).await;
+    config.ensure_topics().await.unwrap();
+    let producer: FutureProducer = config.kafka.producer_config(&[]).create().unwrap();
+    publish(&producer, &config.messages_topic, &text("stuck", "stuck")).await;
+    for i in 0..200 {
+        publish(
+            &producer,
+            &config.messages_topic,
+            &text(&format!("c{}", i % 10), &format!("m-{i}")),
+        )
+        .await;
+    }
+    let (shutdown, worker) = start(&config);
+    let routed = read(
+        &config,
+        &config.analytics_topic,
+        Duration::from_secs(60),
+        |r| r.len() >= AHEAD,
+    )
+    .await;
+    assert!(routed.len() >= AHEAD, "only {} routed", routed.len());
+    // The stuck message is retried; the others may get only so far ahead.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let routed = read(
+        &config,
+        &config.analytics_topic,
+        Duration::from_secs(3),
+        |_| false,
+    )
+    .await;
+    assert!(
+        routed.len() < AHEAD + IN_FLIGHT,
+        "{} messages finished above the stuck one (bound {AHEAD})",
+        routed.len()
+    );
+    // Cured, the stuck message and everything after it get routed.
+    bot.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    let routed = read(
+        &config,
+        &config.analytics_topic,
+        Duration::from_secs(60),
+        |r| r.len() >= 201,
+    )
+    .await;
+    let ids = testkit::analytics_message_ids(&routed);
+    assert_eq!(ids.len(), 201, "every message routed once the bot is back");
+    shutdown.cancel();
+    worker.await.unwrap().unwrap();
+    stop_bot.cancel();
+}
