@@ -251,3 +251,107 @@ async fn a_message_retried_forever_holds_its_partition_back_within_a_bound() {
     worker.await.unwrap().unwrap();
     stop_bot.cancel();
 }
+
+/// Replies to every text with an echo; to "big" with 20 KB of random hex.
+#[derive(Clone, Default)]
+struct BigReplyBot;
+
+#[tonic::async_trait]
+impl switchboard_proto::v1::bot_server::Bot for BigReplyBot {
+    async fn handle(
+        &self,
+        request: tonic::Request<switchboard_proto::v1::BotRequest>,
+    ) -> Result<tonic::Response<switchboard_proto::v1::BotResponse>, tonic::Status> {
+        use switchboard_proto::v1::{Text, envelope::Content};
+        let envelope = request.into_inner().envelope.unwrap_or_default();
+        let body = if testkit::text_of(&envelope) == "big" {
+            (0..640)
+                .map(|_| uuid::Uuid::new_v4().simple().to_string())
+                .collect()
+        } else {
+            format!("echo: {}", testkit::text_of(&envelope))
+        };
+        let reply = Envelope {
+            content: Some(Content::Text(Text { body })),
+            ..Default::default()
+        };
+        Ok(tonic::Response::new(switchboard_proto::v1::BotResponse {
+            replies: vec![reply],
+            ..Default::default()
+        }))
+    }
+}
+
+fn header(m: &OwnedMessage, name: &str) -> Option<String> {
+    use rdkafka::message::Headers as _;
+    let h = rdkafka::Message::headers(m)?;
+    (0..h.count())
+        .map(|i| h.get(i))
+        .find(|h| h.key == name)
+        .map(|h| String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the real local Kafka: run deploy/test.sh"]
+async fn a_write_kafka_refuses_for_good_goes_to_the_dlq_and_routing_moves_on() {
+    use switchboard_workers::destinations::topics::headers;
+    let mut config = isolated("fatal", 1);
+    // Retry forever: only the fatal/retryable split can end the loop.
+    config.max_attempts = 0;
+    config.auto_offset_reset = switchboard_workers::config::AutoOffsetReset::Earliest;
+    let stop_bot = with_bot(&mut config, "big", BigReplyBot).await;
+    let outbound = config.outbound_topic(Channel::Webchat);
+    // The webchat outbound topic takes nothing over 1 KB.
+    config
+        .kafka
+        .ensure_topics_with(&[&outbound], &[("max.message.bytes", "1024")])
+        .await
+        .unwrap();
+    config.ensure_topics().await.unwrap();
+    let producer: FutureProducer = config.kafka.producer_config(&[]).create().unwrap();
+    publish(&producer, &config.messages_topic, &text("huge", "m-0")).await;
+    let mut big = text("huge", "big-1");
+    big.content = Some(switchboard_proto::v1::envelope::Content::Text(
+        switchboard_proto::v1::Text { body: "big".into() },
+    ));
+    publish(&producer, &config.messages_topic, &big).await;
+    for i in 1..=10 {
+        // The same partition (there is one): other conversations, and the
+        // big one's next message.
+        let conversation = if i == 10 { "huge" } else { "small" };
+        publish(
+            &producer,
+            &config.messages_topic,
+            &text(conversation, &format!("m-{i}")),
+        )
+        .await;
+    }
+    let (shutdown, worker) = start(&config);
+    let routed = read(
+        &config,
+        &config.analytics_topic,
+        Duration::from_secs(60),
+        |r| r.len() >= 12,
+    )
+    .await;
+    let ids = testkit::analytics_message_ids(&routed);
+    assert_eq!(
+        ids.len(),
+        12,
+        "every message routed, the big one too: {ids:?}"
+    );
+    let letters = read(&config, &config.dlq_topic, Duration::from_secs(30), |r| {
+        !r.is_empty()
+    })
+    .await;
+    assert_eq!(letters.len(), 1);
+    let error = header(&letters[0], headers::ERROR).unwrap();
+    assert!(error.contains("MessageSizeTooLarge"), "{error}");
+    assert_eq!(
+        header(&letters[0], headers::DESTINATION).as_deref(),
+        Some("outbound")
+    );
+    shutdown.cancel();
+    worker.await.unwrap().unwrap();
+    stop_bot.cancel();
+}

@@ -213,8 +213,14 @@ impl QueueStage {
                     }
                 }
             }
-            if self.flush(&mut owned, &dirty, &shutdown).await.is_err() {
-                break;
+            match self.flush(&mut owned, &dirty, &shutdown).await {
+                Ok(()) => {}
+                Err(FlushError::Interrupted) => break,
+                // Nothing can be assigned safely without snapshots: stop,
+                // loudly, rather than loop forever.
+                Err(FlushError::Snapshot(e)) => {
+                    anyhow::bail!("the queue stage cannot write its snapshots: {e}")
+                }
             }
             self.commit(&positions);
         }
@@ -284,7 +290,7 @@ impl QueueStage {
         owned: &mut Owned,
         dirty: &HashSet<(i32, String)>,
         stop: &Shutdown,
-    ) -> Result<(), Interrupted> {
+    ) -> Result<(), FlushError> {
         let books: Vec<&mut QueueBook> = owned
             .iter_mut()
             .flat_map(|(p, books)| books.iter_mut().map(move |(q, b)| ((*p, q.clone()), b)))
@@ -294,13 +300,65 @@ impl QueueStage {
         let writes = books
             .iter()
             .map(|book| retrying(stop, || self.outputs.queue_snapshot(&book.snapshot)));
-        try_join_all(writes).await?;
+        for written in try_join_all(writes).await? {
+            written.map_err(FlushError::Snapshot)?;
+        }
         let mut outputs = Vec::new();
         for book in books {
             outputs.extend(book.take_outbox());
             book.report();
         }
-        try_join_all(outputs.iter().map(|o| retrying(stop, || self.publish(o)))).await?;
+        let published = try_join_all(outputs.iter().map(|o| async move {
+            match retrying(stop, || self.publish(o)).await? {
+                Ok(()) => Ok(()),
+                Err(error) => self.dead_letter_output(o, &error, stop).await,
+            }
+        }));
+        published.await?;
+        Ok(())
+    }
+
+    /// An output Kafka refused for good goes to the dead-letter topic (as
+    /// an encoded `QueueOutput`) with the reason, so the queue moves on.
+    async fn dead_letter_output(
+        &self,
+        output: &QueueOutput,
+        error: &DestinationError,
+        stop: &Shutdown,
+    ) -> Result<(), Interrupted> {
+        tracing::error!(%error, "a queue stage output refused for good; sent to the dead-letter topic");
+        let message = error.to_string();
+        let headers = [
+            (
+                crate::destinations::topics::headers::ERROR,
+                message.as_str(),
+            ),
+            (
+                crate::destinations::topics::headers::DESTINATION,
+                error.kind,
+            ),
+            (
+                crate::destinations::topics::headers::ORIGINAL_TOPIC,
+                self.topic.as_str(),
+            ),
+        ]
+        .into_iter()
+        .fold(OwnedHeaders::new(), |h, (key, value)| {
+            h.insert(Header {
+                key,
+                value: Some(value),
+            })
+        });
+        let payload = output.encode_to_vec();
+        if let Err(e) = retrying(stop, || {
+            self.outputs
+                .raw(&self.dlq_topic, "", &payload, headers.clone())
+        })
+        .await?
+        {
+            tracing::error!(error = %e, "the dead-letter topic refused it too; dropped");
+            metrics::counter!("switchboard_dlq_write_failures_total").increment(1);
+        }
         Ok(())
     }
 
@@ -384,8 +442,26 @@ fn decode(message: &OwnedMessage) -> Option<QueueEvent> {
     }
 }
 
-/// Retries a Kafka write until it succeeds or `stop` fires.
-async fn retrying<F, Fut>(stop: &Shutdown, mut attempt: F) -> Result<(), Interrupted>
+/// Why a batch could not be flushed.
+enum FlushError {
+    /// Shutting down.
+    Interrupted,
+    /// Kafka refused a snapshot for good.
+    Snapshot(DestinationError),
+}
+
+impl From<Interrupted> for FlushError {
+    fn from(_: Interrupted) -> Self {
+        Self::Interrupted
+    }
+}
+
+/// Retries a Kafka write while its errors are retryable, until it succeeds
+/// or `stop` fires; a fatal error is returned.
+async fn retrying<F, Fut>(
+    stop: &Shutdown,
+    mut attempt: F,
+) -> Result<Result<(), DestinationError>, Interrupted>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<(), DestinationError>>,
@@ -397,7 +473,8 @@ where
             _ = stop.cancelled() => return Err(Interrupted),
         };
         match result {
-            Ok(()) => return Ok(()),
+            Ok(()) => return Ok(Ok(())),
+            Err(e) if !e.retryable => return Ok(Err(e)),
             Err(e) => tracing::warn!(error = %e, retry_in = ?delay, "queue stage write failed"),
         }
         tokio::select! {
