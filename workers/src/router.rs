@@ -198,6 +198,9 @@ pub struct Router {
     max_attempts: u32,
     consent: ConsentPolicy,
     handoff_queue: String,
+    /// Agent queue names the config knows (with `handoff_queue`); the
+    /// rules' own are known too.
+    known_queues: HashSet<String>,
     recent_message_ids: usize,
     metrics: RouterMetrics,
 }
@@ -237,9 +240,28 @@ impl Router {
             max_attempts: config.max_attempts,
             consent: config.consent(),
             handoff_queue: config.handoff_queue.clone(),
+            known_queues: config
+                .agents
+                .known_queues()
+                .chain([config.handoff_queue.as_str()])
+                .map(str::to_owned)
+                .collect(),
             recent_message_ids: config.recent_message_ids,
             metrics: RouterMetrics::new(),
         })
+    }
+
+    /// The agent queue a message for queue `name` goes to: `name` if the
+    /// config or the rules know it, else the default handoff queue. Names
+    /// come from bots and control events too, so a tenant cannot make up
+    /// queues (each would be a book, a snapshot and metrics).
+    pub fn queue_for(&self, name: &str) -> String {
+        if self.known_queues.contains(name) || self.rules.load().agent_queues().any(|q| q == name) {
+            return name.to_owned();
+        }
+        tracing::debug!(queue = name, default = %self.handoff_queue, "unknown agent queue; the default queue instead");
+        metrics::counter!("switchboard_agent_queue_unknown_total").increment(1);
+        self.handoff_queue.clone()
     }
 
     /// Re-reads the rules file if it changed since the last accepted
@@ -316,6 +338,13 @@ impl Router {
     ) -> Result<(RouteDecision, ConversationState), Interrupted> {
         let key = envelope.conversation_key();
         let mut changed = effects::apply_message(&mut state, &envelope, &self.handoff_queue);
+        if !state.queue.is_empty() {
+            let queue = self.queue_for(&state.queue);
+            if queue != state.queue {
+                state.queue = queue;
+                changed = true;
+            }
+        }
         let human_owned = state.owner() == Owner::Human;
         let rules = self.rules.load();
         let mut route = RouteDecision {
@@ -377,6 +406,7 @@ impl Router {
         }
         // The message that asked for a human is the queue's first task.
         for (bot, queue) in handoffs {
+            let queue = self.queue_for(&queue);
             route
                 .reason
                 .push_str(&format!("; bot {bot} handed off to agent queue {queue}"));
@@ -649,10 +679,13 @@ impl Router {
                 (format!("bot:{name}"), outcome.map(|_| ()))
             }
             DestinationSpec::Agent(queue) => {
+                // The tenant's own queue: tenants never share one.
+                let queue = self.queue_for(queue);
+                let key = crate::agents::queue_key(&envelope.tenant_id, &queue);
                 let task = QueueEvent {
-                    queue: queue.clone(),
+                    queue: key.clone(),
                     event: Some(queue_event::Event::Task(AgentTask {
-                        queue: queue.clone(),
+                        queue: key,
                         envelope: Some(envelope.clone()),
                         decision: Some(route.clone()),
                     })),
@@ -806,6 +839,25 @@ fn to_proto(spec: &DestinationSpec) -> Destination {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_agent_queue_nobody_configured_is_the_default_queue() {
+        let mut config = WorkersConfig::default();
+        config.agents.queues.insert(
+            "vip".into(),
+            crate::agents::config::QueueConfig {
+                overflow_queue: Some("tier2".into()),
+                ..Default::default()
+            },
+        );
+        let router = Router::new(&config).unwrap();
+        for known in ["vip", "tier2", "support"] {
+            assert_eq!(router.queue_for(known), known);
+        }
+        for made_up in ["made-up-1", "made-up-2", "VIP", ""] {
+            assert_eq!(router.queue_for(made_up), "support", "{made_up:?}");
+        }
+    }
 
     #[test]
     fn a_destination_named_twice_is_delivered_once() {

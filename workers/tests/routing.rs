@@ -355,3 +355,148 @@ async fn a_write_kafka_refuses_for_good_goes_to_the_dlq_and_routing_moves_on() {
     worker.await.unwrap().unwrap();
     stop_bot.cancel();
 }
+
+/// Hands the conversation off to the queue its text names (`to:QUEUE`).
+#[derive(Clone, Default)]
+struct HandoffBot;
+
+#[tonic::async_trait]
+impl switchboard_proto::v1::bot_server::Bot for HandoffBot {
+    async fn handle(
+        &self,
+        request: tonic::Request<switchboard_proto::v1::BotRequest>,
+    ) -> Result<tonic::Response<switchboard_proto::v1::BotResponse>, tonic::Status> {
+        let envelope = request.into_inner().envelope.unwrap_or_default();
+        let queue = testkit::text_of(&envelope).strip_prefix("to:");
+        Ok(tonic::Response::new(switchboard_proto::v1::BotResponse {
+            handoff: queue.is_some(),
+            handoff_queue: queue.unwrap_or_default().to_owned(),
+            ..Default::default()
+        }))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the real local Kafka: run deploy/test.sh"]
+async fn each_tenant_has_its_own_queues_and_cannot_make_up_new_ones() {
+    use prost::Message as _;
+    use switchboard_proto::v1::{QueueEvent, QueueSnapshot};
+    use switchboard_workers::agents::{config::QueueConfig, service::QueueStage};
+    let mut config = isolated("tenants", 2);
+    config.auto_offset_reset = switchboard_workers::config::AutoOffsetReset::Earliest;
+    config.agents.enabled = true;
+    config.agents.tick = Duration::from_millis(100);
+    // Tenant A's VIP queue holds one waiting conversation.
+    config.agents.queues.insert(
+        "vip".into(),
+        QueueConfig {
+            max_waiting: 1,
+            ..QueueConfig::default()
+        },
+    );
+    let stop_bot = with_bot(&mut config, "handoff", HandoffBot).await;
+    config.ensure_topics().await.unwrap();
+    let producer: FutureProducer = config.kafka.producer_config(&[]).create().unwrap();
+    let from = |tenant: &str, conversation: &str, body: &str| {
+        Envelope {
+            tenant_id: tenant.into(),
+            ..text(conversation, &format!("{tenant}-{conversation}"))
+        }
+        .tap_text(body)
+    };
+    for envelope in [
+        from("a", "a1", "to:vip"),
+        // B names A's queue, then one nobody configured.
+        from("b", "b1", "to:vip"),
+        from("b", "b2", "to:made-up-1"),
+    ] {
+        publish(&producer, &config.messages_topic, &envelope).await;
+    }
+    let (shutdown, worker) = start(&config);
+    let stage_stop = Shutdown::new();
+    let stage = tokio::spawn(QueueStage::new(&config).unwrap().run(stage_stop.clone()));
+
+    let tasks = read(
+        &config,
+        &config.agent_queue_topic,
+        Duration::from_secs(60),
+        |r| r.len() >= 3,
+    )
+    .await;
+    let mut queues: Vec<(String, String)> = tasks
+        .iter()
+        .map(|m| {
+            let event = QueueEvent::decode(rdkafka::Message::payload(m).unwrap()).unwrap();
+            let task = testkit::agent_task(rdkafka::Message::payload(m).unwrap());
+            assert_eq!(
+                rdkafka::Message::key(m),
+                Some(event.queue.as_bytes()),
+                "keyed by the tenant's queue"
+            );
+            (task.envelope.unwrap().conversation_id, event.queue)
+        })
+        .collect();
+    queues.sort();
+    assert_eq!(
+        queues,
+        [
+            ("a1".to_owned(), "a/vip".to_owned()),
+            ("b1".to_owned(), "b/vip".to_owned()),
+            // Unknown: the tenant's default queue, not a new one.
+            ("b2".to_owned(), "b/support".to_owned()),
+        ]
+    );
+    // Each queue's book holds its own tenant's conversation; B's did not
+    // count against A's one waiting place, so nothing was refused.
+    let snapshots = read(
+        &config,
+        &config.agents.queue_state_topic,
+        Duration::from_secs(30),
+        |r| {
+            let keys: HashSet<&[u8]> = r.iter().filter_map(rdkafka::Message::key).collect();
+            keys.len() >= 3
+        },
+    )
+    .await;
+    let mut waiting = std::collections::BTreeMap::new();
+    for m in &snapshots {
+        let snapshot = QueueSnapshot::decode(rdkafka::Message::payload(m).unwrap()).unwrap();
+        let keys: Vec<String> = snapshot
+            .waiting
+            .iter()
+            .map(|w| w.conversation_key.clone())
+            .collect();
+        waiting.insert(snapshot.queue, keys);
+    }
+    assert_eq!(
+        waiting,
+        std::collections::BTreeMap::from([
+            ("a/vip".to_owned(), vec!["a/webchat/a1".to_owned()]),
+            ("b/vip".to_owned(), vec!["b/webchat/b1".to_owned()]),
+            ("b/support".to_owned(), vec!["b/webchat/b2".to_owned()]),
+        ])
+    );
+    let letters = read(&config, &config.dlq_topic, Duration::from_secs(2), |r| {
+        !r.is_empty()
+    })
+    .await;
+    assert!(letters.is_empty(), "no task refused");
+    stage_stop.cancel();
+    stage.await.unwrap().unwrap();
+    shutdown.cancel();
+    worker.await.unwrap().unwrap();
+    stop_bot.cancel();
+}
+
+trait TapText {
+    fn tap_text(self, body: &str) -> Self;
+}
+
+impl TapText for Envelope {
+    fn tap_text(mut self, body: &str) -> Self {
+        self.content = Some(switchboard_proto::v1::envelope::Content::Text(
+            switchboard_proto::v1::Text { body: body.into() },
+        ));
+        self
+    }
+}

@@ -49,6 +49,17 @@ impl AgentsConfig {
         self.queues.get(name).unwrap_or(&self.default_queue)
     }
 
+    /// Queue names the configuration knows: those under `queues`, and every
+    /// overflow and after-hours target.
+    pub fn known_queues(&self) -> impl Iterator<Item = &str> {
+        let targets = std::iter::once(&self.default_queue)
+            .chain(self.queues.values())
+            .flat_map(|q| [&q.overflow_queue, &q.after_hours_queue])
+            .flatten()
+            .map(String::as_str);
+        self.queues.keys().map(String::as_str).chain(targets)
+    }
+
     /// The metric label of queue `name`: its name if configured, else `other`.
     pub fn label(&self, name: &str) -> String {
         if self.queues.contains_key(name) {

@@ -59,6 +59,9 @@ pub struct Settings {
 pub struct QueueBook {
     /// The state written to the queue-state topic.
     pub snapshot: QueueSnapshot,
+    /// The queue's tenant and name (its key is `tenant/name`).
+    tenant: String,
+    name: String,
     settings: Arc<Settings>,
     metrics: QueueMetrics,
 }
@@ -71,7 +74,10 @@ impl QueueBook {
     /// A queue restored from its snapshot (or a new one).
     pub fn new(snapshot: QueueSnapshot, settings: Arc<Settings>) -> Self {
         let metrics = QueueMetrics::new(&settings.label);
+        let (tenant, name) = super::split_queue_key(&snapshot.queue);
         Self {
+            tenant: tenant.to_owned(),
+            name: name.to_owned(),
             snapshot,
             settings,
             metrics,
@@ -323,10 +329,12 @@ impl QueueBook {
     /// stage learns its new queue, and stragglers here are sent on.
     fn move_to(&mut self, mut waiting: WaitingConversation, target: &str, why: Move, now: i64) {
         let key = waiting.conversation_key.clone();
+        // The same tenant's queue of that name.
+        let target_key = super::queue_key(&self.tenant, target);
         self.snapshot.moved.retain(|m| m.conversation_key != key);
         self.snapshot.moved.push(MovedConversation {
             conversation_key: key,
-            queue: target.to_owned(),
+            queue: target_key.clone(),
             at_unix_ms: now,
         });
         self.metrics.moved(why);
@@ -335,16 +343,16 @@ impl QueueBook {
             ConversationControl {
                 action: Control::Handoff as i32,
                 queue: target.to_owned(),
-                reason: format!("{} from queue {}", why.label(), self.snapshot.queue),
+                reason: format!("{} from queue {}", why.label(), self.name),
                 ..Default::default()
             },
             now,
         );
-        waiting.overflowed_from.clone_from(&self.snapshot.queue);
+        waiting.overflowed_from.clone_from(&self.name);
         self.snapshot.outbox.extend([
             QueueOutput {
                 output: Some(Output::Moved(QueueEvent {
-                    queue: target.to_owned(),
+                    queue: target_key,
                     event: Some(queue_event::Event::MovedIn(waiting)),
                 })),
             },
@@ -634,10 +642,11 @@ impl QueueBook {
         let assign = ConversationControl {
             action: Control::Assign as i32,
             agent_id: agent.clone(),
-            queue: self.snapshot.queue.clone(),
+            // The conversation stage knows queues by name, in the tenant.
+            queue: self.name.clone(),
             reason: format!(
                 "queue {}: {}",
-                self.snapshot.queue,
+                self.name,
                 outcome.as_str_name().to_lowercase()
             ),
         };

@@ -94,7 +94,51 @@ pub struct QueueStage {
     kafka: KafkaConfig,
     topic: String,
     dlq_topic: String,
-    settings: Mutex<HashMap<String, Arc<Settings>>>,
+    settings: SettingsByQueue,
+}
+
+/// Each configured queue's compiled settings, and one shared copy of the
+/// default queue's for every other name: as many entries as the config
+/// has, however many queue names events bring.
+pub struct SettingsByQueue {
+    configured: HashMap<String, Arc<Settings>>,
+    default: Arc<Settings>,
+}
+
+impl SettingsByQueue {
+    /// Compiles every queue's settings; the config must be valid.
+    pub fn new(agents: &AgentsConfig) -> Self {
+        let compile = |config: &super::config::QueueConfig, label: String| {
+            Arc::new(Settings {
+                calendar: config.calendar().expect("checked when the config loaded"),
+                config: config.clone(),
+                label,
+            })
+        };
+        Self {
+            configured: agents
+                .queues
+                .iter()
+                .map(|(name, q)| (name.clone(), compile(q, name.clone())))
+                .collect(),
+            default: compile(&agents.default_queue, "other".to_owned()),
+        }
+    }
+
+    /// The settings of queue `name` (without its tenant).
+    pub fn get(&self, name: &str) -> Arc<Settings> {
+        self.configured.get(name).unwrap_or(&self.default).clone()
+    }
+
+    /// Settings held.
+    pub fn len(&self) -> usize {
+        self.configured.len() + 1
+    }
+
+    /// Never empty: the default is always there.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
 }
 
 impl QueueStage {
@@ -124,27 +168,12 @@ impl QueueStage {
             kafka: config.kafka.clone(),
             topic: config.agent_queue_topic.clone(),
             dlq_topic: config.dlq_topic.clone(),
-            settings: Mutex::default(),
+            settings: SettingsByQueue::new(&config.agents),
         })
     }
 
-    fn settings(&self, queue: &str) -> Arc<Settings> {
-        let mut cache = self.settings.lock().expect("settings lock");
-        cache
-            .entry(queue.to_owned())
-            .or_insert_with(|| {
-                let config = self.agents.queue(queue).clone();
-                Arc::new(Settings {
-                    calendar: config.calendar().expect("checked when the config loaded"),
-                    config,
-                    label: self.agents.label(queue),
-                })
-            })
-            .clone()
-    }
-
     fn book(&self, snapshot: QueueSnapshot) -> QueueBook {
-        let settings = self.settings(&snapshot.queue);
+        let settings = self.settings.get(super::split_queue_key(&snapshot.queue).1);
         QueueBook::new(snapshot, settings)
     }
 

@@ -366,6 +366,49 @@ fn replayed_events_are_skipped_and_later_messages_follow_the_agent() {
 }
 
 #[test]
+fn a_tenant_queue_moves_conversations_to_the_same_tenant_s_queue() {
+    let config = QueueConfig {
+        overflow_after: Some(Duration::from_secs(60)),
+        overflow_queue: Some("fallback".into()),
+        ..QueueConfig::default()
+    };
+    let settings = Arc::new(Settings {
+        calendar: None,
+        config,
+        label: "support".into(),
+    });
+    let snapshot = QueueSnapshot {
+        queue: super::queue_key("acme", "support"),
+        ..Default::default()
+    };
+    let mut q = Queue {
+        book: QueueBook::new(snapshot, settings),
+        ..queue(QueueConfig::default())
+    };
+    q.task("c1", "", 0);
+    q.tick(60 * S);
+    assert_eq!(q.moved, [(key("c1"), "acme/fallback".to_owned())]);
+    assert_eq!(
+        super::split_queue_key("acme/fallback"),
+        ("acme", "fallback")
+    );
+    assert_eq!(super::split_queue_key("legacy"), ("", "legacy"));
+}
+
+#[test]
+fn queue_settings_stay_as_many_as_configured_whatever_names_come() {
+    let mut agents = super::config::AgentsConfig::default();
+    agents.queues.insert("vip".into(), QueueConfig::default());
+    let settings = super::service::SettingsByQueue::new(&agents);
+    for i in 0..10_000 {
+        let s = settings.get(&format!("made-up-{i}"));
+        assert_eq!(s.label, "other");
+    }
+    assert_eq!(settings.get("vip").label, "vip");
+    assert_eq!(settings.len(), 2, "vip and the shared default");
+}
+
+#[test]
 fn a_full_queue_refuses_new_conversations_with_their_message() {
     let mut q = queue(QueueConfig {
         max_waiting: 2,
