@@ -338,6 +338,21 @@ mod tests {
     }
 
     #[test]
+    fn held_message_bytes_are_checked() {
+        for bad in [0, 600_000] {
+            let error = load_toml(&format!(
+                "[agents.queues.support]\nheld_messages_max_bytes = {bad}\n"
+            ))
+            .unwrap_err();
+            assert!(
+                error.to_string().contains("held_messages_max_bytes"),
+                "{error}"
+            );
+        }
+        assert!(load_toml("[agents.queues.support]\nheld_messages_max_bytes = 1000\n").is_ok());
+    }
+
+    #[test]
     fn a_bot_without_room_for_an_answer_is_refused() {
         let error = load_toml(
             "[bots.web]\nprotocol = \"http\"\nendpoint = \"http://127.0.0.1:1\"\nmax_response_bytes = 0\n",

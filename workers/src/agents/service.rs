@@ -46,12 +46,19 @@ use super::{
 };
 use crate::{
     config::WorkersConfig,
-    destinations::{DestinationError, topics::TopicOutputs},
+    destinations::{
+        DestinationError,
+        topics::{QUEUE_SNAPSHOT_BUDGET_BYTES, TopicOutputs},
+    },
     router::Interrupted,
 };
 
 /// Events applied per batch, at most.
 const BATCH: usize = 500;
+
+/// Bytes of events applied per batch, at most (past one event): what a
+/// batch adds to a snapshot's outbox stays well under its budget.
+const BATCH_BYTES: usize = 2 * 1024 * 1024;
 
 /// Partition changes, recorded by the rebalance callback for the loop.
 #[derive(Default)]
@@ -200,9 +207,16 @@ impl QueueStage {
                 }
                 None => {}
             }
-            while (1..BATCH).contains(&batch.len()) {
+            let mut bytes: usize = batch
+                .iter()
+                .map(|m| m.payload().map_or(0, <[u8]>::len))
+                .sum();
+            while (1..BATCH).contains(&batch.len()) && bytes < BATCH_BYTES {
                 match self.consumer.recv().now_or_never() {
-                    Some(Ok(message)) => batch.push(message.detach()),
+                    Some(Ok(message)) => {
+                        bytes += message.payload().map_or(0, <[u8]>::len);
+                        batch.push(message.detach());
+                    }
                     _ => break,
                 }
             }
@@ -320,12 +334,20 @@ impl QueueStage {
         dirty: &HashSet<(i32, String)>,
         stop: &Shutdown,
     ) -> Result<(), FlushError> {
-        let books: Vec<&mut QueueBook> = owned
+        let mut books: Vec<&mut QueueBook> = owned
             .iter_mut()
             .flat_map(|(p, books)| books.iter_mut().map(move |(q, b)| ((*p, q.clone()), b)))
             .filter(|(key, _)| dirty.contains(key))
             .map(|(_, b)| b)
             .collect();
+        // Under the queue-state topic's limit by construction: trimmed
+        // held messages rather than a snapshot Kafka refuses.
+        for book in &mut books {
+            let size = book.fit(QUEUE_SNAPSHOT_BUDGET_BYTES);
+            if size > QUEUE_SNAPSHOT_BUDGET_BYTES {
+                tracing::error!(queue = %book.snapshot.queue, size, "queue snapshot over budget even without held messages");
+            }
+        }
         let writes = books
             .iter()
             .map(|book| retrying(stop, || self.outputs.queue_snapshot(&book.snapshot)));

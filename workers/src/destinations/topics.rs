@@ -64,6 +64,11 @@ pub mod headers {
 /// `max.message.bytes`).
 pub const QUEUE_SNAPSHOT_MAX_BYTES: &str = "8388608";
 
+/// What a queue snapshot may take: its topic's limit, less room for the
+/// record's key, headers and batch framing. Snapshots over it are trimmed
+/// before they are written ([`crate::agents::engine::QueueBook::fit`]).
+pub const QUEUE_SNAPSHOT_BUDGET_BYTES: usize = 8 * 1024 * 1024 - 256 * 1024;
+
 /// Whether a failed Kafka write may succeed if tried again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteRetry {
