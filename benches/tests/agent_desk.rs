@@ -75,7 +75,7 @@ async fn bot_hands_off_agent_replies_and_releases_back_to_the_bot() {
     let workers = config.workers_config(pipeline.bot_addr);
     let alice = Desk::new(&workers, "alice").unwrap();
     alice
-        .send("support", Change::Presence(Presence::Online as i32))
+        .send("acme/support", Change::Presence(Presence::Online as i32))
         .await
         .unwrap();
 
@@ -94,9 +94,12 @@ async fn bot_hands_off_agent_replies_and_releases_back_to_the_bot() {
     })
     .await;
     let held = &view.conversations[&key];
-    assert_eq!(held.queue, "support");
+    assert_eq!(held.queue, "acme/support", "the tenant's own queue");
     assert_eq!(text_of(&held.messages[0]), "human please");
-    alice.act("support", &key, Action::Accept).await.unwrap();
+    alice
+        .act("acme/support", &key, Action::Accept)
+        .await
+        .unwrap();
 
     // The customer's next message goes to alice, not the bot.
     client
@@ -143,7 +146,10 @@ async fn bot_hands_off_agent_replies_and_releases_back_to_the_bot() {
     );
 
     // Alice releases: the conversation goes back to the bot.
-    alice.act("support", &key, Action::Release).await.unwrap();
+    alice
+        .act("acme/support", &key, Action::Release)
+        .await
+        .unwrap();
     let (_alice, _) = wait_for_view(alice, "the release", |v| v.conversations.is_empty()).await;
     // The release reaches the conversation stage through the messages
     // topic: the conversation's state says the bot owns it again.

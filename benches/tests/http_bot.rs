@@ -98,9 +98,21 @@ async fn pipeline_with(
 ) -> (PipelineConfig, std::path::PathBuf) {
     let bootstrap = testkit::real_kafka();
     let mut config = PipelineConfig::isolated(testkit::kafka_config(&bootstrap, 2), prefix);
+    // Records are written before the routing group first joins; the
+    // workers' default (`latest`) would skip them.
+    config
+        .kafka
+        .properties
+        .insert("auto.offset.reset".into(), "earliest".into());
     let path = std::env::temp_dir().join(format!("{}.toml", testkit::random_topic(prefix)));
     std::fs::write(&path, rules).unwrap();
     config.rules_file = Some(path.clone());
+    // The queue the webhook bot hands off to; a name no config knows
+    // would go to the default queue.
+    config
+        .agents
+        .queues
+        .insert("vip".into(), Default::default());
     config.extra_bots = bots
         .iter()
         .map(|(name, c)| ((*name).to_owned(), c.clone()))
@@ -156,7 +168,8 @@ async fn webhook_bot_gets_json_and_its_replies_and_handoffs_take_effect() {
     let bodies: Vec<String> = tasks
         .iter()
         .map(|t| testkit::agent_task(t.payload().unwrap()))
-        .inspect(|task| assert_eq!(task.queue, "vip"))
+        // The tenant's own vip queue.
+        .inspect(|task| assert_eq!(task.queue, "acme/vip"))
         .map(|task| match task.envelope.unwrap().content {
             Some(Content::Text(t)) => t.body,
             other => panic!("not a text: {other:?}"),

@@ -27,6 +27,14 @@ pub struct WorkersConfig {
     pub kafka: KafkaConfig,
     /// Consumer group id; all workers of one deployment share it.
     pub group_id: String,
+    /// Where the routing group starts reading a partition it has no
+    /// committed offset for (a new group, or offsets expired): `latest`
+    /// (the default) routes only messages that arrive from then on;
+    /// `earliest` routes the topic's whole retention again, to the bots
+    /// too. The queue stage always starts at the earliest offset (its
+    /// snapshots say what is applied), and state rebuilds read compacted
+    /// topics from the beginning, whatever this says.
+    pub auto_offset_reset: AutoOffsetReset,
     /// Topic the ingestion nodes publish envelopes to.
     pub messages_topic: String,
     /// Topic that receives every message with its route decision.
@@ -71,6 +79,12 @@ pub struct WorkersConfig {
     pub max_in_flight_per_partition: usize,
     /// Most messages in flight at once over all partitions of a worker.
     pub max_in_flight_per_worker: usize,
+    /// Most messages of one partition finished above its oldest unfinished
+    /// one. Past it the partition takes no new messages until that one
+    /// finishes, so a message retried for a long time (or forever, with
+    /// `max_attempts = 0`) holds its partition back instead of growing the
+    /// set of finished offsets without bound.
+    pub max_finished_ahead_per_partition: usize,
     /// Channel message ids remembered per conversation (in its state) to
     /// drop copies that reached Kafka twice (through different ingestion
     /// nodes, or after a node's dedupe window). 0 turns this check off.
@@ -95,11 +109,34 @@ pub struct WorkersConfig {
     pub agents: AgentsConfig,
 }
 
+/// Where a consumer group with no committed offset starts (librdkafka's
+/// `auto.offset.reset`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AutoOffsetReset {
+    /// The oldest message the topic still has.
+    Earliest,
+    /// The next message to arrive.
+    #[default]
+    Latest,
+}
+
+impl AutoOffsetReset {
+    /// The librdkafka value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Earliest => "earliest",
+            Self::Latest => "latest",
+        }
+    }
+}
+
 impl Default for WorkersConfig {
     fn default() -> Self {
         Self {
             kafka: KafkaConfig::default(),
             group_id: "switchboard-workers".into(),
+            auto_offset_reset: AutoOffsetReset::default(),
             messages_topic: "switchboard.messages.v1".into(),
             analytics_topic: "switchboard.analytics.v1".into(),
             agent_queue_topic: "switchboard.agent-queue.v1".into(),
@@ -115,6 +152,7 @@ impl Default for WorkersConfig {
             bots: BTreeMap::new(),
             max_in_flight_per_partition: 256,
             max_in_flight_per_worker: 4096,
+            max_finished_ahead_per_partition: 10_000,
             recent_message_ids: 20,
             max_attempts: 8,
             retry_backoff: Duration::from_millis(100),
@@ -239,7 +277,15 @@ impl WorkersConfig {
             config.max_in_flight_per_worker > 0,
             "max_in_flight_per_worker must be at least 1"
         );
+        anyhow::ensure!(
+            config.max_finished_ahead_per_partition > 0,
+            "max_finished_ahead_per_partition must be at least 1"
+        );
         anyhow::ensure!(!config.group_id.is_empty(), "group_id must not be empty");
+        for (name, bot) in &config.bots {
+            bot.validate()
+                .map_err(|e| anyhow::anyhow!("bots.{name}: {e}"))?;
+        }
         config.agents.validate()?;
         Ok(config)
     }
@@ -262,8 +308,56 @@ mod tests {
         .unwrap();
         assert_eq!(config.bots["echo"].endpoint, "http://127.0.0.1:50061");
         assert_eq!(config.group_id, WorkersConfig::default().group_id);
+        assert_eq!(config.auto_offset_reset, AutoOffsetReset::Latest);
         let bots: HashSet<&str> = config.bots.keys().map(String::as_str).collect();
         let rules = RuleSet::load(&root.join(config.rules_file.unwrap()), &bots).unwrap();
         assert_eq!(rules.bots().next(), Some("echo"));
+    }
+
+    fn load_toml(text: &str) -> anyhow::Result<WorkersConfig> {
+        let path = std::env::temp_dir().join(format!("workers-{}.toml", uuid::Uuid::now_v7()));
+        std::fs::write(&path, text).unwrap();
+        let config = WorkersConfig::load(Some(&path), serde_json::json!({}));
+        let _ = std::fs::remove_file(path);
+        config
+    }
+
+    #[test]
+    fn auto_offset_reset_is_latest_unless_set_and_checked() {
+        assert_eq!(
+            load_toml("").unwrap().auto_offset_reset,
+            AutoOffsetReset::Latest
+        );
+        assert_eq!(
+            load_toml("auto_offset_reset = \"earliest\"\n")
+                .unwrap()
+                .auto_offset_reset,
+            AutoOffsetReset::Earliest
+        );
+        assert!(load_toml("auto_offset_reset = \"smallest\"\n").is_err());
+    }
+
+    #[test]
+    fn held_message_bytes_are_checked() {
+        for bad in [0, 600_000] {
+            let error = load_toml(&format!(
+                "[agents.queues.support]\nheld_messages_max_bytes = {bad}\n"
+            ))
+            .unwrap_err();
+            assert!(
+                error.to_string().contains("held_messages_max_bytes"),
+                "{error}"
+            );
+        }
+        assert!(load_toml("[agents.queues.support]\nheld_messages_max_bytes = 1000\n").is_ok());
+    }
+
+    #[test]
+    fn a_bot_without_room_for_an_answer_is_refused() {
+        let error = load_toml(
+            "[bots.web]\nprotocol = \"http\"\nendpoint = \"http://127.0.0.1:1\"\nmax_response_bytes = 0\n",
+        )
+        .unwrap_err();
+        assert!(error.to_string().contains("max_response_bytes"), "{error}");
     }
 }

@@ -197,6 +197,7 @@ pub struct Worker {
     kafka: KafkaConfig,
     state_topic: String,
     queue_len: usize,
+    max_finished_ahead: usize,
     worker_permits: Arc<Semaphore>,
     grace: Duration,
 }
@@ -211,7 +212,7 @@ impl Worker {
                 ("enable.auto.commit", "true"),
                 ("auto.commit.interval.ms", "1000"),
                 ("enable.auto.offset.store", "false"),
-                ("auto.offset.reset", "earliest"),
+                ("auto.offset.reset", config.auto_offset_reset.as_str()),
                 ("session.timeout.ms", "10000"),
                 // Incremental rebalances: only the partitions that move stop;
                 // the others keep routing, with their state cached.
@@ -227,6 +228,7 @@ impl Worker {
             kafka: config.kafka.clone(),
             state_topic: config.state_topic.clone(),
             queue_len: config.max_in_flight_per_partition,
+            max_finished_ahead: config.max_finished_ahead_per_partition,
             worker_permits: Arc::new(Semaphore::new(config.max_in_flight_per_worker)),
             grace: config.shutdown_grace,
         })
@@ -331,6 +333,7 @@ impl Worker {
                             topic: topic.clone(),
                             partition: *partition,
                             max_in_flight: self.queue_len,
+                            max_finished_ahead: self.max_finished_ahead,
                             worker_permits: self.worker_permits.clone(),
                             tracker: tracker.clone(),
                         },
@@ -420,6 +423,8 @@ struct PartitionContext {
     partition: i32,
     /// Most messages of this partition in flight at once.
     max_in_flight: usize,
+    /// Most messages of this partition done above its oldest unfinished one.
+    max_finished_ahead: usize,
     /// Shared by all partitions of this worker.
     worker_permits: Arc<Semaphore>,
     /// Shared with the revoke handler.
@@ -475,8 +480,24 @@ async fn route_partition(
     };
     let tracker = cx.tracker.clone();
     let complete = |offset| tracker.lock().expect("tracker lock").complete(offset);
+    let held_back = metrics::counter!("switchboard_worker_partition_held_back_total");
     let mut open = true;
+    let mut was_full = false;
     loop {
+        // Backpressure: with too many messages done above the oldest one
+        // not done (retried, maybe forever), take no new ones until it
+        // finishes. The queue fills and the partition is paused; the
+        // finished-offsets set stays bounded and nothing is skipped.
+        let full = tracker.lock().expect("tracker lock").done_ahead() >= cx.max_finished_ahead;
+        if full && !was_full {
+            held_back.increment(1);
+            tracing::warn!(
+                partition,
+                bound = cx.max_finished_ahead,
+                "partition held back: its oldest message is still not done"
+            );
+        }
+        was_full = full;
         tokio::select! {
             biased;
             Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
@@ -492,7 +513,7 @@ async fn route_partition(
                 }
                 store(&cx, complete(offset));
             }
-            next = queue.recv(), if open && tasks.len() < cx.max_in_flight => {
+            next = queue.recv(), if open && !full && tasks.len() < cx.max_in_flight => {
                 let Some(message) = next.filter(|_| !no_new_work.is_cancelled()) else {
                     open = false;
                     continue;

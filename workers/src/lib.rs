@@ -41,3 +41,28 @@ pub mod replay;
 pub mod router;
 pub mod rules;
 pub mod state;
+
+/// Describes the metrics the workers add to those the ingestion node's
+/// telemetry describes; call once the Prometheus recorder is installed.
+pub fn describe_metrics() {
+    use metrics::describe_counter;
+    describe_counter!(
+        "switchboard_worker_partition_held_back_total",
+        "Times a partition stopped taking messages because max_finished_ahead_per_partition \
+         messages were done above its oldest unfinished one"
+    );
+    describe_counter!(
+        "switchboard_dlq_write_failures_total",
+        "Dead letters the dead-letter topic refused for good (even without payload); logged"
+    );
+    describe_counter!(
+        "switchboard_agent_queue_unknown_total",
+        "Agent tasks for a queue name neither the config nor the rules know, sent to the \
+         tenant's default queue"
+    );
+    describe_counter!(
+        "switchboard_agent_queue_trimmed_messages_total",
+        "Held messages dropped or kept without content to stay within held_messages_max_bytes \
+         or the queue snapshot's size limit, by queue"
+    );
+}

@@ -134,6 +134,7 @@ async fn main() -> anyhow::Result<()> {
     }
     if let Some(addr) = config.metrics_addr {
         telemetry::install_metrics(addr).map_err(anyhow::Error::msg)?;
+        switchboard_workers::describe_metrics();
         tracing::info!(%addr, "serving Prometheus metrics at /metrics");
     }
     // Creating topics can take a while; a signal meanwhile ends the process.

@@ -72,6 +72,13 @@ impl OffsetTracker {
         self.in_flight.len()
     }
 
+    /// Messages done above the oldest one not done. The consume loop takes
+    /// no new message while this is at its bound, so it stays bounded even
+    /// when the oldest message is retried forever.
+    pub fn done_ahead(&self) -> usize {
+        self.done_above.len()
+    }
+
     /// The offset to commit (the first message not done) and metadata
     /// listing the messages done above it, relative to it (`3-5,9`); `None`
     /// before any message started. Offsets that do not fit are left out:
@@ -170,6 +177,20 @@ mod tests {
         assert!(parse_skip_metadata(5, "").is_empty());
         assert!(parse_skip_metadata(5, "someone else's").is_empty());
         assert!(parse_skip_metadata(5, "switchboard-done:x,3-1,-2").is_empty());
+    }
+
+    #[test]
+    fn done_ahead_counts_what_finished_above_the_oldest_unfinished() {
+        let mut t = OffsetTracker::default();
+        for o in 0..10 {
+            t.start(o);
+        }
+        for o in 1..10 {
+            t.complete(o);
+        }
+        assert_eq!(t.done_ahead(), 9, "0 is stuck");
+        assert_eq!(t.complete(0), Some(9));
+        assert_eq!(t.done_ahead(), 0);
     }
 
     #[test]

@@ -6,7 +6,11 @@
 //! destination; this holds back only the message's own conversation. A
 //! destination that fails for good (a fatal error, or the retry budget
 //! spent) sends the message to the dead-letter topic, with headers saying
-//! why, and the conversation continues.
+//! why, and the conversation continues. Kafka writes (outbound, rejections,
+//! state, analytics) are retried without limit while their errors are
+//! retryable; one Kafka refuses for good (a record too large for the
+//! topic, no authorization, no such topic) dead-letters the message too,
+//! so it never holds its partition back forever.
 //!
 //! The rules file is re-read when it changes; a file that does not load is
 //! refused and the previous rules keep routing.
@@ -71,8 +75,8 @@ pub struct Source<'a> {
 /// What delivering to one destination led to.
 #[derive(Default)]
 struct Delivered {
-    /// The destination failed for good.
-    failure: Option<Failure>,
+    /// The destination (or a bot reply's write) failed for good.
+    failures: Vec<Failure>,
     /// A bot asked for a human: the bot's name and the agent queue.
     handoff: Option<(String, String)>,
 }
@@ -194,6 +198,9 @@ pub struct Router {
     max_attempts: u32,
     consent: ConsentPolicy,
     handoff_queue: String,
+    /// Agent queue names the config knows (with `handoff_queue`); the
+    /// rules' own are known too.
+    known_queues: HashSet<String>,
     recent_message_ids: usize,
     metrics: RouterMetrics,
 }
@@ -233,9 +240,28 @@ impl Router {
             max_attempts: config.max_attempts,
             consent: config.consent(),
             handoff_queue: config.handoff_queue.clone(),
+            known_queues: config
+                .agents
+                .known_queues()
+                .chain([config.handoff_queue.as_str()])
+                .map(str::to_owned)
+                .collect(),
             recent_message_ids: config.recent_message_ids,
             metrics: RouterMetrics::new(),
         })
+    }
+
+    /// The agent queue a message for queue `name` goes to: `name` if the
+    /// config or the rules know it, else the default handoff queue. Names
+    /// come from bots and control events too, so a tenant cannot make up
+    /// queues (each would be a book, a snapshot and metrics).
+    pub fn queue_for(&self, name: &str) -> String {
+        if self.known_queues.contains(name) || self.rules.load().agent_queues().any(|q| q == name) {
+            return name.to_owned();
+        }
+        tracing::debug!(queue = name, default = %self.handoff_queue, "unknown agent queue; the default queue instead");
+        metrics::counter!("switchboard_agent_queue_unknown_total").increment(1);
+        self.handoff_queue.clone()
     }
 
     /// Re-reads the rules file if it changed since the last accepted
@@ -312,6 +338,13 @@ impl Router {
     ) -> Result<(RouteDecision, ConversationState), Interrupted> {
         let key = envelope.conversation_key();
         let mut changed = effects::apply_message(&mut state, &envelope, &self.handoff_queue);
+        if !state.queue.is_empty() {
+            let queue = self.queue_for(&state.queue);
+            if queue != state.queue {
+                state.queue = queue;
+                changed = true;
+            }
+        }
         let human_owned = state.owner() == Owner::Human;
         let rules = self.rules.load();
         let mut route = RouteDecision {
@@ -320,6 +353,7 @@ impl Router {
             ..Default::default()
         };
         let mut targets = Vec::new();
+        let mut failures = Vec::new();
         if let Some(Content::Control(control)) = &envelope.content {
             route.rule_id = "control".into();
             route.reason = control_reason(control, &state);
@@ -331,7 +365,9 @@ impl Router {
             route.reason = format!("rejected ({}): {}", refusal.label(), refusal.detail);
             // Rare paths are boxed, so the common path's future stays
             // small (a large one is copied whole on every move).
-            Box::pin(self.reject(&key, &envelope, refusal, &source.trace, stop)).await?;
+            failures.extend(
+                Box::pin(self.reject(&key, &envelope, refusal, &source.trace, stop)).await?,
+            );
         } else {
             let decision = rules.decide(&envelope, human_owned);
             if !decision.matched {
@@ -362,15 +398,15 @@ impl Router {
         let deliveries = targets
             .iter()
             .map(|spec| self.deliver(spec, &envelope, &route, &state, &source.trace, stop));
-        let mut failures = Vec::new();
         let mut handoffs = Vec::new();
         for outcome in join_all(deliveries).await {
             let outcome = outcome?;
-            failures.extend(outcome.failure);
+            failures.extend(outcome.failures);
             handoffs.extend(outcome.handoff);
         }
         // The message that asked for a human is the queue's first task.
         for (bot, queue) in handoffs {
+            let queue = self.queue_for(&queue);
             route
                 .reason
                 .push_str(&format!("; bot {bot} handed off to agent queue {queue}"));
@@ -385,22 +421,14 @@ impl Router {
             let outcome =
                 Box::pin(self.deliver(&spec, &envelope, &route, &state, &source.trace, stop))
                     .await?;
-            failures.extend(outcome.failure);
+            failures.extend(outcome.failures);
         }
         for failure in &failures {
             route.reason.push_str(&format!(
                 "; {} failed, sent to the dead-letter topic",
                 failure.destination
             ));
-            let letter = DeadLetter {
-                key: &key,
-                payload: envelope.encode_to_vec(),
-                error: failure.error.to_string(),
-                destination: &failure.destination,
-                attempts: failure.attempts,
-                source,
-            };
-            Box::pin(self.dead_letter("destination", &letter, stop)).await?;
+            Box::pin(self.dead_letter_failure(&key, &envelope, failure, source, stop)).await?;
         }
         changed |= effects::remember(&mut state, &envelope, self.recent_message_ids);
         if changed {
@@ -418,22 +446,23 @@ impl Router {
         // before the offset is stored, neither waits for the other.
         let write_state = async {
             if !changed {
-                return Ok(());
+                return Ok(None);
             }
-            self.retrying(Kind::State, 0, stop, || {
+            self.write(Kind::State, "state", stop, || {
                 self.outputs.state(&key, &state, &source.trace)
             })
-            .await?
-            .map_err(|_| Interrupted)
+            .await
         };
-        let write_analytics = async {
-            self.retrying(Kind::Analytics, 0, stop, || {
-                self.outputs.analytics(&key, &record, &source.trace)
-            })
-            .await?
-            .map_err(|_| Interrupted)
-        };
-        futures::try_join!(write_state, write_analytics)?;
+        let write_analytics = self.write(Kind::Analytics, "analytics", stop, || {
+            self.outputs.analytics(&key, &record, &source.trace)
+        });
+        let (state_failed, analytics_failed) = futures::try_join!(write_state, write_analytics)?;
+        // Refused for good (e.g. too large for the topic): the message goes
+        // to the dead-letter topic instead, and the partition moves on.
+        for failure in state_failed.iter().chain(&analytics_failed) {
+            let envelope = record.envelope.as_ref().expect("set above");
+            Box::pin(self.dead_letter_failure(&key, envelope, failure, source, stop)).await?;
+        }
         if let Some(received) = received {
             self.metrics
                 .end_to_end
@@ -450,7 +479,7 @@ impl Router {
         refusal: Refusal,
         trace: &TraceParent,
         stop: &CancellationToken,
-    ) -> Result<(), Interrupted> {
+    ) -> Result<Option<Failure>, Interrupted> {
         tracing::info!(
             reason = refusal.label(),
             channel = envelope.channel().slug(),
@@ -468,11 +497,10 @@ impl Router {
             detail: refusal.detail,
             rejected_at: Some(switchboard_proto::timestamp(SystemTime::now())),
         };
-        self.retrying(Kind::Rejections, 0, stop, || {
+        self.write(Kind::Rejections, "rejections", stop, || {
             self.outputs.rejection(key, &rejection, trace)
         })
-        .await?
-        .map_err(|_| Interrupted)
+        .await
     }
 
     /// Sends an outbound message to its channel's outbound topic if consent
@@ -483,17 +511,16 @@ impl Router {
         state: &ConversationState,
         trace: &TraceParent,
         stop: &CancellationToken,
-    ) -> Result<(), Interrupted> {
+    ) -> Result<Option<Failure>, Interrupted> {
         if let Err(refusal) = self.consent.check(envelope, state, now_of(envelope)) {
             return self
                 .reject(&envelope.conversation_key(), envelope, refusal, trace, stop)
                 .await;
         }
-        self.retrying(Kind::Outbound, 0, stop, || {
+        self.write(Kind::Outbound, "outbound", stop, || {
             self.outputs.outbound(envelope, trace)
         })
-        .await?
-        .map_err(|_| Interrupted)
+        .await
     }
 
     /// Sends a record that cannot be decoded straight to the dead-letter topic.
@@ -515,7 +542,31 @@ impl Router {
         self.dead_letter("poison", &letter, stop).await
     }
 
-    /// Writes to the dead-letter topic, retrying until Kafka takes it.
+    /// Dead-letters `envelope` for a destination that failed for good.
+    async fn dead_letter_failure(
+        &self,
+        key: &str,
+        envelope: &Envelope,
+        failure: &Failure,
+        source: Source<'_>,
+        stop: &CancellationToken,
+    ) -> Result<(), Interrupted> {
+        let letter = DeadLetter {
+            key,
+            payload: envelope.encode_to_vec(),
+            error: failure.error.to_string(),
+            destination: &failure.destination,
+            attempts: failure.attempts,
+            source,
+        };
+        self.dead_letter("destination", &letter, stop).await
+    }
+
+    /// Writes to the dead-letter topic, retrying while Kafka's errors are
+    /// retryable. If Kafka refuses the letter for good (e.g. too large for
+    /// the dead-letter topic), it is written again without the payload;
+    /// the headers still say where the original is. If that is refused
+    /// too, the error is logged and counted, and routing moves on.
     async fn dead_letter(
         &self,
         reason: &'static str,
@@ -529,11 +580,57 @@ impl Router {
             offset = letter.source.offset,
             "message sent to the dead-letter topic"
         );
-        self.retrying(Kind::Dlq, 0, stop, || self.outputs.dead_letter(letter))
+        let Err((error, _)) = self
+            .retrying(Kind::Dlq, 0, stop, || self.outputs.dead_letter(letter))
             .await?
-            .map_err(|_| Interrupted)?;
-        metrics::counter!("switchboard_dlq_records_total", "reason" => reason).increment(1);
+        else {
+            metrics::counter!("switchboard_dlq_records_total", "reason" => reason).increment(1);
+            return Ok(());
+        };
+        let stripped = DeadLetter {
+            payload: Vec::new(),
+            error: format!("{}; payload left out: {error}", letter.error),
+            ..*letter
+        };
+        match self
+            .retrying(Kind::Dlq, 0, stop, || self.outputs.dead_letter(&stripped))
+            .await?
+        {
+            Ok(()) => {
+                metrics::counter!("switchboard_dlq_records_total", "reason" => reason).increment(1);
+            }
+            Err((error, _)) => {
+                tracing::error!(%error, partition = letter.source.partition, offset = letter.source.offset,
+                    "the dead-letter topic refused the letter for good; the message is left in its topic only");
+                metrics::counter!("switchboard_dlq_write_failures_total").increment(1);
+            }
+        }
         Ok(())
+    }
+
+    /// A Kafka write that must land: retried while its errors are
+    /// retryable; a fatal error is returned as the failure of
+    /// `destination`, for the dead-letter topic.
+    async fn write<F, Fut>(
+        &self,
+        kind: Kind,
+        destination: &str,
+        stop: &CancellationToken,
+        attempt: F,
+    ) -> Result<Option<Failure>, Interrupted>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<(), DestinationError>>,
+    {
+        Ok(self
+            .retrying(kind, 0, stop, attempt)
+            .await?
+            .err()
+            .map(|(error, attempts)| Failure {
+                destination: destination.to_owned(),
+                error,
+                attempts,
+            }))
     }
 
     /// Delivers to one destination.
@@ -565,8 +662,10 @@ impl Router {
                         .increment(response.replies.len() as u64);
                     // Replies go back into the pipeline, to the channel's outbound topic.
                     for reply in &response.replies {
-                        self.send_outbound(&as_reply(reply, envelope), state, trace, stop)
-                            .await?;
+                        delivered.failures.extend(
+                            self.send_outbound(&as_reply(reply, envelope), state, trace, stop)
+                                .await?,
+                        );
                     }
                     if response.handoff {
                         let queue = if response.handoff_queue.is_empty() {
@@ -580,10 +679,13 @@ impl Router {
                 (format!("bot:{name}"), outcome.map(|_| ()))
             }
             DestinationSpec::Agent(queue) => {
+                // The tenant's own queue: tenants never share one.
+                let queue = self.queue_for(queue);
+                let key = crate::agents::queue_key(&envelope.tenant_id, &queue);
                 let task = QueueEvent {
-                    queue: queue.clone(),
+                    queue: key.clone(),
                     event: Some(queue_event::Event::Task(AgentTask {
-                        queue: queue.clone(),
+                        queue: key,
                         envelope: Some(envelope.clone()),
                         decision: Some(route.clone()),
                     })),
@@ -597,21 +699,24 @@ impl Router {
             }
             DestinationSpec::Outbound => {
                 // Consent was checked before the message was routed.
-                self.retrying(Kind::Outbound, 0, stop, || {
-                    self.outputs.outbound(envelope, trace)
-                })
-                .await?
-                .map_err(|_| Interrupted)?;
+                delivered.failures.extend(
+                    self.write(Kind::Outbound, "outbound", stop, || {
+                        self.outputs.outbound(envelope, trace)
+                    })
+                    .await?,
+                );
                 return Ok(delivered);
             }
             // Every message reaches analytics once, after its other destinations.
             DestinationSpec::Analytics => return Ok(delivered),
         };
-        delivered.failure = outcome.err().map(|(error, attempts)| Failure {
-            destination,
-            error,
-            attempts,
-        });
+        delivered
+            .failures
+            .extend(outcome.err().map(|(error, attempts)| Failure {
+                destination,
+                error,
+                attempts,
+            }));
         Ok(delivered)
     }
 
@@ -734,6 +839,25 @@ fn to_proto(spec: &DestinationSpec) -> Destination {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_agent_queue_nobody_configured_is_the_default_queue() {
+        let mut config = WorkersConfig::default();
+        config.agents.queues.insert(
+            "vip".into(),
+            crate::agents::config::QueueConfig {
+                overflow_queue: Some("tier2".into()),
+                ..Default::default()
+            },
+        );
+        let router = Router::new(&config).unwrap();
+        for known in ["vip", "tier2", "support"] {
+            assert_eq!(router.queue_for(known), known);
+        }
+        for made_up in ["made-up-1", "made-up-2", "VIP", ""] {
+            assert_eq!(router.queue_for(made_up), "support", "{made_up:?}");
+        }
+    }
 
     #[test]
     fn a_destination_named_twice_is_delivered_once() {

@@ -36,9 +36,15 @@ use switchboard_workers::{
         desk::Desk,
         service::QueueStage,
     },
-    config::WorkersConfig,
+    config::{AutoOffsetReset, WorkersConfig},
     rules::CalendarSpec,
 };
+
+/// Queue `name` of the tenant the tests' messages come from: queues are
+/// per tenant, keyed `tenant/queue`.
+fn tenant_queue(name: &str) -> String {
+    switchboard_workers::agents::queue_key("acme", name)
+}
 
 /// A worker configuration of its own on the shared Kafka.
 fn isolated(queues: BTreeMap<String, QueueConfig>) -> WorkersConfig {
@@ -47,6 +53,8 @@ fn isolated(queues: BTreeMap<String, QueueConfig>) -> WorkersConfig {
     WorkersConfig {
         kafka: testkit::kafka_config(&bootstrap, 3),
         group_id: t("group"),
+        // Tests may publish before a worker process's group first joins.
+        auto_offset_reset: AutoOffsetReset::Earliest,
         messages_topic: t("messages"),
         analytics_topic: t("analytics"),
         agent_queue_topic: t("queue"),
@@ -116,6 +124,7 @@ impl Queues {
 
     /// An agent online in `queue`, with `skills` and `capacity` (0: the queue's).
     async fn agent(&self, queue: &str, agent: &str, skills: &[&str], capacity: u32) -> Desk {
+        let queue = &tenant_queue(queue);
         let desk = self.desk(agent).await;
         let skills = skills.iter().map(|s| (*s).to_owned()).collect();
         desk.send(queue, Change::Skills(AgentSkills { skills }))
@@ -134,6 +143,7 @@ impl Queues {
 
     /// A message of conversation `conversation` needing an agent of `queue`.
     async fn task(&self, queue: &str, conversation: &str, skills: &str) {
+        let queue = &tenant_queue(queue);
         let mut envelope = Envelope {
             message_id: uuid::Uuid::now_v7().to_string(),
             ..testkit::inbound_text(Channel::Whatsapp, conversation, "")
@@ -209,7 +219,7 @@ impl Queues {
         let (bootstrap, topic, queue) = (
             self.config.kafka.bootstrap_servers.clone(),
             self.config.agents.queue_state_topic.clone(),
-            queue.to_owned(),
+            tenant_queue(queue),
         );
         tokio::task::spawn_blocking(move || {
             let size = testkit::topic_size(&bootstrap, &topic) as usize;
@@ -338,7 +348,7 @@ async fn capacity_limits_what_an_agent_holds() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(q.assignments("c3").is_empty(), "alice is full");
     alice
-        .act("support", &key("c1"), Action::Close)
+        .act(&tenant_queue("support"), &key("c1"), Action::Close)
         .await
         .unwrap();
     assert_eq!(q.assigned("c3", 1).await[0].0, "alice");
@@ -374,7 +384,9 @@ async fn least_busy_agent_gets_the_next_conversation() {
     let (on_a, on_b) = (holds("a"), holds("b"));
     assert_eq!((on_a.len(), on_b.len()), (2, 1), "a was idle longest");
     for c in &on_a {
-        a.act("support", &key(c), Action::Close).await.unwrap();
+        a.act(&tenant_queue("support"), &key(c), Action::Close)
+            .await
+            .unwrap();
     }
     wait_for("a's closes", || {
         on_a.iter().all(|c| !q.unassigned(c).is_empty())
@@ -395,7 +407,9 @@ async fn sticky_agent_gets_a_returning_customer() {
     q.task("support", "c1", "").await;
     let first = q.assigned("c1", 1).await[0].0.clone();
     assert_eq!(first, "a", "a was idle longest");
-    a.act("support", &key("c1"), Action::Close).await.unwrap();
+    a.act(&tenant_queue("support"), &key("c1"), Action::Close)
+        .await
+        .unwrap();
     wait_for("the close", || !q.unassigned("c1").is_empty()).await;
     // b is now the longest idle, but c1 goes back to a.
     q.task("support", "c1", "").await;
@@ -420,7 +434,9 @@ async fn sticky_agent_busy_past_the_timeout_lets_another_take_it() {
     q.start();
     q.task("support", "c1", "").await;
     q.assigned("c1", 1).await;
-    a.act("support", &key("c1"), Action::Close).await.unwrap();
+    a.act(&tenant_queue("support"), &key("c1"), Action::Close)
+        .await
+        .unwrap();
     q.task("support", "filler", "").await;
     assert_eq!(q.assigned("filler", 1).await[0].0, "a");
     // a is full when c1 returns; b comes online, c1 still waits for a.
@@ -456,7 +472,7 @@ async fn oldest_waiting_conversation_goes_first() {
     wait_for_snapshot(&q, "three waiting", |s| s.waiting.len() == 3).await;
     let a = q.agent("support", "a", &[], 0).await;
     assert_eq!(q.assigned("oldest", 1).await[0].0, "a");
-    a.act("support", &key("oldest"), Action::Close)
+    a.act(&tenant_queue("support"), &key("oldest"), Action::Close)
         .await
         .unwrap();
     q.assigned("middle", 1).await;
@@ -557,11 +573,16 @@ async fn agent_going_offline_gives_conversations_back() {
     q.start();
     q.task("support", "c1", "").await;
     q.assigned("c1", 1).await;
-    a.act("support", &key("c1"), Action::Accept).await.unwrap();
-    q.agent("support", "b", &[], 0).await;
-    a.send("support", Change::Presence(Presence::Offline as i32))
+    a.act(&tenant_queue("support"), &key("c1"), Action::Accept)
         .await
         .unwrap();
+    q.agent("support", "b", &[], 0).await;
+    a.send(
+        &tenant_queue("support"),
+        Change::Presence(Presence::Offline as i32),
+    )
+    .await
+    .unwrap();
     let second = q.assigned("c1", 2).await[1].clone();
     assert_eq!(
         (second.0.as_str(), second.1),
@@ -821,7 +842,7 @@ fn desk_cli(config: &std::path::Path, agent: &str, args: &[&str]) -> (bool, Stri
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard-desk"))
         .arg("--config")
         .arg(config)
-        .args(["--agent", agent, "--queue", "support"])
+        .args(["--agent", agent, "--tenant", "acme", "--queue", "support"])
         .args(args)
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())

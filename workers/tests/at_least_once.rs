@@ -121,6 +121,8 @@ outbound_topic_prefix = "{outbound}"
 rules_file = "{rules}"
 metrics_addr = "127.0.0.1:0"
 shutdown_grace = "5s"
+# Everything is published before the group first joins.
+auto_offset_reset = "earliest"
 [kafka]
 bootstrap_servers = "{bootstrap}"
 topic_partitions = 12

@@ -6,6 +6,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::rules::{Calendar, CalendarSpec};
 
+/// The most `held_messages_max_bytes` may be: an assignment event carries
+/// that much, and the assignments topic takes 1 MiB by default.
+pub const MAX_HELD_MESSAGES_BYTES: usize = 512 * 1024;
+
 /// Human-agent routing: the queue stage that assigns conversations to agents.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -49,6 +53,17 @@ impl AgentsConfig {
         self.queues.get(name).unwrap_or(&self.default_queue)
     }
 
+    /// Queue names the configuration knows: those under `queues`, and every
+    /// overflow and after-hours target.
+    pub fn known_queues(&self) -> impl Iterator<Item = &str> {
+        let targets = std::iter::once(&self.default_queue)
+            .chain(self.queues.values())
+            .flat_map(|q| [&q.overflow_queue, &q.after_hours_queue])
+            .flatten()
+            .map(String::as_str);
+        self.queues.keys().map(String::as_str).chain(targets)
+    }
+
     /// The metric label of queue `name`: its name if configured, else `other`.
     pub fn label(&self, name: &str) -> String {
         if self.queues.contains_key(name) {
@@ -69,6 +84,10 @@ impl AgentsConfig {
             anyhow::ensure!(
                 queue.held_messages > 0,
                 "agents.queues.{name}.held_messages must be at least 1"
+            );
+            anyhow::ensure!(
+                (1..=MAX_HELD_MESSAGES_BYTES).contains(&queue.held_messages_max_bytes),
+                "agents.queues.{name}.held_messages_max_bytes must be between 1 and {MAX_HELD_MESSAGES_BYTES}"
             );
             anyhow::ensure!(
                 queue.max_waiting > 0,
@@ -149,6 +168,12 @@ pub struct QueueConfig {
     pub max_waiting: usize,
     /// The last messages of a waiting conversation handed to its agent.
     pub held_messages: usize,
+    /// Most bytes of messages kept per conversation (oldest dropped first;
+    /// a single larger message is kept without its content). Keeps each
+    /// assignment event under the assignments topic's 1 MiB default; at
+    /// most 512 KiB. The queue's snapshot is kept under its topic's limit
+    /// as a whole too, by trimming held messages further if need be.
+    pub held_messages_max_bytes: usize,
 }
 
 impl Default for QueueConfig {
@@ -168,6 +193,7 @@ impl Default for QueueConfig {
             after_hours_queue: None,
             max_waiting: 2_000,
             held_messages: 5,
+            held_messages_max_bytes: 64 * 1024,
         }
     }
 }

@@ -59,6 +59,9 @@ pub struct Settings {
 pub struct QueueBook {
     /// The state written to the queue-state topic.
     pub snapshot: QueueSnapshot,
+    /// The queue's tenant and name (its key is `tenant/name`).
+    tenant: String,
+    name: String,
     settings: Arc<Settings>,
     metrics: QueueMetrics,
 }
@@ -71,7 +74,10 @@ impl QueueBook {
     /// A queue restored from its snapshot (or a new one).
     pub fn new(snapshot: QueueSnapshot, settings: Arc<Settings>) -> Self {
         let metrics = QueueMetrics::new(&settings.label);
+        let (tenant, name) = super::split_queue_key(&snapshot.queue);
         Self {
+            tenant: tenant.to_owned(),
+            name: name.to_owned(),
             snapshot,
             settings,
             metrics,
@@ -111,6 +117,18 @@ impl QueueBook {
                 }
                 waiting.queued_at_unix_ms = now;
                 waiting.excluded_agents.clear();
+                // Held to this queue's limits, which may be smaller.
+                let messages = std::mem::take(&mut waiting.messages);
+                let mut trimmed = messages.len().saturating_sub(self.config().held_messages);
+                for m in messages.into_iter().skip(trimmed) {
+                    trimmed += push_bounded(
+                        &mut waiting.messages,
+                        m,
+                        self.config().held_messages,
+                        self.config().held_messages_max_bytes,
+                    );
+                }
+                self.metrics.trimmed.increment(trimmed as u64);
                 self.enqueue(waiting, now);
             }
         }
@@ -164,6 +182,87 @@ impl QueueBook {
         pruned || self.snapshot.outbox.len() != before
     }
 
+    /// Trims the snapshot until it encodes to at most `budget` bytes (its
+    /// topic's `max.message.bytes`, less headroom): first the oldest held
+    /// messages of every conversation (waiting, held, and the copies in
+    /// the outbox), down to the last one each; then that one's content;
+    /// then the oldest sticky-agent and moved records. Returns the
+    /// snapshot's size; over `budget` only if what is left (agents,
+    /// unpublished outputs) is that large by itself.
+    pub fn fit(&mut self, budget: usize) -> usize {
+        use prost::Message as _;
+        let mut size = self.snapshot.encoded_len();
+        if size <= budget {
+            return size;
+        }
+        let before = size;
+        let mut trimmed = 0;
+        let longest = self
+            .message_lists()
+            .iter()
+            .map(|m| m.len())
+            .max()
+            .unwrap_or(0);
+        for keep in (1..longest).rev() {
+            for messages in self.message_lists() {
+                let excess = messages.len().saturating_sub(keep);
+                messages.drain(..excess);
+                trimmed += excess;
+            }
+            size = self.snapshot.encoded_len();
+            if size <= budget {
+                break;
+            }
+        }
+        if size > budget {
+            for messages in self.message_lists() {
+                for m in messages.iter_mut().filter(|m| !is_stub(m)) {
+                    *m = stub(m, "the queue's snapshot was over its size limit");
+                    trimmed += 1;
+                }
+            }
+            size = self.snapshot.encoded_len();
+        }
+        while size > budget
+            && !(self.snapshot.last_agents.is_empty() && self.snapshot.moved.is_empty())
+        {
+            let half = |n: usize| n.div_ceil(2);
+            let (l, m) = (self.snapshot.last_agents.len(), self.snapshot.moved.len());
+            self.snapshot.last_agents.drain(..half(l));
+            self.snapshot.moved.drain(..half(m));
+            size = self.snapshot.encoded_len();
+        }
+        self.metrics.trimmed.increment(trimmed as u64);
+        tracing::warn!(queue = %self.snapshot.queue, before, after = size, budget, trimmed, "queue snapshot over budget: held messages trimmed");
+        size
+    }
+
+    /// Every list of held messages: waiting, held, and the outbox's copies.
+    fn message_lists(&mut self) -> Vec<&mut Vec<Envelope>> {
+        let snapshot = &mut self.snapshot;
+        let waiting = snapshot.waiting.iter_mut().map(|w| &mut w.messages);
+        let held = snapshot
+            .held
+            .iter_mut()
+            .filter_map(|h| h.conversation.as_mut())
+            .map(|c| &mut c.messages);
+        let outbox = snapshot
+            .outbox
+            .iter_mut()
+            .filter_map(|o| match &mut o.output {
+                Some(Output::Assignment(AssignmentEvent {
+                    event: Some(assignment_event::Event::Assigned(a)),
+                    ..
+                })) => Some(&mut a.messages),
+                Some(Output::Moved(QueueEvent {
+                    event: Some(queue_event::Event::MovedIn(w)),
+                    ..
+                })) => Some(&mut w.messages),
+                _ => None,
+            });
+        waiting.chain(held).chain(outbox).collect()
+    }
+
     /// Takes what must be published, leaving the outbox empty.
     pub fn take_outbox(&mut self) -> Vec<QueueOutput> {
         std::mem::take(&mut self.snapshot.outbox)
@@ -215,7 +314,11 @@ impl QueueBook {
             return;
         };
         let key = envelope.conversation_key();
-        let keep = self.config().held_messages;
+        let (keep, max_bytes) = (
+            self.config().held_messages,
+            self.config().held_messages_max_bytes,
+        );
+        let mut trimmed = 0;
         if let Some(held) = self
             .snapshot
             .held
@@ -223,11 +326,13 @@ impl QueueBook {
             .find(|h| conversation_key(h) == key)
         {
             let (agent, id) = (held.agent_id.clone(), held.assignment_id.clone());
-            push_bounded(
+            trimmed += push_bounded(
                 &mut held.conversation.get_or_insert_default().messages,
                 envelope.clone(),
                 keep,
+                max_bytes,
             );
+            self.metrics.trimmed.increment(trimmed as u64);
             let event = assignment_event::Event::Message(envelope);
             self.publish_assignment(&key, &agent, &id, event, now);
             return;
@@ -238,7 +343,8 @@ impl QueueBook {
             .iter_mut()
             .find(|w| w.conversation_key == key)
         {
-            push_bounded(&mut waiting.messages, envelope, keep);
+            trimmed += push_bounded(&mut waiting.messages, envelope, keep, max_bytes);
+            self.metrics.trimmed.increment(trimmed as u64);
             return;
         }
         if let Some(moved) = self
@@ -280,13 +386,17 @@ impl QueueBook {
                     .collect()
             })
             .unwrap_or_default();
+        let channel = envelope.channel().slug().to_owned();
+        let mut messages = Vec::new();
+        trimmed += push_bounded(&mut messages, envelope, keep, max_bytes);
+        self.metrics.trimmed.increment(trimmed as u64);
         let waiting = WaitingConversation {
             conversation_key: key,
             waiting_since_unix_ms: now,
             queued_at_unix_ms: now,
-            channel: envelope.channel().slug().to_owned(),
+            channel,
             skills,
-            messages: vec![envelope],
+            messages,
             ..Default::default()
         };
         self.enqueue(waiting, now);
@@ -323,10 +433,12 @@ impl QueueBook {
     /// stage learns its new queue, and stragglers here are sent on.
     fn move_to(&mut self, mut waiting: WaitingConversation, target: &str, why: Move, now: i64) {
         let key = waiting.conversation_key.clone();
+        // The same tenant's queue of that name.
+        let target_key = super::queue_key(&self.tenant, target);
         self.snapshot.moved.retain(|m| m.conversation_key != key);
         self.snapshot.moved.push(MovedConversation {
             conversation_key: key,
-            queue: target.to_owned(),
+            queue: target_key.clone(),
             at_unix_ms: now,
         });
         self.metrics.moved(why);
@@ -335,16 +447,16 @@ impl QueueBook {
             ConversationControl {
                 action: Control::Handoff as i32,
                 queue: target.to_owned(),
-                reason: format!("{} from queue {}", why.label(), self.snapshot.queue),
+                reason: format!("{} from queue {}", why.label(), self.name),
                 ..Default::default()
             },
             now,
         );
-        waiting.overflowed_from.clone_from(&self.snapshot.queue);
+        waiting.overflowed_from.clone_from(&self.name);
         self.snapshot.outbox.extend([
             QueueOutput {
                 output: Some(Output::Moved(QueueEvent {
-                    queue: target.to_owned(),
+                    queue: target_key,
                     event: Some(queue_event::Event::MovedIn(waiting)),
                 })),
             },
@@ -634,10 +746,11 @@ impl QueueBook {
         let assign = ConversationControl {
             action: Control::Assign as i32,
             agent_id: agent.clone(),
-            queue: self.snapshot.queue.clone(),
+            // The conversation stage knows queues by name, in the tenant.
+            queue: self.name.clone(),
             reason: format!(
                 "queue {}: {}",
-                self.snapshot.queue,
+                self.name,
                 outcome.as_str_name().to_lowercase()
             ),
         };
@@ -668,10 +781,58 @@ fn conversation_key(held: &HeldConversation) -> &str {
         .map_or("", |c| c.conversation_key.as_str())
 }
 
-fn push_bounded(messages: &mut Vec<Envelope>, envelope: Envelope, keep: usize) {
+/// Appends `envelope`, then drops the oldest messages beyond `keep`, or
+/// beyond `max_bytes` in all. The newest is always kept, without its
+/// content if it alone is over `max_bytes` (its ids still let the agent
+/// and the control events find the conversation). Returns how many
+/// messages were dropped or left without content.
+fn push_bounded(
+    messages: &mut Vec<Envelope>,
+    envelope: Envelope,
+    keep: usize,
+    max_bytes: usize,
+) -> usize {
+    use prost::Message as _;
+    let mut trimmed = 0;
+    let envelope = if envelope.encoded_len() > max_bytes {
+        trimmed += 1;
+        stub(&envelope, "larger than held_messages_max_bytes")
+    } else {
+        envelope
+    };
     messages.push(envelope);
     let excess = messages.len().saturating_sub(keep);
     messages.drain(..excess);
+    trimmed += excess;
+    let mut total: usize = messages.iter().map(|m| m.encoded_len()).sum();
+    while messages.len() > 1 && total > max_bytes {
+        total -= messages.remove(0).encoded_len();
+        trimmed += 1;
+    }
+    trimmed
+}
+
+/// Marks a message held without its content.
+const STUB_ATTRIBUTE: &str = "switchboard-held-without-content";
+
+/// `envelope` without its content and attributes: its ids, parties and
+/// times, and an attribute saying why.
+fn stub(envelope: &Envelope, why: &str) -> Envelope {
+    use prost::Message as _;
+    let mut stub = Envelope {
+        content: None,
+        attributes: Default::default(),
+        ..envelope.clone()
+    };
+    stub.attributes.insert(
+        STUB_ATTRIBUTE.to_owned(),
+        format!("{why} ({} bytes)", envelope.encoded_len()),
+    );
+    stub
+}
+
+fn is_stub(envelope: &Envelope) -> bool {
+    envelope.content.is_none() && envelope.attributes.contains_key(STUB_ATTRIBUTE)
 }
 
 /// A control event for the conversation of `like`, for the messages topic.

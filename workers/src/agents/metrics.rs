@@ -16,6 +16,8 @@ pub struct QueueMetrics {
     after_hours: Counter,
     /// Tasks refused because the queue was full.
     pub refused: Counter,
+    /// Held messages dropped (or left without content) to stay in budget.
+    pub trimmed: Counter,
     unassigned: [Counter; 5],
     wait: Histogram,
     depth: Gauge,
@@ -39,6 +41,7 @@ impl QueueMetrics {
             overflow: outcome("overflow"),
             after_hours: outcome("after_hours"),
             refused: metrics::counter!("switchboard_agent_queue_refused_total", "queue" => q.clone()),
+            trimmed: metrics::counter!("switchboard_agent_queue_trimmed_messages_total", "queue" => q.clone()),
             unassigned: [
                 unassigned("agent_offline"),
                 unassigned("no_accept"),

@@ -22,6 +22,15 @@
 //! it waits. Capacity is per queue: an agent who serves several queues has
 //! a capacity in each.
 //!
+//! Queues are per tenant: a queue's identity, its Kafka key and its book
+//! are `tenant/queue` ([`queue_key`]), so one tenant's tasks never land in,
+//! or use up, another tenant's queue of the same name. The conversation
+//! stage puts the tenant from the (authenticated) envelope in front of the
+//! queue name, and sends a name the workers do not know (neither in
+//! `agents.queues`, nor an overflow or after-hours target, nor named by the
+//! rules) to the tenant's default queue (`handoff_queue`), so tenants
+//! cannot create queues at will. Desks publish to `tenant/queue` too.
+//!
 //! Layout: [`config`] (topics, queues, policies), [`engine`] (one queue's
 //! state and policies, no I/O), [`service`] (the consume loop, snapshots,
 //! rebuild), [`metrics`], [`desk`] (the agent desk client behind
@@ -34,3 +43,19 @@ mod metrics;
 pub mod service;
 #[cfg(test)]
 mod tests;
+
+/// A tenant's queue as keyed on the queue topic and in the queue-state
+/// topic: `tenant/queue` (tenant ids have no `/`). Without a tenant, the
+/// queue name alone (events written before queues were per tenant).
+pub fn queue_key(tenant: &str, queue: &str) -> String {
+    if tenant.is_empty() {
+        queue.to_owned()
+    } else {
+        format!("{tenant}/{queue}")
+    }
+}
+
+/// The tenant and the queue name of a queue key (see [`queue_key`]).
+pub fn split_queue_key(key: &str) -> (&str, &str) {
+    key.split_once('/').unwrap_or(("", key))
+}

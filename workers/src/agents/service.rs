@@ -46,12 +46,19 @@ use super::{
 };
 use crate::{
     config::WorkersConfig,
-    destinations::{DestinationError, topics::TopicOutputs},
+    destinations::{
+        DestinationError,
+        topics::{QUEUE_SNAPSHOT_BUDGET_BYTES, TopicOutputs},
+    },
     router::Interrupted,
 };
 
 /// Events applied per batch, at most.
 const BATCH: usize = 500;
+
+/// Bytes of events applied per batch, at most (past one event): what a
+/// batch adds to a snapshot's outbox stays well under its budget.
+const BATCH_BYTES: usize = 2 * 1024 * 1024;
 
 /// Partition changes, recorded by the rebalance callback for the loop.
 #[derive(Default)]
@@ -94,7 +101,51 @@ pub struct QueueStage {
     kafka: KafkaConfig,
     topic: String,
     dlq_topic: String,
-    settings: Mutex<HashMap<String, Arc<Settings>>>,
+    settings: SettingsByQueue,
+}
+
+/// Each configured queue's compiled settings, and one shared copy of the
+/// default queue's for every other name: as many entries as the config
+/// has, however many queue names events bring.
+pub struct SettingsByQueue {
+    configured: HashMap<String, Arc<Settings>>,
+    default: Arc<Settings>,
+}
+
+impl SettingsByQueue {
+    /// Compiles every queue's settings; the config must be valid.
+    pub fn new(agents: &AgentsConfig) -> Self {
+        let compile = |config: &super::config::QueueConfig, label: String| {
+            Arc::new(Settings {
+                calendar: config.calendar().expect("checked when the config loaded"),
+                config: config.clone(),
+                label,
+            })
+        };
+        Self {
+            configured: agents
+                .queues
+                .iter()
+                .map(|(name, q)| (name.clone(), compile(q, name.clone())))
+                .collect(),
+            default: compile(&agents.default_queue, "other".to_owned()),
+        }
+    }
+
+    /// The settings of queue `name` (without its tenant).
+    pub fn get(&self, name: &str) -> Arc<Settings> {
+        self.configured.get(name).unwrap_or(&self.default).clone()
+    }
+
+    /// Settings held.
+    pub fn len(&self) -> usize {
+        self.configured.len() + 1
+    }
+
+    /// Never empty: the default is always there.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
 }
 
 impl QueueStage {
@@ -106,6 +157,9 @@ impl QueueStage {
             .client_config(&[
                 ("group.id", &group),
                 ("enable.auto.commit", "false"),
+                // Always earliest, whatever the routing group's setting:
+                // an event below the committed offset must be in its
+                // queue's snapshot, so a new group must not skip any.
                 ("auto.offset.reset", "earliest"),
                 ("session.timeout.ms", "10000"),
                 ("heartbeat.interval.ms", "1000"),
@@ -121,27 +175,12 @@ impl QueueStage {
             kafka: config.kafka.clone(),
             topic: config.agent_queue_topic.clone(),
             dlq_topic: config.dlq_topic.clone(),
-            settings: Mutex::default(),
+            settings: SettingsByQueue::new(&config.agents),
         })
     }
 
-    fn settings(&self, queue: &str) -> Arc<Settings> {
-        let mut cache = self.settings.lock().expect("settings lock");
-        cache
-            .entry(queue.to_owned())
-            .or_insert_with(|| {
-                let config = self.agents.queue(queue).clone();
-                Arc::new(Settings {
-                    calendar: config.calendar().expect("checked when the config loaded"),
-                    config,
-                    label: self.agents.label(queue),
-                })
-            })
-            .clone()
-    }
-
     fn book(&self, snapshot: QueueSnapshot) -> QueueBook {
-        let settings = self.settings(&snapshot.queue);
+        let settings = self.settings.get(super::split_queue_key(&snapshot.queue).1);
         QueueBook::new(snapshot, settings)
     }
 
@@ -168,9 +207,16 @@ impl QueueStage {
                 }
                 None => {}
             }
-            while (1..BATCH).contains(&batch.len()) {
+            let mut bytes: usize = batch
+                .iter()
+                .map(|m| m.payload().map_or(0, <[u8]>::len))
+                .sum();
+            while (1..BATCH).contains(&batch.len()) && bytes < BATCH_BYTES {
                 match self.consumer.recv().now_or_never() {
-                    Some(Ok(message)) => batch.push(message.detach()),
+                    Some(Ok(message)) => {
+                        bytes += message.payload().map_or(0, <[u8]>::len);
+                        batch.push(message.detach());
+                    }
                     _ => break,
                 }
             }
@@ -210,8 +256,14 @@ impl QueueStage {
                     }
                 }
             }
-            if self.flush(&mut owned, &dirty, &shutdown).await.is_err() {
-                break;
+            match self.flush(&mut owned, &dirty, &shutdown).await {
+                Ok(()) => {}
+                Err(FlushError::Interrupted) => break,
+                // Nothing can be assigned safely without snapshots: stop,
+                // loudly, rather than loop forever.
+                Err(FlushError::Snapshot(e)) => {
+                    anyhow::bail!("the queue stage cannot write its snapshots: {e}")
+                }
             }
             self.commit(&positions);
         }
@@ -281,23 +333,83 @@ impl QueueStage {
         owned: &mut Owned,
         dirty: &HashSet<(i32, String)>,
         stop: &Shutdown,
-    ) -> Result<(), Interrupted> {
-        let books: Vec<&mut QueueBook> = owned
+    ) -> Result<(), FlushError> {
+        let mut books: Vec<&mut QueueBook> = owned
             .iter_mut()
             .flat_map(|(p, books)| books.iter_mut().map(move |(q, b)| ((*p, q.clone()), b)))
             .filter(|(key, _)| dirty.contains(key))
             .map(|(_, b)| b)
             .collect();
+        // Under the queue-state topic's limit by construction: trimmed
+        // held messages rather than a snapshot Kafka refuses.
+        for book in &mut books {
+            let size = book.fit(QUEUE_SNAPSHOT_BUDGET_BYTES);
+            if size > QUEUE_SNAPSHOT_BUDGET_BYTES {
+                tracing::error!(queue = %book.snapshot.queue, size, "queue snapshot over budget even without held messages");
+            }
+        }
         let writes = books
             .iter()
             .map(|book| retrying(stop, || self.outputs.queue_snapshot(&book.snapshot)));
-        try_join_all(writes).await?;
+        for written in try_join_all(writes).await? {
+            written.map_err(FlushError::Snapshot)?;
+        }
         let mut outputs = Vec::new();
         for book in books {
             outputs.extend(book.take_outbox());
             book.report();
         }
-        try_join_all(outputs.iter().map(|o| retrying(stop, || self.publish(o)))).await?;
+        let published = try_join_all(outputs.iter().map(|o| async move {
+            match retrying(stop, || self.publish(o)).await? {
+                Ok(()) => Ok(()),
+                Err(error) => self.dead_letter_output(o, &error, stop).await,
+            }
+        }));
+        published.await?;
+        Ok(())
+    }
+
+    /// An output Kafka refused for good goes to the dead-letter topic (as
+    /// an encoded `QueueOutput`) with the reason, so the queue moves on.
+    async fn dead_letter_output(
+        &self,
+        output: &QueueOutput,
+        error: &DestinationError,
+        stop: &Shutdown,
+    ) -> Result<(), Interrupted> {
+        tracing::error!(%error, "a queue stage output refused for good; sent to the dead-letter topic");
+        let message = error.to_string();
+        let headers = [
+            (
+                crate::destinations::topics::headers::ERROR,
+                message.as_str(),
+            ),
+            (
+                crate::destinations::topics::headers::DESTINATION,
+                error.kind,
+            ),
+            (
+                crate::destinations::topics::headers::ORIGINAL_TOPIC,
+                self.topic.as_str(),
+            ),
+        ]
+        .into_iter()
+        .fold(OwnedHeaders::new(), |h, (key, value)| {
+            h.insert(Header {
+                key,
+                value: Some(value),
+            })
+        });
+        let payload = output.encode_to_vec();
+        if let Err(e) = retrying(stop, || {
+            self.outputs
+                .raw(&self.dlq_topic, "", &payload, headers.clone())
+        })
+        .await?
+        {
+            tracing::error!(error = %e, "the dead-letter topic refused it too; dropped");
+            metrics::counter!("switchboard_dlq_write_failures_total").increment(1);
+        }
         Ok(())
     }
 
@@ -381,8 +493,26 @@ fn decode(message: &OwnedMessage) -> Option<QueueEvent> {
     }
 }
 
-/// Retries a Kafka write until it succeeds or `stop` fires.
-async fn retrying<F, Fut>(stop: &Shutdown, mut attempt: F) -> Result<(), Interrupted>
+/// Why a batch could not be flushed.
+enum FlushError {
+    /// Shutting down.
+    Interrupted,
+    /// Kafka refused a snapshot for good.
+    Snapshot(DestinationError),
+}
+
+impl From<Interrupted> for FlushError {
+    fn from(_: Interrupted) -> Self {
+        Self::Interrupted
+    }
+}
+
+/// Retries a Kafka write while its errors are retryable, until it succeeds
+/// or `stop` fires; a fatal error is returned.
+async fn retrying<F, Fut>(
+    stop: &Shutdown,
+    mut attempt: F,
+) -> Result<Result<(), DestinationError>, Interrupted>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<(), DestinationError>>,
@@ -394,7 +524,8 @@ where
             _ = stop.cancelled() => return Err(Interrupted),
         };
         match result {
-            Ok(()) => return Ok(()),
+            Ok(()) => return Ok(Ok(())),
+            Err(e) if !e.retryable => return Ok(Err(e)),
             Err(e) => tracing::warn!(error = %e, retry_in = ?delay, "queue stage write failed"),
         }
         tokio::select! {

@@ -366,6 +366,49 @@ fn replayed_events_are_skipped_and_later_messages_follow_the_agent() {
 }
 
 #[test]
+fn a_tenant_queue_moves_conversations_to_the_same_tenant_s_queue() {
+    let config = QueueConfig {
+        overflow_after: Some(Duration::from_secs(60)),
+        overflow_queue: Some("fallback".into()),
+        ..QueueConfig::default()
+    };
+    let settings = Arc::new(Settings {
+        calendar: None,
+        config,
+        label: "support".into(),
+    });
+    let snapshot = QueueSnapshot {
+        queue: super::queue_key("acme", "support"),
+        ..Default::default()
+    };
+    let mut q = Queue {
+        book: QueueBook::new(snapshot, settings),
+        ..queue(QueueConfig::default())
+    };
+    q.task("c1", "", 0);
+    q.tick(60 * S);
+    assert_eq!(q.moved, [(key("c1"), "acme/fallback".to_owned())]);
+    assert_eq!(
+        super::split_queue_key("acme/fallback"),
+        ("acme", "fallback")
+    );
+    assert_eq!(super::split_queue_key("legacy"), ("", "legacy"));
+}
+
+#[test]
+fn queue_settings_stay_as_many_as_configured_whatever_names_come() {
+    let mut agents = super::config::AgentsConfig::default();
+    agents.queues.insert("vip".into(), QueueConfig::default());
+    let settings = super::service::SettingsByQueue::new(&agents);
+    for i in 0..10_000 {
+        let s = settings.get(&format!("made-up-{i}"));
+        assert_eq!(s.label, "other");
+    }
+    assert_eq!(settings.get("vip").label, "vip");
+    assert_eq!(settings.len(), 2, "vip and the shared default");
+}
+
+#[test]
 fn a_full_queue_refuses_new_conversations_with_their_message() {
     let mut q = queue(QueueConfig {
         max_waiting: 2,
@@ -381,4 +424,100 @@ fn a_full_queue_refuses_new_conversations_with_their_message() {
         1,
         "a waiting conversation's next message is kept"
     );
+}
+
+/// A waiting conversation's message with a `bytes`-long text.
+fn big_task(q: &mut Queue, conversation: &str, bytes: usize, now: i64) {
+    let envelope = Envelope {
+        tenant_id: "acme".into(),
+        channel: Channel::Webchat as i32,
+        conversation_id: conversation.into(),
+        content: Some(Content::Text(switchboard_proto::v1::Text {
+            body: "x".repeat(bytes),
+        })),
+        ..Default::default()
+    };
+    let task = AgentTask {
+        queue: "support".into(),
+        envelope: Some(envelope),
+        decision: None,
+    };
+    q.event(queue_event::Event::Task(task), now);
+}
+
+#[test]
+fn snapshots_and_assignments_stay_under_their_topics_limits() {
+    use prost::Message as _;
+    let snapshot_limit: usize = crate::destinations::topics::QUEUE_SNAPSHOT_MAX_BYTES
+        .parse()
+        .unwrap();
+    let mut q = queue(QueueConfig::default());
+    // 400 conversations waiting, each with 5 messages of 30 KB.
+    for c in 0..400 {
+        for m in 0..5 {
+            big_task(&mut q, &format!("c{c}"), 30_000, c * 10 + m);
+        }
+    }
+    let budget = crate::destinations::topics::QUEUE_SNAPSHOT_BUDGET_BYTES;
+    assert!(budget < snapshot_limit);
+    // Each conversation keeps at most held_messages_max_bytes (64 KiB).
+    for w in &q.book.snapshot.waiting {
+        let bytes: usize = w.messages.iter().map(|m| m.encoded_len()).sum();
+        assert!(bytes <= 64 * 1024, "{bytes}");
+        assert_eq!(w.messages.len(), 2, "the last two 30 KB messages");
+    }
+    // What the queue stage does before it writes a snapshot.
+    let size = q.book.fit(budget);
+    assert_eq!(size, q.book.snapshot.encoded_len());
+    assert!(
+        size <= budget,
+        "a snapshot of {size} bytes; the budget is {budget}"
+    );
+    assert_eq!(q.book.snapshot.waiting.len(), 400, "no conversation lost");
+    assert!(
+        q.book
+            .snapshot
+            .waiting
+            .iter()
+            .all(|w| !w.messages.is_empty())
+    );
+    // Agents come online: every assignment event stays under the
+    // assignments topic's 1 MiB default, and the snapshot in budget.
+    for a in 0..100 {
+        q.agent(
+            &format!("agent-{a}"),
+            Change::Presence(switchboard_proto::v1::Presence::Online as i32),
+            10_000,
+        );
+    }
+    assert_eq!(q.assigned.len(), 300, "100 agents, capacity 3");
+    let size = q.book.fit(budget);
+    assert!(size <= budget, "{size}");
+}
+
+#[test]
+fn a_message_larger_than_the_held_bytes_is_kept_without_its_content() {
+    let mut q = queue(QueueConfig {
+        held_messages_max_bytes: 1000,
+        ..QueueConfig::default()
+    });
+    big_task(&mut q, "c1", 100, 0);
+    big_task(&mut q, "c1", 5_000, 1);
+    let messages = &q.book.snapshot.waiting[0].messages;
+    assert_eq!(messages.len(), 2, "both fit once the big one is a stub");
+    assert!(messages[1].content.is_none(), "kept without its content");
+    assert_eq!(messages[1].conversation_id, "c1");
+    // Another big one: the three do not fit, the oldest goes.
+    big_task(&mut q, "c1", 900, 2);
+    let messages = &q.book.snapshot.waiting[0].messages;
+    let bytes: usize = messages.iter().map(prost::Message::encoded_len).sum();
+    assert!(bytes <= 1000, "{bytes}");
+    assert_eq!(testkit_text(messages.last().unwrap()).len(), 900);
+}
+
+fn testkit_text(envelope: &Envelope) -> &str {
+    match &envelope.content {
+        Some(Content::Text(t)) => &t.body,
+        _ => "",
+    }
 }

@@ -31,6 +31,9 @@ struct Args {
     /// The agent.
     #[arg(long, env = "SWITCHBOARD_AGENT_ID")]
     agent: String,
+    /// The tenant whose queues the agent serves: queues are per tenant.
+    #[arg(long, env = "SWITCHBOARD_TENANT")]
+    tenant: String,
     /// The queues the agent serves (repeat for several) [default: support].
     #[arg(long = "queue")]
     queues: Vec<String>,
@@ -111,11 +114,20 @@ async fn main() -> anyhow::Result<()> {
         args.config.as_deref(),
         Overrides::default().kafka_bootstrap(args.kafka_bootstrap),
     )?;
-    let queues = if args.queues.is_empty() {
+    anyhow::ensure!(
+        !args.tenant.is_empty() && !args.tenant.contains('/'),
+        "--tenant must be a tenant id (not empty, no '/')"
+    );
+    let names = if args.queues.is_empty() {
         vec![config.handoff_queue.clone()]
     } else {
         args.queues
     };
+    // The tenant's own queues, as keyed on the queue topic.
+    let queues: Vec<String> = names
+        .iter()
+        .map(|q| switchboard_workers::agents::queue_key(&args.tenant, q))
+        .collect();
     let desk = Desk::new(&config, &args.agent)?;
     match args.command {
         Command::Online => presence(&desk, &queues, Presence::Online).await,
@@ -162,11 +174,18 @@ async fn main() -> anyhow::Result<()> {
 async fn presence(desk: &Desk, queues: &[String], presence: Presence) -> anyhow::Result<()> {
     desk.send_all(queues, Change::Presence(presence as i32))
         .await?;
+    let names: Vec<&str> = queues
+        .iter()
+        .map(|q| switchboard_workers::agents::split_queue_key(q).1)
+        .collect();
+    let tenant = queues
+        .first()
+        .map_or("", |q| switchboard_workers::agents::split_queue_key(q).0);
     println!(
-        "{} is {} in {}",
+        "{} is {} in {} (tenant {tenant})",
         desk.agent_id(),
         presence.as_str_name().to_lowercase(),
-        queues.join(", ")
+        names.join(", ")
     );
     Ok(())
 }

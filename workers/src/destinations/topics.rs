@@ -10,8 +10,10 @@ use std::time::Duration;
 
 use prost::Message;
 use rdkafka::{
+    error::KafkaError,
     message::{Header, OwnedHeaders},
     producer::{FutureProducer, FutureRecord},
+    types::RDKafkaErrorCode,
 };
 use switchboard_proto::v1::{
     AnalyticsRecord, AssignmentEvent, ConversationState, Envelope, QueueEvent, QueueSnapshot,
@@ -61,6 +63,55 @@ pub mod headers {
 /// Largest queue snapshot, in bytes (also the queue-state topic's
 /// `max.message.bytes`).
 pub const QUEUE_SNAPSHOT_MAX_BYTES: &str = "8388608";
+
+/// What a queue snapshot may take: its topic's limit, less room for the
+/// record's key, headers and batch framing. Snapshots over it are trimmed
+/// before they are written ([`crate::agents::engine::QueueBook::fit`]).
+pub const QUEUE_SNAPSHOT_BUDGET_BYTES: usize = 8 * 1024 * 1024 - 256 * 1024;
+
+/// Whether a failed Kafka write may succeed if tried again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteRetry {
+    /// A timeout, a full queue, a broker or leader away: may clear up.
+    Retryable,
+    /// The record or the client can never be accepted as it is: too large
+    /// for the topic, not authorized, no such topic, an invalid record.
+    Fatal,
+}
+
+/// Sorts a producer error into retryable and fatal. librdkafka has already
+/// retried what it retries within `message.timeout.ms`; what is fatal here
+/// fails the same way every time, so retrying it would loop forever.
+pub fn classify(error: &KafkaError) -> WriteRetry {
+    use RDKafkaErrorCode as C;
+    let Some(code) = error.rdkafka_error_code() else {
+        return WriteRetry::Retryable;
+    };
+    match code {
+        // Too large for the topic (max.message.bytes) or the client.
+        C::MessageSizeTooLarge
+        | C::MessageBatchTooLarge
+        | C::InvalidMessageSize
+        // Not allowed.
+        | C::TopicAuthorizationFailed
+        | C::ClusterAuthorizationFailed
+        | C::GroupAuthorizationFailed
+        | C::TransactionalIdAuthorizationFailed
+        | C::PolicyViolation
+        // No such topic or partition (librdkafka waited for metadata).
+        | C::UnknownTopic
+        | C::UnknownPartition
+        | C::UnknownTopicOrPartition
+        | C::InvalidTopic
+        // A record the broker can never take.
+        | C::InvalidRecord
+        | C::UnsupportedForMessageFormat
+        | C::InvalidRequiredAcks
+        | C::BadMessage
+        | C::InvalidArgument => WriteRetry::Fatal,
+        _ => WriteRetry::Retryable,
+    }
+}
 
 /// Headers carrying this hop's trace context.
 fn traced(trace: &TraceParent) -> OwnedHeaders {
@@ -296,9 +347,46 @@ impl TopicOutputs {
                 kind,
                 name: topic.to_owned(),
                 message: e.to_string(),
-                // librdkafka already retried within message.timeout.ms; a
-                // timeout or a full queue may still clear up.
-                retryable: true,
+                retryable: classify(&e) == WriteRetry::Retryable,
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::error::KafkaError;
+
+    use super::*;
+
+    #[test]
+    fn writes_that_can_never_succeed_are_fatal_the_rest_retryable() {
+        let produce = KafkaError::MessageProduction;
+        for code in [
+            RDKafkaErrorCode::MessageSizeTooLarge,
+            RDKafkaErrorCode::MessageBatchTooLarge,
+            RDKafkaErrorCode::InvalidMessageSize,
+            RDKafkaErrorCode::TopicAuthorizationFailed,
+            RDKafkaErrorCode::ClusterAuthorizationFailed,
+            RDKafkaErrorCode::GroupAuthorizationFailed,
+            RDKafkaErrorCode::UnknownTopic,
+            RDKafkaErrorCode::UnknownTopicOrPartition,
+            RDKafkaErrorCode::InvalidRecord,
+            RDKafkaErrorCode::InvalidTopic,
+        ] {
+            assert_eq!(classify(&produce(code)), WriteRetry::Fatal, "{code:?}");
+        }
+        for code in [
+            RDKafkaErrorCode::MessageTimedOut,
+            RDKafkaErrorCode::QueueFull,
+            RDKafkaErrorCode::NotLeaderForPartition,
+            RDKafkaErrorCode::LeaderNotAvailable,
+            RDKafkaErrorCode::RequestTimedOut,
+            RDKafkaErrorCode::NotEnoughReplicas,
+            RDKafkaErrorCode::AllBrokersDown,
+            RDKafkaErrorCode::BrokerTransportFailure,
+        ] {
+            assert_eq!(classify(&produce(code)), WriteRetry::Retryable, "{code:?}");
+        }
+        assert_eq!(classify(&KafkaError::Canceled), WriteRetry::Retryable);
     }
 }

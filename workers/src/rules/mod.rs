@@ -359,6 +359,18 @@ impl RuleSet {
             })
     }
 
+    /// The agent queues rules send messages to.
+    pub fn agent_queues(&self) -> impl Iterator<Item = &str> {
+        self.rules
+            .iter()
+            .flat_map(|c| c.rule.destinations.iter())
+            .chain(self.default.iter())
+            .filter_map(|d| match d {
+                DestinationSpec::Agent(name) => Some(name.as_str()),
+                _ => None,
+            })
+    }
+
     /// The first matching rule's decision, or the default, for a message
     /// of a conversation that a human owns (`human_owned`) or not.
     pub fn decide(&self, envelope: &Envelope, human_owned: bool) -> Decision<'_> {

@@ -3,7 +3,9 @@
 //! After `failures` consecutive failed calls the circuit opens: calls fail
 //! at once, without reaching the bot, for `open_for`. Then one trial call
 //! is let through; it closes the circuit if it succeeds and opens it again
-//! if it fails. Only failures that say the bot is unwell count (timeouts,
+//! if it fails. A trial call that never reports (its future was dropped,
+//! e.g. because its partition was revoked) counts as failed, so the circuit
+//! cannot stay half-open for good. Only failures that say the bot is unwell count (timeouts,
 //! unavailable, 5xx): a bot refusing one bad request is not down.
 //!
 //! Small enough to own: the circuit-breaker crates on crates.io are young,
@@ -52,22 +54,29 @@ impl Breaker {
         }
     }
 
-    /// Whether a call may go ahead now.
-    pub fn permit(&self) -> bool {
+    /// Lets a call go ahead now, or not. The call reports how it went with
+    /// [`Call::record`]; the circuit's trial call that is dropped without
+    /// reporting counts as a failure.
+    pub fn permit(&self) -> Option<Call<'_>> {
         let mut state = self.state.lock().expect("breaker lock");
-        match *state {
-            State::Closed { .. } => true,
+        let trial = match *state {
+            State::Closed { .. } => false,
             State::Open { until } if Instant::now() >= until => {
                 *state = State::HalfOpen;
                 true
             }
-            State::Open { .. } | State::HalfOpen => false,
-        }
+            State::Open { .. } | State::HalfOpen => return None,
+        };
+        Some(Call {
+            breaker: self,
+            trial,
+            recorded: false,
+        })
     }
 
     /// Records how a permitted call went: `healthy` unless it failed in a
     /// way that says the bot is unwell.
-    pub fn record(&self, healthy: bool) {
+    fn record(&self, healthy: bool) {
         if self.failures == 0 {
             return;
         }
@@ -96,6 +105,34 @@ impl Breaker {
     }
 }
 
+/// A call the breaker let through. Dropped without [`Call::record`], a
+/// trial call counts as a failure (the circuit opens again for
+/// `open_for`); an ordinary call says nothing about the bot.
+#[must_use = "record how the call went"]
+pub struct Call<'a> {
+    breaker: &'a Breaker,
+    trial: bool,
+    recorded: bool,
+}
+
+impl Call<'_> {
+    /// Records how the call went: `healthy` unless it failed in a way that
+    /// says the bot is unwell.
+    pub fn record(mut self, healthy: bool) {
+        self.recorded = true;
+        self.breaker.record(healthy);
+    }
+}
+
+impl Drop for Call<'_> {
+    fn drop(&mut self) {
+        if self.trial && !self.recorded {
+            tracing::debug!(destination = %self.breaker.name, "trial call dropped; counted as failed");
+            self.breaker.record(false);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,32 +141,57 @@ mod tests {
     fn opens_after_consecutive_failures_and_closes_after_a_good_trial() {
         let breaker = Breaker::new("bot:test".into(), 3, Duration::from_millis(50));
         for _ in 0..2 {
-            assert!(breaker.permit());
-            breaker.record(false);
+            breaker.permit().unwrap().record(false);
         }
-        breaker.record(true); // a success resets the count
+        breaker.permit().unwrap().record(true); // a success resets the count
         for _ in 0..3 {
-            assert!(breaker.permit());
-            breaker.record(false);
+            breaker.permit().unwrap().record(false);
         }
-        assert!(!breaker.permit(), "open");
+        assert!(breaker.permit().is_none(), "open");
         std::thread::sleep(Duration::from_millis(60));
-        assert!(breaker.permit(), "one trial call");
-        assert!(!breaker.permit(), "only one");
-        breaker.record(false);
-        assert!(!breaker.permit(), "the failed trial opened it again");
+        let trial = breaker.permit().expect("one trial call");
+        assert!(breaker.permit().is_none(), "only one");
+        trial.record(false);
+        assert!(
+            breaker.permit().is_none(),
+            "the failed trial opened it again"
+        );
         std::thread::sleep(Duration::from_millis(60));
-        assert!(breaker.permit());
-        breaker.record(true);
-        assert!(breaker.permit() && breaker.permit(), "closed");
+        breaker.permit().unwrap().record(true);
+        assert!(
+            breaker.permit().is_some() && breaker.permit().is_some(),
+            "closed"
+        );
+    }
+
+    #[test]
+    fn a_dropped_trial_counts_as_a_failure() {
+        let breaker = Breaker::new("bot:dropped".into(), 1, Duration::from_millis(50));
+        breaker.permit().unwrap().record(false);
+        std::thread::sleep(Duration::from_millis(60));
+        // The trial call's future is dropped (its partition was revoked):
+        // nothing is recorded.
+        drop(breaker.permit().expect("the trial"));
+        assert!(breaker.permit().is_none(), "the dropped trial reopened it");
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(
+            breaker.permit().is_some(),
+            "a new trial after circuit_open_for, not half-open forever"
+        );
+    }
+
+    #[test]
+    fn a_dropped_ordinary_call_changes_nothing() {
+        let breaker = Breaker::new("bot:ordinary".into(), 1, Duration::from_secs(60));
+        drop(breaker.permit().unwrap());
+        assert!(breaker.permit().is_some(), "still closed");
     }
 
     #[test]
     fn zero_failures_never_opens() {
         let breaker = Breaker::new("bot:off".into(), 0, Duration::from_secs(60));
         for _ in 0..100 {
-            assert!(breaker.permit());
-            breaker.record(false);
+            breaker.permit().unwrap().record(false);
         }
     }
 }

@@ -37,6 +37,10 @@ pub struct BotConfig {
     /// How long an open circuit refuses calls before a trial call.
     #[serde(with = "humantime_serde", default = "default_circuit_open_for")]
     pub circuit_open_for: Duration,
+    /// HTTP bots: the longest answer read, in bytes. A longer one is
+    /// refused (a fatal error) without reading the rest.
+    #[serde(default = "default_max_response_bytes")]
+    pub max_response_bytes: usize,
 }
 
 impl BotConfig {
@@ -48,7 +52,17 @@ impl BotConfig {
             timeout: default_timeout(),
             circuit_failures: default_circuit_failures(),
             circuit_open_for: default_circuit_open_for(),
+            max_response_bytes: default_max_response_bytes(),
         }
+    }
+
+    /// Checks the settings; the error names the field.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.max_response_bytes > 0,
+            "max_response_bytes must be at least 1"
+        );
+        Ok(())
     }
 }
 
@@ -62,4 +76,9 @@ fn default_circuit_failures() -> u32 {
 
 fn default_circuit_open_for() -> Duration {
     Duration::from_secs(10)
+}
+
+/// 1 MiB: a `BotResponse` carries a few replies, each at most an envelope.
+fn default_max_response_bytes() -> usize {
+    1 << 20
 }

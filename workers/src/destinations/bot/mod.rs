@@ -46,7 +46,8 @@ impl BotDestination {
                 grpc::GrpcBot::new(&config.endpoint, config.timeout).map(Client::Grpc)
             }
             BotProtocol::Http => {
-                http::HttpBot::new(&config.endpoint, config.timeout).map(Client::Http)
+                http::HttpBot::new(&config.endpoint, config.timeout, config.max_response_bytes)
+                    .map(Client::Http)
             }
         }
         .map_err(|e| anyhow::anyhow!("bot {name:?}: {e}"))?;
@@ -67,20 +68,21 @@ impl BotDestination {
         request: BotRequest,
         trace: &TraceParent,
     ) -> Result<BotResponse, DestinationError> {
-        if !self.breaker.permit() {
+        // Dropped with this future (its partition revoked), a trial call
+        // counts as failed, so the circuit cannot stay half-open.
+        let Some(call) = self.breaker.permit() else {
             return Err(DestinationError {
                 kind: "bot",
                 name: self.name.clone(),
                 message: "circuit open: the bot kept failing; not calling it for now".into(),
                 retryable: true,
             });
-        }
+        };
         let result = match &self.client {
             Client::Grpc(bot) => bot.call(request, trace).await,
             Client::Http(bot) => bot.call(&request, trace).await,
         };
-        self.breaker
-            .record(!matches!(&result, Err(e) if e.retryable));
+        call.record(!matches!(&result, Err(e) if e.retryable));
         result.map_err(|e| DestinationError {
             kind: "bot",
             name: self.name.clone(),
