@@ -195,6 +195,8 @@ impl PipelineConfig {
             retry_backoff: self.retry_backoff,
             max_in_flight_per_partition: self.max_in_flight_per_partition,
             agents: self.agents.clone(),
+            // Tests and scenarios publish before the group first joins.
+            auto_offset_reset: switchboard_workers::config::AutoOffsetReset::Earliest,
             ..WorkersConfig::default()
         }
     }

@@ -258,7 +258,8 @@ async fn thousand_messages_reach_their_destinations_in_order() {
         .iter()
         .map(|r| testkit::agent_task(r.payload().unwrap()))
         .collect();
-    assert!(tasks.iter().all(|t| t.queue == "support"));
+    // Queues are per tenant: the key is tenant/queue.
+    assert!(tasks.iter().all(|t| t.queue == "acme/support"));
     let task_ids: HashSet<&str> = tasks
         .iter()
         .map(|t| t.envelope.as_ref().unwrap().message_id.as_str())

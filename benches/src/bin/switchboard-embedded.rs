@@ -45,6 +45,7 @@ async fn main() -> anyhow::Result<()> {
     let stop = shutdown::Shutdown::new();
     shutdown::on_signals(stop.clone());
     telemetry::install_metrics(args.metrics_addr).map_err(anyhow::Error::msg)?;
+    switchboard_workers::describe_metrics();
     let starting = Embedded::start(EmbeddedConfig {
         grpc_addr: args.grpc_addr,
         bot_addr: args.bot_addr,
