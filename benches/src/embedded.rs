@@ -9,7 +9,7 @@
 use std::{net::SocketAddr, path::PathBuf};
 
 use rdkafka::{mocking::MockCluster, producer::DefaultProducerContext};
-use switchboard_broker::kafka::KafkaConfig;
+use switchboard_runtime::kafka::KafkaConfig;
 use switchboard_workers::destinations::bot::echo::EchoBot;
 
 use crate::pipeline::{Pipeline, PipelineConfig};
@@ -97,18 +97,18 @@ fn uuid_like() -> String {
 /// Logs a line for every agent-queue, assignment and analytics record, until `stop` fires.
 pub async fn log_traffic(
     config: PipelineConfig,
-    stop: switchboard_broker::shutdown::Shutdown,
+    stop: switchboard_runtime::shutdown::Shutdown,
 ) -> anyhow::Result<()> {
     use prost::Message as _;
     use rdkafka::{
         Message as _,
         consumer::{Consumer, StreamConsumer},
     };
-    use switchboard_broker::telemetry::redact;
     use switchboard_proto::v1::{
         AnalyticsRecord, AssignmentEvent, QueueEvent, assignment_event, destination::Kind,
         queue_event,
     };
+    use switchboard_runtime::telemetry::redact;
 
     let consumer: StreamConsumer = config
         .kafka

@@ -2,11 +2,9 @@
 
 use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
-use switchboard_broker::{
-    config::BrokerConfig, kafka::KafkaConfig, publisher::Publisher, server::Broker,
-    shutdown::Shutdown, trace::TraceParent,
-};
+use switchboard_broker::{config::BrokerConfig, publisher::Publisher, server::Broker};
 use switchboard_proto::v1::{Envelope, bot_server::Bot, ingest_client::IngestClient};
+use switchboard_runtime::{kafka::KafkaConfig, shutdown::Shutdown, trace::TraceParent};
 use switchboard_workers::{
     agents::{config::AgentsConfig, service::QueueStage},
     config::WorkersConfig,

@@ -30,11 +30,10 @@ use rdkafka::{
     consumer::{Consumer, StreamConsumer},
 };
 use serde::Serialize;
-use switchboard_broker::{
-    config::BrokerConfig, kafka::KafkaConfig, server::Broker, shutdown::Shutdown,
-    testkit::RecordingBot,
-};
+use switchboard_broker::{config::BrokerConfig, server::Broker};
 use switchboard_proto::v1::{Channel, Envelope};
+use switchboard_runtime::{kafka::KafkaConfig, shutdown::Shutdown};
+use switchboard_testkit::RecordingBot;
 
 use crate::{
     loadgen::{
@@ -426,7 +425,7 @@ pub async fn routing(kafka: &KafkaConfig, messages: usize) -> anyhow::Result<Sce
     // Time from the first analytics record to all of them.
     let counter = {
         let bootstrap = kafka.bootstrap_servers.clone();
-        move || switchboard_broker::testkit::topic_size(&bootstrap, &analytics_topic)
+        move || switchboard_testkit::topic_size(&bootstrap, &analytics_topic)
     };
     wait_until("the first routed message", Duration::from_secs(120), || {
         counter() > 0

@@ -7,14 +7,18 @@
 
 use std::time::{Duration, Instant};
 
+use clap::Parser as _;
 use prost::Message as _;
 use switchboard_benches::pipeline::{Pipeline, PipelineConfig};
-use switchboard_broker::testkit::{self, RecordingBot, text_of};
 use switchboard_proto::v1::{
     Channel, ConversationState, Direction, Envelope, MessageTag, Owner, Presence, PublishRequest,
     agent_event::Change, conversation_action::Action,
 };
-use switchboard_workers::agents::desk::{self, Desk, DeskView};
+use switchboard_testkit::{self as testkit, RecordingBot, text_of};
+use switchboard_workers::agents::{
+    desk::{self, Desk, DeskView},
+    desk_cli,
+};
 
 fn say(body: &str) -> Envelope {
     testkit::inbound_text(Channel::Messenger, "psid-1", body)
@@ -118,11 +122,33 @@ async fn bot_hands_off_agent_replies_and_releases_back_to_the_bot() {
         "the bot saw only the messages before the handoff"
     );
 
-    // Alice replies through the ingestion node, as an OUTBOUND HUMAN_AGENT message.
+    // Alice replies with the desk's command line, through the ingestion
+    // node, as an OUTBOUND HUMAN_AGENT message.
     let last = view.conversations[&key].messages.last().unwrap();
-    let reply = desk::reply_to(last, "Sorry! It ships today.".into());
-    assert_eq!(reply.tag(), MessageTag::HumanAgent);
-    client.publish(publish(reply.clone())).await.unwrap();
+    assert_eq!(
+        desk::reply_to(last, String::new()).tag(),
+        MessageTag::HumanAgent
+    );
+    let workers_file =
+        std::env::temp_dir().join(format!("{}.toml", testkit::random_topic("desk-config")));
+    std::fs::write(&workers_file, toml::to_string(&workers).unwrap()).unwrap();
+    let broker_url = format!("http://{}", pipeline.grpc_addr);
+    let args = desk_cli::Args::try_parse_from([
+        "switchboard-desk",
+        "--tenant",
+        "acme",
+        "--agent",
+        "alice",
+        "--config",
+        workers_file.to_str().unwrap(),
+        "reply",
+        &key,
+        "Sorry! It ships today.",
+        "--broker",
+        &broker_url,
+    ])
+    .unwrap();
+    desk_cli::run(args).await.unwrap();
     let outbound = workers.outbound_topic(Channel::Messenger);
     let sent = tokio::task::spawn_blocking({
         let bootstrap = bootstrap.clone();
@@ -136,11 +162,11 @@ async fn bot_hands_off_agent_replies_and_releases_back_to_the_bot() {
     .unwrap();
     let sent = Envelope::decode(rdkafka::Message::payload(&sent[0]).unwrap()).unwrap();
     assert_eq!(
-        (text_of(&sent), sent.direction(), sent.message_id.as_str()),
+        (text_of(&sent), sent.direction(), sent.tag()),
         (
             "Sorry! It ships today.",
             Direction::Outbound,
-            reply.message_id.as_str()
+            MessageTag::HumanAgent
         ),
         "consent allowed the reply onto Messenger's outbound topic"
     );

@@ -21,10 +21,10 @@ use rdkafka::{
     producer::{FutureProducer, FutureRecord},
 };
 use switchboard_benches::pipeline::{Pipeline, PipelineConfig};
-use switchboard_broker::testkit::{self, RecordingBot};
 use switchboard_proto::v1::{
     BotRequest, BotResponse, Channel, Envelope, PublishRequest, bot_server::Bot, envelope::Content,
 };
+use switchboard_testkit::{self as testkit, RecordingBot};
 use switchboard_workers::{
     destinations::topics::headers,
     replay::{self, ReplayRequest},

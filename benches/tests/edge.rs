@@ -11,14 +11,13 @@ use std::{
 };
 
 use switchboard_benches::pipeline::{Pipeline, PipelineConfig};
-use switchboard_broker::{
-    auth::key_digest, config::BrokerConfig, server::Broker, shutdown::Shutdown, testkit,
-    testkit::RecordingBot,
-};
+use switchboard_broker::{auth::key_digest, config::BrokerConfig, server::Broker};
 use switchboard_proto::v1::{
     AnalyticsRecord, Channel, Direction, Envelope, PublishRequest, PublishResponse, Text,
     WebhookRequest, envelope::Content, ingest_client::IngestClient,
 };
+use switchboard_runtime::shutdown::Shutdown;
+use switchboard_testkit::{self as testkit, RecordingBot};
 use tonic::{Code, Request};
 use tonic_types::StatusExt;
 

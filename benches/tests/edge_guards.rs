@@ -14,13 +14,13 @@ use std::{
 
 use prost::Message as _;
 use rdkafka::Message as _;
-use switchboard_broker::{
-    auth::key_digest, config::BrokerConfig, server::Broker, shutdown::Shutdown, testkit,
-};
+use switchboard_broker::{auth::key_digest, config::BrokerConfig, server::Broker};
 use switchboard_proto::v1::{
     Channel, ConsentEvent, ConversationControl, Envelope, PublishRequest, WebhookRequest,
     consent_event, conversation_control, envelope::Content, ingest_client::IngestClient,
 };
+use switchboard_runtime::shutdown::Shutdown;
+use switchboard_testkit as testkit;
 use tokio_stream::StreamExt as _;
 use tonic::{Code, Request};
 use tonic_health::pb::{
@@ -657,7 +657,7 @@ async fn created_topics_set_min_insync_replicas() {
         "set on the topic, not the broker's default"
     );
     for (replication, expected) in [(1, 1), (2, 2), (3, 2), (5, 2)] {
-        let config = switchboard_broker::kafka::KafkaConfig {
+        let config = switchboard_runtime::kafka::KafkaConfig {
             topic_replication: replication,
             ..kafka.clone()
         };

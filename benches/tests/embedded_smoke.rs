@@ -5,8 +5,8 @@
 use std::{net::SocketAddr, time::Duration};
 
 use switchboard_benches::embedded::{Embedded, EmbeddedConfig};
-use switchboard_broker::testkit;
 use switchboard_proto::v1::{Channel, Direction, Envelope, envelope::Content};
+use switchboard_testkit as testkit;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_generator_drives_the_embedded_pipeline() {

@@ -16,11 +16,11 @@ use switchboard_benches::{
     loadgen::{self, Progress},
     pipeline::{Pipeline, PipelineConfig},
 };
-use switchboard_broker::testkit::{self, RecordingBot};
 use switchboard_proto::{
     partition::partition_for,
     v1::{AgentTask, AnalyticsRecord, Channel, Envelope, PublishRequest},
 };
+use switchboard_testkit::{self as testkit, RecordingBot};
 use tonic_types::StatusExt;
 
 const PARTITIONS: i32 = 12;

@@ -22,10 +22,10 @@ use axum::{
 use prost::Message as _;
 use rdkafka::{Message as _, message::Headers};
 use switchboard_benches::pipeline::{Pipeline, PipelineConfig};
-use switchboard_broker::testkit::{self, RecordingBot};
 use switchboard_proto::v1::{
     BotRequest, Channel, Direction, Envelope, PublishRequest, envelope::Content,
 };
+use switchboard_testkit::{self as testkit, RecordingBot};
 use switchboard_workers::destinations::{
     bot::{BotConfig, BotProtocol},
     topics::headers,

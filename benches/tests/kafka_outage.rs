@@ -13,8 +13,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use switchboard_broker::{config::BrokerConfig, server::Broker, shutdown::Shutdown, testkit};
+use switchboard_broker::{config::BrokerConfig, server::Broker};
 use switchboard_proto::v1::{Channel, PublishRequest, ingest_client::IngestClient};
+use switchboard_runtime::shutdown::Shutdown;
+use switchboard_testkit as testkit;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };

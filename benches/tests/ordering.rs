@@ -8,11 +8,11 @@
 use std::{collections::HashMap, time::Duration};
 
 use switchboard_benches::pipeline::{Pipeline, PipelineConfig};
-use switchboard_broker::testkit::{self, RecordingBot};
 use switchboard_proto::{
     partition::partition_for,
     v1::{Channel, Envelope},
 };
+use switchboard_testkit::{self as testkit, RecordingBot};
 
 const PARTITIONS: i32 = 12;
 const CONVERSATIONS: usize = 10_000;

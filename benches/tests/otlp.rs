@@ -11,8 +11,8 @@ use std::{
 };
 
 use axum::{Router, body::Bytes, extract::State, routing::post};
-use switchboard_broker::testkit;
 use switchboard_proto::v1::{Channel, PublishRequest, ingest_client::IngestClient};
+use switchboard_testkit as testkit;
 
 type Received = Arc<Mutex<Vec<u8>>>;
 

@@ -7,11 +7,11 @@
 use std::time::{Duration, Instant};
 
 use switchboard_benches::pipeline::{Pipeline, PipelineConfig};
-use switchboard_broker::testkit::{self, RecordingBot};
 use switchboard_proto::{
     partition::{conversation_key, partition_for},
     v1::{BotRequest, BotResponse, Channel, Envelope, bot_server::Bot, envelope::Content},
 };
+use switchboard_testkit::{self as testkit, RecordingBot};
 
 const PARTITIONS: i32 = 4;
 const STALL: Duration = Duration::from_secs(8);

@@ -16,11 +16,9 @@ use std::{
 };
 
 use switchboard_benches::pipeline::{Pipeline, PipelineConfig};
-use switchboard_broker::{
-    shutdown::Shutdown,
-    testkit::{self, RecordingBot},
-};
 use switchboard_proto::v1::{BotRequest, BotResponse, Channel, Envelope, bot_server::Bot};
+use switchboard_runtime::shutdown::Shutdown;
+use switchboard_testkit::{self as testkit, RecordingBot};
 use switchboard_workers::{consumer::Worker, destinations::bot::echo, router::Router};
 
 const PARTITIONS: i32 = 12;

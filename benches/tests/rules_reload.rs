@@ -16,8 +16,8 @@ use std::{
 use prost::Message as _;
 use rdkafka::Message as _;
 use switchboard_benches::pipeline::{Pipeline, PipelineConfig};
-use switchboard_broker::testkit::{self, RecordingBot};
 use switchboard_proto::v1::{AnalyticsRecord, Channel, PublishRequest};
+use switchboard_testkit::{self as testkit, RecordingBot};
 
 fn write_rules(path: &std::path::Path, text: &str, bump: u64) {
     std::fs::write(path, text).unwrap();

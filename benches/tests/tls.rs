@@ -9,10 +9,10 @@ use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair}
 use switchboard_broker::{
     config::{BrokerConfig, TlsConfig},
     server::Broker,
-    shutdown::Shutdown,
-    testkit,
 };
 use switchboard_proto::v1::{Channel, PublishRequest, ingest_client::IngestClient};
+use switchboard_runtime::shutdown::Shutdown;
+use switchboard_testkit as testkit;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 struct Pki {

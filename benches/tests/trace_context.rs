@@ -8,11 +8,9 @@ use std::time::Duration;
 
 use rdkafka::{Message as _, message::Headers};
 use switchboard_benches::pipeline::{Pipeline, PipelineConfig};
-use switchboard_broker::{
-    testkit::{self, RecordingBot},
-    trace::{TRACEPARENT, TraceParent},
-};
 use switchboard_proto::v1::{Channel, PublishRequest};
+use switchboard_runtime::trace::{TRACEPARENT, TraceParent};
+use switchboard_testkit::{self as testkit, RecordingBot};
 
 fn header(record: &rdkafka::message::OwnedMessage) -> TraceParent {
     let value = record

@@ -236,7 +236,11 @@ impl Auth {
     }
 
     /// Reloads the tenants file every `interval` until `stop` fires.
-    pub fn spawn_reloader(self: &Arc<Self>, interval: Duration, stop: crate::shutdown::Shutdown) {
+    pub fn spawn_reloader(
+        self: &Arc<Self>,
+        interval: Duration,
+        stop: switchboard_runtime::shutdown::Shutdown,
+    ) {
         if !self.enabled() {
             return;
         }

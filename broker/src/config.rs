@@ -11,15 +11,13 @@ use std::{
     time::Duration,
 };
 
-use figment::{
-    Figment,
-    providers::{Env, Format, Serialized, Toml},
-};
 use serde::{Deserialize, Serialize};
+use switchboard_runtime::config::load_layered;
+
+use switchboard_runtime::kafka::KafkaConfig;
 
 use crate::{
-    channels::Limits, dedupe::DedupeConfig, kafka::KafkaConfig, publisher::PublisherConfig,
-    service::ServiceConfig,
+    channels::Limits, dedupe::DedupeConfig, publisher::PublisherConfig, service::ServiceConfig,
 };
 
 /// Room for a request's fields around its envelope or webhook body.
@@ -187,56 +185,10 @@ impl BrokerConfig {
     }
 }
 
-/// Loads a config: `T::default()`, then the optional TOML `file`, then
-/// environment variables starting with `env_prefix` (nested keys joined with
-/// `__`), then `overrides`. Unknown keys are errors when `T` denies them.
-pub fn load_layered<T>(
-    file: Option<&Path>,
-    env_prefix: &str,
-    overrides: impl Serialize,
-) -> anyhow::Result<T>
-where
-    T: Default + Serialize + serde::de::DeserializeOwned,
-{
-    let mut figment = Figment::from(Serialized::defaults(T::default()));
-    if let Some(file) = file {
-        anyhow::ensure!(
-            file.exists(),
-            "config file {} does not exist",
-            file.display()
-        );
-        figment = figment.merge(Toml::file(file));
-    }
-    Ok(figment
-        .merge(Env::prefixed(env_prefix).split("__"))
-        .merge(Serialized::defaults(overrides))
-        .extract()?)
-}
-
-/// Command-line flags that override the other layers; flags not given are skipped.
-#[derive(Debug, Default, Serialize)]
-pub struct Overrides(serde_json::Map<String, serde_json::Value>);
-
-impl Overrides {
-    /// Sets top-level `key` when the flag was given.
-    pub fn set(mut self, key: &str, value: Option<impl Serialize>) -> Self {
-        if let Some(value) = value.and_then(|v| serde_json::to_value(v).ok()) {
-            self.0.insert(key.to_owned(), value);
-        }
-        self
-    }
-
-    /// Sets `kafka.bootstrap_servers` when the flag was given.
-    pub fn kafka_bootstrap(self, bootstrap: Option<String>) -> Self {
-        self.set(
-            "kafka",
-            bootstrap.map(|b| serde_json::json!({ "bootstrap_servers": b })),
-        )
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use switchboard_runtime::config::Overrides;
+
     use super::*;
 
     #[test]

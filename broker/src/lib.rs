@@ -4,22 +4,24 @@
 //! validates and normalizes them and publishes them to Kafka, keyed by
 //! conversation, acknowledging only once Kafka has the message.
 //!
-//! Layout, by role:
-//! - [`channels`]: webhook normalizers, one module per channel.
-//! - [`config`]: the node's one constructor ([`config::BrokerConfig`]), with
-//!   defaults in code and layering of file, environment and flags.
+//! It shares only `switchboard-runtime` (Kafka clients, config loading,
+//! shutdown, trace context, telemetry) with the routing workers, and never
+//! depends on them: Kafka is the only seam between the two.
+//!
+//! Layout, by role, from the wire inwards:
+//! - [`server`]: the gRPC server (health, reflection, size limits, TLS) and
+//!   its lifecycle.
+//! - [`service`]: the `switchboard.v1.Ingest` RPCs.
 //! - [`auth`]: tenants, hashed API keys and per-tenant rate limits.
-//! - [`dedupe`]: the node's bounded, time-windowed dedupe of retried webhooks.
-//! - [`kafka`]: Kafka client settings shared with the workers, and topic setup.
+//! - [`channels`]: webhook normalizers, one module per channel.
 //! - [`validate`]: request validation and normalization (ids, timestamps).
-//! - [`publisher`]: the bounded Kafka producer behind every RPC.
-//! - [`service`]: the `switchboard.v1.Ingest` gRPC service.
-//! - [`server`]: the gRPC server (with health and reflection) and its lifecycle.
+//! - [`dedupe`]: the node's bounded, time-windowed dedupe of retried webhooks.
+//! - [`publisher`]: the bounded Kafka producer behind every RPC, and Kafka's
+//!   health as the node sees it.
 //! - [`error`]: typed errors, sorted into retryable and fatal, mapped to gRPC codes.
-//! - [`trace`]: W3C `traceparent` carried from gRPC through Kafka headers.
-//! - [`telemetry`], [`shutdown`]: logs, Prometheus metrics and the one
-//!   shutdown signal, shared with the workers.
-//! - `testkit` (feature `testkit`): helpers for integration tests on real Kafka.
+//! - [`metrics`]: the node's metric names and help texts.
+//! - [`config`]: the node's configuration, from which each component takes
+//!   its own section.
 
 #![forbid(unsafe_code)]
 
@@ -28,13 +30,8 @@ pub mod channels;
 pub mod config;
 pub mod dedupe;
 pub mod error;
-pub mod kafka;
+pub mod metrics;
 pub mod publisher;
 pub mod server;
 pub mod service;
-pub mod shutdown;
-pub mod telemetry;
-#[cfg(feature = "testkit")]
-pub mod testkit;
-pub mod trace;
 pub mod validate;

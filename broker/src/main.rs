@@ -3,11 +3,8 @@
 use std::{net::SocketAddr, path::PathBuf};
 
 use clap::Parser;
-use switchboard_broker::{
-    config::{BrokerConfig, Overrides},
-    server::Broker,
-    shutdown, telemetry,
-};
+use switchboard_broker::{config::BrokerConfig, server::Broker};
+use switchboard_runtime::{config::Overrides, shutdown, telemetry};
 
 /// Switchboard ingestion node: gRPC in, canonical envelopes out to Kafka.
 ///
@@ -54,6 +51,7 @@ async fn main() -> anyhow::Result<()> {
     )?;
     if let Some(addr) = config.metrics_addr {
         telemetry::install_metrics(addr).map_err(anyhow::Error::msg)?;
+        switchboard_broker::metrics::describe();
         tracing::info!(%addr, "serving Prometheus metrics at /metrics");
     }
     // Creating topics can take a while; a signal meanwhile ends the process.

@@ -39,11 +39,12 @@ use rdkafka::{
 use switchboard_proto::v1::Envelope;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 
-use crate::{
-    error::IngestError,
+use switchboard_runtime::{
     kafka::{KafkaConfig, ReportingContext},
     trace::{TRACEPARENT, TraceParent},
 };
+
+use crate::error::IngestError;
 
 /// Where a message landed in Kafka.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,9 +54,6 @@ pub struct Ack {
     /// Offset within the partition.
     pub offset: i64,
 }
-
-/// Content type header value of every message Switchboard writes.
-pub const CONTENT_TYPE: &str = "application/x-protobuf; messageType=switchboard.v1.Envelope";
 
 /// The publisher's own settings (a section of the node's config).
 #[derive(Debug, Clone, PartialEq)]
@@ -305,7 +303,7 @@ impl Publisher {
         let headers = OwnedHeaders::new_with_capacity(3)
             .insert(Header {
                 key: "content-type",
-                value: Some(CONTENT_TYPE),
+                value: Some(switchboard_proto::ENVELOPE_CONTENT_TYPE),
             })
             .insert(Header {
                 key: "message-id",
@@ -342,7 +340,7 @@ impl Publisher {
     pub async fn watch_recovery(
         self: Arc<Self>,
         interval: Duration,
-        stop: crate::shutdown::Shutdown,
+        stop: switchboard_runtime::shutdown::Shutdown,
     ) {
         let mut tick = tokio::time::interval(interval);
         while tokio::select! { _ = tick.tick() => true, _ = stop.cancelled() => false } {

@@ -6,6 +6,8 @@ use switchboard_proto::v1::ingest_server::IngestServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
+use switchboard_runtime::shutdown::Shutdown;
+
 use crate::{
     auth::Auth,
     config::BrokerConfig,
@@ -13,7 +15,6 @@ use crate::{
     error::limits,
     publisher::{KafkaState, Publisher},
     service::IngestService,
-    shutdown::Shutdown,
 };
 
 /// A bound, not yet serving, ingestion node.

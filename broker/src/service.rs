@@ -23,13 +23,14 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument as _;
 
+use switchboard_runtime::trace::{self, TRACEPARENT, TraceParent};
+
 use crate::{
     auth::{Auth, Caller},
     channels::{self, Limits},
     dedupe::{Dedupe, Published, SharedPublish},
     error::{IngestError, limits},
     publisher::Publisher,
-    trace::{self, TRACEPARENT, TraceParent},
     validate,
 };
 

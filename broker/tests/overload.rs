@@ -5,13 +5,12 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use switchboard_broker::{
-    config::BrokerConfig, kafka::KafkaConfig, server::Broker, shutdown::Shutdown,
-};
+use switchboard_broker::{config::BrokerConfig, server::Broker};
 use switchboard_proto::v1::{
     Channel, Direction, Envelope, PublishRequest, Text, envelope::Content,
     ingest_client::IngestClient,
 };
+use switchboard_runtime::{kafka::KafkaConfig, shutdown::Shutdown};
 
 fn request() -> PublishRequest {
     PublishRequest {

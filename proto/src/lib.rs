@@ -16,6 +16,11 @@
 
 pub mod partition;
 
+/// The `content-type` header of every envelope record Switchboard writes to
+/// Kafka (the payload is the binary protobuf `Envelope`).
+pub const ENVELOPE_CONTENT_TYPE: &str =
+    "application/x-protobuf; messageType=switchboard.v1.Envelope";
+
 /// The `switchboard.v1` package.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
 pub mod v1 {
@@ -34,6 +39,15 @@ impl v1::Channel {
     /// value is its index here).
     pub const ALL: [Self; 6] = [
         Self::Unspecified,
+        Self::Whatsapp,
+        Self::Messenger,
+        Self::Instagram,
+        Self::Sms,
+        Self::Webchat,
+    ];
+
+    /// The channels messages travel on: every one but `Unspecified`.
+    pub const KNOWN: [Self; 5] = [
         Self::Whatsapp,
         Self::Messenger,
         Self::Instagram,

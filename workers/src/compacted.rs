@@ -8,7 +8,7 @@ use rdkafka::{
     consumer::{BaseConsumer, Consumer},
     error::{KafkaError, KafkaResult},
 };
-use switchboard_broker::kafka::KafkaConfig;
+use switchboard_runtime::kafka::KafkaConfig;
 
 /// Reads partition `partition` of `topic` from its start to its current
 /// end, calling `each(key, value)` per record in order (`None` for a

@@ -12,11 +12,14 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
-use switchboard_broker::{config::load_layered, kafka::KafkaConfig};
+use switchboard_runtime::{config::load_layered, kafka::KafkaConfig};
 
 use crate::{
     agents::config::AgentsConfig,
-    destinations::{bot::BotConfig, topics::QUEUE_SNAPSHOT_MAX_BYTES},
+    destinations::{
+        bot::BotConfig,
+        topics::{self, QUEUE_SNAPSHOT_MAX_BYTES, TopicsConfig},
+    },
 };
 
 /// Configuration of a routing worker.
@@ -167,7 +170,23 @@ impl Default for WorkersConfig {
 impl WorkersConfig {
     /// The outbound topic of one channel.
     pub fn outbound_topic(&self, channel: switchboard_proto::v1::Channel) -> String {
-        format!("{}.{}", self.outbound_topic_prefix, channel.slug())
+        topics::outbound_topic(&self.outbound_topic_prefix, channel)
+    }
+
+    /// The Kafka outputs' section.
+    pub fn outputs(&self) -> TopicsConfig {
+        TopicsConfig {
+            kafka: self.kafka.clone(),
+            agent_queue_topic: self.agent_queue_topic.clone(),
+            analytics_topic: self.analytics_topic.clone(),
+            dlq_topic: self.dlq_topic.clone(),
+            outbound_topic_prefix: self.outbound_topic_prefix.clone(),
+            state_topic: self.state_topic.clone(),
+            rejections_topic: self.rejections_topic.clone(),
+            messages_topic: self.messages_topic.clone(),
+            assignments_topic: self.agents.assignments_topic.clone(),
+            queue_state_topic: self.agents.queue_state_topic.clone(),
+        }
     }
 
     /// Every topic the workers write to or read from.
@@ -183,16 +202,7 @@ impl WorkersConfig {
             self.agents.assignments_topic.clone(),
             self.agents.queue_state_topic.clone(),
         ];
-        topics.extend(
-            [
-                Channel::Whatsapp,
-                Channel::Messenger,
-                Channel::Instagram,
-                Channel::Sms,
-                Channel::Webchat,
-            ]
-            .map(|c| self.outbound_topic(c)),
-        );
+        topics.extend(Channel::KNOWN.map(|c| self.outbound_topic(c)));
         topics
     }
 

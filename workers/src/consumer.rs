@@ -38,16 +38,18 @@ use rdkafka::{
     ClientContext, Message, Offset, TopicPartitionList,
     consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer},
     error::{KafkaError, KafkaResult},
-    message::{Headers, OwnedMessage},
+    message::OwnedMessage,
     statistics::Statistics,
     types::RDKafkaErrorCode,
 };
-use switchboard_broker::{
+use switchboard_proto::v1::Envelope;
+use switchboard_runtime::{
+    headers as record_headers,
     kafka::KafkaConfig,
+    retry::{self, Backoff},
     shutdown::Shutdown,
     trace::{self, TRACEPARENT},
 };
-use switchboard_proto::v1::Envelope;
 use tokio::{
     sync::{Semaphore, mpsc, oneshot},
     task::{AbortHandle, JoinHandle, JoinSet},
@@ -57,9 +59,9 @@ use tracing::Instrument as _;
 
 use crate::{
     config::WorkersConfig,
-    destinations::topics::headers,
+    destinations::topics::{Source, headers},
     offsets::{OffsetTracker, parse_skip_metadata},
-    router::{Router, Source},
+    router::Router,
     state::{PartitionStates, effects},
 };
 
@@ -526,13 +528,7 @@ async fn route_partition(
                     store(&cx, complete(offset));
                     continue;
                 }
-                let header = |name: &str| {
-                    message
-                        .headers()
-                        .and_then(|h| h.iter().find(|h| h.key == name))
-                        .and_then(|h| h.value)
-                        .and_then(|v| std::str::from_utf8(v).ok())
-                };
+                let header = |name: &str| record_headers::text(&message, name);
                 // This worker's span, continuing the trace from the record's header.
                 let (span, trace) = trace::hop("worker.route", header(TRACEPARENT));
                 // A replayed message is routed again on purpose, even if seen.
@@ -658,26 +654,31 @@ async fn rebuild_states(
     cx: &PartitionContext,
     abort: &CancellationToken,
 ) -> Option<Arc<PartitionStates>> {
-    let mut delay = Duration::from_millis(200);
-    loop {
-        let (kafka, topic, partition) = (cx.kafka.clone(), cx.state_topic.clone(), cx.partition);
-        let rebuilt = tokio::task::spawn_blocking(move || {
-            PartitionStates::rebuild(&kafka, &topic, partition)
-        });
-        let error = tokio::select! {
-            result = rebuilt => match result {
-                Ok(Ok(states)) => return Some(Arc::new(states)),
-                Ok(Err(e)) => e.to_string(),
-                Err(e) => e.to_string(),
-            },
-            _ = abort.cancelled() => return None,
-        };
-        tracing::warn!(%error, partition = cx.partition, retry_in = ?delay, "cannot rebuild conversation state; retrying");
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = abort.cancelled() => return None,
-        }
-        delay = (delay * 2).min(Duration::from_secs(5));
+    let rebuilt = retry::retry(
+        Backoff::new(Duration::from_millis(200), Duration::from_secs(5)),
+        abort,
+        |_: &anyhow::Error| true,
+        |error, _, wait| {
+            tracing::warn!(%error, partition = cx.partition, retry_in = ?wait, "cannot rebuild conversation state; retrying")
+        },
+        || {
+            let (kafka, topic, partition) =
+                (cx.kafka.clone(), cx.state_topic.clone(), cx.partition);
+            async move {
+                tokio::task::spawn_blocking(move || {
+                    PartitionStates::rebuild(&kafka, &topic, partition)
+                })
+                .await
+                .map_err(anyhow::Error::from)?
+                .map_err(anyhow::Error::from)
+            }
+        },
+    )
+    .await;
+    match rebuilt {
+        Ok(Ok(states)) => Some(Arc::new(states)),
+        // Retried without limit: only a stop ends it.
+        Ok(Err(_)) | Err(retry::Cancelled) => None,
     }
 }
 

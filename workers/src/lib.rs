@@ -6,7 +6,8 @@
 //! replies go to a per-channel outbound topic), a human-agent queue (a Kafka
 //! topic) and analytics (a Kafka topic); what cannot be delivered goes to a
 //! dead-letter topic. Workers keep no state on disk; everything they need
-//! is in Kafka.
+//! is in Kafka. They share only `switchboard-runtime` with the ingestion
+//! node, and never depend on it.
 //!
 //! Layout, by role:
 //! - [`config`]: the worker's one constructor, [`config::WorkersConfig`].
@@ -25,6 +26,8 @@
 //!   conversations to agents (skills, capacity, sticky agent, hours,
 //!   overflow, reassignment), and the agent desk client.
 //! - [`compacted`]: reading a compacted topic to its end, to rebuild state.
+//! - [`metrics`]: the workers' metric names and help texts (the queue
+//!   stage's handles are in `agents::metrics`).
 //! - [`consumer`]: the at-least-once consume loop: conversations of a
 //!   partition run concurrently, each in order, and only the contiguous
 //!   prefix of completed offsets is stored and committed.
@@ -36,33 +39,9 @@ pub mod compacted;
 pub mod config;
 pub mod consumer;
 pub mod destinations;
+pub mod metrics;
 pub mod offsets;
 pub mod replay;
 pub mod router;
 pub mod rules;
 pub mod state;
-
-/// Describes the metrics the workers add to those the ingestion node's
-/// telemetry describes; call once the Prometheus recorder is installed.
-pub fn describe_metrics() {
-    use metrics::describe_counter;
-    describe_counter!(
-        "switchboard_worker_partition_held_back_total",
-        "Times a partition stopped taking messages because max_finished_ahead_per_partition \
-         messages were done above its oldest unfinished one"
-    );
-    describe_counter!(
-        "switchboard_dlq_write_failures_total",
-        "Dead letters the dead-letter topic refused for good (even without payload); logged"
-    );
-    describe_counter!(
-        "switchboard_agent_queue_unknown_total",
-        "Agent tasks for a queue name neither the config nor the rules know, sent to the \
-         tenant's default queue"
-    );
-    describe_counter!(
-        "switchboard_agent_queue_trimmed_messages_total",
-        "Held messages dropped or kept without content to stay within held_messages_max_bytes \
-         or the queue snapshot's size limit, by queue"
-    );
-}

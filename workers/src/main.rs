@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
 use clap::{Parser, Subcommand};
-use switchboard_broker::{config::Overrides, shutdown, telemetry};
+use switchboard_runtime::{config::Overrides, shutdown, telemetry};
 use switchboard_workers::{
     agents::service::QueueStage,
     config::WorkersConfig,
@@ -134,7 +134,7 @@ async fn main() -> anyhow::Result<()> {
     }
     if let Some(addr) = config.metrics_addr {
         telemetry::install_metrics(addr).map_err(anyhow::Error::msg)?;
-        switchboard_workers::describe_metrics();
+        switchboard_workers::metrics::describe();
         tracing::info!(%addr, "serving Prometheus metrics at /metrics");
     }
     // Creating topics can take a while; a signal meanwhile ends the process.

@@ -24,11 +24,11 @@ use rdkafka::{
     Message, Offset, TopicPartitionList,
     consumer::{Consumer, StreamConsumer},
     error::KafkaError,
-    message::{Header, Headers, OwnedHeaders},
+    message::{Header, OwnedHeaders},
     producer::{FutureProducer, FutureRecord},
     types::RDKafkaErrorCode,
 };
-use switchboard_broker::trace::TRACEPARENT;
+use switchboard_runtime::trace::TRACEPARENT;
 
 use crate::{config::WorkersConfig, destinations::topics::headers};
 
@@ -199,13 +199,10 @@ pub async fn replay(
             key: headers::REPLAYED_FROM,
             value: Some(origin.as_str()),
         });
-        if let Some(trace) = record
-            .headers()
-            .and_then(|h| h.iter().find(|h| h.key == TRACEPARENT))
-        {
+        if let Some(trace) = switchboard_runtime::headers::raw(&record, TRACEPARENT) {
             copied = copied.insert(Header {
                 key: TRACEPARENT,
-                value: trace.value,
+                value: Some(trace),
             });
         }
         let mut copy: FutureRecord<'_, [u8], [u8]> =

@@ -23,7 +23,8 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
-use switchboard_broker::trace::TraceParent;
+use switchboard_runtime::retry::{self, Backoff};
+use switchboard_runtime::trace::TraceParent;
 
 use futures::future::join_all;
 use prost::Message as _;
@@ -37,9 +38,9 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     config::WorkersConfig,
     destinations::{
-        DestinationError,
+        DestinationError, DestinationKind as Kind,
         bot::BotDestination,
-        topics::{DeadLetter, TopicOutputs},
+        topics::{DeadLetter, Source, TopicOutputs},
     },
     rules::{DestinationSpec, RuleSet, RulesError},
     state::{
@@ -58,20 +59,6 @@ fn modified(path: &Path) -> Option<SystemTime> {
 #[error("routing interrupted")]
 pub struct Interrupted;
 
-/// Where a message was read from.
-#[derive(Debug, Clone, Copy)]
-pub struct Source<'a> {
-    /// Topic.
-    pub topic: &'a str,
-    /// Partition.
-    pub partition: i32,
-    /// Offset.
-    pub offset: i64,
-    /// This worker's span of the message's trace, sent on to bots and in
-    /// the headers of everything written for the message.
-    pub trace: TraceParent,
-}
-
 /// What delivering to one destination led to.
 #[derive(Default)]
 struct Delivered {
@@ -82,41 +69,6 @@ struct Delivered {
 }
 
 /// What a delivery attempt writes to: the `kind` label of destination metrics.
-#[derive(Debug, Clone, Copy)]
-enum Kind {
-    Bot,
-    Agent,
-    Analytics,
-    Outbound,
-    Dlq,
-    State,
-    Rejections,
-}
-
-impl Kind {
-    const ALL: [Kind; 7] = [
-        Kind::Bot,
-        Kind::Agent,
-        Kind::Analytics,
-        Kind::Outbound,
-        Kind::Dlq,
-        Kind::State,
-        Kind::Rejections,
-    ];
-
-    fn label(self) -> &'static str {
-        match self {
-            Kind::Bot => "bot",
-            Kind::Agent => "agent",
-            Kind::Analytics => "analytics",
-            Kind::Outbound => "outbound",
-            Kind::Dlq => "dlq",
-            Kind::State => "state",
-            Kind::Rejections => "rejections",
-        }
-    }
-}
-
 /// One destination kind's metric handles.
 struct DestinationMetrics {
     duration: metrics::Histogram,
@@ -234,7 +186,7 @@ impl Router {
             rules: ArcSwap::from_pointee(rules),
             source,
             bots,
-            outputs: TopicOutputs::new(config)?,
+            outputs: TopicOutputs::new(&config.outputs())?,
             backoff: config.retry_backoff,
             backoff_max: config.retry_backoff_max,
             max_attempts: config.max_attempts,
@@ -448,12 +400,12 @@ impl Router {
             if !changed {
                 return Ok(None);
             }
-            self.write(Kind::State, "state", stop, || {
+            self.write(Kind::State, stop, || {
                 self.outputs.state(&key, &state, &source.trace)
             })
             .await
         };
-        let write_analytics = self.write(Kind::Analytics, "analytics", stop, || {
+        let write_analytics = self.write(Kind::Analytics, stop, || {
             self.outputs.analytics(&key, &record, &source.trace)
         });
         let (state_failed, analytics_failed) = futures::try_join!(write_state, write_analytics)?;
@@ -497,7 +449,7 @@ impl Router {
             detail: refusal.detail,
             rejected_at: Some(switchboard_proto::timestamp(SystemTime::now())),
         };
-        self.write(Kind::Rejections, "rejections", stop, || {
+        self.write(Kind::Rejections, stop, || {
             self.outputs.rejection(key, &rejection, trace)
         })
         .await
@@ -517,7 +469,7 @@ impl Router {
                 .reject(&envelope.conversation_key(), envelope, refusal, trace, stop)
                 .await;
         }
-        self.write(Kind::Outbound, "outbound", stop, || {
+        self.write(Kind::Outbound, stop, || {
             self.outputs.outbound(envelope, trace)
         })
         .await
@@ -614,7 +566,6 @@ impl Router {
     async fn write<F, Fut>(
         &self,
         kind: Kind,
-        destination: &str,
         stop: &CancellationToken,
         attempt: F,
     ) -> Result<Option<Failure>, Interrupted>
@@ -627,7 +578,7 @@ impl Router {
             .await?
             .err()
             .map(|(error, attempts)| Failure {
-                destination: destination.to_owned(),
+                destination: kind.label().to_owned(),
                 error,
                 attempts,
             }))
@@ -700,7 +651,7 @@ impl Router {
             DestinationSpec::Outbound => {
                 // Consent was checked before the message was routed.
                 delivered.failures.extend(
-                    self.write(Kind::Outbound, "outbound", stop, || {
+                    self.write(Kind::Outbound, stop, || {
                         self.outputs.outbound(envelope, trace)
                     })
                     .await?,
@@ -721,7 +672,8 @@ impl Router {
     }
 
     /// Runs `attempt` until it succeeds, fails for good (a fatal error, or
-    /// `max_attempts` attempts; 0 means no limit), or `stop` fires.
+    /// `max_attempts` attempts; 0 means no limit), or `stop` fires, with
+    /// the router's backoff; each attempt is timed and counted.
     async fn retrying<T, F, Fut>(
         &self,
         kind: Kind,
@@ -734,37 +686,34 @@ impl Router {
         Fut: Future<Output = Result<T, DestinationError>>,
     {
         let handles = self.metrics.destination(kind);
-        let mut delay = self.backoff;
-        let mut attempts = 0;
-        loop {
-            attempts += 1;
-            let started = Instant::now();
-            let result = tokio::select! {
-                r = attempt() => r,
-                _ = stop.cancelled() => return Err(Interrupted),
-            };
-            handles.duration.record(started.elapsed().as_secs_f64());
-            let error = match result {
-                Ok(value) => {
-                    handles.deliveries.increment(1);
-                    return Ok(Ok(value));
+        let outcome = retry::retry(
+            Backoff::new(self.backoff, self.backoff_max).attempts(max_attempts),
+            stop,
+            |error: &DestinationError| error.retryable,
+            |error, _, wait| {
+                tracing::warn!(%error, retry_in = ?wait, "destination failed, retrying");
+                handles.retries.increment(1);
+            },
+            || {
+                let started = Instant::now();
+                let attempt = attempt();
+                async move {
+                    let result = attempt.await;
+                    handles.duration.record(started.elapsed().as_secs_f64());
+                    match &result {
+                        Ok(_) => handles.deliveries.increment(1),
+                        Err(_) => handles.errors.increment(1),
+                    }
+                    result
                 }
-                Err(error) => error,
-            };
-            handles.errors.increment(1);
-            if !error.retryable || (max_attempts > 0 && attempts >= max_attempts) {
-                tracing::error!(%error, attempts, "giving up on destination");
-                return Ok(Err((error, attempts)));
-            }
-            tracing::warn!(%error, retry_in = ?delay, "destination failed, retrying");
-            handles.retries.increment(1);
-            let jittered = delay.mul_f64(rand::random_range(0.5..1.0));
-            tokio::select! {
-                _ = tokio::time::sleep(jittered) => {}
-                _ = stop.cancelled() => return Err(Interrupted),
-            }
-            delay = (delay * 2).min(self.backoff_max);
+            },
+        )
+        .await
+        .map_err(|retry::Cancelled| Interrupted)?;
+        if let Err((error, attempts)) = &outcome {
+            tracing::error!(%error, attempts, "giving up on destination");
         }
+        Ok(outcome)
     }
 }
 

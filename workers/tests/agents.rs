@@ -24,12 +24,13 @@ use rdkafka::{
     consumer::{BaseConsumer, Consumer},
     producer::{FutureProducer, FutureRecord},
 };
-use switchboard_broker::{shutdown::Shutdown, testkit};
 use switchboard_proto::v1::{
     AgentCapacity, AgentSkills, AgentTask, AssignmentEvent, AssignmentOutcome, Channel, Envelope,
     Presence, QueueEvent, QueueSnapshot, UnassignReason, agent_event::Change,
     assignment_event::Event, conversation_action::Action, envelope::Content, queue_event,
 };
+use switchboard_runtime::shutdown::Shutdown;
+use switchboard_testkit as testkit;
 use switchboard_workers::{
     agents::{
         config::{AgentsConfig, QueueConfig},
@@ -858,23 +859,9 @@ fn desk_cli(config: &std::path::Path, agent: &str, args: &[&str]) -> (bool, Stri
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the real local Kafka: run deploy/test.sh"]
-async fn reference_desk_cli_lists_accepts_replies_and_closes() {
-    use switchboard_broker::{config::BrokerConfig, server::Broker};
-
+async fn reference_desk_cli_lists_accepts_and_closes() {
     let mut q = Queues::new(&support(QueueConfig::default())).await;
     q.start();
-    let broker = Broker::bind(BrokerConfig {
-        grpc_addr: "127.0.0.1:0".parse().unwrap(),
-        metrics_addr: None,
-        kafka: q.config.kafka.clone(),
-        messages_topic: q.config.messages_topic.clone(),
-        ..BrokerConfig::default()
-    })
-    .await
-    .unwrap();
-    let broker_url = format!("http://{}", broker.local_addr());
-    let broker_stop = Shutdown::new();
-    let broker_task = tokio::spawn(broker.serve(broker_stop.clone()));
     let path = std::env::temp_dir().join(format!("{}.toml", testkit::random_topic("desk")));
     std::fs::write(&path, toml::to_string(&q.config).unwrap()).unwrap();
     let cli = |args: &[&str]| {
@@ -899,8 +886,7 @@ async fn reference_desk_cli_lists_accepts_replies_and_closes() {
     let c1 = &key("c1");
     let (ok, out) = cli(&["accept", c1]).await;
     assert!(ok && out.contains("accept"), "{out}");
-    let (ok, out) = cli(&["reply", c1, "On it!", "--broker", &broker_url]).await;
-    assert!(ok && out.contains("sent"), "{out}");
+    // `reply` goes through an ingestion node: benches/tests/agent_desk.rs.
     let (ok, out) = cli(&["close", c1]).await;
     assert!(ok, "{out}");
     wait_for("the close", || {
@@ -911,31 +897,5 @@ async fn reference_desk_cli_lists_accepts_replies_and_closes() {
     let (ok, out) = cli(&["close", "acme/whatsapp/nobody"]).await;
     assert!(!ok && out.contains("holds no conversation"), "{out}");
 
-    // The reply entered the pipeline as an OUTBOUND message.
-    let (bootstrap, topic) = (
-        q.config.kafka.bootstrap_servers.clone(),
-        q.config.messages_topic.clone(),
-    );
-    let replies = tokio::task::spawn_blocking(move || {
-        testkit::read_topic(&bootstrap, &topic, Duration::from_secs(30), |r| {
-            r.iter().any(|m| {
-                Envelope::decode(m.payload().unwrap()).unwrap().direction()
-                    == switchboard_proto::v1::Direction::Outbound
-                    && m.key() == Some(key("c1").as_bytes())
-                    && matches!(
-                        Envelope::decode(m.payload().unwrap()).unwrap().content,
-                        Some(Content::Text(_))
-                    )
-            })
-        })
-    })
-    .await
-    .unwrap();
-    assert!(replies.iter().any(|m| {
-        matches!(Envelope::decode(m.payload().unwrap()).unwrap().content,
-            Some(Content::Text(t)) if t.body == "On it!")
-    }));
-    broker_stop.cancel();
-    broker_task.await.unwrap().unwrap();
     q.stop().await;
 }

@@ -11,11 +11,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use switchboard_broker::trace::TraceParent;
-use switchboard_broker::{
-    config::BrokerConfig, publisher::Publisher, testkit, testkit::RecordingBot,
-};
 use switchboard_proto::v1::{Channel, Envelope};
+use switchboard_testkit::{self as testkit, RecordingBot};
 use switchboard_workers::destinations::bot::echo;
 use tokio::{net::TcpListener, process::Child};
 
@@ -55,40 +52,18 @@ async fn killed_worker_loses_nothing() {
         .await
         .unwrap();
 
-    // Publish everything first, through the ingestion node's publisher.
-    let publisher = Publisher::new(
-        BrokerConfig {
-            kafka: kafka.clone(),
-            messages_topic: messages.clone(),
-            ack_timeout: Duration::from_secs(10),
-            ..BrokerConfig::default()
-        }
-        .publisher(),
-    )
-    .unwrap();
-    let mut pending = Vec::new();
-    for i in 0..MESSAGES {
-        let envelope = Envelope {
+    // Publish everything first, as the ingestion node writes it.
+    let envelopes: Vec<Envelope> = (0..MESSAGES)
+        .map(|i| Envelope {
             message_id: format!("m-{i}"),
             ..testkit::inbound_text(
                 Channel::Sms,
                 format!("conv-{}", i % CONVERSATIONS),
                 format!("message {i}"),
             )
-        };
-        pending.push(
-            publisher
-                .enqueue(
-                    &envelope,
-                    TraceParent::root(),
-                    publisher.permit().await.unwrap(),
-                )
-                .unwrap(),
-        );
-    }
-    for p in pending {
-        p.wait().await.unwrap();
-    }
+        })
+        .collect();
+    testkit::publish_envelopes(&kafka, &messages, &envelopes).await;
 
     // A slow bot, so the first worker is surely mid-stream when killed.
     let bot = RecordingBot::with_delay(Duration::from_millis(5));

@@ -15,7 +15,7 @@ use rdkafka::{
     message::{Headers, OwnedMessage},
     producer::{FutureProducer, FutureRecord},
 };
-use switchboard_broker::testkit;
+use switchboard_testkit as testkit;
 use switchboard_workers::{config::WorkersConfig, destinations::topics::headers};
 
 fn replay(config: &std::path::Path, args: &[&str]) -> String {

@@ -13,8 +13,9 @@ use rdkafka::{
     message::OwnedMessage,
     producer::{FutureProducer, FutureRecord},
 };
-use switchboard_broker::{shutdown::Shutdown, testkit};
 use switchboard_proto::v1::{Channel, Envelope};
+use switchboard_runtime::shutdown::Shutdown;
+use switchboard_testkit as testkit;
 use switchboard_workers::{
     agents::config::AgentsConfig, config::WorkersConfig, consumer::Worker, router::Router,
 };

@@ -7,7 +7,7 @@ use switchboard_benches::{
     loadgen::{self, LoadOptions, Rpc, SinkSpec, Target, plot, sink::SinkFormat},
     scenarios::{self, ScenarioReport},
 };
-use switchboard_broker::kafka::KafkaConfig;
+use switchboard_runtime::kafka::KafkaConfig;
 
 /// Sends conversations to an ingestion node and reports throughput and
 /// latency (HDR percentiles, per second), optionally end to end. Each
@@ -176,7 +176,7 @@ impl ScenarioArgs {
 }
 
 async fn run_scenario(scenario: Scenario, output: &Output) -> anyhow::Result<()> {
-    let _telemetry = switchboard_broker::telemetry::init("switchboard-bench");
+    let _telemetry = switchboard_runtime::telemetry::init("switchboard-bench");
     let report: ScenarioReport = match scenario {
         Scenario::Ingest {
             common,

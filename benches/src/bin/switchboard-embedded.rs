@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use clap::Parser;
 use switchboard_benches::embedded::{Embedded, EmbeddedConfig, log_traffic};
-use switchboard_broker::{shutdown, telemetry};
+use switchboard_runtime::{shutdown, telemetry};
 
 /// Runs an ingestion node, routing workers, a demo echo bot and a traffic
 /// log on librdkafka's IN-MEMORY mock cluster. Nothing is persisted; this
@@ -45,7 +45,8 @@ async fn main() -> anyhow::Result<()> {
     let stop = shutdown::Shutdown::new();
     shutdown::on_signals(stop.clone());
     telemetry::install_metrics(args.metrics_addr).map_err(anyhow::Error::msg)?;
-    switchboard_workers::describe_metrics();
+    switchboard_broker::metrics::describe();
+    switchboard_workers::metrics::describe();
     let starting = Embedded::start(EmbeddedConfig {
         grpc_addr: args.grpc_addr,
         bot_addr: args.bot_addr,

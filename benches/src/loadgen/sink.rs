@@ -19,8 +19,8 @@ use rdkafka::{
     Message as _, Offset, TopicPartitionList,
     consumer::{BaseConsumer, Consumer, StreamConsumer},
 };
-use switchboard_broker::kafka::KafkaConfig;
 use switchboard_proto::v1::{AnalyticsRecord, Envelope};
+use switchboard_runtime::kafka::KafkaConfig;
 use tokio_util::sync::CancellationToken;
 
 use super::{

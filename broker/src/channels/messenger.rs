@@ -269,6 +269,11 @@ impl Scope {
         }
         envelope
     }
+
+    /// Emits an envelope of this event as it is.
+    fn emit(&self, ctx: &mut Ctx<'_>, direction: Direction, id: String, content: Content) {
+        ctx.emit(&self.path, self.envelope(direction, id, content));
+    }
 }
 
 fn normalize_event(
@@ -314,12 +319,12 @@ fn normalize_event(
         }
         EventKind::Unknown => {
             let name = unknown_event_name(source.raw);
-            let envelope = scope.envelope(
+            scope.emit(
+                ctx,
                 Direction::Inbound,
                 scope.event_id(&name),
                 Content::Unsupported(Unsupported { r#type: name }),
             );
-            ctx.emit(&scope.path, envelope);
         }
     }
     Ok(())
@@ -392,14 +397,14 @@ fn message(
         Direction::Inbound
     };
     if message.is_deleted == Some(true) {
-        let envelope = scope.envelope(
+        scope.emit(
+            ctx,
             direction,
             format!("{mid}:deleted"),
             Content::Deletion(Deletion {
                 target_message_id: mid.to_owned(),
             }),
         );
-        ctx.emit(&scope.path, envelope);
         return;
     }
     let content = message_content(ctx, message, at);
@@ -543,8 +548,7 @@ fn reaction(ctx: &mut Ctx<'_>, scope: &Scope, reaction: &ReactionBody, at: &Json
         emoji,
         removed,
     });
-    let envelope = scope.envelope(Direction::Inbound, id, content);
-    ctx.emit(&scope.path, envelope);
+    scope.emit(ctx, Direction::Inbound, id, content);
 }
 
 /// One delivered receipt per `mids[]` entry, or one for the watermark alone.
@@ -622,8 +626,7 @@ fn receipt(
         errors: Vec::new(),
         watermark,
     });
-    let envelope = scope.envelope(Direction::Outbound, id, content);
-    ctx.emit(&scope.path, envelope);
+    scope.emit(ctx, Direction::Outbound, id, content);
 }
 
 fn handover(
@@ -644,6 +647,5 @@ fn handover(
         metadata: ctx.text(&at.key("metadata"), body.metadata.as_deref()),
     });
     let id = scope.event_id(name);
-    let envelope = scope.envelope(Direction::Outbound, id, content);
-    ctx.emit(&scope.path, envelope);
+    scope.emit(ctx, Direction::Outbound, id, content);
 }

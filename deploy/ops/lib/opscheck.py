@@ -13,7 +13,7 @@
 
 Prints "WARN: ..." for findings that are not failures; exits non-zero on failure.
 Metric names "the code exports" are the "switchboard_..." string literals in
-broker/src, workers/src and benches/src; names passed to histogram!() also
+runtime/src, broker/src, workers/src and benches/src; names passed to histogram!() also
 allow the _bucket/_sum/_count series.
 PyYAML and jsonschema come from deploy/ops/.tools/venv (tools.sh).
 """
@@ -29,7 +29,7 @@ import tomllib
 
 ROOT = pathlib.Path(__file__).resolve().parents[3]
 DEPLOY = ROOT / "deploy"
-RUST_SOURCES = [ROOT / "broker/src", ROOT / "workers/src", ROOT / "benches/src"]
+RUST_SOURCES = [ROOT / "runtime/src", ROOT / "broker/src", ROOT / "workers/src", ROOT / "benches/src"]
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 # Series Prometheus makes itself that our rules and dashboards may use.
 PROMETHEUS_SERIES = {"up"}

@@ -7,12 +7,12 @@ use std::{collections::BTreeMap, time::Duration};
 
 use prost::Message as _;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use switchboard_broker::kafka::KafkaConfig;
 use switchboard_proto::v1::{
     AgentEvent, AssignmentEvent, Channel, ConversationAction, Direction, Envelope, MessageTag,
     QueueEvent, Text, agent_event::Change, assignment_event::Event, conversation_action::Action,
     envelope::Content, queue_event,
 };
+use switchboard_runtime::kafka::KafkaConfig;
 
 use crate::config::WorkersConfig;
 

@@ -19,30 +19,14 @@ use switchboard_proto::v1::{
     conversation_control::Action as Control, envelope::Content, queue_event, queue_output::Output,
 };
 
-use super::{config::QueueConfig, metrics::QueueMetrics};
+use super::{
+    config::QueueConfig,
+    metrics::{Move, QueueMetrics},
+};
 use crate::rules::Calendar;
 
 /// Moved conversations are remembered this long, to send stragglers on.
 const MOVED_MEMORY_MS: i64 = 3_600_000;
-
-/// Why a waiting conversation moved to another queue.
-#[derive(Debug, Clone, Copy)]
-pub enum Move {
-    /// It waited longer than `overflow_after`.
-    Overflow,
-    /// The queue was closed.
-    AfterHours,
-}
-
-impl Move {
-    /// The metric label.
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::Overflow => "overflow",
-            Self::AfterHours => "after_hours",
-        }
-    }
-}
 
 /// A queue's settings, compiled once.
 #[derive(Debug)]

@@ -3,7 +3,24 @@
 use metrics::{Counter, Gauge, Histogram};
 use switchboard_proto::v1::{AssignmentOutcome, UnassignReason};
 
-use super::engine::Move;
+/// Why a waiting conversation moved to another queue.
+#[derive(Debug, Clone, Copy)]
+pub enum Move {
+    /// It waited longer than `overflow_after`.
+    Overflow,
+    /// The queue was closed.
+    AfterHours,
+}
+
+impl Move {
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Overflow => "overflow",
+            Self::AfterHours => "after_hours",
+        }
+    }
+}
 
 /// One queue's metric handles; the `queue` label is the queue's name if
 /// configured, else `other`.

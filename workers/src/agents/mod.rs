@@ -33,11 +33,12 @@
 //!
 //! Layout: [`config`] (topics, queues, policies), [`engine`] (one queue's
 //! state and policies, no I/O), [`service`] (the consume loop, snapshots,
-//! rebuild), [`metrics`], [`desk`] (the agent desk client behind
-//! `switchboard-desk`).
+//! rebuild), [`metrics`], [`desk`] (the agent desk client), [`desk_cli`]
+//! (the `switchboard-desk` command line on top of it).
 
 pub mod config;
 pub mod desk;
+pub mod desk_cli;
 pub mod engine;
 mod metrics;
 pub mod service;

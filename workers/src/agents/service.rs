@@ -35,10 +35,14 @@ use prost::Message as _;
 use rdkafka::{
     Message, TopicPartitionList,
     consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer},
-    message::{Header, OwnedHeaders, OwnedMessage},
+    message::OwnedMessage,
 };
-use switchboard_broker::{kafka::KafkaConfig, shutdown::Shutdown};
 use switchboard_proto::v1::{QueueEvent, QueueOutput, QueueSnapshot, queue_output::Output};
+use switchboard_runtime::{
+    kafka::KafkaConfig,
+    retry::{self, Backoff},
+    shutdown::Shutdown,
+};
 
 use super::{
     config::AgentsConfig,
@@ -48,7 +52,7 @@ use crate::{
     config::WorkersConfig,
     destinations::{
         DestinationError,
-        topics::{QUEUE_SNAPSHOT_BUDGET_BYTES, TopicOutputs},
+        topics::{QUEUE_SNAPSHOT_BUDGET_BYTES, TopicOutputs, headers},
     },
     router::Interrupted,
 };
@@ -170,7 +174,7 @@ impl QueueStage {
         consumer.subscribe(&[&config.agent_queue_topic])?;
         Ok(Self {
             consumer,
-            outputs: TopicOutputs::new(config)?,
+            outputs: TopicOutputs::new(&config.outputs())?,
             agents: config.agents.clone(),
             kafka: config.kafka.clone(),
             topic: config.agent_queue_topic.clone(),
@@ -379,27 +383,7 @@ impl QueueStage {
     ) -> Result<(), Interrupted> {
         tracing::error!(%error, "a queue stage output refused for good; sent to the dead-letter topic");
         let message = error.to_string();
-        let headers = [
-            (
-                crate::destinations::topics::headers::ERROR,
-                message.as_str(),
-            ),
-            (
-                crate::destinations::topics::headers::DESTINATION,
-                error.kind,
-            ),
-            (
-                crate::destinations::topics::headers::ORIGINAL_TOPIC,
-                self.topic.as_str(),
-            ),
-        ]
-        .into_iter()
-        .fold(OwnedHeaders::new(), |h, (key, value)| {
-            h.insert(Header {
-                key,
-                value: Some(value),
-            })
-        });
+        let headers = headers::of_dead_letter(&message, error.kind, &self.topic);
         let payload = output.encode_to_vec();
         if let Err(e) = retrying(stop, || {
             self.outputs
@@ -419,30 +403,13 @@ impl QueueStage {
             Some(Output::Control(envelope)) => self.outputs.message(envelope).await,
             Some(Output::Moved(event)) => {
                 self.outputs
-                    .queue_event(event, &switchboard_broker::trace::TraceParent::root())
+                    .queue_event(event, &switchboard_runtime::trace::TraceParent::root())
                     .await
             }
             Some(Output::Refused(task)) => {
                 let envelope = task.envelope.clone().unwrap_or_default();
                 let destination = format!("agent:{}", task.queue);
-                let headers = [
-                    (crate::destinations::topics::headers::ERROR, "queue full"),
-                    (
-                        crate::destinations::topics::headers::DESTINATION,
-                        destination.as_str(),
-                    ),
-                    (
-                        crate::destinations::topics::headers::ORIGINAL_TOPIC,
-                        self.topic.as_str(),
-                    ),
-                ]
-                .into_iter()
-                .fold(OwnedHeaders::new(), |h, (key, value)| {
-                    h.insert(Header {
-                        key,
-                        value: Some(value),
-                    })
-                });
+                let headers = headers::of_dead_letter("queue full", &destination, &self.topic);
                 self.outputs
                     .raw(
                         &self.dlq_topic,
@@ -511,29 +478,22 @@ impl From<Interrupted> for FlushError {
 /// or `stop` fires; a fatal error is returned.
 async fn retrying<F, Fut>(
     stop: &Shutdown,
-    mut attempt: F,
+    attempt: F,
 ) -> Result<Result<(), DestinationError>, Interrupted>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<(), DestinationError>>,
 {
-    let mut delay = Duration::from_millis(100);
-    loop {
-        let result = tokio::select! {
-            r = attempt() => r,
-            _ = stop.cancelled() => return Err(Interrupted),
-        };
-        match result {
-            Ok(()) => return Ok(Ok(())),
-            Err(e) if !e.retryable => return Ok(Err(e)),
-            Err(e) => tracing::warn!(error = %e, retry_in = ?delay, "queue stage write failed"),
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = stop.cancelled() => return Err(Interrupted),
-        }
-        delay = (delay * 2).min(Duration::from_secs(5));
-    }
+    let outcome = retry::retry(
+        Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
+        stop,
+        |e: &DestinationError| e.retryable,
+        |error, _, wait| tracing::warn!(%error, retry_in = ?wait, "queue stage write failed"),
+        attempt,
+    )
+    .await
+    .map_err(|retry::Cancelled| Interrupted)?;
+    Ok(outcome.map_err(|(error, _)| error))
 }
 
 /// The latest snapshot of every queue of `queue_topic` in `partitions`. Blocking.

@@ -10,6 +10,44 @@
 pub mod bot;
 pub mod topics;
 
+/// The kinds of destination, for the `kind` label of destination metrics.
+#[derive(Debug, Clone, Copy)]
+pub enum DestinationKind {
+    Bot,
+    Agent,
+    Analytics,
+    Outbound,
+    Dlq,
+    State,
+    Rejections,
+}
+
+impl DestinationKind {
+    /// Every kind, for metric labels.
+    pub const ALL: [Self; 7] = [
+        Self::Bot,
+        Self::Agent,
+        Self::Analytics,
+        Self::Outbound,
+        Self::Dlq,
+        Self::State,
+        Self::Rejections,
+    ];
+
+    /// The `kind` metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Bot => "bot",
+            Self::Agent => "agent",
+            Self::Analytics => "analytics",
+            Self::Outbound => "outbound",
+            Self::Dlq => "dlq",
+            Self::State => "state",
+            Self::Rejections => "rejections",
+        }
+    }
+}
+
 /// A failed delivery.
 #[derive(Debug, thiserror::Error)]
 #[error("{kind} destination {name:?} failed: {message}")]

@@ -3,7 +3,7 @@
 //! the conversation state topic.
 //!
 //! All are written with the ingestion node's producer settings
-//! ([`KafkaConfig::producer_config`](switchboard_broker::kafka::KafkaConfig::producer_config)),
+//! ([`KafkaConfig::producer_config`](switchboard_runtime::kafka::KafkaConfig::producer_config)),
 //! so a delivery counts only once Kafka has it.
 
 use std::time::Duration;
@@ -16,14 +16,15 @@ use rdkafka::{
     types::RDKafkaErrorCode,
 };
 use switchboard_proto::v1::{
-    AnalyticsRecord, AssignmentEvent, ConversationState, Envelope, QueueEvent, QueueSnapshot,
-    Rejection,
+    AnalyticsRecord, AssignmentEvent, Channel, ConversationState, Envelope, QueueEvent,
+    QueueSnapshot, Rejection,
+};
+use switchboard_runtime::{
+    kafka::KafkaConfig,
+    trace::{TRACEPARENT, TraceParent},
 };
 
-use switchboard_broker::trace::{TRACEPARENT, TraceParent};
-
 use super::DestinationError;
-use crate::{config::WorkersConfig, router::Source};
 
 /// A message that could not be delivered, for the dead-letter topic.
 pub struct DeadLetter<'a> {
@@ -58,6 +59,28 @@ pub mod headers {
     pub const ORIGINAL_PARTITION: &str = "switchboard-original-partition";
     /// Offset the message was read from.
     pub const ORIGINAL_OFFSET: &str = "switchboard-original-offset";
+
+    /// The headers of a dead letter that has no source offset (the queue
+    /// stage's): why, which destination, and the topic it came from.
+    pub fn of_dead_letter(
+        error: &str,
+        destination: &str,
+        original_topic: &str,
+    ) -> rdkafka::message::OwnedHeaders {
+        use rdkafka::message::{Header, OwnedHeaders};
+        [
+            (ERROR, error),
+            (DESTINATION, destination),
+            (ORIGINAL_TOPIC, original_topic),
+        ]
+        .into_iter()
+        .fold(OwnedHeaders::new(), |h, (key, value)| {
+            h.insert(Header {
+                key,
+                value: Some(value),
+            })
+        })
+    }
 }
 
 /// Largest queue snapshot, in bytes (also the queue-state topic's
@@ -122,13 +145,59 @@ fn traced(trace: &TraceParent) -> OwnedHeaders {
     })
 }
 
+/// Where a message was read from.
+#[derive(Debug, Clone, Copy)]
+pub struct Source<'a> {
+    /// Topic.
+    pub topic: &'a str,
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// This worker's span of the message's trace, sent on to bots and in
+    /// the headers of everything written for the message.
+    pub trace: TraceParent,
+}
+
+/// The topics the workers write to: the `TopicOutputs`' own section of
+/// the workers' configuration.
+#[derive(Debug, Clone)]
+pub struct TopicsConfig {
+    /// How to reach Kafka.
+    pub kafka: KafkaConfig,
+    /// Agent tasks and queue events, keyed by queue.
+    pub agent_queue_topic: String,
+    /// Every message with its route decision.
+    pub analytics_topic: String,
+    /// Messages that could not be delivered or decoded.
+    pub dlq_topic: String,
+    /// Outbound messages go to `<prefix>.<channel>`.
+    pub outbound_topic_prefix: String,
+    /// Compacted conversation states.
+    pub state_topic: String,
+    /// Outbound messages refused by consent rules.
+    pub rejections_topic: String,
+    /// Canonical envelopes (agents' replies enter here).
+    pub messages_topic: String,
+    /// Assignment events for desks.
+    pub assignments_topic: String,
+    /// Compacted queue snapshots.
+    pub queue_state_topic: String,
+}
+
+/// The outbound topic of `channel`: `<prefix>.<channel slug>`.
+pub fn outbound_topic(prefix: &str, channel: Channel) -> String {
+    format!("{prefix}.{}", channel.slug())
+}
+
 /// The producer and topic names of the Kafka-topic destinations.
 pub struct TopicOutputs {
     producer: FutureProducer,
     agent_queue_topic: String,
     analytics_topic: String,
     dlq_topic: String,
-    outbound_topic_prefix: String,
+    /// One per channel, indexed by the channel's value.
+    outbound_topics: Vec<String>,
     state_topic: String,
     rejections_topic: String,
     messages_topic: String,
@@ -138,7 +207,7 @@ pub struct TopicOutputs {
 
 impl TopicOutputs {
     /// Creates the producer.
-    pub fn new(config: &WorkersConfig) -> anyhow::Result<Self> {
+    pub fn new(config: &TopicsConfig) -> anyhow::Result<Self> {
         let producer = config
             .kafka
             .producer_config(&[
@@ -153,12 +222,15 @@ impl TopicOutputs {
             agent_queue_topic: config.agent_queue_topic.clone(),
             analytics_topic: config.analytics_topic.clone(),
             dlq_topic: config.dlq_topic.clone(),
-            outbound_topic_prefix: config.outbound_topic_prefix.clone(),
+            outbound_topics: Channel::ALL
+                .iter()
+                .map(|c| outbound_topic(&config.outbound_topic_prefix, *c))
+                .collect(),
             state_topic: config.state_topic.clone(),
             rejections_topic: config.rejections_topic.clone(),
             messages_topic: config.messages_topic.clone(),
-            assignments_topic: config.agents.assignments_topic.clone(),
-            queue_state_topic: config.agents.queue_state_topic.clone(),
+            assignments_topic: config.assignments_topic.clone(),
+            queue_state_topic: config.queue_state_topic.clone(),
         })
     }
 
@@ -240,15 +312,12 @@ impl TopicOutputs {
         envelope: &Envelope,
         trace: &TraceParent,
     ) -> Result<(), DestinationError> {
-        let topic = format!(
-            "{}.{}",
-            self.outbound_topic_prefix,
-            envelope.channel().slug()
-        );
+        // `Channel::ALL` is in value order, so a channel is its own index.
+        let topic = &self.outbound_topics[envelope.channel() as usize];
         let key = envelope.conversation_key();
         self.send(
             "outbound",
-            &topic,
+            topic,
             &key,
             &envelope.encode_to_vec(),
             traced(trace),

@@ -5,8 +5,8 @@ use std::time::Instant;
 use dashmap::DashMap;
 use prost::Message as _;
 use rdkafka::error::KafkaResult;
-use switchboard_broker::kafka::KafkaConfig;
 use switchboard_proto::v1::ConversationState;
+use switchboard_runtime::kafka::KafkaConfig;
 
 /// The states of one partition's conversations.
 #[derive(Debug, Default)]

@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use switchboard_broker::trace::{TRACEPARENT, TraceParent};
 use switchboard_proto::v1::{BotRequest, BotResponse, bot_client::BotClient};
+use switchboard_runtime::trace::{TRACEPARENT, TraceParent};
 use tonic::{Code, transport::Channel};
 
 use super::CallError;

@@ -15,8 +15,8 @@
 use std::time::Duration;
 
 use reqwest::{StatusCode, header};
-use switchboard_broker::trace::{TRACEPARENT, TraceParent};
 use switchboard_proto::v1::{BotRequest, BotResponse};
+use switchboard_runtime::trace::{TRACEPARENT, TraceParent};
 
 use super::CallError;
 

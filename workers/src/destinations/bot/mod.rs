@@ -12,8 +12,8 @@ pub mod echo;
 mod grpc;
 mod http;
 
-use switchboard_broker::trace::TraceParent;
 use switchboard_proto::v1::{BotRequest, BotResponse};
+use switchboard_runtime::trace::TraceParent;
 
 pub use config::{BotConfig, BotProtocol};
 

@@ -1,4 +1,5 @@
-//! Helpers for integration tests against Kafka (feature `testkit`).
+//! Switchboard's test helpers on Kafka: a dev-dependency of the stages' crates
+//! (never of their binaries); the benchmark scenarios use its recording bot.
 //!
 //! Tests that need the real local Kafka read its address from
 //! `SWITCHBOARD_TEST_KAFKA` (set by `deploy/test.sh`) and use random topic
@@ -20,7 +21,7 @@ use switchboard_proto::v1::{
     envelope::Content,
 };
 
-use crate::kafka::KafkaConfig;
+use switchboard_runtime::kafka::KafkaConfig;
 
 /// The real Kafka's bootstrap address. Panics with instructions when unset.
 pub fn real_kafka() -> String {
@@ -61,6 +62,48 @@ pub fn text_of(envelope: &Envelope) -> &str {
     match &envelope.content {
         Some(Content::Text(t)) => &t.body,
         _ => "",
+    }
+}
+
+/// Writes `envelopes` to `topic` in order, as the ingestion node does
+/// (keyed by conversation, with the `content-type` and `message-id`
+/// headers), and waits until Kafka has them all: a backlog for a worker
+/// test, without an ingestion node.
+pub async fn publish_envelopes(kafka: &KafkaConfig, topic: &str, envelopes: &[Envelope]) {
+    use prost::Message as _;
+    use rdkafka::{
+        message::{Header, OwnedHeaders},
+        producer::{FutureProducer, FutureRecord},
+    };
+    let producer: FutureProducer = kafka
+        .producer_config(&[("linger.ms", "5")])
+        .create()
+        .expect("test producer");
+    let mut acks = Vec::with_capacity(envelopes.len());
+    for envelope in envelopes {
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "content-type",
+                value: Some(switchboard_proto::ENVELOPE_CONTENT_TYPE),
+            })
+            .insert(Header {
+                key: "message-id",
+                value: Some(envelope.message_id.as_str()),
+            });
+        let (key, payload) = (envelope.conversation_key(), envelope.encode_to_vec());
+        let record = FutureRecord::to(topic)
+            .key(&key)
+            .payload(&payload)
+            .headers(headers);
+        acks.push(
+            producer
+                .send_result(record)
+                .map_err(|(e, _)| e)
+                .expect("queued"),
+        );
+    }
+    for ack in acks {
+        ack.await.expect("delivered").expect("acknowledged");
     }
 }
 
@@ -233,7 +276,7 @@ impl Bot for RecordingBot {
     ) -> Result<tonic::Response<BotResponse>, tonic::Status> {
         let traceparent = request
             .metadata()
-            .get(crate::trace::TRACEPARENT)
+            .get(switchboard_runtime::trace::TRACEPARENT)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         self.traceparents.lock().expect("lock").push(traceparent);
