@@ -78,18 +78,39 @@ impl KafkaConfig {
     pub fn partition_count(&self, topic: &str) -> anyhow::Result<usize> {
         use rdkafka::consumer::{BaseConsumer, Consumer};
         let consumer: BaseConsumer = self.client_config(&[]).create()?;
-        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-        let topic_metadata = metadata
-            .topics()
-            .first()
-            .ok_or_else(|| anyhow::anyhow!("no metadata for topic {topic}"))?;
-        if let Some(e) = topic_metadata.error() {
-            anyhow::bail!(
-                "topic {topic}: {}",
-                rdkafka::types::RDKafkaErrorCode::from(e)
+        // A new topic's leaders take a moment to be elected, longer on a
+        // busy cluster: transient answers are asked again for a while.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let code = match consumer.fetch_metadata(Some(topic), Duration::from_secs(10)) {
+                Ok(metadata) => {
+                    let topic_metadata = metadata
+                        .topics()
+                        .first()
+                        .ok_or_else(|| anyhow::anyhow!("no metadata for topic {topic}"))?;
+                    match topic_metadata.error() {
+                        None => return Ok(topic_metadata.partitions().len()),
+                        Some(e) => RDKafkaErrorCode::from(e),
+                    }
+                }
+                Err(e) => match e.rdkafka_error_code() {
+                    Some(code) => code,
+                    None => return Err(e.into()),
+                },
+            };
+            let transient = is_transient(code)
+                || matches!(
+                    code,
+                    RDKafkaErrorCode::NotLeaderForPartition
+                        | RDKafkaErrorCode::UnknownTopicOrPartition
+                );
+            anyhow::ensure!(
+                transient && Instant::now() < deadline,
+                "topic {topic}: {code}"
             );
+            tracing::debug!(topic, %code, "topic metadata not ready yet");
+            std::thread::sleep(Duration::from_millis(200));
         }
-        Ok(topic_metadata.partitions().len())
     }
 
     /// Waits until a broker answers a metadata request, or `deadline`.
