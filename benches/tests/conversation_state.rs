@@ -85,7 +85,10 @@ async fn bot_hands_off_to_a_human_and_gets_the_conversation_back() {
     let mut config = PipelineConfig::isolated(testkit::kafka_config(&bootstrap, 4), "test.handoff");
     config.bot_name = "helper".into();
     // Queues are per tenant, and a name no config knows goes to the default.
-    config.agents.queues.insert("vip".into(), Default::default());
+    config
+        .agents
+        .queues
+        .insert("vip".into(), Default::default());
     let rules = rules_file("handoff-rules", "default = [{ bot = \"helper\" }]\n");
     config.rules_file = Some(rules.clone());
     config.create_topics().await.unwrap();
@@ -113,7 +116,10 @@ async fn bot_hands_off_to_a_human_and_gets_the_conversation_back() {
     let agents = config.agent_queue_topic.clone();
     let tasks = read(&bootstrap, &agents, |r| r.len() >= 2).await;
     let handoff = testkit::agent_task(tasks[0].payload().unwrap());
-    assert_eq!(handoff.queue, "acme/vip", "the bot's handoff queue, the tenant's own");
+    assert_eq!(
+        handoff.queue, "acme/vip",
+        "the bot's handoff queue, the tenant's own"
+    );
     assert_eq!(
         text_of(handoff.envelope.as_ref().unwrap()),
         "human please",
