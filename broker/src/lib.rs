@@ -15,6 +15,7 @@
 //! - [`publisher`]: the bounded Kafka producer behind every RPC.
 //! - [`service`]: the `switchboard.v1.Ingest` gRPC service.
 //! - [`server`]: the gRPC server (with health and reflection) and its lifecycle.
+//! - [`shed`]: the per-connection call limit, whose refusals are counted.
 //! - [`error`]: typed errors, sorted into retryable and fatal, mapped to gRPC codes.
 //! - [`trace`]: W3C `traceparent` carried from gRPC through Kafka headers.
 //! - [`telemetry`], [`shutdown`]: logs, Prometheus metrics and the one
@@ -32,6 +33,7 @@ pub mod kafka;
 pub mod publisher;
 pub mod server;
 pub mod service;
+pub mod shed;
 pub mod shutdown;
 pub mod telemetry;
 #[cfg(feature = "testkit")]

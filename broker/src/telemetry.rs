@@ -167,6 +167,10 @@ fn describe() {
         "Publishes waiting for a Kafka ack."
     );
     describe_counter!(
+        "switchboard_ingest_calls_shed_total",
+        "Calls refused with RESOURCE_EXHAUSTED before they were read, because their client connection already had max_calls_per_connection calls in flight."
+    );
+    describe_counter!(
         "switchboard_worker_records_total",
         "Records consumed by the routing workers, by outcome (routed, poison)."
     );
@@ -326,6 +330,7 @@ fn zero_known_series() {
     }
     metrics::counter!("switchboard_ingest_kafka_errors_total").absolute(0);
     metrics::counter!("switchboard_ingest_dedupe_hits_total").absolute(0);
+    metrics::counter!("switchboard_ingest_calls_shed_total").absolute(0);
     metrics::counter!("switchboard_ingest_producer_replaced_total").absolute(0);
 }
 
