@@ -2,7 +2,7 @@
 # Runs Switchboard's whole test suite against a real Apache Kafka:
 #   1. starts the local Kafka (deploy/kafka/start.sh; fetched from Maven Central on first use),
 #   2. runs every Rust test, including those marked #[ignore] because they need real Kafka,
-#   3. runs the interop checks (Python grpcio and grpcurl clients),
+#   3. runs the interop checks (Python grpcio, Go grpc-go and grpcurl clients),
 #   4. runs the operations checks (a real Prometheus scraping both binaries, alert
 #      rules and their unit tests, dashboards, Kubernetes and compose validation),
 #   5. stops Kafka again if this script started it.
@@ -33,7 +33,7 @@ echo "test: cargo test (all tiers)" >&2
 cargo test --workspace --no-fail-fast "$@" -- --include-ignored
 
 if [[ -x interop/run.sh && $# -eq 0 ]]; then
-  echo "test: interop checks (Python grpcio, grpcurl)" >&2
+  echo "test: interop checks (Python grpcio, Go grpc-go, grpcurl)" >&2
   interop/run.sh
 fi
 if [[ -x deploy/ops/check.sh && $# -eq 0 ]]; then

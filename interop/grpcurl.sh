@@ -72,5 +72,19 @@ else
   fail "invalid Publish (rc=$rc): $out"
 fi
 
+# 6. PublishBatch with -d JSON: one result per envelope, in order; the envelope
+#    without content fails alone with its field path, and its conversation's
+#    later envelope is ABORTED (code 10) naming it.
+batch_env() { echo "{\"tenantId\":\"interop-grpcurl\",\"channel\":\"WEBCHAT\",\"direction\":\"INBOUND\",\"conversationId\":\"$run_id-$1\"$2}"; }
+g -emit-defaults -d "{\"envelopes\":[$(batch_env a ',"text":{"body":"a0"}'),$(batch_env a ''),$(batch_env b ',"text":{"body":"b0"}'),$(batch_env a ',"text":{"body":"a2"}')]}" \
+  "$ADDR" switchboard.v1.Ingest/PublishBatch
+if [[ $rc -eq 0 ]] && [[ "$(grep -c '"messageId": "[0-9a-f-]\{36\}"' <<<"$out")" == 2 ]] \
+   && grep -q '"envelopes\[1\].content"' <<<"$out" && grep -q '"code": 10' <<<"$out" \
+   && grep -q '"envelopes\[1\]"' <<<"$out" && grep -q '"failedCount": 2' <<<"$out"; then
+  ok "PublishBatch with -d JSON: 2 published, INVALID_ARGUMENT envelopes[1].content, then ABORTED"
+else
+  fail "PublishBatch with -d JSON (rc=$rc)"
+fi
+
 echo "$passed passed, $failed failed"
 [[ $failed -eq 0 ]]

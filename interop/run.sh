@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# Interop checks against a real switchboard-embedded: a Python grpcio client and grpcurl.
+# Interop checks against a real switchboard-embedded: a Python grpcio client, a Go
+# grpc-go client and grpcurl.
 #
 #   interop/run.sh                                              # builds the server with cargo
 #   SWITCHBOARD_EMBEDDED_BIN=/path/to/switchboard-embedded interop/run.sh
 #
-# Sets up interop/.venv (pinned, see python/requirements.txt) and interop/bin/grpcurl
-# when missing, starts the server on free 127.0.0.1 ports, runs python/client.py and
-# grpcurl.sh, always stops the server, and exits non-zero if anything failed.
+# Sets up interop/.venv (pinned, see python/requirements.txt), interop/bin/grpcurl and
+# the Go client (go.sh --build-only: protoc-gen-go and protoc-gen-go-grpc pinned and
+# `go install`ed, code generated with the venv's protoc, dependencies pinned in
+# go/go.sum) when missing, starts the server on free 127.0.0.1 ports, runs
+# python/client.py, go.sh and grpcurl.sh, always stops the server, and exits non-zero
+# if anything failed.
 #
 # Env (all optional): SWITCHBOARD_EMBEDDED_BIN, PYTHON (for the venv, default python3),
 # GRPCURL, INTEROP_STARTUP_TIMEOUT (s, 60), INTEROP_CHECK_TIMEOUT (s, 180),
@@ -91,6 +95,9 @@ PY="$VENV/bin/python"
 GRPCURL="$("$HERE/install-grpcurl.sh")"
 export GRPCURL
 log "grpcurl: $GRPCURL ($("$GRPCURL" -version 2>&1))"
+
+log "Go client: fetching, generating and building (go.sh --build-only)"
+PYTHON="$PY" "$HERE/go.sh" --build-only
 
 # --- server binary --------------------------------------------------------------
 if [[ -n "${SWITCHBOARD_EMBEDDED_BIN:-}" ]]; then
@@ -194,6 +201,7 @@ run_suite() {
 }
 
 run_suite python "$PY" -u "$HERE/python/client.py" "$ADDR"
+run_suite go env PYTHON="$PY" "$HERE/go.sh" "$ADDR"
 run_suite grpcurl "$HERE/grpcurl.sh" "$ADDR"
 
 if kill -0 "$server_pid" 2>/dev/null; then

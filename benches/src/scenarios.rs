@@ -234,6 +234,7 @@ fn load(rpc: Rpc, conversations: u64, payload_bytes: usize) -> LoadOptions {
         rpc,
         rate: None,
         concurrency: 64,
+        batch_size: 100,
         connections: 4,
         conversations,
         tenants: 1,

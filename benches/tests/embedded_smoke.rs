@@ -41,16 +41,29 @@ async fn load_generator_drives_the_embedded_pipeline() {
         tonic_health::pb::health_check_response::ServingStatus::Serving
     );
 
-    // The load generator, three ways, each watched end to end on the
-    // analytics topic: unary in closed loop, a stream in open loop, and
-    // webhooks of every channel.
+    // The load generator, four ways, each watched end to end on the
+    // analytics topic: unary in closed loop, a stream in open loop,
+    // webhooks of every channel, and batches of 25 in closed loop (with 20
+    // conversations, consecutive batches share conversations, so order
+    // across batches is checked too).
     let bootstrap = embedded.config.kafka.bootstrap_servers.clone();
     let dir = std::env::temp_dir().join(testkit::random_topic("bench-report"));
     std::fs::create_dir_all(&dir).unwrap();
-    let runs: [(&str, &[&str]); 3] = [
+    let runs: [(&str, &[&str]); 4] = [
         ("unary", &["--messages", "200", "--concurrency", "16"]),
         ("stream", &["--messages", "200", "--rate", "400"]),
         ("webhook", &["--duration", "1s", "--rate", "100"]),
+        (
+            "batch",
+            &[
+                "--messages",
+                "210",
+                "--batch-size",
+                "25",
+                "--concurrency",
+                "3",
+            ],
+        ),
     ];
     for (rpc, pace) in runs {
         let (json, markdown, plot) = (
@@ -79,7 +92,11 @@ async fn load_generator_drives_the_embedded_pipeline() {
         );
         let report: serde_json::Value =
             serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
-        let sent = if rpc == "webhook" { 100 } else { 200 };
+        let sent = match rpc {
+            "webhook" => 100,
+            "batch" => 210, // eight full batches and a last one of 10
+            _ => 200,
+        };
         assert_eq!(report["sent"], sent, "{rpc}: {report}");
         assert_eq!(report["acked"], sent, "{rpc}: {report}");
         assert_eq!(report["errors"], serde_json::json!({}), "{rpc}");
@@ -110,19 +127,32 @@ async fn load_generator_drives_the_embedded_pipeline() {
         String::from_utf8_lossy(&output.stderr)
     );
 
-    // All 500 reach analytics through the workers.
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchboard-bench"))
+        .args(["--target", &target, "--rpc", "batch", "--batch-size", "0"])
+        .args(["--messages", "5"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("--batch-size must be at least 1"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    // All 710 reach analytics through the workers.
     let topic = embedded.config.analytics_topic.clone();
     let records = tokio::task::spawn_blocking(move || {
         // Two workers: the second one's join rebalances, so messages in
-        // flight then may be routed twice (at least once). Wait for 500 distinct.
+        // flight then may be routed twice (at least once). Wait for 710 distinct.
         testkit::read_topic(&bootstrap, &topic, Duration::from_secs(60), |r| {
-            testkit::analytics_message_ids(r).len() >= 500
+            testkit::analytics_message_ids(r).len() >= 710
         })
     })
     .await
     .unwrap();
     let ids = testkit::analytics_message_ids(&records);
-    assert_eq!(ids.len(), 500);
+    assert_eq!(ids.len(), 710);
 
     // The echo bot's replies go back into the pipeline, on the channel's outbound topic.
     let bootstrap = embedded.config.kafka.bootstrap_servers.clone();
@@ -132,12 +162,12 @@ async fn load_generator_drives_the_embedded_pipeline() {
         .outbound_topic(Channel::Webchat);
     let replies = tokio::task::spawn_blocking(move || {
         testkit::read_topic(&bootstrap, &outbound, Duration::from_secs(60), |r| {
-            r.len() >= 400
+            r.len() >= 600
         })
     })
     .await
     .unwrap();
-    assert!(replies.len() >= 400, "{} replies", replies.len());
+    assert!(replies.len() >= 600, "{} replies", replies.len());
     for reply in &replies {
         use prost::Message as _;
         use rdkafka::Message as _;

@@ -44,6 +44,13 @@ pub struct BrokerConfig {
     pub max_in_flight_bytes: usize,
     /// Most publishes in flight on one `PublishStream` call.
     pub max_in_flight_per_stream: usize,
+    /// Most envelopes in one `PublishBatch` call; a larger batch is refused
+    /// whole with `INVALID_ARGUMENT`.
+    pub max_batch_messages: usize,
+    /// Largest encoded `PublishBatch` request, in bytes; a larger batch is
+    /// refused whole with `INVALID_ARGUMENT`. The node decodes requests up to
+    /// this size (plus framing), whatever the RPC.
+    pub max_batch_bytes: usize,
     /// Most calls served at once on one client connection (HTTP/2 streams).
     /// More are refused at once with `RESOURCE_EXHAUSTED` (load shedding),
     /// so a flood of calls cannot pile up in the node's memory; a
@@ -60,7 +67,8 @@ pub struct BrokerConfig {
     pub linger: Duration,
     /// Largest accepted encoded envelope, in bytes. gRPC requests are
     /// refused before they are decoded when they are larger than this (or
-    /// than `webhook_limits.max_body_bytes`) plus 64 KiB of framing.
+    /// than `webhook_limits.max_body_bytes` or `max_batch_bytes`) plus 64 KiB
+    /// of framing.
     pub max_envelope_bytes: usize,
     /// How far in the future a caller's `sent_at` may be (clock skew).
     /// Later ones are refused with `INVALID_ARGUMENT`.
@@ -106,6 +114,8 @@ impl Default for BrokerConfig {
             max_in_flight: 10_000,
             max_in_flight_bytes: 256 << 20,
             max_in_flight_per_stream: 1_024,
+            max_batch_messages: 500,
+            max_batch_bytes: 4 << 20,
             max_calls_per_connection: 1_024,
             ack_timeout: Duration::from_secs(30),
             linger: Duration::from_millis(2),
@@ -150,14 +160,18 @@ impl BrokerConfig {
             max_in_flight_per_stream: self.max_in_flight_per_stream,
             max_clock_skew: self.max_clock_skew,
             max_request_bytes: self.max_request_bytes(),
+            max_batch_messages: self.max_batch_messages,
+            max_batch_bytes: self.max_batch_bytes,
+            max_envelope_bytes: self.max_envelope_bytes,
         }
     }
 
-    /// The largest gRPC request the node decodes: the largest envelope or
-    /// webhook body, plus framing.
+    /// The largest gRPC request the node decodes: the largest envelope,
+    /// webhook body or batch, plus framing.
     pub fn max_request_bytes(&self) -> usize {
         self.max_envelope_bytes
             .max(self.webhook_limits.max_body_bytes)
+            .max(self.max_batch_bytes)
             .saturating_add(REQUEST_FRAMING_BYTES)
     }
 
@@ -172,6 +186,10 @@ impl BrokerConfig {
         anyhow::ensure!(
             self.max_in_flight_per_stream > 0,
             "max_in_flight_per_stream must be at least 1"
+        );
+        anyhow::ensure!(
+            self.max_batch_messages > 0,
+            "max_batch_messages must be at least 1"
         );
         anyhow::ensure!(
             self.max_calls_per_connection > 0 && self.max_calls_per_connection <= 1 << 30,
@@ -216,6 +234,22 @@ mod tests {
     #[test]
     fn the_ack_timeout_outlives_a_leader_election() {
         assert!(BrokerConfig::default().ack_timeout > Duration::from_secs(9));
+    }
+
+    /// A full batch, even of the largest envelopes the batch allows, is
+    /// decoded and reaches the service, which names the batch limits.
+    #[test]
+    fn the_decode_limit_admits_a_full_batch() {
+        for config in [
+            BrokerConfig::default(),
+            BrokerConfig {
+                max_batch_bytes: 64 << 20,
+                ..BrokerConfig::default()
+            },
+        ] {
+            assert!(config.max_request_bytes() > config.max_batch_bytes);
+            assert!(config.max_request_bytes() > config.max_envelope_bytes);
+        }
     }
 
     #[test]

@@ -15,10 +15,30 @@
 //! Past the window, or for copies that reach *another* node, the workers'
 //! check at the partition owner catches the duplicate, since every copy of
 //! a conversation's message lands in the same partition.
+//!
+//! **What an id costs.** The maps are keyed by a 128-bit SipHash-2-4 of
+//! `(tenant, channel, channel_message_id)` under a random per-process key,
+//! not by the strings themselves. A publish still in flight keeps the
+//! outcome its copies wait for; once Kafka acknowledged it, the entry
+//! shrinks to what a copy's answer needs: the message id (16 bytes when it
+//! is a UUID in canonical form, as the node assigns them; a caller's other
+//! ids are kept as a string), the partition and the offset. An entry is 48
+//! bytes, so with the table's load a remembered id costs about 100 bytes in
+//! the maps; `cargo run --release -p switchboard-broker --example
+//! dedupe_memory` measured 122 bytes of resident memory per id at the
+//! 1,000,000 ceiling (554 bytes when the maps kept the strings and the
+//! shared outcome). A publish whose caller went away before Kafka answered
+//! stays pending (its outcome is driven by whoever waits for it) until a
+//! copy looks it up or its generation rotates out.
+//!
+//! A 128-bit keyed hash makes two different messages look alike with a
+//! probability of about n²/2¹²⁹ (1e-26 for a million ids), and a caller
+//! who does not know the key cannot aim for a collision.
 
 use std::{
+    hash::Hasher as _,
     sync::{
-        Arc, Mutex, RwLock,
+        Arc, Mutex, RwLock, Weak,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
@@ -30,6 +50,7 @@ use futures::{
     future::{BoxFuture, Shared},
 };
 use serde::{Deserialize, Serialize};
+use siphasher::sip128::{Hasher128 as _, SipHasher24};
 
 use crate::{error::IngestError, publisher::Ack};
 
@@ -40,8 +61,10 @@ pub struct DedupeConfig {
     /// How long a channel message id is remembered at most.
     #[serde(with = "humantime_serde")]
     pub window: Duration,
-    /// Most ids remembered at once (about 0.5 KB each with the pending
-    /// publish they share, as measured by the overload benchmark).
+    /// Most ids remembered at once, over both generations: about 100 bytes
+    /// each once published (122 bytes of resident memory per id measured by
+    /// the `dedupe_memory` example at 1,000,000), so the default is about
+    /// 120 MB at most.
     pub max_entries: usize,
 }
 
@@ -66,20 +89,102 @@ pub struct Published {
 /// The outcome of a publish, shared by every copy of the message.
 pub type SharedPublish = Shared<BoxFuture<'static, Result<Published, IngestError>>>;
 
-type Key = (String, i32, String);
-/// Keys come from clients, so the hasher is seeded; foldhash is several
-/// times faster than the default SipHash on these short keys.
-/// Each entry has an id, so a failed publish forgets only itself, never a
-/// later copy that replaced it.
-type Generation = Arc<DashMap<Key, (u64, SharedPublish), foldhash::quality::RandomState>>;
-
-/// Whether a first copy's publish has already failed. A failed publish is
-/// forgotten when it is awaited, but its caller may have gone away before
-/// that (a deadline, a closed stream): then the next copy finds it here,
-/// and publishes again instead of inheriting the failure.
-fn has_failed(first: &SharedPublish) -> bool {
-    matches!(first.clone().now_or_never(), Some(Err(_)))
+/// One remembered channel message. 32 bytes: a published entry keeps only
+/// what a copy's answer needs.
+#[derive(Clone)]
+enum Slot {
+    /// Being published: copies wait for the first one's outcome. Each
+    /// publish has an id, so a failure forgets only itself, never a later
+    /// copy that replaced it.
+    Pending { id: u64, outcome: SharedPublish },
+    /// Acknowledged by Kafka, with a message id that is a UUID in canonical
+    /// form (as the node assigns them), kept as its 16 bytes.
+    Published {
+        uuid: [u8; 16],
+        partition: i32,
+        offset: i64,
+    },
+    /// Acknowledged by Kafka, with a caller's message id that is not a UUID.
+    PublishedAs {
+        message_id: Box<str>,
+        partition: i32,
+        offset: i64,
+    },
 }
+
+impl Slot {
+    fn done(published: &Published) -> Self {
+        let Ack { partition, offset } = published.ack;
+        let id = published.message_id.as_str();
+        if let Ok(uuid) = uuid::Uuid::try_parse(id) {
+            // Only the canonical form: the answer must give back the same text.
+            let mut canonical = [0; uuid::fmt::Hyphenated::LENGTH];
+            if &*uuid.hyphenated().encode_lower(&mut canonical) == id {
+                return Self::Published {
+                    uuid: uuid.into_bytes(),
+                    partition,
+                    offset,
+                };
+            }
+        }
+        Self::PublishedAs {
+            message_id: id.into(),
+            partition,
+            offset,
+        }
+    }
+
+    fn is_pending(&self, publish: u64) -> bool {
+        matches!(self, Self::Pending { id, .. } if *id == publish)
+    }
+
+    /// The outcome a copy waits for.
+    fn outcome(&self) -> SharedPublish {
+        let (message_id, partition, offset) = match self {
+            Self::Pending { outcome, .. } => return outcome.clone(),
+            Self::Published {
+                uuid,
+                partition,
+                offset,
+            } => (
+                uuid::Uuid::from_bytes(*uuid).hyphenated().to_string(),
+                *partition,
+                *offset,
+            ),
+            Self::PublishedAs {
+                message_id,
+                partition,
+                offset,
+            } => (message_id.to_string(), *partition, *offset),
+        };
+        futures::future::ready(Ok(Published {
+            message_id,
+            ack: Ack { partition, offset },
+        }))
+        .boxed()
+        .shared()
+    }
+
+    /// Whether a first copy's publish has already failed. A failed publish
+    /// is forgotten when it is awaited, but its caller may have gone away
+    /// before that (a deadline, a closed stream): then the next copy finds
+    /// it here, and publishes again instead of inheriting the failure.
+    fn has_failed(&self) -> bool {
+        match self {
+            Self::Pending { outcome, .. } => {
+                matches!(outcome.clone().now_or_never(), Some(Err(_)))
+            }
+            Self::Published { .. } | Self::PublishedAs { .. } => false,
+        }
+    }
+}
+
+/// A 128-bit keyed hash of `(tenant, channel, channel_message_id)`, as two
+/// words (a `u128` would be 16-byte aligned, and waste 8 bytes an entry).
+type Key = [u64; 2];
+
+/// Keys are already keyed hashes: the map's own hasher only spreads them.
+type Generation = Arc<DashMap<Key, Slot, foldhash::fast::RandomState>>;
 
 /// The node's bounded, time-windowed dedupe cache.
 pub struct Dedupe {
@@ -87,6 +192,8 @@ pub struct Dedupe {
     generations: RwLock<(Generation, Generation)>,
     rotated: Mutex<Instant>,
     next_id: AtomicU64,
+    /// SipHash key, random per process.
+    hash_key: [u8; 16],
 }
 
 impl Dedupe {
@@ -97,7 +204,21 @@ impl Dedupe {
             generations: RwLock::default(),
             rotated: Mutex::new(Instant::now()),
             next_id: AtomicU64::new(0),
+            hash_key: rand::random(),
         }
+    }
+
+    /// The cache key of a channel message: every part length-prefixed, so
+    /// no two different triples feed the hash the same bytes.
+    fn key(&self, tenant: &str, channel: i32, channel_message_id: &str) -> Key {
+        let mut hasher = SipHasher24::new_with_key(&self.hash_key);
+        hasher.write_usize(tenant.len());
+        hasher.write(tenant.as_bytes());
+        hasher.write_i32(channel);
+        hasher.write_usize(channel_message_id.len());
+        hasher.write(channel_message_id.as_bytes());
+        let hash = hasher.finish128();
+        [hash.h1, hash.h2]
     }
 
     /// Starts publishing with `enqueue` unless this channel message was
@@ -120,42 +241,48 @@ impl Dedupe {
             return Ok((enqueue()?.shared(), false));
         }
         self.maybe_rotate();
-        let key = (tenant.to_owned(), channel, channel_message_id.to_owned());
+        let key = self.key(tenant, channel, channel_message_id);
         let (current, previous) = self.generations.read().expect("dedupe lock").clone();
-        // Clone the entry out, so no map lock is held while it is checked.
+        // Clone the entry out, so no map lock is held while it is checked
+        // (checking may complete the publish, which updates the map).
         let found = previous
             .get(&key)
             .or_else(|| current.get(&key))
             .map(|f| f.value().clone());
-        if let Some((id, first)) = found {
-            if !has_failed(&first) {
+        if let Some(first) = found {
+            if !first.has_failed() {
                 metrics::counter!("switchboard_ingest_dedupe_hits_total").increment(1);
-                return Ok((first, true));
+                return Ok((first.outcome(), true));
             }
-            for generation in [&previous, &current] {
-                generation.remove_if(&key, |_, (other, _)| *other == id);
+            if let Slot::Pending { id, .. } = first {
+                for generation in [&previous, &current] {
+                    generation.remove_if(&key, |_, slot| slot.is_pending(id));
+                }
             }
         }
-        match current.entry(key.clone()) {
+        match current.entry(key) {
             Entry::Occupied(first) => {
                 metrics::counter!("switchboard_ingest_dedupe_hits_total").increment(1);
-                Ok((first.get().1.clone(), true))
+                Ok((first.get().outcome(), true))
             }
             Entry::Vacant(slot) => {
                 let pending = enqueue()?;
-                let generation = current.clone();
+                // Weak: a generation rotated out is freed even while a
+                // publish nobody awaits still points at it.
+                let generation = Arc::downgrade(&current);
                 let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-                let shared = async move {
+                let outcome = async move {
                     let result = pending.await;
-                    if result.is_err() {
-                        generation.remove_if(&key, |_, (other, _)| *other == id);
-                    }
+                    settle(&generation, key, id, &result);
                     result
                 }
                 .boxed()
                 .shared();
-                slot.insert((id, shared.clone()));
-                Ok((shared, false))
+                slot.insert(Slot::Pending {
+                    id,
+                    outcome: outcome.clone(),
+                });
+                Ok((outcome, false))
             }
         }
     }
@@ -180,6 +307,46 @@ impl Dedupe {
     /// Whether nothing is remembered.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Ids remembered right now whose publish is still in flight (or was
+    /// never awaited).
+    pub fn pending(&self) -> usize {
+        let generations = self.generations.read().expect("dedupe lock");
+        [&generations.0, &generations.1]
+            .iter()
+            .map(|g| {
+                g.iter()
+                    .filter(|e| matches!(e.value(), Slot::Pending { .. }))
+                    .count()
+            })
+            .sum()
+    }
+}
+
+/// A publish finished: a failure is forgotten, so the next copy publishes
+/// again; a success shrinks to the compact entry. Only the entry of this
+/// very publish (`id`) is touched.
+fn settle(
+    generation: &Weak<DashMap<Key, Slot, foldhash::fast::RandomState>>,
+    key: Key,
+    id: u64,
+    result: &Result<Published, IngestError>,
+) {
+    let Some(generation) = generation.upgrade() else {
+        return; // rotated out meanwhile
+    };
+    match result {
+        Err(_) => {
+            generation.remove_if(&key, |_, slot| slot.is_pending(id));
+        }
+        Ok(published) => {
+            if let Some(mut slot) = generation.get_mut(&key)
+                && slot.is_pending(id)
+            {
+                *slot = Slot::done(published);
+            }
+        }
     }
 }
 
@@ -314,5 +481,66 @@ mod tests {
         assert!(dedupe.len() <= 10, "bounded: {}", dedupe.len());
         // Messages without a channel id are never deduplicated.
         assert!(!dup("") && !dup(""));
+    }
+
+    /// A copy of a published message is answered from the compact entry
+    /// with exactly the first copy's message id, partition and offset,
+    /// whether the id is a node-assigned UUID or a caller's own string.
+    #[tokio::test]
+    async fn published_entries_are_compact_and_answer_exactly() {
+        let dedupe = Dedupe::new(DedupeConfig::default());
+        let uuid = uuid::Uuid::now_v7().to_string();
+        let upper = uuid::Uuid::now_v7().to_string().to_uppercase();
+        for (cmid, message_id) in [
+            ("wamid.1", uuid.as_str()),
+            ("wamid.2", upper.as_str()),
+            ("wamid.3", "caller-id-42"),
+        ] {
+            let first = Published {
+                message_id: message_id.to_owned(),
+                ack: Ack {
+                    partition: 7,
+                    offset: 1 << 40,
+                },
+            };
+            let answer = first.clone();
+            let (outcome, dup) = dedupe
+                .publish_once("acme", 1, cmid, || Ok(async move { Ok(answer) }.boxed()))
+                .unwrap();
+            assert!(!dup);
+            assert_eq!(outcome.await.unwrap(), first);
+            let (copy, dup) = dedupe
+                .publish_once("acme", 1, cmid, || panic!("a copy is not published"))
+                .unwrap();
+            assert!(dup);
+            assert_eq!(copy.await.unwrap(), first, "{message_id}");
+        }
+        assert_eq!(dedupe.pending(), 0, "every published entry is compact");
+        assert_eq!(dedupe.len(), 3);
+        let generations = dedupe.generations.read().unwrap();
+        let kinds: Vec<_> = generations
+            .0
+            .iter()
+            .map(|e| matches!(e.value(), Slot::Published { .. }))
+            .collect();
+        // Only the canonical (lower-case) UUID is kept as 16 bytes.
+        assert_eq!(kinds.iter().filter(|k| **k).count(), 1);
+    }
+
+    /// What a remembered id costs in the maps: its entry (key and slot) and
+    /// hashbrown's control byte, over the table's load at the `max_entries`
+    /// ceiling (each generation holds half, in a power-of-two table at most
+    /// 7/8 full). The `dedupe_memory` example measures the process's
+    /// resident memory instead.
+    #[test]
+    fn a_remembered_id_costs_about_100_bytes() {
+        let entry = size_of::<(Key, Slot)>();
+        assert!(entry <= 48, "{entry} bytes an entry");
+        let max_entries = DedupeConfig::default().max_entries;
+        let per_generation = max_entries / 2;
+        let buckets = (per_generation * 8).div_ceil(7).next_power_of_two();
+        let bytes = 2 * buckets * (entry + 1);
+        let per_id = bytes / max_entries;
+        assert!(per_id <= 110, "{per_id} bytes per id");
     }
 }

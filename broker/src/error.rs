@@ -49,6 +49,15 @@ pub enum IngestError {
     /// The API key may not publish this data.
     #[error("permission denied: {0}")]
     PermissionDenied(String),
+    /// An envelope of a `PublishBatch` that was not published because an
+    /// earlier envelope of the same conversation in the batch failed:
+    /// publishing it would leave a gap in the conversation. Retryable,
+    /// together with the earlier one.
+    #[error("not published: {earlier} of the same conversation failed earlier in the batch")]
+    Aborted {
+        /// The path of the earlier envelope that failed (e.g. `envelopes[1]`).
+        earlier: String,
+    },
     /// The tenant is over its rate limit. Retryable after `retry_after`.
     #[error("tenant {tenant:?} is over its rate limit; retry in {retry_after:?}")]
     RateLimited {
@@ -91,7 +100,7 @@ impl IngestError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            Self::Overloaded(_) | Self::Unavailable(_) | Self::ShuttingDown
+            Self::Overloaded(_) | Self::Unavailable(_) | Self::ShuttingDown | Self::Aborted { .. }
         )
     }
 
@@ -104,16 +113,18 @@ impl IngestError {
             Self::PermissionDenied(_) => Code::PermissionDenied,
             Self::Unavailable(_) | Self::ShuttingDown => Code::Unavailable,
             Self::Rejected(_) => Code::FailedPrecondition,
+            Self::Aborted { .. } => Code::Aborted,
         }
     }
 
-    /// The in-band form used by `PublishStream` responses.
+    /// The in-band form used by `PublishStream` and `PublishBatch` responses.
     pub fn to_detail(&self) -> ErrorDetail {
         ErrorDetail {
             code: self.code() as i32,
             message: self.to_string(),
             fields: match self {
                 Self::InvalidArgument(v) => v.iter().map(|v| v.field.clone()).collect(),
+                Self::Aborted { earlier } => vec![earlier.clone()],
                 _ => Vec::new(),
             },
         }
@@ -152,7 +163,7 @@ pub mod limits {
         let mut details = ErrorDetails::new();
         let description = format!(
             "the request is larger than the node's {limit} byte limit \
-             (max_envelope_bytes or webhook_limits.max_body_bytes, plus framing)"
+             (max_envelope_bytes, webhook_limits.max_body_bytes or max_batch_bytes, plus framing)"
         );
         details.add_bad_request_violation("request", description.clone());
         Status::with_error_details(tonic::Code::InvalidArgument, description, details)

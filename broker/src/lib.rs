@@ -18,6 +18,7 @@
 //! - [`dedupe`]: the node's bounded, time-windowed dedupe of retried webhooks.
 //! - [`publisher`]: the bounded Kafka producer behind every RPC, and Kafka's
 //!   health as the node sees it.
+//! - [`shed`]: the per-connection call limit, whose refusals are counted.
 //! - [`error`]: typed errors, sorted into retryable and fatal, mapped to gRPC codes.
 //! - [`metrics`]: the node's metric names and help texts.
 //! - [`config`]: the node's configuration, from which each component takes
@@ -34,4 +35,5 @@ pub mod metrics;
 pub mod publisher;
 pub mod server;
 pub mod service;
+pub mod shed;
 pub mod validate;

@@ -8,6 +8,10 @@ use metrics::{describe_counter, describe_gauge, describe_histogram};
 /// service itself, one handle per label set).
 pub fn describe() {
     describe_counter!(
+        "switchboard_ingest_calls_shed_total",
+        "Calls refused with RESOURCE_EXHAUSTED before they were read, because their client connection already had max_calls_per_connection calls in flight."
+    );
+    describe_counter!(
         "switchboard_ingest_requests_total",
         "Envelopes received by the ingestion node, by RPC, channel and resulting gRPC code."
     );
@@ -37,6 +41,7 @@ pub fn describe() {
         "Kafka producers the node replaced after a fatal error (e.g. of the idempotent producer)."
     );
     metrics::counter!("switchboard_ingest_kafka_errors_total").absolute(0);
+    metrics::counter!("switchboard_ingest_calls_shed_total").absolute(0);
     metrics::counter!("switchboard_ingest_dedupe_hits_total").absolute(0);
     metrics::counter!("switchboard_ingest_producer_replaced_total").absolute(0);
 }

@@ -15,6 +15,7 @@ use crate::{
     error::limits,
     publisher::{KafkaState, Publisher},
     service::IngestService,
+    shed::CallLimitLayer,
 };
 
 /// A bound, not yet serving, ingestion node.
@@ -107,12 +108,11 @@ impl Broker {
         tracing::info!(%addr, topic = %config.messages_topic, "ingestion node serving gRPC");
         let stopping = shutdown.clone();
         // Calls past the per-connection limit are refused before they are
-        // read into memory, and HTTP/2 caps the streams a client may open.
+        // read into memory, and counted (see `shed`); HTTP/2 caps the
+        // streams a client may open.
         let calls = config.max_calls_per_connection;
         let max_request_bytes = config.max_request_bytes();
         let mut builder = tonic::transport::Server::builder()
-            .concurrency_limit_per_connection(calls)
-            .load_shed(true)
             .max_concurrent_streams(u32::try_from(calls * 2).unwrap_or(u32::MAX));
         if let Some(tls) = &config.tls {
             builder = builder.tls_config(server_tls(tls)?)?;
@@ -124,6 +124,7 @@ impl Broker {
             shutdown.clone(),
         ));
         let server = builder
+            .layer(CallLimitLayer::new(calls))
             .layer(tower::util::MapResponseLayer::new(
                 move |response: http::Response<tonic::body::Body>| {
                     limits::too_large_is_invalid(response, max_request_bytes)

@@ -6,17 +6,30 @@
 //! tenant's rate limit, then publish through the node's dedupe cache, so a
 //! retried channel message is answered with `duplicate = true` and the
 //! original message id instead of being published again.
+//!
+//! **`PublishBatch`** takes up to `max_batch_messages` envelopes and answers
+//! each on its own, in request order, as Kinesis `PutRecords` does, with one
+//! exception: once an envelope of a conversation fails, the later envelopes
+//! of that conversation in the batch are not published (`ABORTED`, naming
+//! the earlier one), so a conversation never gets a gap or a reordering.
+//! Each envelope takes its own in-flight permit; once the node has none left
+//! mid-batch, the rest of the batch gets `RESOURCE_EXHAUSTED` (or `ABORTED`
+//! after a failure of its conversation) without waiting, as a unary call
+//! would. Every admitted envelope is handed to Kafka, in request order,
+//! before any ack is awaited.
 
 use std::{
+    collections::HashMap,
     pin::Pin,
     sync::Arc,
     time::{Duration, SystemTime},
 };
 
 use futures::{FutureExt, Stream, StreamExt, stream::FuturesUnordered};
+use prost::Message as _;
 use switchboard_proto::v1::{
-    Channel, Envelope, PublishRequest, PublishResponse, WebhookRequest, WebhookResponse,
-    ingest_server::Ingest,
+    Channel, Envelope, PublishBatchRequest, PublishBatchResponse, PublishRequest, PublishResponse,
+    WebhookRequest, WebhookResponse, ingest_server::Ingest,
 };
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -45,9 +58,15 @@ pub struct ServiceConfig {
     pub max_clock_skew: Duration,
     /// The largest request the server decodes (named in refusals).
     pub max_request_bytes: usize,
+    /// Most envelopes in one `PublishBatch`.
+    pub max_batch_messages: usize,
+    /// Largest encoded `PublishBatch` request.
+    pub max_batch_bytes: usize,
+    /// Largest encoded envelope.
+    pub max_envelope_bytes: usize,
 }
 
-/// Serves `Publish`, `PublishStream` and `IngestWebhook`.
+/// Serves `Publish`, `PublishStream`, `IngestWebhook` and `PublishBatch`.
 #[derive(Clone)]
 pub struct IngestService {
     publisher: Arc<Publisher>,
@@ -136,6 +155,138 @@ impl IngestService {
         caller.admit("envelope.tenant_id", &envelope.tenant_id, 1)?;
         self.enqueue(envelope, trace, permit)
     }
+
+    /// Refuses a batch over `max_batch_messages` or `max_batch_bytes`.
+    fn check_batch(&self, request: &PublishBatchRequest) -> Result<(), IngestError> {
+        let (count, max) = (request.envelopes.len(), self.config.max_batch_messages);
+        if count > max {
+            return Err(IngestError::invalid(
+                "envelopes",
+                format!(
+                    "holds {count} envelopes, over the {max} envelope limit (max_batch_messages)"
+                ),
+            ));
+        }
+        let (bytes, max) = (request.encoded_len(), self.config.max_batch_bytes);
+        if bytes > max {
+            return Err(IngestError::invalid(
+                "envelopes",
+                format!("encodes to {bytes} bytes, over the {max} byte limit (max_batch_bytes)"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Admits and enqueues envelope `index` of a batch: an in-flight permit
+    /// (none once `out_of_permits` is set), validation, the tenant's rate
+    /// limit, then Kafka through the dedupe cache.
+    fn enqueue_batched(
+        &self,
+        caller: &Caller,
+        index: usize,
+        envelope: Envelope,
+        trace: TraceParent,
+        out_of_permits: &mut bool,
+    ) -> Result<Pending, IngestError> {
+        let permit = if *out_of_permits {
+            Err(IngestError::Overloaded("too many publishes in flight"))
+        } else {
+            self.publisher.try_permit()
+        }
+        .inspect_err(|_| *out_of_permits = true)?;
+        let path = format!("envelopes[{index}]");
+        let envelope = validate::normalize(
+            &path,
+            envelope,
+            SystemTime::now(),
+            self.config.max_clock_skew,
+        )?;
+        let (bytes, max) = (envelope.encoded_len(), self.config.max_envelope_bytes);
+        if bytes > max {
+            return Err(IngestError::invalid(
+                path,
+                format!("encodes to {bytes} bytes, over the {max} byte limit (max_envelope_bytes)"),
+            ));
+        }
+        caller.admit(&format!("{path}.tenant_id"), &envelope.tenant_id, 1)?;
+        self.enqueue(envelope, trace, permit)
+    }
+
+    /// Publishes a checked batch: every envelope is admitted and handed to
+    /// Kafka in request order, then every ack is awaited. One result per
+    /// envelope, in order.
+    async fn publish_envelopes(
+        &self,
+        caller: &Caller,
+        envelopes: Vec<Envelope>,
+        trace: &TraceParent,
+    ) -> PublishBatchResponse {
+        let mut gate = ConversationGate::default();
+        let mut out_of_permits = false;
+        let queued: Vec<_> = envelopes
+            .into_iter()
+            .enumerate()
+            .map(|(i, envelope)| {
+                let channel = envelope.channel();
+                let key = envelope.conversation_key();
+                let queued = gate.check(&key).and_then(|()| {
+                    self.enqueue_batched(caller, i, envelope, trace.child(), &mut out_of_permits)
+                });
+                if queued.is_err() {
+                    gate.failed(key, i);
+                }
+                (channel, queued)
+            })
+            .collect();
+        let mut response = PublishBatchResponse {
+            results: Vec::with_capacity(queued.len()),
+            failed_count: 0,
+        };
+        // Everything is with Kafka already: these waits overlap.
+        for (i, (channel, queued)) in queued.into_iter().enumerate() {
+            let sequence = i as u64;
+            let result = match queued {
+                Ok(pending) => pending.response(sequence).await,
+                Err(e) => Err(e),
+            };
+            self.requests.record(Rpc::PublishBatch, channel, &result);
+            response.results.push(result.unwrap_or_else(|e| {
+                response.failed_count += 1;
+                PublishResponse {
+                    sequence,
+                    error: Some(e.to_detail()),
+                    ..Default::default()
+                }
+            }));
+        }
+        response
+    }
+}
+
+/// A batch's same-conversation rule: once an envelope of a conversation
+/// failed, the later ones of that conversation are not published. Holds at
+/// most one entry per envelope of the batch.
+#[derive(Default)]
+struct ConversationGate {
+    /// Conversation key → index of its first failed envelope.
+    failed: HashMap<String, usize>,
+}
+
+impl ConversationGate {
+    /// `ABORTED` if an earlier envelope of conversation `key` failed.
+    fn check(&self, key: &str) -> Result<(), IngestError> {
+        match self.failed.get(key) {
+            Some(earlier) => Err(IngestError::Aborted {
+                earlier: format!("envelopes[{earlier}]"),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Envelope `index` of conversation `key` failed.
+    fn failed(&mut self, key: String, index: usize) {
+        self.failed.entry(key).or_insert(index);
+    }
 }
 
 /// This hop's span and `traceparent`: a child of the caller's, or a new trace.
@@ -155,22 +306,29 @@ enum Rpc {
     Publish,
     PublishStream,
     IngestWebhook,
+    PublishBatch,
 }
 
 impl Rpc {
-    const ALL: [Self; 3] = [Self::Publish, Self::PublishStream, Self::IngestWebhook];
+    const ALL: [Self; 4] = [
+        Self::Publish,
+        Self::PublishStream,
+        Self::IngestWebhook,
+        Self::PublishBatch,
+    ];
 
     fn label(self) -> &'static str {
         match self {
             Self::Publish => "publish",
             Self::PublishStream => "publish_stream",
             Self::IngestWebhook => "ingest_webhook",
+            Self::PublishBatch => "publish_batch",
         }
     }
 }
 
 /// The `code` label values, indexed by [`code_index`].
-const CODES: [&str; 8] = [
+const CODES: [&str; 9] = [
     "ok",
     "invalid_argument",
     "resource_exhausted",
@@ -178,6 +336,7 @@ const CODES: [&str; 8] = [
     "failed_precondition",
     "unauthenticated",
     "permission_denied",
+    "aborted",
     "other",
 ];
 
@@ -191,7 +350,8 @@ fn code_index(code: tonic::Code) -> usize {
         tonic::Code::FailedPrecondition => 4,
         tonic::Code::Unauthenticated => 5,
         tonic::Code::PermissionDenied => 6,
-        _ => 7,
+        tonic::Code::Aborted => 7,
+        _ => 8,
     }
 }
 
@@ -230,6 +390,17 @@ impl RequestCounters {
             .as_ref()
             .map_or_else(IngestError::code, |_| tonic::Code::Ok);
         self.count(rpc, channel, code, 1);
+    }
+
+    /// Counts every envelope of a batch refused whole with `code` (one
+    /// request on no channel when the batch is empty, so the refusal shows).
+    fn refused(&self, rpc: Rpc, envelopes: &[Envelope], code: tonic::Code) {
+        if envelopes.is_empty() {
+            self.count(rpc, Channel::Unspecified, code, 1);
+        }
+        for envelope in envelopes {
+            self.count(rpc, envelope.channel(), code, 1);
+        }
     }
 }
 
@@ -403,5 +574,78 @@ impl Ingest for IngestService {
         .await;
         self.requests.record(Rpc::IngestWebhook, channel, &result);
         Ok(Response::new(result?))
+    }
+
+    async fn publish_batch(
+        &self,
+        request: Request<PublishBatchRequest>,
+    ) -> Result<Response<PublishBatchResponse>, Status> {
+        let (span, trace) = trace_of("ingest.publish_batch", &request);
+        async {
+            let refuse = |request: &PublishBatchRequest, e: IngestError| {
+                self.requests
+                    .refused(Rpc::PublishBatch, &request.envelopes, e.code());
+                Err(Status::from(e))
+            };
+            let caller = match self.auth.authenticate(request.metadata()) {
+                Ok(caller) => caller,
+                Err(e) => return refuse(request.get_ref(), e),
+            };
+            let request = request.into_inner();
+            if let Err(e) = self.check_batch(&request) {
+                return refuse(&request, e);
+            }
+            let response = self
+                .publish_envelopes(&caller, request.envelopes, &trace)
+                .await;
+            Ok(Response::new(response))
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_conversation_after_a_failure_is_aborted_naming_it() {
+        let mut gate = ConversationGate::default();
+        assert!(gate.check("acme/sms/a").is_ok());
+        gate.failed("acme/sms/a".into(), 2);
+        gate.failed("acme/sms/a".into(), 5); // the first failure is the one named
+        let aborted = gate.check("acme/sms/a").unwrap_err();
+        assert_eq!(aborted.code(), tonic::Code::Aborted);
+        assert!(aborted.is_retryable());
+        let detail = aborted.to_detail();
+        assert_eq!(detail.code, tonic::Code::Aborted as i32);
+        assert_eq!(detail.fields, ["envelopes[2]"]);
+        assert!(
+            detail.message.contains("envelopes[2]"),
+            "{}",
+            detail.message
+        );
+        assert!(gate.check("acme/sms/b").is_ok());
+    }
+
+    #[test]
+    fn every_code_has_its_own_label() {
+        use tonic::Code;
+        let codes = [
+            Code::Ok,
+            Code::InvalidArgument,
+            Code::ResourceExhausted,
+            Code::Unavailable,
+            Code::FailedPrecondition,
+            Code::Unauthenticated,
+            Code::PermissionDenied,
+            Code::Aborted,
+        ];
+        for (i, code) in codes.into_iter().enumerate() {
+            assert_eq!(code_index(code), i);
+        }
+        assert_eq!(CODES[code_index(Code::Internal)], "other");
+        assert_eq!(CODES[code_index(Code::Aborted)], "aborted");
     }
 }

@@ -3,14 +3,50 @@
 //! silent listener makes every publish wait, and a closed port makes
 //! librdkafka report every broker down.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use switchboard_broker::{config::BrokerConfig, server::Broker};
 use switchboard_proto::v1::{
-    Channel, Direction, Envelope, PublishRequest, Text, envelope::Content,
+    Channel, Direction, Envelope, PublishBatchRequest, PublishRequest, Text, envelope::Content,
     ingest_client::IngestClient,
 };
 use switchboard_runtime::{kafka::KafkaConfig, shutdown::Shutdown};
+
+/// This process's metrics, recorded from the first call on: every test
+/// calls it before it starts a node, so each node's counters are recorded.
+fn metrics() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::set_global_recorder(recorder).expect("the only recorder of this process");
+        handle
+    })
+}
+
+/// The value of the series `name{labels}` (labels as rendered, e.g.
+/// `rpc="publish_batch",channel="sms",code="ok"`), 0 when absent.
+fn counter(name: &str, labels: &str) -> u64 {
+    let series = if labels.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{name}{{{labels}}}")
+    };
+    metrics()
+        .render()
+        .lines()
+        .find_map(|line| {
+            let (key, value) = line.rsplit_once(' ')?;
+            (key == series).then(|| value.parse().unwrap())
+        })
+        .unwrap_or(0)
+}
 
 fn request() -> PublishRequest {
     PublishRequest {
@@ -49,6 +85,7 @@ async fn node(
     tokio::task::JoinHandle<anyhow::Result<()>>,
     SocketAddr,
 ) {
+    metrics();
     let broker = Broker::bind(BrokerConfig {
         grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         metrics_addr: None,
@@ -148,11 +185,21 @@ async fn sheds_calls_past_the_per_connection_bound() {
         .collect();
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    // ...so a third on the same connection is refused before it is read.
+    // ...so a third on the same connection is refused before it is read,
+    // and counted, though the Ingest service never saw it.
+    let shed_before = counter("switchboard_ingest_calls_shed_total", "");
     let started = std::time::Instant::now();
     let shed = client.clone().publish(request()).await.unwrap_err();
     assert_eq!(shed.code(), tonic::Code::ResourceExhausted, "{shed:?}");
     assert!(started.elapsed() < Duration::from_millis(500));
+    assert!(
+        shed.message().contains("max_calls_per_connection"),
+        "{shed:?}"
+    );
+    assert_eq!(
+        counter("switchboard_ingest_calls_shed_total", ""),
+        shed_before + 1
+    );
 
     // Another connection has its own bound: its call is admitted and waits.
     let mut other = IngestClient::connect(format!("http://{addr}"))
@@ -164,7 +211,90 @@ async fn sheds_calls_past_the_per_connection_bound() {
         let status = call.await.unwrap().unwrap_err();
         assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
     }
+    // Their slots are back: the first connection is served again.
+    let again = client.clone().publish(request()).await.unwrap_err();
+    assert_eq!(again.code(), tonic::Code::Unavailable, "{again:?}");
+    assert_eq!(
+        counter("switchboard_ingest_calls_shed_total", ""),
+        shed_before + 1
+    );
 
+    stop(shutdown, server).await;
+    silent.abort();
+}
+
+/// A batch takes one in-flight slot per envelope: past `max_in_flight`,
+/// the rest get RESOURCE_EXHAUSTED (or ABORTED after a failure of their
+/// conversation) at once, and every envelope is counted under
+/// `rpc="publish_batch"`.
+#[tokio::test]
+async fn a_batch_takes_a_slot_per_envelope_and_counts_each() {
+    let (kafka, silent) = silent_kafka().await;
+    let (client, shutdown, server, _) = node(kafka.to_string(), 2, 64).await;
+    let series = |code: &str| {
+        counter(
+            "switchboard_ingest_requests_total",
+            &format!("rpc=\"publish_batch\",channel=\"sms\",code=\"{code}\""),
+        )
+    };
+    let before: Vec<u64> = ["unavailable", "resource_exhausted", "aborted"]
+        .iter()
+        .map(|c| series(c))
+        .collect();
+    let conversation = |c: &str| Envelope {
+        conversation_id: c.into(),
+        ..request().envelope.unwrap()
+    };
+    let started = Instant::now();
+    let response = client
+        .clone()
+        .publish_batch(PublishBatchRequest {
+            envelopes: vec![
+                conversation("a"),
+                conversation("b"),
+                conversation("c"),
+                conversation("a"),
+                conversation("c"),
+            ],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let codes: Vec<_> = response
+        .results
+        .iter()
+        .map(|r| r.error.as_ref().map_or(0, |e| e.code))
+        .collect();
+    use tonic::Code::{Aborted, ResourceExhausted, Unavailable};
+    // a and b take both slots and time out in Kafka; c finds none.
+    assert_eq!(
+        codes,
+        [
+            Unavailable as i32,
+            Unavailable as i32,
+            ResourceExhausted as i32,
+            ResourceExhausted as i32,
+            Aborted as i32
+        ],
+        "{response:?}"
+    );
+    assert_eq!(response.failed_count, 5);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "one ack timeout"
+    );
+    let after: Vec<u64> = ["unavailable", "resource_exhausted", "aborted"]
+        .iter()
+        .map(|c| series(c))
+        .collect();
+    assert_eq!(
+        after
+            .iter()
+            .zip(&before)
+            .map(|(a, b)| a - b)
+            .collect::<Vec<_>>(),
+        [2, 2, 1]
+    );
     stop(shutdown, server).await;
     silent.abort();
 }

@@ -87,8 +87,8 @@ b.panel("stat", "Accepted publishes/s", "Envelopes acked by Kafka per second (co
 b.panel("stat", "Server error ratio", "Share of envelopes that failed with unavailable, failed_precondition or other (alert: SwitchboardIngestErrorRatioHigh, 5%).",
         [(f'sum(rate(switchboard_ingest_requests_total{{code=~"unavailable|failed_precondition|other",{I}}}[{RI}])) / sum(rate(switchboard_ingest_requests_total{{{I}}}[{RI}]))', "errors")],
         unit="percentunit", w=4, h=4, defaults=thresholds((None, "green"), (0.01, "orange"), (0.05, "red")))
-b.panel("stat", "Shed ratio", "Share of envelopes answered RESOURCE_EXHAUSTED: node at max_in_flight or tenant over its rate limit (alert: SwitchboardIngestShedding, 1%).",
-        [(f'sum(rate(switchboard_ingest_requests_total{{code="resource_exhausted",{I}}}[{RI}])) / sum(rate(switchboard_ingest_requests_total{{{I}}}[{RI}]))', "shed")],
+b.panel("stat", "Shed ratio", "Share of envelopes answered RESOURCE_EXHAUSTED: node at max_in_flight, tenant over its rate limit, or connection at max_calls_per_connection (those calls are refused before the service and count one each) (alert: SwitchboardIngestShedding, 1%).",
+        [(f'sum(rate(switchboard_ingest_requests_total{{code="resource_exhausted",{I}}}[{RI}]) or rate(switchboard_ingest_calls_shed_total{{{I}}}[{RI}])) / sum(rate(switchboard_ingest_requests_total{{{I}}}[{RI}]) or rate(switchboard_ingest_calls_shed_total{{{I}}}[{RI}]))', "shed")],
         unit="percentunit", w=4, h=4, defaults=thresholds((None, "green"), (0.01, "red")))
 b.panel("stat", "Kafka ack p99", "99th percentile of the time from handing an envelope to the producer until Kafka acked it (alert budget: 250 ms).",
         [(f'histogram_quantile(0.99, sum by (le) (rate(switchboard_ingest_kafka_ack_duration_seconds_bucket{{{I}}}[{RI}])))', "p99")],
@@ -100,10 +100,12 @@ b.panel("stat", "Nodes with Kafka down", "Nodes whose librdkafka reports every b
 b.row("Requests")
 b.panel("timeseries", "Envelopes by result code", "switchboard_ingest_requests_total by gRPC code. A webhook counts each of its events.",
         [(f'sum by (code) (rate(switchboard_ingest_requests_total{{{I}}}[{RI}]))', "{{code}}")], unit="reqps")
-b.panel("timeseries", "Envelopes by RPC", "switchboard_ingest_requests_total by RPC (publish, publish_stream, ingest_webhook).",
+b.panel("timeseries", "Envelopes by RPC", "switchboard_ingest_requests_total by RPC (publish, publish_stream, ingest_webhook, publish_batch). A batch counts each of its envelopes.",
         [(f'sum by (rpc) (rate(switchboard_ingest_requests_total{{{I}}}[{RI}]))', "{{rpc}}")], unit="reqps")
 b.panel("timeseries", "Envelopes by channel", "switchboard_ingest_requests_total by channel (unspecified: refused before the channel was known).",
         [(f'sum by (channel) (rate(switchboard_ingest_requests_total{{{I}}}[{RI}]))', "{{channel}}")], unit="reqps")
+b.panel("timeseries", "Calls shed per connection", "Calls refused with RESOURCE_EXHAUSTED before they were read because their client connection already had max_calls_per_connection (1024) calls in flight, per node (switchboard_ingest_calls_shed_total). These never reach the Ingest service, so they are not in the panels above: a client floods one connection faster than the node answers.",
+        [(f'sum by (instance) (rate(switchboard_ingest_calls_shed_total{{{I}}}[{RI}]))', "{{instance}}")], unit="reqps")
 b.row("Kafka")
 b.panel("timeseries", "Kafka ack latency", "Time from handing an envelope to the producer until Kafka's delivery report (failures included).",
         [(f'histogram_quantile({q}, sum by (le) (rate(switchboard_ingest_kafka_ack_duration_seconds_bucket{{{I}}}[{RI}])))', f"p{int(q*100)}") for q in (0.5, 0.9, 0.99)], unit="s")

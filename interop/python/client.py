@@ -214,6 +214,43 @@ def run_checks(addr: str) -> int:
         check(not r.HasField("error"), f"error {r.error}")
         check(r.message_id != "" and r.partition >= 0 and r.offset >= 0, f"bad result {r}")
 
+    def publish_batch():
+        bad = envelope("batch-a", "a1: no content")
+        bad.ClearField("text")
+        envelopes = [
+            envelope("batch-a", "a0"),
+            envelope("batch-b", "b0"),
+            bad,
+            envelope("batch-b", "b1"),
+            envelope("batch-a", "a2"),
+            envelope("batch-b", "b2"),
+        ]
+        resp = stub.PublishBatch(ingest.PublishBatchRequest(envelopes=envelopes), timeout=RPC_TIMEOUT)
+        codes = [r.error.code if r.HasField("error") else code_pb2.OK for r in resp.results]
+        check(codes == [code_pb2.OK, code_pb2.OK, code_pb2.INVALID_ARGUMENT, code_pb2.OK, code_pb2.ABORTED,
+                        code_pb2.OK], f"codes {codes}")
+        check([r.sequence for r in resp.results] == list(range(6)), "sequences are the indexes")
+        check(resp.failed_count == 2, f"failed_count {resp.failed_count}")
+        check(list(resp.results[2].error.fields) == ["envelopes[2].content"],
+              f"bad envelope's fields {list(resp.results[2].error.fields)}")
+        check(list(resp.results[4].error.fields) == ["envelopes[2]"],
+              f"aborted envelope's fields {list(resp.results[4].error.fields)}")
+        b = [resp.results[i] for i in (1, 3, 5)]
+        check(len({r.partition for r in b}) == 1, "batch-b spread over partitions")
+        check([r.offset for r in b] == sorted({r.offset for r in b}), f"batch-b out of order: {b}")
+        check(uuid.UUID(resp.results[0].message_id).version == 7, "a UUIDv7 message_id")
+
+    def publish_batch_over_limit():
+        envelopes = [envelope("batch-big", "x") for _ in range(501)]
+        try:
+            stub.PublishBatch(ingest.PublishBatchRequest(envelopes=envelopes), timeout=RPC_TIMEOUT)
+        except grpc.RpcError as err:
+            check(err.code() == grpc.StatusCode.INVALID_ARGUMENT, f"code {err.code()}: {err.details()}")
+            check("max_batch_messages" in err.details(), err.details())
+            check("envelopes" in bad_request_fields(err), "BadRequest names envelopes")
+        else:
+            raise AssertionError("a batch of 501 envelopes was accepted")
+
     checks.run("health Check is SERVING", health_serving)
     checks.run("Publish valid text envelope", publish_valid)
     checks.run("Publish without tenant_id -> INVALID_ARGUMENT + BadRequest(envelope.tenant_id)",
@@ -221,6 +258,9 @@ def run_checks(addr: str) -> int:
     checks.run("PublishStream 20 good + 1 invalid, all sequences answered, per-conversation order",
                publish_stream)
     checks.run("IngestWebhook WEBCHAT with a proto3 JSON envelope", webhook_webchat)
+    checks.run("PublishBatch: results in order, a bad envelope fails alone, its conversation's later ones ABORTED",
+               publish_batch)
+    checks.run("PublishBatch of 501 -> INVALID_ARGUMENT naming max_batch_messages", publish_batch_over_limit)
     channel.close()
 
     print(f"{checks.passed} passed, {checks.failed} failed", flush=True)

@@ -7,10 +7,12 @@
 //!   `start + i / rate` whatever happened before, and measures latency from
 //!   that intended time, so a slow node shows as latency instead of as a
 //!   lower send rate (no coordinated omission). **Closed loop** keeps
-//!   `concurrency` messages in flight, for the most throughput. Either way a
-//!   conversation's messages are sent one after the other (unary calls and
-//!   webhooks wait for the previous message's answer; a stream keeps order
-//!   itself), so each conversation stays in order.
+//!   `concurrency` messages in flight (with `batch`, `concurrency` batches),
+//!   for the most throughput. Either way a conversation's messages are sent
+//!   one after the other (unary calls and webhooks wait for the previous
+//!   message's answer; a batch waits for the batches before it that hold
+//!   messages of its conversations; a stream keeps order itself), so each
+//!   conversation stays in order.
 //! - [`report`]: HDR histograms overall and per second, JSON and Markdown.
 //! - [`plot`]: a PNG of latency percentiles and throughput over time.
 //! - [`sink`]: the end-to-end sink on a destination topic: ingest →
@@ -40,7 +42,9 @@ use futures::StreamExt as _;
 use prost::Message as _;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::Serialize;
-use switchboard_proto::v1::{Channel, PublishRequest, ingest_client::IngestClient};
+use switchboard_proto::v1::{
+    Channel, Envelope, PublishBatchRequest, PublishRequest, ingest_client::IngestClient,
+};
 use switchboard_runtime::kafka::KafkaConfig;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -62,6 +66,10 @@ pub enum Rpc {
     Stream,
     /// `IngestWebhook` with the channels' own payloads, one message each.
     Webhook,
+    /// `PublishBatch`, `--batch-size` consecutive messages per call; each
+    /// message's latency is its batch's, from when the batch was due (its
+    /// last message's intended time).
+    Batch,
     /// librdkafka straight to a topic (the scenarios' baseline).
     #[value(skip)]
     Kafka,
@@ -77,9 +85,13 @@ pub struct LoadOptions {
     /// `--concurrency` messages in flight.
     #[arg(long)]
     pub rate: Option<f64>,
-    /// Messages in flight in closed loop.
+    /// Messages in flight in closed loop (with `--rpc batch`: batches).
     #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
+    /// Messages per `PublishBatch` call (with `--rpc batch`); the last batch
+    /// of a run may be smaller.
+    #[arg(long, default_value_t = 100)]
+    pub batch_size: usize,
     /// HTTP/2 connections to the node (conversation `c` uses connection
     /// `c % connections`; with `stream`, one stream per connection).
     #[arg(long, default_value_t = 4)]
@@ -158,6 +170,7 @@ impl LoadOptions {
             );
         }
         anyhow::ensure!(self.concurrency > 0, "--concurrency must be at least 1");
+        anyhow::ensure!(self.batch_size > 0, "--batch-size must be at least 1");
         anyhow::ensure!(self.connections > 0, "--connections must be at least 1");
         anyhow::ensure!(self.conversations > 0, "--conversations must be at least 1");
         anyhow::ensure!(self.tenants > 0, "--tenants must be at least 1");
@@ -332,6 +345,91 @@ impl StreamConn {
     }
 }
 
+/// A `PublishBatch` being filled with consecutive messages.
+#[derive(Default)]
+struct Filling {
+    envelopes: Vec<Envelope>,
+    /// Each message's index and closed-loop permit, in batch order.
+    members: Vec<(u64, Option<OwnedSemaphorePermit>)>,
+    /// When the batch is due: its last message's intended time.
+    due: Option<Instant>,
+    /// The conversations in the batch.
+    conversations: std::collections::HashSet<u64>,
+    /// Earlier batches (or calls) this one waits for: one per conversation.
+    after: Vec<oneshot::Receiver<()>>,
+    /// Fired when this batch is answered, for the next of each conversation.
+    done: Vec<oneshot::Sender<()>>,
+}
+
+impl Filling {
+    /// Adds message `index` of `conversation`, chaining the batch after the
+    /// conversation's previous call.
+    fn add(
+        &mut self,
+        index: u64,
+        conversation: u64,
+        envelope: Envelope,
+        due: Instant,
+        permit: Option<OwnedSemaphorePermit>,
+        chains: &mut [Option<oneshot::Receiver<()>>],
+    ) {
+        if self.conversations.insert(conversation) {
+            let chain = &mut chains[conversation as usize];
+            self.after.extend(chain.take());
+            let (done, next) = oneshot::channel();
+            *chain = Some(next);
+            self.done.push(done);
+        }
+        self.envelopes.push(envelope);
+        self.members.push((index, permit));
+        self.due = Some(due);
+    }
+
+    /// Sends the batch once the calls it waits for are answered, and
+    /// answers each of its messages.
+    fn send(self, mut client: IngestClient<GrpcChannel>, shared: Arc<Shared>) {
+        let Self {
+            envelopes,
+            members,
+            due,
+            after,
+            done,
+            ..
+        } = self;
+        let due = due.unwrap_or_else(Instant::now);
+        tokio::spawn(async move {
+            for previous in after {
+                let _ = previous.await;
+            }
+            match client
+                .publish_batch(PublishBatchRequest { envelopes })
+                .await
+            {
+                Ok(response) => {
+                    let results = response.into_inner().results;
+                    for (i, (index, _)) in members.iter().enumerate() {
+                        let result = match results.get(i) {
+                            Some(r) => r
+                                .error
+                                .as_ref()
+                                .map_or(Ok(()), |e| Err(tonic::Code::from_i32(e.code))),
+                            // The node owes one result per envelope.
+                            None => Err(tonic::Code::Internal),
+                        };
+                        shared.answer(*index, due, result);
+                    }
+                }
+                Err(status) => {
+                    for (index, _) in &members {
+                        shared.answer(*index, due, Err(status.code()));
+                    }
+                }
+            }
+            drop((done, members));
+        });
+    }
+}
+
 /// Sends the run and measures it; with `sink`, also end to end.
 pub async fn run(
     target: Target,
@@ -387,7 +485,20 @@ pub async fn run(
             .collect(),
         _ => Vec::new(),
     };
-    let closed_loop = Arc::new(Semaphore::new(options.concurrency));
+    // Closed loop: `concurrency` messages, or batches, in flight.
+    let per_call = if options.rpc == Rpc::Batch {
+        options.batch_size
+    } else {
+        1
+    };
+    let closed_loop = Arc::new(Semaphore::new(
+        options
+            .concurrency
+            .saturating_mul(per_call)
+            .min(Semaphore::MAX_PERMITS),
+    ));
+    let mut filling: Option<Filling> = None;
+    let mut batches = 0_usize;
     let mut chains: Vec<Option<oneshot::Receiver<()>>> =
         (0..options.conversations).map(|_| None).collect();
     let deadline = options.duration.map(|d| started + d);
@@ -446,6 +557,26 @@ pub async fn run(
                     }
                     continue;
                 }
+                if options.rpc == Rpc::Batch {
+                    let batch = filling.get_or_insert_with(Filling::default);
+                    batch.add(
+                        index,
+                        conversation,
+                        workload.envelope(index, sent_at),
+                        intended,
+                        permit,
+                        &mut chains,
+                    );
+                    if batch.envelopes.len() >= options.batch_size {
+                        let client = clients[batches % clients.len()].clone();
+                        batches += 1;
+                        filling
+                            .take()
+                            .expect("just filled")
+                            .send(client, shared.clone());
+                    }
+                    continue;
+                }
                 // Unary and webhook: after the conversation's previous message.
                 let previous = chains[conversation as usize].take();
                 let (done, next) = oneshot::channel::<()>();
@@ -494,6 +625,10 @@ pub async fn run(
                 }
             }
         }
+    }
+    // The last batch may not be full.
+    if let (Some(batch), Target::Node(clients)) = (filling.take(), &target) {
+        batch.send(clients[batches % clients.len()].clone(), shared.clone());
     }
     let sending = started.elapsed();
     drop(streams);
