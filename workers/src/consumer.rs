@@ -572,23 +572,29 @@ async fn route_partition(
                         return (offset, key, Outcome::Unfinished);
                     }
                     let state = states.get(&key);
-                    let outcome = if !replayed && effects::is_duplicate(&state, &envelope) {
+                    if !replayed && effects::is_duplicate(&state, &envelope) {
                         tracing::debug!(partition, offset, "copy of an earlier channel message dropped");
-                        Outcome::Duplicate
-                    } else {
-                        let source = Source { topic: &topic, partition, offset, trace };
-                        // Boxed: routing's future is large, and the task
-                        // would otherwise be copied whole on every move
-                        // (memmove was 13% of a routing profile).
-                        match Box::pin(router.route(envelope, state, source, &abort)).await {
-                            Ok((_, state)) => {
-                                states.put(key.clone(), state);
-                                Outcome::Routed
-                            }
-                            Err(_) => return (offset, key, Outcome::Unfinished),
-                        }
+                        let _ = done_tx.send(());
+                        return (offset, key, Outcome::Duplicate);
+                    }
+                    let source = Source { topic: &topic, partition, offset, trace };
+                    // Boxed: routing's future is large, and the task would
+                    // otherwise be copied whole on every move (memmove was
+                    // 13% of a routing profile).
+                    let Ok((_, state, settling)) =
+                        Box::pin(router.route(envelope, state, source, &abort)).await
+                    else {
+                        return (offset, key, Outcome::Unfinished);
                     };
+                    states.put(key.clone(), state);
+                    // The conversation's next message may go now: its records
+                    // follow this one's in the producer. This message is done
+                    // (its offset may be stored) once Kafka has them.
                     let _ = done_tx.send(());
+                    let outcome = match settling.await {
+                        Ok(()) => Outcome::Routed,
+                        Err(_) => Outcome::Unfinished,
+                    };
                     (offset, key, outcome)
                 }.instrument(span));
             }

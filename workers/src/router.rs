@@ -53,6 +53,11 @@ fn modified(path: &Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
+/// A routed message's last writes, handed to the producer in the
+/// conversation's order and not yet acknowledged.
+pub type Settling<'a> =
+    std::pin::Pin<Box<dyn Future<Output = Result<(), Interrupted>> + Send + 'a>>;
+
 /// Routing stopped because the worker is shutting down or lost the partition;
 /// the message was not completed and will be redelivered.
 #[derive(Debug, thiserror::Error)]
@@ -270,8 +275,12 @@ impl Router {
     /// Routes one envelope read from `source`, of a conversation in
     /// `state`. Returns its decision and the conversation's new state once
     /// every destination has acknowledged it or failed for good (and was
-    /// dead-lettered), the new state is in Kafka and analytics has the
-    /// message; or [`Interrupted`] if `stop` fired first.
+    /// dead-lettered); or [`Interrupted`] if `stop` fired first. The new
+    /// state and the analytics record are already handed to the producer
+    /// then, in the conversation's order, but not yet acknowledged: the
+    /// returned [`Settling`] waits for that. The conversation's next message
+    /// need not wait for it (Kafka keeps one key's records in order); the
+    /// message's offset must.
     ///
     /// - A control event changes the conversation's owner and goes to
     ///   analytics only.
@@ -281,13 +290,13 @@ impl Router {
     /// - While a human owns the conversation, bot destinations are replaced
     ///   by the owner's agent queue. A bot's reply goes out (if consent
     ///   allows); a bot's handoff makes the conversation human-owned.
-    pub async fn route(
-        &self,
+    pub async fn route<'a>(
+        &'a self,
         envelope: Envelope,
         mut state: ConversationState,
-        source: Source<'_>,
-        stop: &CancellationToken,
-    ) -> Result<(RouteDecision, ConversationState), Interrupted> {
+        source: Source<'a>,
+        stop: &'a CancellationToken,
+    ) -> Result<(RouteDecision, ConversationState, Settling<'a>), Interrupted> {
         let key = envelope.conversation_key();
         let mut changed = effects::apply_message(&mut state, &envelope, &self.handoff_queue);
         if !state.queue.is_empty() {
@@ -390,37 +399,49 @@ impl Router {
             .received_at
             .as_ref()
             .and_then(switchboard_proto::system_time);
+        let decision = route.clone();
         let record = AnalyticsRecord {
             envelope: Some(envelope),
             decision: Some(route),
         };
-        // The state and analytics writes are independent: both must land
-        // before the offset is stored, neither waits for the other.
-        let write_state = async {
-            if !changed {
-                return Ok(None);
+        let written_state = changed.then(|| state.clone());
+        let mut settling: Settling<'a> = Box::pin(async move {
+            // The state and analytics writes are independent: both must
+            // land before the offset is stored, neither waits for the other.
+            let trace = source.trace;
+            let write_state = async {
+                let Some(state) = &written_state else {
+                    return Ok(None);
+                };
+                self.write(Kind::State, stop, || {
+                    self.outputs.state(&key, state, &trace)
+                })
+                .await
+            };
+            let write_analytics = self.write(Kind::Analytics, stop, || {
+                self.outputs.analytics(&key, &record, &trace)
+            });
+            let (state_failed, analytics_failed) =
+                futures::try_join!(write_state, write_analytics)?;
+            // Refused for good (e.g. too large for the topic): the message
+            // goes to the dead-letter topic instead, and the partition moves on.
+            for failure in state_failed.iter().chain(&analytics_failed) {
+                let envelope = record.envelope.as_ref().expect("set above");
+                Box::pin(self.dead_letter_failure(&key, envelope, failure, source, stop)).await?;
             }
-            self.write(Kind::State, stop, || {
-                self.outputs.state(&key, &state, &source.trace)
-            })
-            .await
-        };
-        let write_analytics = self.write(Kind::Analytics, stop, || {
-            self.outputs.analytics(&key, &record, &source.trace)
+            if let Some(received) = received {
+                self.metrics
+                    .end_to_end
+                    .record(received.elapsed().unwrap_or_default().as_secs_f64());
+            }
+            Ok(())
         });
-        let (state_failed, analytics_failed) = futures::try_join!(write_state, write_analytics)?;
-        // Refused for good (e.g. too large for the topic): the message goes
-        // to the dead-letter topic instead, and the partition moves on.
-        for failure in state_failed.iter().chain(&analytics_failed) {
-            let envelope = record.envelope.as_ref().expect("set above");
-            Box::pin(self.dead_letter_failure(&key, envelope, failure, source, stop)).await?;
+        // One poll hands both records to the producer now, in the
+        // conversation's order; their acknowledgements are awaited later.
+        if let std::task::Poll::Ready(done) = futures::poll!(settling.as_mut()) {
+            settling = Box::pin(std::future::ready(done));
         }
-        if let Some(received) = received {
-            self.metrics
-                .end_to_end
-                .record(received.elapsed().unwrap_or_default().as_secs_f64());
-        }
-        Ok((record.decision.expect("set above"), state))
+        Ok((decision, state, settling))
     }
 
     /// Publishes a refused outbound message to the rejections topic.
