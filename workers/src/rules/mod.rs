@@ -38,8 +38,11 @@ use serde::Deserialize;
 use switchboard_proto::v1::{Channel, Direction, Envelope, envelope::Content};
 
 mod calendar;
+mod index;
 #[cfg(test)]
 mod tests;
+
+use index::Index;
 
 pub use calendar::{Calendar, CalendarSpec};
 
@@ -199,6 +202,9 @@ pub struct Decision<'a> {
 pub struct RuleSet {
     default: Vec<DestinationSpec>,
     rules: Vec<Compiled>,
+    /// The rules by direction, channel and tenant, so a message tries only
+    /// the ones that can match it.
+    index: Index,
 }
 
 impl Default for RuleSet {
@@ -207,6 +213,7 @@ impl Default for RuleSet {
         Self {
             default: default_destinations(),
             rules: Vec::new(),
+            index: Index::default(),
         }
     }
 }
@@ -343,6 +350,7 @@ impl RuleSet {
         }
         Ok(Self {
             default: file.default,
+            index: Index::build(&rules, |_| true),
             rules,
         })
     }
@@ -374,47 +382,50 @@ impl RuleSet {
     /// The first matching rule's decision, or the default, for a message
     /// of a conversation that a human owns (`human_owned`) or not.
     pub fn decide(&self, envelope: &Envelope, human_owned: bool) -> Decision<'_> {
-        let text = match &envelope.content {
-            Some(Content::Text(t)) => Some(t.body.as_str()),
-            _ => None,
-        };
-        let message = Message {
+        let message = Message::new(envelope, human_owned);
+        let first = self.index.first(
+            envelope.direction(),
+            envelope.channel(),
+            &envelope.tenant_id,
+            |position| self.rules[position as usize].matches_rest(&message),
+        );
+        self.decision(
             envelope,
-            human_owned,
-            text,
-            lowercase: text.map(str::to_lowercase),
-            language: envelope
-                .attributes
-                .get("language")
-                .map(|l| l.to_lowercase()),
-            at: envelope
-                .received_at
-                .as_ref()
-                .and_then(|t| jiff::Timestamp::new(t.seconds, t.nanos).ok())
-                .unwrap_or_else(jiff::Timestamp::now),
-        };
+            first.map(|position| &self.rules[position as usize]),
+        )
+    }
+
+    /// [`decide`](Self::decide) without the index: every rule in file order.
+    /// What the index must agree with.
+    #[cfg(test)]
+    fn decide_linear(&self, envelope: &Envelope, human_owned: bool) -> Decision<'_> {
+        let message = Message::new(envelope, human_owned);
         let outbound = envelope.direction() == Direction::Outbound;
-        self.rules
-            .iter()
-            .find(|c| (c.direction == Some(Direction::Outbound)) == outbound && c.matches(&message))
-            .map(|c| Decision {
+        let first = self.rules.iter().find(|c| {
+            (c.direction == Some(Direction::Outbound)) == outbound && c.matches(&message)
+        });
+        self.decision(envelope, first)
+    }
+
+    /// The decision for `rule`, or the default when no rule matched.
+    fn decision<'a>(&'a self, envelope: &Envelope, rule: Option<&'a Compiled>) -> Decision<'a> {
+        match rule {
+            Some(c) => Decision {
                 rule_id: &c.rule.id,
                 matched: true,
                 destinations: &c.rule.destinations,
-            })
-            .unwrap_or(if outbound {
-                Decision {
-                    rule_id: "outbound",
-                    matched: false,
-                    destinations: &[],
-                }
-            } else {
-                Decision {
-                    rule_id: "default",
-                    matched: false,
-                    destinations: &self.default,
-                }
-            })
+            },
+            None if envelope.direction() == Direction::Outbound => Decision {
+                rule_id: "outbound",
+                matched: false,
+                destinations: &[],
+            },
+            None => Decision {
+                rule_id: "default",
+                matched: false,
+                destinations: &self.default,
+            },
+        }
     }
 }
 
@@ -428,13 +439,46 @@ struct Message<'a> {
     at: jiff::Timestamp,
 }
 
+impl<'a> Message<'a> {
+    fn new(envelope: &'a Envelope, human_owned: bool) -> Self {
+        let text = match &envelope.content {
+            Some(Content::Text(t)) => Some(t.body.as_str()),
+            _ => None,
+        };
+        Message {
+            envelope,
+            human_owned,
+            text,
+            lowercase: text.map(str::to_lowercase),
+            language: envelope
+                .attributes
+                .get("language")
+                .map(|l| l.to_lowercase()),
+            at: envelope
+                .received_at
+                .as_ref()
+                .and_then(|t| jiff::Timestamp::new(t.seconds, t.nanos).ok())
+                .unwrap_or_else(jiff::Timestamp::now),
+        }
+    }
+}
+
 impl Compiled {
+    /// Whether the rule matches the message.
+    #[cfg(test)]
     fn matches(&self, m: &Message<'_>) -> bool {
         let envelope = m.envelope;
         (self.channels.is_empty() || self.channels.contains(&envelope.channel()))
             && (self.rule.tenants.is_empty() || self.rule.tenants.contains(&envelope.tenant_id))
             && self.direction.is_none_or(|d| d == envelope.direction())
-            && self.human_owned.is_none_or(|h| h == m.human_owned)
+            && self.matches_rest(m)
+    }
+
+    /// Whether the rule matches the message, given that its channels,
+    /// tenants and direction do (the [`Index`] checked those).
+    fn matches_rest(&self, m: &Message<'_>) -> bool {
+        let envelope = m.envelope;
+        self.human_owned.is_none_or(|h| h == m.human_owned)
             && (self.rule.content.is_empty()
                 || envelope
                     .content
