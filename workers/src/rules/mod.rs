@@ -29,6 +29,7 @@
 //! ```
 
 use std::{
+    cell::OnceCell,
     collections::{BTreeMap, HashMap, HashSet},
     path::Path,
     sync::Arc,
@@ -150,6 +151,8 @@ struct Compiled {
     rule: Rule,
     channels: Vec<Channel>,
     direction: Option<Direction>,
+    /// The content kinds, one bit per [`CONTENT_KINDS`] entry; 0 = all.
+    content: u32,
     /// Whether the rule wants human-owned (true) or bot-owned conversations.
     human_owned: Option<bool>,
     keywords: Vec<String>,
@@ -297,13 +300,11 @@ impl RuleSet {
                     ));
                 }
             };
-            if let Some(kind) = rule
-                .content
-                .iter()
-                .find(|k| !CONTENT_KINDS.contains(&k.as_str()))
-            {
-                return Err(invalid("content", format!("unknown content kind {kind:?}")));
-            }
+            let content = rule.content.iter().try_fold(0, |mask, kind| {
+                content_bit(kind)
+                    .map(|bit| mask | bit)
+                    .ok_or_else(|| invalid("content", format!("unknown content kind {kind:?}")))
+            })?;
             if rule.keywords.iter().any(|k| k.trim().is_empty()) {
                 return Err(invalid(
                     "keywords",
@@ -341,6 +342,7 @@ impl RuleSet {
                 rule,
                 channels,
                 direction,
+                content,
                 human_owned,
                 keywords,
                 regex,
@@ -429,38 +431,79 @@ impl RuleSet {
     }
 }
 
-/// What the rules look at, computed once per message.
+/// What the rules look at, computed at most once per message, and only
+/// if a rule that could match needs it.
 struct Message<'a> {
     envelope: &'a Envelope,
     human_owned: bool,
+    /// The content kind's bit (see [`Compiled::content`]).
+    content: u32,
     text: Option<&'a str>,
-    lowercase: Option<String>,
-    language: Option<String>,
-    at: jiff::Timestamp,
+    lowercase: OnceCell<Option<String>>,
+    language: OnceCell<Option<String>>,
+    at: OnceCell<jiff::Timestamp>,
 }
 
 impl<'a> Message<'a> {
     fn new(envelope: &'a Envelope, human_owned: bool) -> Self {
-        let text = match &envelope.content {
-            Some(Content::Text(t)) => Some(t.body.as_str()),
-            _ => None,
-        };
         Message {
             envelope,
             human_owned,
-            text,
-            lowercase: text.map(str::to_lowercase),
-            language: envelope
-                .attributes
-                .get("language")
-                .map(|l| l.to_lowercase()),
-            at: envelope
+            content: envelope
+                .content
+                .as_ref()
+                .and_then(|c| content_bit(c.kind()))
+                .unwrap_or(0),
+            text: match &envelope.content {
+                Some(Content::Text(t)) => Some(t.body.as_str()),
+                _ => None,
+            },
+            lowercase: OnceCell::new(),
+            language: OnceCell::new(),
+            at: OnceCell::new(),
+        }
+    }
+
+    /// The text body, lowercased.
+    fn lowercase(&self) -> Option<&str> {
+        self.lowercase
+            .get_or_init(|| self.text.map(str::to_lowercase))
+            .as_deref()
+    }
+
+    /// The `language` attribute, lowercased.
+    fn language(&self) -> Option<&str> {
+        self.language
+            .get_or_init(|| {
+                self.envelope
+                    .attributes
+                    .get("language")
+                    .map(|l| l.to_lowercase())
+            })
+            .as_deref()
+    }
+
+    /// When the message was received (now if it does not say).
+    fn at(&self) -> jiff::Timestamp {
+        *self.at.get_or_init(|| {
+            self.envelope
                 .received_at
                 .as_ref()
                 .and_then(|t| jiff::Timestamp::new(t.seconds, t.nanos).ok())
-                .unwrap_or_else(jiff::Timestamp::now),
-        }
+                .unwrap_or_else(jiff::Timestamp::now)
+        })
     }
+}
+
+// One bit each in a `u32`.
+const _: () = assert!(CONTENT_KINDS.len() <= 32);
+
+/// The bit of a content kind, if it is one of [`CONTENT_KINDS`].
+fn content_bit(kind: &str) -> Option<u32> {
+    CONTENT_KINDS
+        .iter()
+        .position(|k| *k == kind)
+        .map(|i| 1 << i)
 }
 
 impl Compiled {
@@ -479,20 +522,15 @@ impl Compiled {
     fn matches_rest(&self, m: &Message<'_>) -> bool {
         let envelope = m.envelope;
         self.human_owned.is_none_or(|h| h == m.human_owned)
-            && (self.rule.content.is_empty()
-                || envelope
-                    .content
-                    .as_ref()
-                    .is_some_and(|c| self.rule.content.iter().any(|k| k == c.kind())))
+            && (self.content == 0 || self.content & m.content != 0)
             && (self.keywords.is_empty()
-                || m.lowercase
-                    .as_deref()
+                || m.lowercase()
                     .is_some_and(|t| self.keywords.iter().any(|k| t.contains(k.as_str()))))
             && (self.regex.is_empty()
                 || m.text
                     .is_some_and(|t| self.regex.iter().any(|r| r.is_match(t))))
             && (self.languages.is_empty()
-                || m.language.as_deref().is_some_and(|l| {
+                || m.language().is_some_and(|l| {
                     self.languages.iter().any(|want| {
                         l == *want
                             || l.strip_prefix(want.as_str())
@@ -509,7 +547,7 @@ impl Compiled {
             && self
                 .hours
                 .as_ref()
-                .is_none_or(|(calendar, open)| calendar.is_open(m.at) == *open)
+                .is_none_or(|(calendar, open)| calendar.is_open(m.at()) == *open)
     }
 }
 
