@@ -208,6 +208,46 @@ pub struct RuleSet {
     /// The rules by direction, channel and tenant, so a message tries only
     /// the ones that can match it.
     index: Index,
+    /// When rules list keywords: a message whose text contains none of
+    /// them tries only the rules without keywords.
+    keywords: Option<KeywordGate>,
+}
+
+/// Every keyword of every rule, checked once per message.
+#[derive(Debug, Clone)]
+struct KeywordGate {
+    /// Matches the lowercased text if it contains any rule's keyword.
+    any: regex::Regex,
+    /// The index of the rules that list no keywords.
+    without_keywords: Index,
+}
+
+impl KeywordGate {
+    /// `None` when no rule lists keywords, or when they are too many for
+    /// one regex (then every message tries the rules with keywords).
+    fn build(rules: &[Compiled]) -> Option<Self> {
+        let mut keywords: Vec<&str> = rules
+            .iter()
+            .flat_map(|c| c.keywords.iter().map(String::as_str))
+            .collect();
+        if keywords.is_empty() {
+            return None;
+        }
+        keywords.sort_unstable();
+        keywords.dedup();
+        let pattern = keywords
+            .iter()
+            .map(|k| regex::escape(k))
+            .collect::<Vec<_>>()
+            .join("|");
+        // Literals only and no flags: a match is exactly a keyword that is
+        // a substring of the text, like the per-rule check.
+        let any = regex::Regex::new(&pattern).ok()?;
+        Some(Self {
+            any,
+            without_keywords: Index::build(rules, |c| c.keywords.is_empty()),
+        })
+    }
 }
 
 impl Default for RuleSet {
@@ -217,6 +257,7 @@ impl Default for RuleSet {
             default: default_destinations(),
             rules: Vec::new(),
             index: Index::default(),
+            keywords: None,
         }
     }
 }
@@ -353,6 +394,7 @@ impl RuleSet {
         Ok(Self {
             default: file.default,
             index: Index::build(&rules, |_| true),
+            keywords: KeywordGate::build(&rules),
             rules,
         })
     }
@@ -385,7 +427,14 @@ impl RuleSet {
     /// of a conversation that a human owns (`human_owned`) or not.
     pub fn decide(&self, envelope: &Envelope, human_owned: bool) -> Decision<'_> {
         let message = Message::new(envelope, human_owned);
-        let first = self.index.first(
+        // Rules with keywords cannot match a text that contains none.
+        let index = match &self.keywords {
+            Some(gate) if !message.lowercase().is_some_and(|t| gate.any.is_match(t)) => {
+                &gate.without_keywords
+            }
+            _ => &self.index,
+        };
+        let first = index.first(
             envelope.direction(),
             envelope.channel(),
             &envelope.tenant_id,
