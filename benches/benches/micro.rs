@@ -115,11 +115,33 @@ fn partitioner(c: &mut Criterion) {
 /// `n` rules that the sample message does not match (wrong keyword), so
 /// every one is evaluated, then the default applies.
 fn rules_file(n: usize) -> String {
+    keyword_rules_file(n, "")
+}
+
+/// `n` rules for whatsapp and messenger text with keywords `refund {i}`
+/// and `order {i}`, each followed by `end`.
+fn keyword_rules_file(n: usize, end: &str) -> String {
     let mut text = String::from("default = [{ bot = \"echo\" }]\n");
     for i in 0..n {
         text.push_str(&format!(
             "[[rules]]\nid = \"r{i}\"\nchannels = [\"whatsapp\", \"messenger\"]\ndirection = \"inbound\"\n\
-             content = [\"text\"]\nkeywords = [\"refund {i}\", \"order {i}\"]\ndestinations = [{{ agent = \"q{i}\" }}]\n"
+             content = [\"text\"]\nkeywords = [\"refund {i}{end}\", \"order {i}{end}\"]\ndestinations = [{{ agent = \"q{i}\" }}]\n"
+        ));
+    }
+    text
+}
+
+/// `n` rules without keywords, each for one of 40 tenants and one of three
+/// channels, none of which the sample message matches (wrong language): a
+/// message tries only its tenant's and channel's rules.
+fn spread_rules_file(n: usize) -> String {
+    let mut text = String::from("default = [{ bot = \"echo\" }]\n");
+    for i in 0..n {
+        let channel = ["whatsapp", "messenger", "sms"][i % 3];
+        let tenant = i % 40;
+        text.push_str(&format!(
+            "[[rules]]\nid = \"r{i}\"\ntenants = [\"t{tenant}\"]\nchannels = [\"{channel}\"]\n\
+             languages = [\"fr\"]\ndestinations = [{{ agent = \"q{i}\" }}]\n"
         ));
     }
     text
@@ -134,6 +156,28 @@ fn rules(c: &mut Criterion) {
         assert_eq!(rules.decide(&envelope, false).rule_id, "default");
         group.bench_function(BenchmarkId::new("decide_no_match", n), |b| {
             b.iter(|| rules.decide(black_box(&envelope), false).rule_id.len())
+        });
+
+        // The last rule's keyword: every rule is tried. (The keywords end
+        // in "." so that `order 9` is not found in `order 999.`.)
+        let ended = RuleSet::parse(&keyword_rules_file(n, "."), &bots).expect("rules parse");
+        let mut last = envelope.clone();
+        last.content = Some(Content::Text(Text {
+            body: format!("{} order {}.", "x".repeat(110), n - 1),
+        }));
+        assert_eq!(ended.decide(&last, false).rule_id, format!("r{}", n - 1));
+        group.bench_function(BenchmarkId::new("decide_match_last", n), |b| {
+            b.iter(|| ended.decide(black_box(&last), false).rule_id.len())
+        });
+
+        let spread = RuleSet::parse(&spread_rules_file(n), &bots).expect("rules parse");
+        let t0 = Envelope {
+            tenant_id: "t0".into(),
+            ..envelope.clone()
+        };
+        assert_eq!(spread.decide(&t0, false).rule_id, "default");
+        group.bench_function(BenchmarkId::new("decide_no_match_spread", n), |b| {
+            b.iter(|| spread.decide(black_box(&t0), false).rule_id.len())
         });
     }
     group.finish();

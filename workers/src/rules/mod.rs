@@ -29,6 +29,7 @@
 //! ```
 
 use std::{
+    cell::OnceCell,
     collections::{BTreeMap, HashMap, HashSet},
     path::Path,
     sync::Arc,
@@ -38,8 +39,11 @@ use serde::Deserialize;
 use switchboard_proto::v1::{Channel, Direction, Envelope, envelope::Content};
 
 mod calendar;
+mod index;
 #[cfg(test)]
 mod tests;
+
+use index::Index;
 
 pub use calendar::{Calendar, CalendarSpec};
 
@@ -147,6 +151,8 @@ struct Compiled {
     rule: Rule,
     channels: Vec<Channel>,
     direction: Option<Direction>,
+    /// The content kinds, one bit per [`CONTENT_KINDS`] entry; 0 = all.
+    content: u32,
     /// Whether the rule wants human-owned (true) or bot-owned conversations.
     human_owned: Option<bool>,
     keywords: Vec<String>,
@@ -199,6 +205,49 @@ pub struct Decision<'a> {
 pub struct RuleSet {
     default: Vec<DestinationSpec>,
     rules: Vec<Compiled>,
+    /// The rules by direction, channel and tenant, so a message tries only
+    /// the ones that can match it.
+    index: Index,
+    /// When rules list keywords: a message whose text contains none of
+    /// them tries only the rules without keywords.
+    keywords: Option<KeywordGate>,
+}
+
+/// Every keyword of every rule, checked once per message.
+#[derive(Debug, Clone)]
+struct KeywordGate {
+    /// Matches the lowercased text if it contains any rule's keyword.
+    any: regex::Regex,
+    /// The index of the rules that list no keywords.
+    without_keywords: Index,
+}
+
+impl KeywordGate {
+    /// `None` when no rule lists keywords, or when they are too many for
+    /// one regex (then every message tries the rules with keywords).
+    fn build(rules: &[Compiled]) -> Option<Self> {
+        let mut keywords: Vec<&str> = rules
+            .iter()
+            .flat_map(|c| c.keywords.iter().map(String::as_str))
+            .collect();
+        if keywords.is_empty() {
+            return None;
+        }
+        keywords.sort_unstable();
+        keywords.dedup();
+        let pattern = keywords
+            .iter()
+            .map(|k| regex::escape(k))
+            .collect::<Vec<_>>()
+            .join("|");
+        // Literals only and no flags: a match is exactly a keyword that is
+        // a substring of the text, like the per-rule check.
+        let any = regex::Regex::new(&pattern).ok()?;
+        Some(Self {
+            any,
+            without_keywords: Index::build(rules, |c| c.keywords.is_empty()),
+        })
+    }
 }
 
 impl Default for RuleSet {
@@ -207,6 +256,8 @@ impl Default for RuleSet {
         Self {
             default: default_destinations(),
             rules: Vec::new(),
+            index: Index::default(),
+            keywords: None,
         }
     }
 }
@@ -290,13 +341,11 @@ impl RuleSet {
                     ));
                 }
             };
-            if let Some(kind) = rule
-                .content
-                .iter()
-                .find(|k| !CONTENT_KINDS.contains(&k.as_str()))
-            {
-                return Err(invalid("content", format!("unknown content kind {kind:?}")));
-            }
+            let content = rule.content.iter().try_fold(0, |mask, kind| {
+                content_bit(kind)
+                    .map(|bit| mask | bit)
+                    .ok_or_else(|| invalid("content", format!("unknown content kind {kind:?}")))
+            })?;
             if rule.keywords.iter().any(|k| k.trim().is_empty()) {
                 return Err(invalid(
                     "keywords",
@@ -334,6 +383,7 @@ impl RuleSet {
                 rule,
                 channels,
                 direction,
+                content,
                 human_owned,
                 keywords,
                 regex,
@@ -343,6 +393,8 @@ impl RuleSet {
         }
         Ok(Self {
             default: file.default,
+            index: Index::build(&rules, |_| true),
+            keywords: KeywordGate::build(&rules),
             rules,
         })
     }
@@ -374,81 +426,160 @@ impl RuleSet {
     /// The first matching rule's decision, or the default, for a message
     /// of a conversation that a human owns (`human_owned`) or not.
     pub fn decide(&self, envelope: &Envelope, human_owned: bool) -> Decision<'_> {
-        let text = match &envelope.content {
-            Some(Content::Text(t)) => Some(t.body.as_str()),
-            _ => None,
+        let message = Message::new(envelope, human_owned);
+        // Rules with keywords cannot match a text that contains none.
+        let index = match &self.keywords {
+            Some(gate) if !message.lowercase().is_some_and(|t| gate.any.is_match(t)) => {
+                &gate.without_keywords
+            }
+            _ => &self.index,
         };
-        let message = Message {
+        let first = index.first(
+            envelope.direction(),
+            envelope.channel(),
+            &envelope.tenant_id,
+            |position| self.rules[position as usize].matches_rest(&message),
+        );
+        self.decision(
             envelope,
-            human_owned,
-            text,
-            lowercase: text.map(str::to_lowercase),
-            language: envelope
-                .attributes
-                .get("language")
-                .map(|l| l.to_lowercase()),
-            at: envelope
-                .received_at
-                .as_ref()
-                .and_then(|t| jiff::Timestamp::new(t.seconds, t.nanos).ok())
-                .unwrap_or_else(jiff::Timestamp::now),
-        };
+            first.map(|position| &self.rules[position as usize]),
+        )
+    }
+
+    /// [`decide`](Self::decide) without the index: every rule in file order.
+    /// What the index must agree with.
+    #[cfg(test)]
+    fn decide_linear(&self, envelope: &Envelope, human_owned: bool) -> Decision<'_> {
+        let message = Message::new(envelope, human_owned);
         let outbound = envelope.direction() == Direction::Outbound;
-        self.rules
-            .iter()
-            .find(|c| (c.direction == Some(Direction::Outbound)) == outbound && c.matches(&message))
-            .map(|c| Decision {
+        let first = self.rules.iter().find(|c| {
+            (c.direction == Some(Direction::Outbound)) == outbound && c.matches(&message)
+        });
+        self.decision(envelope, first)
+    }
+
+    /// The decision for `rule`, or the default when no rule matched.
+    fn decision<'a>(&'a self, envelope: &Envelope, rule: Option<&'a Compiled>) -> Decision<'a> {
+        match rule {
+            Some(c) => Decision {
                 rule_id: &c.rule.id,
                 matched: true,
                 destinations: &c.rule.destinations,
-            })
-            .unwrap_or(if outbound {
-                Decision {
-                    rule_id: "outbound",
-                    matched: false,
-                    destinations: &[],
-                }
-            } else {
-                Decision {
-                    rule_id: "default",
-                    matched: false,
-                    destinations: &self.default,
-                }
-            })
+            },
+            None if envelope.direction() == Direction::Outbound => Decision {
+                rule_id: "outbound",
+                matched: false,
+                destinations: &[],
+            },
+            None => Decision {
+                rule_id: "default",
+                matched: false,
+                destinations: &self.default,
+            },
+        }
     }
 }
 
-/// What the rules look at, computed once per message.
+/// What the rules look at, computed at most once per message, and only
+/// if a rule that could match needs it.
 struct Message<'a> {
     envelope: &'a Envelope,
     human_owned: bool,
+    /// The content kind's bit (see [`Compiled::content`]).
+    content: u32,
     text: Option<&'a str>,
-    lowercase: Option<String>,
-    language: Option<String>,
-    at: jiff::Timestamp,
+    lowercase: OnceCell<Option<String>>,
+    language: OnceCell<Option<String>>,
+    at: OnceCell<jiff::Timestamp>,
+}
+
+impl<'a> Message<'a> {
+    fn new(envelope: &'a Envelope, human_owned: bool) -> Self {
+        Message {
+            envelope,
+            human_owned,
+            content: envelope
+                .content
+                .as_ref()
+                .and_then(|c| content_bit(c.kind()))
+                .unwrap_or(0),
+            text: match &envelope.content {
+                Some(Content::Text(t)) => Some(t.body.as_str()),
+                _ => None,
+            },
+            lowercase: OnceCell::new(),
+            language: OnceCell::new(),
+            at: OnceCell::new(),
+        }
+    }
+
+    /// The text body, lowercased.
+    fn lowercase(&self) -> Option<&str> {
+        self.lowercase
+            .get_or_init(|| self.text.map(str::to_lowercase))
+            .as_deref()
+    }
+
+    /// The `language` attribute, lowercased.
+    fn language(&self) -> Option<&str> {
+        self.language
+            .get_or_init(|| {
+                self.envelope
+                    .attributes
+                    .get("language")
+                    .map(|l| l.to_lowercase())
+            })
+            .as_deref()
+    }
+
+    /// When the message was received (now if it does not say).
+    fn at(&self) -> jiff::Timestamp {
+        *self.at.get_or_init(|| {
+            self.envelope
+                .received_at
+                .as_ref()
+                .and_then(|t| jiff::Timestamp::new(t.seconds, t.nanos).ok())
+                .unwrap_or_else(jiff::Timestamp::now)
+        })
+    }
+}
+
+// One bit each in a `u32`.
+const _: () = assert!(CONTENT_KINDS.len() <= 32);
+
+/// The bit of a content kind, if it is one of [`CONTENT_KINDS`].
+fn content_bit(kind: &str) -> Option<u32> {
+    CONTENT_KINDS
+        .iter()
+        .position(|k| *k == kind)
+        .map(|i| 1 << i)
 }
 
 impl Compiled {
+    /// Whether the rule matches the message.
+    #[cfg(test)]
     fn matches(&self, m: &Message<'_>) -> bool {
         let envelope = m.envelope;
         (self.channels.is_empty() || self.channels.contains(&envelope.channel()))
             && (self.rule.tenants.is_empty() || self.rule.tenants.contains(&envelope.tenant_id))
             && self.direction.is_none_or(|d| d == envelope.direction())
-            && self.human_owned.is_none_or(|h| h == m.human_owned)
-            && (self.rule.content.is_empty()
-                || envelope
-                    .content
-                    .as_ref()
-                    .is_some_and(|c| self.rule.content.iter().any(|k| k == c.kind())))
+            && self.matches_rest(m)
+    }
+
+    /// Whether the rule matches the message, given that its channels,
+    /// tenants and direction do (the [`Index`] checked those).
+    fn matches_rest(&self, m: &Message<'_>) -> bool {
+        let envelope = m.envelope;
+        self.human_owned.is_none_or(|h| h == m.human_owned)
+            && (self.content == 0 || self.content & m.content != 0)
             && (self.keywords.is_empty()
-                || m.lowercase
-                    .as_deref()
+                || m.lowercase()
                     .is_some_and(|t| self.keywords.iter().any(|k| t.contains(k.as_str()))))
             && (self.regex.is_empty()
                 || m.text
                     .is_some_and(|t| self.regex.iter().any(|r| r.is_match(t))))
             && (self.languages.is_empty()
-                || m.language.as_deref().is_some_and(|l| {
+                || m.language().is_some_and(|l| {
                     self.languages.iter().any(|want| {
                         l == *want
                             || l.strip_prefix(want.as_str())
@@ -465,7 +596,7 @@ impl Compiled {
             && self
                 .hours
                 .as_ref()
-                .is_none_or(|(calendar, open)| calendar.is_open(m.at) == *open)
+                .is_none_or(|(calendar, open)| calendar.is_open(m.at()) == *open)
     }
 }
 

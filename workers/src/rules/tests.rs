@@ -304,3 +304,194 @@ destinations = [{ agent = "qa" }]
     .to_string();
     assert!(err.contains("rule \"x\": field `owner`"), "{err}");
 }
+
+#[test]
+fn tenant_and_channel_rules_keep_file_order() {
+    let rules = RuleSet::parse(
+        r#"
+[[rules]]
+id = "acme-sms"
+tenants = ["acme", "acme"]
+channels = ["sms", "sms"]
+keywords = ["refund"]
+destinations = [{ agent = "refunds" }]
+
+[[rules]]
+id = "anyone"
+keywords = ["refund", "hello"]
+destinations = [{ agent = "all" }]
+
+[[rules]]
+id = "acme-anywhere"
+tenants = ["acme"]
+destinations = [{ agent = "acme" }]
+"#,
+        &bots(),
+    )
+    .unwrap();
+    let id = |tenant, channel, body| rules.decide(&text(tenant, channel, body), false).rule_id;
+    assert_eq!(id("acme", Channel::Sms, "refund please"), "acme-sms");
+    assert_eq!(id("acme", Channel::Webchat, "refund please"), "anyone");
+    assert_eq!(id("acme", Channel::Sms, "hello"), "anyone");
+    assert_eq!(id("acme", Channel::Sms, "bye"), "acme-anywhere");
+    assert_eq!(id("globex", Channel::Sms, "refund"), "anyone");
+    assert_eq!(id("globex", Channel::Sms, "bye"), "default");
+    let unknown_channel = Envelope {
+        channel: 42,
+        ..text("acme", Channel::Sms, "refund")
+    };
+    assert_eq!(rules.decide(&unknown_channel, false).rule_id, "anyone");
+}
+
+/// The index only narrows which rules a message tries: for any rules and
+/// any message, `decide` says what trying every rule in file order says.
+mod index_agrees_with_linear {
+    use proptest::{collection::vec, option, prelude::*, sample::select};
+    use switchboard_proto::v1::{Location, Referral, StatusReceipt};
+
+    use super::*;
+
+    const TENANTS: &[&str] = &["acme", "globex", "", "ACME"];
+    const CHANNELS: &[&str] = &["whatsapp", "messenger", "instagram", "sms", "webchat"];
+    const KINDS: &[&str] = &["text", "media", "location", "status"];
+    const KEYWORDS: &[&str] = &["hi", "Hello", "order", "ÉTÉ", "refund 7", "İ"];
+    const REGEXES: &[&str] = &["^h", r"\d+", "(?i)ORDER"];
+    const LANGUAGES: &[&str] = &["en", "es", "en-us"];
+    const SOURCES: &[&str] = &["ADS", "shortlink"];
+    const WORDS: &[&str] = &[
+        "hi", "HELLO", "order", "été", "refund 7", "x", "42", "Ordering", "h", "i̇", "İ",
+    ];
+    /// Monday 2026-11-23 00:00 UTC.
+    const MONDAY: i64 = 1_795_392_000;
+
+    /// Usually nothing, sometimes one or two of `pool`.
+    fn sometimes(pool: &'static [&'static str]) -> impl Strategy<Value = Vec<&'static str>> {
+        prop_oneof![3 => Just(Vec::new()), 1 => vec(select(pool), 1..3)]
+    }
+
+    /// One `[[rules]]` table (without id and destinations).
+    fn rule() -> impl Strategy<Value = String> {
+        (
+            // Duplicates included: a tenant or channel listed twice.
+            vec(select(TENANTS), 0..3),
+            vec(select(CHANNELS), 0..3),
+            select(&[None, Some("inbound"), Some("outbound")][..]),
+            sometimes(KINDS),
+            sometimes(KEYWORDS),
+            sometimes(REGEXES),
+            sometimes(LANGUAGES),
+            sometimes(SOURCES),
+            select(&[None, Some("bot"), Some("human")][..]),
+            select(&[None, Some("when_open"), Some("when_closed")][..]),
+        )
+            .prop_map(
+                |(
+                    tenants,
+                    channels,
+                    direction,
+                    content,
+                    keywords,
+                    regex,
+                    languages,
+                    sources,
+                    owner,
+                    hours,
+                )| {
+                    let mut table = format!(
+                        "tenants = {tenants:?}\nchannels = {channels:?}\ncontent = {content:?}\n\
+                         keywords = {keywords:?}\nregex = {regex:?}\nlanguages = {languages:?}\n\
+                         referral_sources = {sources:?}\n"
+                    );
+                    if let Some(direction) = direction {
+                        table += &format!("direction = {direction:?}\n");
+                    }
+                    if let Some(owner) = owner {
+                        table += &format!("owner = {owner:?}\n");
+                    }
+                    if let Some(hours) = hours {
+                        table += &format!("{hours} = \"office\"\n");
+                    }
+                    table
+                },
+            )
+    }
+
+    fn rules_file() -> impl Strategy<Value = String> {
+        vec(rule(), 0..40).prop_map(|rules| {
+            let mut text = String::from(
+                "default = [{ agent = \"general\" }]\n\
+                 [calendars.office]\ntimezone = \"UTC\"\nmon = [\"09:00-17:00\"]\n",
+            );
+            for (i, table) in rules.iter().enumerate() {
+                text += &format!(
+                    "[[rules]]\nid = \"r{i}\"\n{table}destinations = [{{ agent = \"q{i}\" }}]\n"
+                );
+            }
+            text
+        })
+    }
+
+    fn content() -> impl Strategy<Value = Option<Content>> {
+        prop_oneof![
+            vec(select(WORDS), 0..4).prop_map(|words| Some(Content::Text(Text {
+                body: words.join(" ")
+            }))),
+            Just(Some(Content::Media(Media::default()))),
+            Just(Some(Content::Location(Location::default()))),
+            Just(Some(Content::Status(StatusReceipt::default()))),
+            Just(None),
+        ]
+    }
+
+    prop_compose! {
+        fn envelope()(
+            tenant in select(&["acme", "globex", "", "ACME", "other"][..]),
+            // Past the last channel and direction: unknown values.
+            channel in 0..7i32,
+            direction in 0..4i32,
+            content in content(),
+            language in option::of(select(&["en", "EN-us", "es", "est", "fr"][..])),
+            source in option::of(select(&["ads", "SHORTLINK", "other"][..])),
+            // Monday, open and closed hours.
+            minutes in 0..24 * 60i64,
+        ) -> Envelope {
+            Envelope {
+                tenant_id: tenant.into(),
+                channel,
+                direction,
+                content,
+                attributes: language
+                    .map(|l| ("language".to_owned(), l.to_owned()))
+                    .into_iter()
+                    .collect(),
+                referral: source.map(|s| Referral { source: s.into(), ..Default::default() }),
+                received_at: Some(switchboard_proto::Timestamp {
+                    seconds: MONDAY + minutes * 60,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn same_decision(
+            text in rules_file(),
+            envelopes in vec((envelope(), any::<bool>()), 1..16),
+        ) {
+            let rules = RuleSet::parse(&text, &bots()).unwrap();
+            for (envelope, human_owned) in &envelopes {
+                let indexed = rules.decide(envelope, *human_owned);
+                let linear = rules.decide_linear(envelope, *human_owned);
+                prop_assert_eq!(
+                    (indexed.rule_id, indexed.matched, indexed.destinations),
+                    (linear.rule_id, linear.matched, linear.destinations),
+                    "{:?}", envelope
+                );
+            }
+        }
+    }
+}
