@@ -416,7 +416,7 @@ scrape_configs:
             result("fail", "publish a message routed to the support queue", str(code))
     time.sleep(1)
     p = subprocess.run([str(bins / "switchboard-desk"), "--config", str(workers_toml), "--kafka-bootstrap", a.kafka,
-                        "--agent", "ops-agent", "--queue", "support", "online"],
+                        "--tenant", "demo", "--agent", "ops-agent", "--queue", "support", "online"],
                        capture_output=True, text=True, timeout=remaining(60))
     if p.returncode != 0:
         result("fail", "switchboard-desk online", (p.stdout + p.stderr)[-1500:])
@@ -635,7 +635,10 @@ def phase_k8s_configs(a, procs: Procs, work: pathlib.Path) -> None:
                      "SWITCHBOARD_WORKERS_STATE_TOPIC": f"ops-{run}.k8s.state",
                      "SWITCHBOARD_WORKERS_REJECTIONS_TOPIC": f"ops-{run}.k8s.rejections",
                      "SWITCHBOARD_WORKERS_OUTBOUND_TOPIC_PREFIX": f"ops-{run}.k8s.outbound",
-                     "SWITCHBOARD_WORKERS_KAFKA__TOPIC_REPLICATION": "1"})
+                     "SWITCHBOARD_WORKERS_KAFKA__TOPIC_REPLICATION": "1",
+                     # This check publishes before the new group's first
+                     # assignment; the default (latest) would skip those.
+                     "SWITCHBOARD_WORKERS_AUTO_OFFSET_RESET": "earliest"})
 
     serving = wait_until("k8s broker health", 90, lambda: procs.alive("k8s-broker") and health(grpc_port) == 1
                          and health(grpc_port, "switchboard.v1.Ingest") == 1)
