@@ -581,7 +581,7 @@ async fn route_partition(
                     // Boxed: routing's future is large, and the task would
                     // otherwise be copied whole on every move (memmove was
                     // 13% of a routing profile).
-                    let Ok((_, state, settling)) =
+                    let Ok((state, settling)) =
                         Box::pin(router.route(envelope, state, source, &abort)).await
                     else {
                         return (offset, key, Outcome::Unfinished);

@@ -273,8 +273,8 @@ impl Router {
     }
 
     /// Routes one envelope read from `source`, of a conversation in
-    /// `state`. Returns its decision and the conversation's new state once
-    /// every destination has acknowledged it or failed for good (and was
+    /// `state`. Returns the conversation's new state (the decision goes to
+    /// analytics with the message) once every destination has acknowledged it or failed for good (and was
     /// dead-lettered); or [`Interrupted`] if `stop` fired first. The new
     /// state and the analytics record are already handed to the producer
     /// then, in the conversation's order, but not yet acknowledged: the
@@ -296,7 +296,7 @@ impl Router {
         mut state: ConversationState,
         source: Source<'a>,
         stop: &'a CancellationToken,
-    ) -> Result<(RouteDecision, ConversationState, Settling<'a>), Interrupted> {
+    ) -> Result<(ConversationState, Settling<'a>), Interrupted> {
         let key = envelope.conversation_key();
         let mut changed = effects::apply_message(&mut state, &envelope, &self.handoff_queue);
         if !state.queue.is_empty() {
@@ -399,7 +399,6 @@ impl Router {
             .received_at
             .as_ref()
             .and_then(switchboard_proto::system_time);
-        let decision = route.clone();
         let record = AnalyticsRecord {
             envelope: Some(envelope),
             decision: Some(route),
@@ -441,7 +440,7 @@ impl Router {
         if let std::task::Poll::Ready(done) = futures::poll!(settling.as_mut()) {
             settling = Box::pin(std::future::ready(done));
         }
-        Ok((decision, state, settling))
+        Ok((state, settling))
     }
 
     /// Publishes a refused outbound message to the rejections topic.
