@@ -8,10 +8,10 @@ use switchboard_runtime::{kafka::KafkaConfig, shutdown::Shutdown, trace::TracePa
 use switchboard_workers::{
     agents::{config::AgentsConfig, service::QueueStage},
     config::WorkersConfig,
-    consumer::Worker,
+    consume::Worker,
     destinations::bot::echo,
     destinations::bot::{BotConfig, BotProtocol},
-    router::Router,
+    route::Router,
 };
 use tokio::{net::TcpListener, task::JoinHandle};
 

@@ -5,8 +5,9 @@
 //! - [`ingest`]: the raw rdkafka producer (same payloads, keys, acks and
 //!   idempotence) against `PublishStream` and unary `Publish` through an
 //!   ingestion node.
-//! - [`routing`]: the raw rdkafka consumer against workers routing every
-//!   message to analytics.
+//! - [`routing`]: the raw rdkafka consumer and the raw pipe (consume,
+//!   produce one record per message, store after delivery) against workers
+//!   routing every message to analytics, with CPU time per message.
 //! - [`slow_destination`]: a 20 ms bot behind key-level concurrent routing
 //!   against a partition-serial consumer (one message at a time per
 //!   partition), with order violations counted.
@@ -370,14 +371,145 @@ pub async fn ingest(
     Ok(report)
 }
 
-/// Routing: the raw consumer reading the preloaded topic, then workers
-/// routing the same records to analytics.
+/// CPU time (user and system) this process has used, from `/proc/self/stat`
+/// (in clock ticks of 10 ms, Linux's `CLK_TCK` of 100).
+pub fn process_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces): the state is
+    // the 3rd field, utime the 14th and stime the 15th.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Duration::from_millis((ticks(11) + ticks(12)) * 10)
+}
+
+/// Microseconds of this process's CPU per message since `since`.
+fn cpu_per_message(since: Duration, messages: usize) -> f64 {
+    process_cpu().saturating_sub(since).as_secs_f64() * 1e6 / messages.max(1) as f64
+}
+
+/// Records in `topic` (all partitions), with one client kept for the whole
+/// wait so that polling costs little of the CPU being measured.
+struct TopicCounter {
+    consumer: rdkafka::consumer::BaseConsumer,
+    topic: String,
+    partitions: i32,
+}
+
+impl TopicCounter {
+    fn new(kafka: &KafkaConfig, topic: &str) -> anyhow::Result<Self> {
+        Ok(Self {
+            consumer: kafka.client_config(&[]).create()?,
+            topic: topic.to_owned(),
+            partitions: kafka.topic_partitions,
+        })
+    }
+
+    fn count(&self) -> i64 {
+        (0..self.partitions)
+            .map(|p| {
+                self.consumer
+                    .fetch_watermarks(&self.topic, p, Duration::from_secs(5))
+                    .map_or(0, |(low, high)| high - low)
+            })
+            .sum()
+    }
+}
+
+/// The raw pipe: librdkafka reads `from`, decodes every envelope and
+/// produces one analytics record (the envelope and a decision) per message
+/// to `to`, with the workers' producer settings; each offset is stored
+/// only after its record's delivery report. The practical limit for a
+/// stage that writes one record per message. Returns the time from the
+/// first record to the last delivery, and the CPU used meanwhile.
+async fn raw_pipe(
+    kafka: &KafkaConfig,
+    from: &str,
+    to: &str,
+    messages: usize,
+) -> anyhow::Result<(Duration, Duration)> {
+    use futures::{StreamExt as _, stream::FuturesUnordered};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    use switchboard_proto::v1::{AnalyticsRecord, RouteDecision};
+
+    let consumer: StreamConsumer = kafka
+        .client_config(&[
+            ("group.id", "switchboard-bench-pipe"),
+            ("enable.auto.commit", "true"),
+            ("enable.auto.offset.store", "false"),
+        ])
+        .create()?;
+    let mut partitions = rdkafka::TopicPartitionList::new();
+    for p in 0..kafka.topic_partitions {
+        partitions.add_partition_offset(from, p, rdkafka::Offset::Beginning)?;
+    }
+    consumer.assign(&partitions)?;
+    let producer: FutureProducer = kafka.producer_config(&[("linger.ms", "2")]).create()?;
+    let mut pending = FuturesUnordered::new();
+    let (mut taken, mut done) = (0, 0);
+    let mut started = None;
+    let mut cpu = Duration::ZERO;
+    while done < messages {
+        tokio::select! {
+            biased;
+            Some((partition, offset, delivery)) = pending.next(), if !pending.is_empty() => {
+                let delivery: Result<Result<_, _>, _> = delivery;
+                if let Ok(Err((e, _))) = delivery {
+                    anyhow::bail!("raw pipe delivery failed: {e}");
+                }
+                consumer.store_offset(from, partition, offset + 1)?;
+                done += 1;
+            }
+            message = consumer.recv(), if taken < messages && pending.len() < 10_000 => {
+                let message = message?;
+                if started.is_none() {
+                    started = Some(Instant::now());
+                    cpu = process_cpu();
+                }
+                taken += 1;
+                let envelope = Envelope::decode(message.payload().unwrap_or_default())?;
+                let key = envelope.conversation_key();
+                let record = AnalyticsRecord {
+                    decision: Some(RouteDecision {
+                        message_id: envelope.message_id.clone(),
+                        reason: "no rule matched".into(),
+                        ..Default::default()
+                    }),
+                    envelope: Some(envelope),
+                }
+                .encode_to_vec();
+                let delivery = producer
+                    .send_result(FutureRecord::to(to).key(&key).payload(&record))
+                    .map_err(|(e, _)| anyhow::anyhow!("raw pipe produce: {e}"))?;
+                let (partition, offset) = (message.partition(), message.offset());
+                pending.push(async move { (partition, offset, delivery.await) });
+            }
+        }
+    }
+    Ok((
+        started.map_or(Duration::ZERO, |s| s.elapsed()),
+        process_cpu().saturating_sub(cpu),
+    ))
+}
+
+/// Routing: the raw consumer and the raw pipe reading the preloaded topic,
+/// then workers routing the same records to analytics. Each reports its
+/// rate and its CPU time per message (this process's, from `/proc`); the
+/// workers' ratios are taken against the raw pipe.
 pub async fn routing(kafka: &KafkaConfig, messages: usize) -> anyhow::Result<ScenarioReport> {
     let conversations = (messages / 10).max(1);
     let envelopes = workload(conversations, messages.div_ceil(conversations), 200);
     let envelopes = &envelopes[..messages];
     let mut report = ScenarioReport::new(
-        "routing vs the raw consumer",
+        "routing vs the raw consumer and the raw pipe",
         &[
             ("messages", messages.to_string()),
             ("conversations", conversations.to_string()),
@@ -391,7 +523,7 @@ pub async fn routing(kafka: &KafkaConfig, messages: usize) -> anyhow::Result<Sce
     config.preload(envelopes).await?;
     tracing::info!("raw consumer");
 
-    // The limit: read every record (and decode it) with librdkafka. The
+    // The read limit: every record read (and decoded) with librdkafka. The
     // partitions are assigned, not subscribed: no group to join or leave.
     let consumer: StreamConsumer = kafka
         .client_config(&[
@@ -406,40 +538,66 @@ pub async fn routing(kafka: &KafkaConfig, messages: usize) -> anyhow::Result<Sce
     consumer.assign(&partitions)?;
     let mut decoded = 0;
     let mut started = None;
+    let mut cpu = Duration::ZERO;
     while decoded < messages {
         let m = consumer.recv().await?;
-        started.get_or_insert_with(Instant::now);
+        if started.is_none() {
+            started = Some(Instant::now());
+            cpu = process_cpu();
+        }
         decoded += usize::from(Envelope::decode(m.payload().unwrap_or_default()).is_ok());
     }
+    let consumer_cpu = cpu_per_message(cpu, messages);
     report.push(
         "raw rdkafka consumer",
         messages,
         started.map_or(Duration::ZERO, |s| s.elapsed()),
-        &[],
+        &[("cpu_us_per_message", consumer_cpu)],
     );
     drop(consumer);
 
+    tracing::info!("raw pipe");
+    let pipe_topic = format!("{}.pipe", config.analytics_topic);
+    let (pipe_elapsed, pipe_cpu) =
+        raw_pipe(kafka, &config.messages_topic, &pipe_topic, messages).await?;
+    let pipe_rate = messages as f64 / pipe_elapsed.as_secs_f64().max(1e-9);
+    let pipe_cpu = pipe_cpu.as_secs_f64() * 1e6 / messages as f64;
+    report.push(
+        "raw pipe (consume, decode, produce one record, store after delivery)",
+        messages,
+        pipe_elapsed,
+        &[("cpu_us_per_message", pipe_cpu)],
+    );
+
     tracing::info!("routing workers");
     // Workers: everything to analytics (no rules file).
-    let analytics_topic = config.analytics_topic.clone();
+    let counter = TopicCounter::new(kafka, &config.analytics_topic)?;
+    let cpu = process_cpu();
     let pipeline = Pipeline::start(&config, RecordingBot::default()).await?;
     // Time from the first analytics record to all of them.
-    let counter = {
-        let bootstrap = kafka.bootstrap_servers.clone();
-        move || switchboard_testkit::topic_size(&bootstrap, &analytics_topic)
-    };
     wait_until("the first routed message", Duration::from_secs(120), || {
-        counter() > 0
+        counter.count() > 0
     })
     .await?;
     let started = Instant::now();
     wait_until("every message routed", Duration::from_secs(600), || {
-        counter() >= messages as i64
+        counter.count() >= messages as i64
     })
     .await?;
     let elapsed = started.elapsed();
+    let worker_cpu = cpu_per_message(cpu, messages);
     pipeline.stop().await?;
-    report.push("workers routing to analytics", messages, elapsed, &[]);
+    let worker_rate = messages as f64 / elapsed.as_secs_f64().max(1e-9);
+    report.push(
+        "workers routing to analytics",
+        messages,
+        elapsed,
+        &[
+            ("cpu_us_per_message", worker_cpu),
+            ("rate_ratio_to_raw_pipe", worker_rate / pipe_rate),
+            ("cpu_ratio_to_raw_pipe", worker_cpu / pipe_cpu),
+        ],
+    );
     Ok(report)
 }
 

@@ -154,28 +154,32 @@ async fn bot_hands_off_to_a_human_and_gets_the_conversation_back() {
         "only the handoff and the message sent while human-owned went to the agents"
     );
 
-    // The state topic tells the same story, in order.
+    // The state topic tells the same story, in order. States are written
+    // behind, once per conversation per flush: changes made within one
+    // flush interval share a record, so only the distinct steps count.
     let state_topic = config.state_topic.clone();
-    let states = read(&bootstrap, &state_topic, |r| r.len() >= 5).await;
+    let bot_owned = (Owner::Bot, String::new(), String::new());
+    let last_is_bot_owned = |records: &[rdkafka::message::OwnedMessage]| {
+        records
+            .last()
+            .map(|m| ConversationState::decode(m.payload().unwrap()).unwrap())
+            .is_some_and(|s| s.owner() == Owner::Bot)
+    };
+    let states = read(&bootstrap, &state_topic, last_is_bot_owned).await;
     let key = say("").conversation_key();
-    let owners: Vec<(Owner, String, String)> = states
+    let mut owners: Vec<(Owner, String, String)> = states
         .iter()
         .filter(|m| m.key() == Some(key.as_bytes()))
         .map(|m| ConversationState::decode(m.payload().unwrap()).unwrap())
         .map(|s| (s.owner(), s.queue.clone(), s.handoff_from.clone()))
         .collect();
+    owners.dedup();
+    // "hi" alone may have had a flush of its own, before the handoff.
+    if owners.first().is_some_and(|o| o.0 == Owner::Unspecified) {
+        owners.remove(0);
+    }
     let human = (Owner::Human, "vip".to_owned(), "helper".to_owned());
-    let bot_owned = (Owner::Bot, String::new(), String::new());
-    assert_eq!(
-        owners,
-        [
-            (Owner::Unspecified, String::new(), String::new()), // hi
-            human.clone(),                                      // human please
-            human,                                              // is anyone there?
-            bot_owned.clone(),                                  // release
-            bot_owned,                                          // one more question
-        ]
-    );
+    assert_eq!(owners, [human, bot_owned]);
     pipeline.stop().await.unwrap();
     let _ = std::fs::remove_file(rules);
 }

@@ -19,7 +19,7 @@ use switchboard_benches::pipeline::{Pipeline, PipelineConfig};
 use switchboard_proto::v1::{BotRequest, BotResponse, Channel, Envelope, bot_server::Bot};
 use switchboard_runtime::shutdown::Shutdown;
 use switchboard_testkit::{self as testkit, RecordingBot};
-use switchboard_workers::{consumer::Worker, destinations::bot::echo, router::Router};
+use switchboard_workers::{consume::Worker, destinations::bot::echo, route::Router};
 
 const PARTITIONS: i32 = 12;
 /// Counts the calls it gets and hands them to a shared recording bot.

@@ -88,6 +88,13 @@ pub struct WorkersConfig {
     /// `max_attempts = 0`) holds its partition back instead of growing the
     /// set of finished offsets without bound.
     pub max_finished_ahead_per_partition: usize,
+    /// How often changed conversation states are written to the state
+    /// topic: once per conversation per flush, not once per message. A
+    /// message's offset is committed only after the flush holding its
+    /// state change is acknowledged, so a crash redoes up to this much more
+    /// (routed again from the committed offset, reaching the same state).
+    #[serde(with = "humantime_serde")]
+    pub state_flush_interval: Duration,
     /// Channel message ids remembered per conversation (in its state) to
     /// drop copies that reached Kafka twice (through different ingestion
     /// nodes, or after a node's dedupe window). 0 turns this check off.
@@ -156,6 +163,7 @@ impl Default for WorkersConfig {
             max_in_flight_per_partition: 256,
             max_in_flight_per_worker: 4096,
             max_finished_ahead_per_partition: 10_000,
+            state_flush_interval: Duration::from_millis(200),
             recent_message_ids: 20,
             max_attempts: 8,
             retry_backoff: Duration::from_millis(100),
@@ -290,6 +298,10 @@ impl WorkersConfig {
         anyhow::ensure!(
             config.max_finished_ahead_per_partition > 0,
             "max_finished_ahead_per_partition must be at least 1"
+        );
+        anyhow::ensure!(
+            !config.state_flush_interval.is_zero(),
+            "state_flush_interval must be more than 0"
         );
         anyhow::ensure!(!config.group_id.is_empty(), "group_id must not be empty");
         for (name, bot) in &config.bots {

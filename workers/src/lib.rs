@@ -17,8 +17,7 @@
 //!   partition is assigned; consent rules for outbound messages.
 //! - [`destinations`]: `bot/` (config, client, demo echo bot) and `topics`
 //!   (agent queue, analytics, outbound and dead-letter topics).
-//! - [`offsets`]: the contiguous prefix of completed offsets, safe to commit.
-//! - [`router`]: decides and delivers one message, retrying transient
+//! - [`route`]: decides and delivers one message, retrying transient
 //!   failures up to a budget, then dead-lettering; reloads the rules file.
 //! - [`replay`]: copies dead letters, or a time range of the messages
 //!   topic, back into the messages topic to be routed again.
@@ -28,20 +27,20 @@
 //! - [`compacted`]: reading a compacted topic to its end, to rebuild state.
 //! - [`metrics`]: the workers' metric names and help texts (the queue
 //!   stage's handles are in `agents::metrics`).
-//! - [`consumer`]: the at-least-once consume loop: conversations of a
-//!   partition run concurrently, each in order, and only the contiguous
-//!   prefix of completed offsets is stored and committed.
+//! - [`consume`]: the at-least-once consume loop: the poll loop and
+//!   rebalances, each partition's routing loop (conversations concurrently,
+//!   each in order, states written behind), record decoding, and the
+//!   contiguous prefix of completed offsets that is stored and committed.
 
 #![forbid(unsafe_code)]
 
 pub mod agents;
 pub mod compacted;
 pub mod config;
-pub mod consumer;
+pub mod consume;
 pub mod destinations;
 pub mod metrics;
-pub mod offsets;
 pub mod replay;
-pub mod router;
+pub mod route;
 pub mod rules;
 pub mod state;

@@ -7,9 +7,9 @@ use switchboard_runtime::{config::Overrides, shutdown, telemetry};
 use switchboard_workers::{
     agents::service::QueueStage,
     config::WorkersConfig,
-    consumer::Worker,
+    consume::Worker,
     replay::{self, ReplayRequest},
-    router::Router,
+    route::Router,
 };
 
 /// Switchboard routing worker: consumes envelopes from Kafka and routes

@@ -188,3 +188,157 @@ endpoint = "http://{bot_addr}"
     bot_server.await.unwrap().unwrap();
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Conversation states are written behind: a worker killed after routing
+/// messages but before the flush holding their state changes loses
+/// nothing. Their offsets were never committed (a message is done only
+/// once its state is acknowledged), so the next owner rebuilds the states
+/// from the topic, redoes those messages, and reaches the same states.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the real local Kafka: run deploy/test.sh"]
+async fn killed_between_a_state_change_and_its_flush_loses_nothing() {
+    use prost::Message as _;
+    use rdkafka::Message as _;
+    use switchboard_proto::v1::{AnalyticsRecord, ConversationState};
+
+    const MESSAGES: usize = 200;
+    const CONVERSATIONS: usize = 20;
+    let bootstrap = testkit::real_kafka();
+    let kafka = testkit::kafka_config(&bootstrap, 4);
+    let name = |role: &str| testkit::random_topic(&format!("gap.{role}"));
+    let (messages, analytics, state, group) = (
+        name("messages"),
+        name("analytics"),
+        name("state"),
+        name("group"),
+    );
+    kafka.ensure_topics(&[&messages, &analytics]).await.unwrap();
+    let channel_id = |i: usize| format!("SM{i:08}");
+    let envelopes: Vec<Envelope> = (0..MESSAGES)
+        .map(|i| Envelope {
+            message_id: format!("m-{i}"),
+            channel_message_id: channel_id(i),
+            // As the ingestion node stamps it.
+            received_at: Some(switchboard_proto::timestamp(std::time::SystemTime::now())),
+            ..testkit::inbound_text(
+                Channel::Sms,
+                format!("conv-{}", i % CONVERSATIONS),
+                format!("message {i}"),
+            )
+        })
+        .collect();
+    testkit::publish_envelopes(&kafka, &messages, &envelopes).await;
+
+    let dir = std::env::temp_dir().join(testkit::random_topic("gap"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("workers.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+group_id = "{group}"
+messages_topic = "{messages}"
+analytics_topic = "{analytics}"
+agent_queue_topic = "{agents}"
+state_topic = "{state}"
+dlq_topic = "{dlq}"
+rejections_topic = "{rejections}"
+outbound_topic_prefix = "{outbound}"
+metrics_addr = "127.0.0.1:0"
+auto_offset_reset = "earliest"
+# The first worker never reaches its first flush.
+state_flush_interval = "10m"
+[kafka]
+bootstrap_servers = "{bootstrap}"
+topic_partitions = 4
+"#,
+            agents = name("agents"),
+            dlq = name("dlq"),
+            rejections = name("rejections"),
+            outbound = name("outbound"),
+        ),
+    )
+    .unwrap();
+    let read_ids = |topic: &str, at_least: usize| {
+        let (bootstrap, topic) = (bootstrap.clone(), topic.to_owned());
+        tokio::task::spawn_blocking(move || {
+            testkit::read_topic(&bootstrap, &topic, Duration::from_secs(120), |r| {
+                r.len() >= at_least
+            })
+        })
+    };
+
+    // Every message routed (analytics acknowledged), no state written yet.
+    let mut first = spawn_worker(&config);
+    let routed = read_ids(&analytics, MESSAGES).await.unwrap();
+    assert_eq!(testkit::analytics_message_ids(&routed).len(), MESSAGES);
+    tokio::time::sleep(Duration::from_secs(2)).await; // past an offset commit
+    first.start_kill().unwrap(); // SIGKILL, in the flush gap
+    first.wait().await.unwrap();
+    assert_eq!(testkit::topic_size(&bootstrap, &state), 0, "no flush yet");
+    let (committed, _) = {
+        let (bootstrap, group, messages) = (bootstrap.clone(), group.clone(), messages.clone());
+        tokio::task::spawn_blocking(move || {
+            testkit::committed_vs_size(&bootstrap, &group, &messages)
+        })
+        .await
+        .unwrap()
+    };
+    assert!(
+        committed <= 0,
+        "no offset committed before its state: {committed}"
+    );
+
+    // The next owner redoes every message and writes the states.
+    let mut second = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchboard-workers"))
+        .arg("--config")
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .env("SWITCHBOARD_WORKERS_STATE_FLUSH_INTERVAL", "100ms")
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let redone = read_ids(&analytics, 2 * MESSAGES).await.unwrap();
+    let mut routings = std::collections::HashMap::<String, usize>::new();
+    for record in &redone {
+        let record = AnalyticsRecord::decode(record.payload().unwrap()).unwrap();
+        *routings
+            .entry(record.envelope.unwrap().message_id)
+            .or_default() += 1;
+    }
+    assert_eq!(routings.len(), MESSAGES);
+    assert!(
+        routings.values().all(|n| *n == 2),
+        "every message redone once, none dropped as a copy of itself"
+    );
+
+    // Each conversation's last state holds all its messages' channel ids.
+    let states = read_ids(&state, CONVERSATIONS).await.unwrap();
+    wait_until("every offset committed", Duration::from_secs(30), || {
+        testkit::committed_vs_size(&bootstrap, &group, &messages).0 == MESSAGES as i64
+    })
+    .await;
+    let mut last = std::collections::HashMap::new();
+    for record in &states {
+        let key = String::from_utf8_lossy(record.key().unwrap()).into_owned();
+        last.insert(
+            key,
+            ConversationState::decode(record.payload().unwrap()).unwrap(),
+        );
+    }
+    assert_eq!(last.len(), CONVERSATIONS);
+    for (c, envelope) in envelopes.iter().take(CONVERSATIONS).enumerate() {
+        let key = envelope.conversation_key();
+        let state = &last[&key];
+        let expected: Vec<String> = (c..MESSAGES)
+            .step_by(CONVERSATIONS)
+            .map(channel_id)
+            .collect();
+        assert_eq!(state.recent_message_ids, expected, "{key}");
+        assert!(state.last_inbound_at.is_some(), "{key}: the window opened");
+    }
+    second.start_kill().unwrap();
+    second.wait().await.unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}

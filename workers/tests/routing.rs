@@ -17,7 +17,7 @@ use switchboard_proto::v1::{Channel, Envelope};
 use switchboard_runtime::shutdown::Shutdown;
 use switchboard_testkit as testkit;
 use switchboard_workers::{
-    agents::config::AgentsConfig, config::WorkersConfig, consumer::Worker, router::Router,
+    agents::config::AgentsConfig, config::WorkersConfig, consume::Worker, route::Router,
 };
 use tokio::task::JoinHandle;
 

@@ -2,7 +2,7 @@
 //!
 //! Two stages, so that assignment is consistent without a global lock:
 //!
-//! 1. The conversation stage ([`crate::router`]) decides that a message
+//! 1. The conversation stage ([`crate::route`]) decides that a message
 //!    needs a human, and which queue: a bot handed off, a rule names an
 //!    agent queue, or the conversation is human-owned. It publishes the
 //!    message as a task to the agent-queue topic, keyed by queue.

@@ -54,7 +54,7 @@ use crate::{
         DestinationError,
         topics::{QUEUE_SNAPSHOT_BUDGET_BYTES, TopicOutputs, headers},
     },
-    router::Interrupted,
+    route::Interrupted,
 };
 
 /// Events applied per batch, at most.
@@ -402,9 +402,10 @@ impl QueueStage {
             Some(Output::Assignment(event)) => self.outputs.assignment(event).await,
             Some(Output::Control(envelope)) => self.outputs.message(envelope).await,
             Some(Output::Moved(event)) => {
-                self.outputs
-                    .queue_event(event, &switchboard_runtime::trace::TraceParent::root())
-                    .await
+                let record = self
+                    .outputs
+                    .queue_task(event, &switchboard_runtime::trace::TraceParent::root());
+                self.outputs.resend(&record).await
             }
             Some(Output::Refused(task)) => {
                 let envelope = task.envelope.clone().unwrap_or_default();

@@ -6,13 +6,13 @@
 //! ([`KafkaConfig::producer_config`](switchboard_runtime::kafka::KafkaConfig::producer_config)),
 //! so a delivery counts only once Kafka has it.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prost::Message;
 use rdkafka::{
     error::KafkaError,
     message::{Header, OwnedHeaders},
-    producer::{FutureProducer, FutureRecord},
+    producer::{DeliveryFuture, FutureProducer, FutureRecord},
     types::RDKafkaErrorCode,
 };
 use switchboard_proto::v1::{
@@ -190,6 +190,70 @@ pub fn outbound_topic(prefix: &str, channel: Channel) -> String {
     format!("{prefix}.{}", channel.slug())
 }
 
+/// A record for one of the output topics, kept until Kafka acknowledges
+/// it, so it can be sent again.
+pub struct Outgoing<'a> {
+    /// The destination kind, for errors.
+    pub kind: &'static str,
+    /// The topic.
+    pub topic: &'a str,
+    /// The record's key.
+    pub key: String,
+    /// The encoded value.
+    pub payload: Vec<u8>,
+    /// The trace context header, if any.
+    pub headers: Option<OwnedHeaders>,
+}
+
+impl<'a> Outgoing<'a> {
+    fn new(
+        kind: &'static str,
+        topic: &'a str,
+        key: &str,
+        value: &impl Message,
+        trace: &TraceParent,
+    ) -> Self {
+        Self {
+            kind,
+            topic,
+            key: key.to_owned(),
+            payload: value.encode_to_vec(),
+            headers: Some(traced(trace)),
+        }
+    }
+}
+
+/// A record handed to the producer, and Kafka's answer to come.
+pub struct Enqueued<'a> {
+    /// The record, for a resend.
+    pub record: Outgoing<'a>,
+    delivery: Option<Result<DeliveryFuture, KafkaError>>,
+    /// When it was handed over.
+    pub at: Instant,
+}
+
+impl Enqueued<'_> {
+    /// Kafka's answer to the first attempt. A record the producer could
+    /// not even take (its queue full) fails as retryable.
+    pub async fn acknowledged(&mut self) -> Result<(), DestinationError> {
+        let result = match self.delivery.take() {
+            Some(Ok(delivery)) => match delivery.await {
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err((e, _))) => e,
+                Err(_canceled) => KafkaError::Canceled,
+            },
+            Some(Err(e)) => e,
+            None => KafkaError::Canceled,
+        };
+        Err(DestinationError {
+            kind: self.record.kind,
+            name: self.record.topic.to_owned(),
+            message: result.to_string(),
+            retryable: classify(&result) == WriteRetry::Retryable,
+        })
+    }
+}
+
 /// The producer and topic names of the Kafka-topic destinations.
 pub struct TopicOutputs {
     producer: FutureProducer,
@@ -234,23 +298,6 @@ impl TopicOutputs {
         })
     }
 
-    /// Publishes a queue event (an agent task, a conversation moved between
-    /// queues), keyed by its queue so one queue's events stay in order.
-    pub async fn queue_event(
-        &self,
-        event: &QueueEvent,
-        trace: &TraceParent,
-    ) -> Result<(), DestinationError> {
-        self.send(
-            "agent",
-            &self.agent_queue_topic,
-            &event.queue,
-            &event.encode_to_vec(),
-            traced(trace),
-        )
-        .await
-    }
-
     /// Publishes an assignment event for agent desks, keyed by conversation.
     pub async fn assignment(&self, event: &AssignmentEvent) -> Result<(), DestinationError> {
         self.send(
@@ -288,73 +335,79 @@ impl TopicOutputs {
         .await
     }
 
-    /// Publishes an analytics record, keyed by conversation.
-    pub async fn analytics(
+    /// An analytics record, keyed by conversation.
+    pub fn analytics(
         &self,
         key: &str,
         record: &AnalyticsRecord,
         trace: &TraceParent,
-    ) -> Result<(), DestinationError> {
-        self.send(
-            "analytics",
-            &self.analytics_topic,
-            key,
-            &record.encode_to_vec(),
-            traced(trace),
-        )
-        .await
+    ) -> Outgoing<'_> {
+        Outgoing::new("analytics", &self.analytics_topic, key, record, trace)
     }
 
-    /// Publishes an outbound envelope (a bot's reply) to its channel's
-    /// outbound topic, keyed by conversation.
-    pub async fn outbound(
-        &self,
-        envelope: &Envelope,
-        trace: &TraceParent,
-    ) -> Result<(), DestinationError> {
+    /// An outbound envelope (a bot's reply, a business's send) for its
+    /// channel's outbound topic, keyed by conversation.
+    pub fn outbound(&self, envelope: &Envelope, trace: &TraceParent) -> Outgoing<'_> {
         // `Channel::ALL` is in value order, so a channel is its own index.
         let topic = &self.outbound_topics[envelope.channel() as usize];
-        let key = envelope.conversation_key();
-        self.send(
+        Outgoing::new(
             "outbound",
             topic,
-            &key,
-            &envelope.encode_to_vec(),
-            traced(trace),
+            &envelope.conversation_key(),
+            envelope,
+            trace,
         )
-        .await
     }
 
-    /// Publishes a conversation's new state to the compacted state topic.
-    pub async fn state(
-        &self,
-        key: &str,
-        state: &ConversationState,
-        trace: &TraceParent,
-    ) -> Result<(), DestinationError> {
-        self.send(
-            "state",
-            &self.state_topic,
-            key,
-            &state.encode_to_vec(),
-            traced(trace),
-        )
-        .await
+    /// A conversation's state for the compacted state topic.
+    pub fn state(&self, key: &str, state: &ConversationState) -> Outgoing<'_> {
+        Outgoing {
+            kind: "state",
+            topic: &self.state_topic,
+            key: key.to_owned(),
+            payload: state.encode_to_vec(),
+            headers: None,
+        }
     }
 
-    /// Publishes an outbound message that consent rules refused.
-    pub async fn rejection(
-        &self,
-        key: &str,
-        rejection: &Rejection,
-        trace: &TraceParent,
-    ) -> Result<(), DestinationError> {
+    /// An agent task or queue event, keyed by its queue so one queue's
+    /// events stay in order.
+    pub fn queue_task(&self, event: &QueueEvent, trace: &TraceParent) -> Outgoing<'_> {
+        Outgoing::new("agent", &self.agent_queue_topic, &event.queue, event, trace)
+    }
+
+    /// An outbound message that consent rules refused.
+    pub fn rejection(&self, key: &str, rejection: &Rejection, trace: &TraceParent) -> Outgoing<'_> {
+        Outgoing::new("rejections", &self.rejections_topic, key, rejection, trace)
+    }
+
+    /// Hands `record` to the producer without waiting: Kafka's answer comes
+    /// with [`Enqueued::acknowledged`]. The producer keeps one partition's
+    /// records in the order they were enqueued.
+    pub fn enqueue<'a>(&self, record: Outgoing<'a>) -> Enqueued<'a> {
+        let mut future = FutureRecord::to(record.topic)
+            .key(&record.key)
+            .payload(&record.payload);
+        if let Some(headers) = &record.headers {
+            future = future.headers(headers.clone());
+        }
+        let delivery = self.producer.send_result(future).map_err(|(e, _)| e);
+        Enqueued {
+            record,
+            delivery: Some(delivery),
+            at: Instant::now(),
+        }
+    }
+
+    /// Sends `record` again and waits for Kafka's answer.
+    pub async fn resend(&self, record: &Outgoing<'_>) -> Result<(), DestinationError> {
+        let headers = record.headers.clone().unwrap_or_default();
         self.send(
-            "rejections",
-            &self.rejections_topic,
-            key,
-            &rejection.encode_to_vec(),
-            traced(trace),
+            record.kind,
+            record.topic,
+            &record.key,
+            &record.payload,
+            headers,
         )
         .await
     }

@@ -128,25 +128,46 @@ pub fn release_to_bot(state: &mut ConversationState) {
 }
 
 /// Whether the conversation has already seen `envelope`'s channel message
-/// id (a copy that reached Kafka twice). Envelopes without one never are.
-pub fn is_duplicate(state: &ConversationState, envelope: &Envelope) -> bool {
-    !envelope.channel_message_id.is_empty()
-        && state
-            .recent_message_ids
-            .contains(&envelope.channel_message_id)
+/// id in another record (a copy that reached Kafka twice). Envelopes
+/// without one never are; nor is the same record read again at `offset`
+/// (redone after a crash whose state was written before its offset).
+pub fn is_duplicate(state: &ConversationState, envelope: &Envelope, offset: i64) -> bool {
+    if envelope.channel_message_id.is_empty() {
+        return false;
+    }
+    let Some(i) = state
+        .recent_message_ids
+        .iter()
+        .rposition(|id| *id == envelope.channel_message_id)
+    else {
+        return false;
+    };
+    // States written before offsets were kept have none: a copy, then.
+    state.recent_message_offsets.get(i) != Some(&offset)
 }
 
-/// Remembers `envelope`'s channel message id, keeping the newest `keep`;
-/// true when it did.
-pub fn remember(state: &mut ConversationState, envelope: &Envelope, keep: usize) -> bool {
+/// Remembers `envelope`'s channel message id, read at `offset`, keeping the
+/// newest `keep`; true when it did.
+pub fn remember(
+    state: &mut ConversationState,
+    envelope: &Envelope,
+    offset: i64,
+    keep: usize,
+) -> bool {
     if keep == 0 || envelope.channel_message_id.is_empty() {
         return false;
+    }
+    // Offsets line up with ids from the first one remembered with them.
+    if state.recent_message_offsets.len() != state.recent_message_ids.len() {
+        state.recent_message_offsets = vec![-1; state.recent_message_ids.len()];
     }
     state
         .recent_message_ids
         .push(envelope.channel_message_id.clone());
+    state.recent_message_offsets.push(offset);
     let excess = state.recent_message_ids.len().saturating_sub(keep);
     state.recent_message_ids.drain(..excess);
+    state.recent_message_offsets.drain(..excess);
     true
 }
 

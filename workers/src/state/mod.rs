@@ -9,20 +9,26 @@
 //! topic, and only that partition's owner writes it.
 //!
 //! - [`store`]: rebuilds a partition's states from the state topic when the
-//!   partition is assigned, and caches them (dashmap).
+//!   partition is assigned; the partition's routing loop owns them.
+//! - [`write_behind`]: which states to write and which messages wait for
+//!   them: one record per conversation per flush.
 //! - [`effects`]: how a message changes its conversation's state.
 //! - [`consent`]: whether an outbound message may be sent.
 //!
 //! A conversation's messages run one after another, so its state has one
-//! writer at a time: read, change, write to Kafka, then cache. A state is
-//! written before its message's offset is stored, and records only
-//! completed messages, so a worker killed at any point loses nothing: the
-//! next owner rebuilds the state and redoes what was not committed.
+//! writer at a time. A state is written (and acknowledged) before the
+//! offsets of the messages that changed it are stored, so a worker killed
+//! at any point loses nothing: the next owner rebuilds the state and redoes
+//! what was not committed. A redone message meets a state that may already
+//! hold its change; its channel message id is remembered with its offset,
+//! so it is routed again rather than dropped as a copy of itself.
 
 pub mod consent;
 pub mod effects;
 mod store;
 #[cfg(test)]
 mod tests;
+pub mod write_behind;
 
 pub use store::PartitionStates;
+pub use write_behind::WriteBehind;

@@ -1,8 +1,8 @@
-//! A partition's conversation states: rebuilt from Kafka, cached in a dashmap.
+//! A partition's conversation states: rebuilt from Kafka, then owned by the
+//! partition's routing loop.
 
-use std::time::Instant;
+use std::{collections::HashMap, time::Instant};
 
-use dashmap::DashMap;
 use prost::Message as _;
 use rdkafka::error::KafkaResult;
 use switchboard_proto::v1::ConversationState;
@@ -11,21 +11,24 @@ use switchboard_runtime::kafka::KafkaConfig;
 /// The states of one partition's conversations.
 #[derive(Debug, Default)]
 pub struct PartitionStates {
-    states: DashMap<String, ConversationState>,
+    states: HashMap<String, ConversationState>,
 }
 
 impl PartitionStates {
-    /// The conversation's state; the default for one never seen.
-    pub fn get(&self, key: &str) -> ConversationState {
-        self.states
-            .get(key)
-            .map(|s| s.value().clone())
-            .unwrap_or_default()
+    /// The conversation's state, to change in place; the default for one
+    /// never seen.
+    pub fn get_mut(&mut self, key: &str) -> &mut ConversationState {
+        // Looked up first: the key is copied only for a new conversation.
+        if !self.states.contains_key(key) {
+            self.states
+                .insert(key.to_owned(), ConversationState::default());
+        }
+        self.states.get_mut(key).expect("inserted above")
     }
 
-    /// Caches a state that Kafka has acknowledged.
-    pub fn put(&self, key: String, state: ConversationState) {
-        self.states.insert(key, state);
+    /// The conversation's state, if it has one.
+    pub fn get(&self, key: &str) -> Option<&ConversationState> {
+        self.states.get(key)
     }
 
     /// Conversations cached.
@@ -38,10 +41,12 @@ impl PartitionStates {
     /// Blocking: run it off the async runtime.
     pub fn rebuild(kafka: &KafkaConfig, topic: &str, partition: i32) -> KafkaResult<Self> {
         let started = Instant::now();
-        let states = Self::default();
+        let mut states = Self::default();
         crate::compacted::read_partition(kafka, topic, partition, |key, value| {
             match value.map(ConversationState::decode) {
-                Some(Ok(state)) => states.put(key.to_owned(), state),
+                Some(Ok(state)) => {
+                    states.states.insert(key.to_owned(), state);
+                }
                 None => {
                     states.states.remove(key);
                 }

@@ -248,16 +248,55 @@ fn recent_ids_are_bounded_and_spot_copies() {
         channel_message_id: id.into(),
         ..Default::default()
     };
-    for id in ["a", "b", "c"] {
-        assert!(!is_duplicate(&state, &with_id(id)));
-        remember(&mut state, &with_id(id), 2);
+    for (offset, id) in ["a", "b", "c"].into_iter().enumerate() {
+        assert!(!is_duplicate(&state, &with_id(id), offset as i64));
+        remember(&mut state, &with_id(id), offset as i64, 2);
     }
     assert_eq!(state.recent_message_ids, ["b", "c"]);
-    assert!(is_duplicate(&state, &with_id("c")));
-    assert!(!is_duplicate(&state, &with_id("a")), "pushed out");
-    assert!(!is_duplicate(&state, &with_id("")), "no id, never a copy");
-    remember(&mut state, &with_id("d"), 0);
+    assert_eq!(state.recent_message_offsets, [1, 2]);
+    assert!(
+        is_duplicate(&state, &with_id("c"), 7),
+        "a copy at another offset"
+    );
+    assert!(!is_duplicate(&state, &with_id("a"), 7), "pushed out");
+    assert!(
+        !is_duplicate(&state, &with_id(""), 7),
+        "no id, never a copy"
+    );
+    remember(&mut state, &with_id("d"), 8, 0);
     assert_eq!(state.recent_message_ids, ["b", "c"], "0 turns it off");
+}
+
+/// A record redone after a crash (its state was written, its offset not
+/// committed) is the same record at the same offset: routed again, not
+/// dropped as a copy of itself.
+#[test]
+fn the_same_record_read_again_is_not_a_copy() {
+    let mut state = ConversationState::default();
+    let envelope = Envelope {
+        channel_message_id: "wamid.1".into(),
+        ..Default::default()
+    };
+    remember(&mut state, &envelope, 41, 20);
+    assert!(!is_duplicate(&state, &envelope, 41));
+    assert!(is_duplicate(&state, &envelope, 42));
+    // A state written before offsets were kept: every match is a copy.
+    let old = ConversationState {
+        recent_message_ids: vec!["wamid.1".into()],
+        ..Default::default()
+    };
+    assert!(is_duplicate(&old, &envelope, 41));
+    let mut upgraded = old.clone();
+    remember(
+        &mut upgraded,
+        &Envelope {
+            channel_message_id: "wamid.2".into(),
+            ..Default::default()
+        },
+        50,
+        20,
+    );
+    assert_eq!(upgraded.recent_message_offsets, [-1, 50]);
 }
 
 /// A caller's clock cannot keep the window open: a `sent_at` later than the

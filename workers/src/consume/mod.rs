@@ -1,0 +1,316 @@
+//! The at-least-once consume loop.
+//!
+//! One consumer per worker reads the messages topic. Each assigned partition
+//! gets its own task and a bounded queue. The task routes different
+//! conversations concurrently and each conversation (which never spans
+//! partitions) strictly in order. An offset is *stored* only when every
+//! message up to it is done (the contiguous prefix, see [`crate::offsets`]);
+//! librdkafka commits stored offsets every second, on revoke and at
+//! shutdown. A crash therefore never skips a message: at worst, messages
+//! that were in flight or done since the last commit are routed again.
+//!
+//! Rebalances are incremental (`cooperative-sticky`): only the partitions
+//! that move stop. On revoke, inside the rebalance callback, a partition's
+//! task is stopped and its first unfinished offset committed, with the
+//! offsets finished above it in the commit metadata; the new owner skips
+//! those, so only what was in flight (at most one message per conversation)
+//! is routed twice, not everything other conversations finished meanwhile.
+//! Messages of a partition no longer assigned are dropped.
+//!
+//! The loop never waits on one partition: a message whose partition's queue
+//! is full is held, and a partition holding `max_in_flight_per_partition`
+//! (at least 64) is paused in the consumer until they are handed over, so a
+//! stuck conversation holds back only its own partition. On shutdown, tasks stop
+//! taking new messages, finish those in hand within the grace period, the
+//! final offsets are committed synchronously, and the consumer leaves the
+//! group (behind a timeout, since closing librdkafka can hang).
+
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use rdkafka::{
+    Message, TopicPartitionList,
+    consumer::{CommitMode, Consumer, StreamConsumer},
+    error::KafkaError,
+    message::OwnedMessage,
+    types::RDKafkaErrorCode,
+};
+use switchboard_runtime::{kafka::KafkaConfig, shutdown::Shutdown};
+use tokio::{
+    sync::{Semaphore, mpsc},
+    task::JoinHandle,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::{config::WorkersConfig, route::Router};
+use offsets::OffsetTracker;
+use partition::{PartitionContext, route_partition};
+use rebalance::{Routing, WorkerContext};
+
+pub mod offsets;
+mod partition;
+mod rebalance;
+mod record;
+mod startup;
+
+pub(crate) type Consumer_ = StreamConsumer<WorkerContext>;
+
+struct PartitionTask {
+    queue: mpsc::Sender<OwnedMessage>,
+    handle: JoinHandle<()>,
+    /// Messages fetched while the queue was full; the partition is paused
+    /// in the consumer until they are handed over, so this stays small.
+    held: VecDeque<OwnedMessage>,
+}
+
+/// A routing worker: one group member on the messages topic.
+pub struct Worker {
+    consumer: Arc<Consumer_>,
+    router: Arc<Router>,
+    kafka: KafkaConfig,
+    state_topic: String,
+    queue_len: usize,
+    max_finished_ahead: usize,
+    worker_permits: Arc<Semaphore>,
+    flush_interval: Duration,
+    grace: Duration,
+}
+
+impl Worker {
+    /// Creates the consumer and subscribes it to the messages topic.
+    pub fn new(config: &WorkersConfig, router: Arc<Router>) -> anyhow::Result<Self> {
+        let consumer: Consumer_ = config
+            .kafka
+            .client_config(&[
+                ("group.id", &config.group_id),
+                ("enable.auto.commit", "true"),
+                ("auto.commit.interval.ms", "1000"),
+                ("enable.auto.offset.store", "false"),
+                ("auto.offset.reset", config.auto_offset_reset.as_str()),
+                ("session.timeout.ms", "10000"),
+                // Incremental rebalances: only the partitions that move stop;
+                // the others keep routing, with their state cached.
+                ("partition.assignment.strategy", "cooperative-sticky"),
+                ("heartbeat.interval.ms", "1000"),
+                ("statistics.interval.ms", "5000"),
+            ])
+            .create_with_context(WorkerContext::default())?;
+        consumer.subscribe(&[&config.messages_topic])?;
+        Ok(Self {
+            consumer: Arc::new(consumer),
+            router,
+            kafka: config.kafka.clone(),
+            state_topic: config.state_topic.clone(),
+            queue_len: config.max_in_flight_per_partition,
+            max_finished_ahead: config.max_finished_ahead_per_partition,
+            worker_permits: Arc::new(Semaphore::new(config.max_in_flight_per_worker)),
+            flush_interval: config.state_flush_interval,
+            grace: config.shutdown_grace,
+        })
+    }
+
+    /// Pauses (or resumes) fetching one partition.
+    fn pause(&self, (topic, partition): &(String, i32), pause: bool) {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(topic, *partition);
+        let result = if pause {
+            self.consumer.pause(&tpl)
+        } else {
+            self.consumer.resume(&tpl)
+        };
+        if let Err(e) = result {
+            tracing::debug!(error = %e, partition, pause, "pause/resume");
+        }
+    }
+
+    /// Consumes and routes until `shutdown` fires, then drains and commits.
+    pub async fn run(self, shutdown: Shutdown) -> anyhow::Result<()> {
+        let no_new_work = CancellationToken::new();
+        let abort = CancellationToken::new();
+        let mut partitions: HashMap<(String, i32), PartitionTask> = HashMap::new();
+        tracing::info!("routing worker started");
+        // Partitions holding messages their queue had no room for, and those
+        // of them paused in the consumer until the messages are handed over.
+        let mut holding: HashSet<(String, i32)> = HashSet::new();
+        let mut paused: HashSet<(String, i32)> = HashSet::new();
+        loop {
+            let next = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                next = self.consumer.recv() => Some(next),
+                // Hand held messages over as their partitions' queues drain.
+                _ = tokio::time::sleep(Duration::from_millis(5)), if !holding.is_empty() => None,
+            };
+            holding.retain(|key| {
+                if partitions.get_mut(key).is_some_and(|task| !hand_over(task)) {
+                    return true;
+                }
+                if paused.remove(key) {
+                    self.pause(key, false);
+                }
+                false
+            });
+            let Some(next) = next else { continue };
+            // Revocations happen inside recv(): drop those partitions' work,
+            // which will be redone from the committed offset by the new owner.
+            for key in std::mem::take(
+                &mut *self
+                    .consumer
+                    .context()
+                    .revoked
+                    .lock()
+                    .expect("revoked list lock"),
+            ) {
+                if let Some(task) = partitions.remove(&key) {
+                    task.handle.abort();
+                }
+                holding.remove(&key);
+                paused.remove(&key);
+            }
+            let message = match next {
+                Ok(message) => message.detach(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "consumer error");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let key = (message.topic().to_owned(), message.partition());
+            // A partition with a task is assigned (revoked ones lose theirs
+            // above); only a new one needs the check.
+            if !partitions.contains_key(&key)
+                && !self
+                    .consumer
+                    .context()
+                    .assigned
+                    .lock()
+                    .expect("assigned lock")
+                    .contains(&key)
+            {
+                // Fetched before its partition was revoked: the new owner routes it.
+                tracing::debug!(
+                    partition = key.1,
+                    offset = message.offset(),
+                    "message of a revoked partition dropped"
+                );
+                continue;
+            }
+            let task = partitions
+                .entry(key.clone())
+                .or_insert_with_key(|(topic, partition)| {
+                    let (queue, rx) = mpsc::channel(self.queue_len);
+                    let tracker = Arc::new(Mutex::new(OffsetTracker::default()));
+                    let handle = tokio::spawn(route_partition(
+                        PartitionContext {
+                            consumer: self.consumer.clone(),
+                            router: self.router.clone(),
+                            kafka: self.kafka.clone(),
+                            state_topic: self.state_topic.clone(),
+                            topic: topic.clone(),
+                            partition: *partition,
+                            max_in_flight: self.queue_len,
+                            max_finished_ahead: self.max_finished_ahead,
+                            worker_permits: self.worker_permits.clone(),
+                            tracker: tracker.clone(),
+                            flush_interval: self.flush_interval,
+                        },
+                        rx,
+                        no_new_work.clone(),
+                        abort.clone(),
+                    ));
+                    self.consumer
+                        .context()
+                        .partitions
+                        .lock()
+                        .expect("partitions lock")
+                        .insert(
+                            (topic.clone(), *partition),
+                            Routing {
+                                tracker,
+                                task: handle.abort_handle(),
+                            },
+                        );
+                    PartitionTask {
+                        queue,
+                        handle,
+                        held: VecDeque::new(),
+                    }
+                });
+            // A full queue must not make the loop wait: that would hold back
+            // every other partition. Hold the message; past a bound, pause
+            // the partition until its held messages are handed over, so
+            // memory stays bounded all the same.
+            task.held.push_back(message);
+            if !hand_over(task) {
+                if task.held.len() >= self.queue_len.max(MIN_HELD) && paused.insert(key.clone()) {
+                    self.pause(&key, true);
+                }
+                holding.insert(key);
+            }
+        }
+
+        tracing::info!(grace = ?self.grace, "routing worker draining");
+        no_new_work.cancel();
+        let handles: Vec<_> = partitions.into_values().map(|t| t.handle).collect();
+        let mut drain = futures::future::join_all(handles);
+        if tokio::time::timeout(self.grace, &mut drain).await.is_err() {
+            tracing::warn!(
+                "in-flight messages did not finish within the grace period; they will be redelivered"
+            );
+            abort.cancel();
+            let _ = drain.await;
+        }
+        let Self { consumer, .. } = self;
+        close(consumer).await;
+        Ok(())
+    }
+}
+
+/// Messages a partition may hold, at least, before it is paused: pausing
+/// and resuming costs a new fetch, so it should not happen every message.
+const MIN_HELD: usize = 64;
+
+/// Hands a partition's held messages to its task while its queue has room;
+/// true when none are left.
+fn hand_over(task: &mut PartitionTask) -> bool {
+    while let Some(message) = task.held.pop_front() {
+        match task.queue.try_send(message) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(message)) => {
+                task.held.push_front(message);
+                return false;
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                // The task ended (revoked, or shutting down): its messages
+                // are redone by whoever owns the partition next.
+                task.held.clear();
+            }
+        }
+    }
+    true
+}
+
+/// Commits stored offsets and leaves the group, giving up after a timeout.
+async fn close(consumer: Arc<Consumer_>) {
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    // A plain thread, not spawn_blocking: if librdkafka hangs on close, the
+    // runtime can still shut down.
+    std::thread::spawn(move || {
+        match consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) => tracing::info!("final offsets committed"),
+            Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "final commit failed; the last messages will be redelivered")
+            }
+        }
+        consumer.unsubscribe();
+        drop(consumer);
+        let _ = done_tx.send(());
+    });
+    match tokio::time::timeout(Duration::from_secs(10), done_rx).await {
+        Ok(_) => tracing::info!("routing worker left the group"),
+        Err(_) => tracing::warn!("closing the consumer timed out; leaving it behind"),
+    }
+}

@@ -1,0 +1,448 @@
+//! One partition's routing loop: conversations concurrently, each strictly
+//! in order, no task per message.
+//!
+//! The loop takes what the consume loop handed over as a batch. A message
+//! whose destinations are all Kafka topics is routed at once: its records
+//! go to the producer, and the loop moves on to the next message, of the
+//! same conversation or another (the producer keeps one key's records in
+//! order). Only Kafka's answers are awaited, all together. A message for a
+//! bot waits for the bot's answer (the loop polls every such call; other
+//! conversations go on), and its conversation's later messages wait in
+//! their lane until it is done.
+//!
+//! A message is done when Kafka has acknowledged its records and the flush
+//! holding its state change ([`WriteBehind`]); then its offset counts
+//! towards the contiguous prefix that is stored. Dropping this future (on
+//! revoke) drops everything in flight; nothing unfinished is stored.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    pin::Pin,
+    sync::{Arc, Mutex},
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use futures::{StreamExt as _, future::OptionFuture, stream::FuturesUnordered};
+use rdkafka::{consumer::Consumer as _, message::OwnedMessage};
+use switchboard_runtime::{kafka::KafkaConfig, trace::TraceParent};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+
+use super::{
+    Consumer_,
+    offsets::OffsetTracker,
+    record::{self, Body, Decoded},
+    startup::{done_by_previous_owner, rebuild_states},
+};
+use crate::{
+    destinations::topics::{Enqueued, Source},
+    route::{Answered, Begun, Interrupted, Pending, Routed, Router},
+    state::{PartitionStates, WriteBehind, effects},
+};
+
+/// Messages waiting for a flush that start one before the interval ends.
+const FLUSH_EARLY: usize = 4096;
+
+/// What a partition task needs.
+pub(super) struct PartitionContext {
+    pub consumer: Arc<Consumer_>,
+    pub router: Arc<Router>,
+    pub kafka: KafkaConfig,
+    pub state_topic: String,
+    pub topic: String,
+    pub partition: i32,
+    /// Most messages of this partition being routed at once.
+    pub max_in_flight: usize,
+    /// Most messages of this partition done above its oldest unfinished one.
+    pub max_finished_ahead: usize,
+    /// Shared by all partitions of this worker.
+    pub worker_permits: Arc<Semaphore>,
+    /// Shared with the revoke handler.
+    pub tracker: Arc<Mutex<OffsetTracker>>,
+    /// How often changed states are written.
+    pub flush_interval: Duration,
+}
+
+/// A future with what it is about.
+struct Tagged<'a, T, Tag> {
+    future: Pending<'a, T>,
+    tag: Option<Tag>,
+}
+
+impl<'a, T: 'a, Tag: Unpin> Tagged<'a, T, Tag> {
+    fn new(future: Pending<'a, T>, tag: Tag, span: tracing::Span) -> Self {
+        let future = if span.is_none() {
+            future
+        } else {
+            Box::pin(future.instrument(span))
+        };
+        Self {
+            future,
+            tag: Some(tag),
+        }
+    }
+}
+
+impl<T, Tag: Unpin> Future for Tagged<'_, T, Tag> {
+    type Output = (Tag, T);
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let output = std::task::ready!(self.future.as_mut().poll(cx));
+        Poll::Ready((self.tag.take().expect("polled after completion"), output))
+    }
+}
+
+/// A message whose records are with the producer: its offset, and the
+/// flush holding its state change, if it made one.
+type Settling<'a> = Tagged<'a, Result<(), Interrupted>, (i64, Option<u64>)>;
+/// A message waiting for bots: its offset and conversation key.
+type Calling<'a> = Tagged<'a, Result<Answered<'a>, Interrupted>, (i64, String)>;
+
+/// The partition's messages in flight.
+struct InFlight<'a> {
+    router: &'a Router,
+    topic: &'a str,
+    partition: i32,
+    stop: &'a CancellationToken,
+    states: PartitionStates,
+    write_behind: WriteBehind,
+    settling: FuturesUnordered<Settling<'a>>,
+    calling: FuturesUnordered<Calling<'a>>,
+    /// Conversations with a message waiting for bots, and their messages
+    /// that came meanwhile, in order.
+    lanes: HashMap<String, VecDeque<Decoded>>,
+    /// One worker permit per message being routed.
+    permits: Vec<OwnedSemaphorePermit>,
+}
+
+/// How taking one message ended at once.
+enum Now {
+    Started,
+    /// A copy of a channel message the conversation already had: dropped.
+    Duplicate,
+    /// Routed by the partition's previous owner before the rebalance.
+    Skipped,
+}
+
+impl<'a> InFlight<'a> {
+    /// Messages being routed (or waiting in a lane).
+    fn active(&self) -> usize {
+        self.permits.len()
+    }
+
+    fn source(&self, offset: i64, trace: TraceParent) -> Source<'a> {
+        Source {
+            topic: self.topic,
+            partition: self.partition,
+            offset,
+            trace,
+        }
+    }
+
+    /// Starts routing `message`, unless its conversation waits for a bot:
+    /// then it waits in the conversation's lane.
+    fn start(&mut self, message: Decoded) -> Now {
+        let Decoded {
+            offset,
+            span,
+            trace,
+            replayed,
+            body,
+        } = message;
+        let (envelope, key) = match body {
+            Body::Envelope { envelope, key } => (envelope, key),
+            Body::Poison { payload, error } => {
+                // Straight to the dead-letter topic, in no conversation's lane.
+                let (router, stop, source) = (self.router, self.stop, self.source(offset, trace));
+                let letter = Box::pin(async move {
+                    router
+                        .dead_letter_poison(&payload, &error, source, stop)
+                        .await
+                });
+                self.settling
+                    .push(Tagged::new(letter, (offset, None), span));
+                return Now::Started;
+            }
+        };
+        if let Some(lane) = self.lanes.get_mut(&key) {
+            lane.push_back(Decoded {
+                offset,
+                span,
+                trace,
+                replayed,
+                body: Body::Envelope { envelope, key },
+            });
+            return Now::Started;
+        }
+        let source = self.source(offset, trace);
+        let state = self.states.get_mut(&key);
+        if !replayed && effects::is_duplicate(state, &envelope, offset) {
+            tracing::debug!(
+                partition = self.partition,
+                offset,
+                "copy of an earlier channel message dropped"
+            );
+            return Now::Duplicate;
+        }
+        let begun = {
+            let _entered = span.enter();
+            self.router.begin(envelope, state, source, self.stop)
+        };
+        match begun {
+            Begun::Routed(routed) => self.settle(offset, &key, routed, span),
+            Begun::Bots(call) => {
+                self.lanes.insert(key.clone(), VecDeque::new());
+                self.calling.push(Tagged::new(call, (offset, key), span));
+            }
+        }
+        Now::Started
+    }
+
+    fn settle(&mut self, offset: i64, key: &str, routed: Routed<'a>, span: tracing::Span) {
+        let flush = routed.changed.then(|| self.write_behind.changed(key));
+        self.settling
+            .push(Tagged::new(routed.settling, (offset, flush), span));
+    }
+
+    /// A message's bots answered: completes it, then starts the messages
+    /// that waited in its conversation's lane. Returns those done at once.
+    fn answered(&mut self, offset: i64, key: String, answered: Answered<'a>) -> Vec<(i64, Now)> {
+        let state = self.states.get_mut(&key);
+        let routed = self.router.finish(answered, state);
+        self.settle(offset, &key, routed, tracing::Span::none());
+        let mut waiting = self.lanes.remove(&key).unwrap_or_default();
+        let mut now = Vec::new();
+        while let Some(message) = waiting.pop_front() {
+            let offset = message.offset;
+            now.push((offset, self.start(message)));
+            if let Some(lane) = self.lanes.get_mut(&key) {
+                // Waiting for a bot again: the rest wait behind it.
+                lane.extend(waiting.drain(..));
+            }
+        }
+        now
+    }
+
+    /// Hands every changed state to the producer, if no flush is being
+    /// written; returns the flush's future.
+    fn flush(&mut self) -> Option<Pending<'a, u64>> {
+        let flush = self.write_behind.take()?;
+        let writes: Vec<(String, Enqueued<'a>)> = flush
+            .keys
+            .into_iter()
+            .filter_map(|key| {
+                let enqueued = self.router.enqueue_state(&key, self.states.get(&key)?);
+                Some((key, enqueued))
+            })
+            .collect();
+        let (router, stop, partition) = (self.router, self.stop, self.partition);
+        Some(Box::pin(async move {
+            let settled = writes.into_iter().map(|(key, enqueued)| async move {
+                router.settle_state(&key, enqueued, stop).await
+            });
+            for result in futures::future::join_all(settled).await {
+                if result.is_err() {
+                    // Stopped: never acknowledged, so nothing waiting is stored.
+                    std::future::pending::<()>().await;
+                }
+            }
+            tracing::trace!(partition, "conversation states flushed");
+            flush.number
+        }))
+    }
+}
+
+/// Routes one partition; see the module's documentation.
+pub(super) async fn route_partition(
+    cx: PartitionContext,
+    mut queue: mpsc::Receiver<OwnedMessage>,
+    no_new_work: CancellationToken,
+    abort: CancellationToken,
+) {
+    let outcome =
+        |outcome| metrics::counter!("switchboard_worker_records_total", "outcome" => outcome);
+    let (routed, duplicate, skipped) =
+        (outcome("routed"), outcome("duplicate"), outcome("skipped"));
+    let held_back = metrics::counter!("switchboard_worker_partition_held_back_total");
+    let flushes = metrics::counter!("switchboard_worker_state_flushes_total");
+    let partition = cx.partition;
+    let Some(states) = rebuild_states(&cx, &abort).await else {
+        return;
+    };
+    let Some(mut skip) = done_by_previous_owner(&cx, &abort).await else {
+        return;
+    };
+    let mut work = InFlight {
+        router: &cx.router,
+        topic: &cx.topic,
+        partition,
+        stop: &abort,
+        states,
+        write_behind: WriteBehind::default(),
+        settling: FuturesUnordered::new(),
+        calling: FuturesUnordered::new(),
+        lanes: HashMap::new(),
+        permits: Vec::new(),
+    };
+    let store = |safe: Option<i64>| {
+        if let Some(offset) = safe
+            && let Err(e) = cx.consumer.store_offset(&cx.topic, partition, offset)
+        {
+            // The partition was revoked meanwhile; its new owner redoes the rest.
+            tracing::debug!(error = %e, partition, "offset not stored");
+        }
+    };
+    let complete = |offset: i64| store(cx.tracker.lock().expect("tracker lock").complete(offset));
+    // A message taken that needs no routing is done at once.
+    let ended_now = |work: &mut InFlight<'_>, offset: i64, now: Now| {
+        let counter = match now {
+            Now::Started => return,
+            Now::Duplicate => &duplicate,
+            Now::Skipped => &skipped,
+        };
+        work.permits.pop();
+        counter.increment(1);
+        complete(offset);
+    };
+    let mut flushing: Option<Pending<'_, u64>> = None;
+    // The first flush one interval from now, not at once.
+    let mut tick = tokio::time::interval_at(
+        tokio::time::Instant::now() + cx.flush_interval,
+        cx.flush_interval,
+    );
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut batch = Vec::with_capacity(cx.max_in_flight);
+    // Messages taken while the worker had no permit for them.
+    let mut overflow: VecDeque<OwnedMessage> = VecDeque::new();
+    let mut spare: Option<OwnedSemaphorePermit> = None;
+    let mut open = true;
+    let mut was_full = false;
+    loop {
+        if !open
+            && flushing.is_none()
+            && work.write_behind.idle()
+            && work.settling.is_empty()
+            && work.calling.is_empty()
+        {
+            break;
+        }
+        // Backpressure: with too many messages done above the oldest one
+        // not done (retried, maybe forever), take no new ones until it
+        // finishes. The queue fills and the partition is paused; the
+        // finished-offsets set stays bounded and nothing is skipped.
+        // Messages done but for their state's flush count too.
+        let waiting = work.write_behind.waiting();
+        let full = cx.tracker.lock().expect("tracker lock").done_ahead() + waiting
+            >= cx.max_finished_ahead;
+        if flushing.is_none() && (!open || full || waiting >= FLUSH_EARLY) {
+            flushing = work.flush();
+        }
+        if full && !was_full {
+            held_back.increment(1);
+            tracing::warn!(
+                partition,
+                bound = cx.max_finished_ahead,
+                "partition held back: its oldest message is still not done"
+            );
+        }
+        was_full = full;
+        let room = cx.max_in_flight.saturating_sub(work.active());
+        let can_take = open && !full && room > 0;
+        let permits_left = cx.worker_permits.available_permits() > 0 || spare.is_some();
+        tokio::select! {
+            biased;
+            Some(((offset, flush), result)) = work.settling.next(), if !work.settling.is_empty() => {
+                work.permits.pop();
+                if result.is_err() {
+                    continue; // interrupted: not done, redone by the next owner
+                }
+                routed.increment(1);
+                if work.write_behind.outputs_done(flush, offset) {
+                    complete(offset);
+                }
+            }
+            Some(((offset, key), result)) = work.calling.next(), if !work.calling.is_empty() => {
+                let Ok(answered) = result else {
+                    continue; // interrupted: its lane stays closed
+                };
+                if no_new_work.is_cancelled() {
+                    // Stopping: this one is finished, its lane's are redone.
+                    let waiting = work.lanes.insert(key.clone(), VecDeque::new()).unwrap_or_default();
+                    let state = work.states.get_mut(&key);
+                    let routed = work.router.finish(answered, state);
+                    work.settle(offset, &key, routed, tracing::Span::none());
+                    work.permits.truncate(work.permits.len().saturating_sub(waiting.len()));
+                    continue;
+                }
+                for (offset, now) in work.answered(offset, key, answered) {
+                    ended_now(&mut work, offset, now);
+                }
+            }
+            Some(number) = OptionFuture::from(flushing.as_mut()), if flushing.is_some() => {
+                flushing = None;
+                flushes.increment(1);
+                for offset in work.write_behind.acknowledged(number) {
+                    complete(offset);
+                }
+            }
+            _ = tick.tick(), if flushing.is_none() => {
+                flushing = work.flush();
+            }
+            permit = cx.worker_permits.clone().acquire_owned(),
+                if !overflow.is_empty() || (can_take && !permits_left) => {
+                let Ok(permit) = permit else { break };
+                match overflow.pop_front() {
+                    Some(message) => {
+                        work.permits.push(permit);
+                        let now = take(&mut work, &mut skip, &cx.tracker, &message);
+                        ended_now(&mut work, rdkafka::Message::offset(&message), now);
+                    }
+                    None => spare = Some(permit),
+                }
+            }
+            received = queue.recv_many(&mut batch, room), if can_take && permits_left && overflow.is_empty() => {
+                if received == 0 || no_new_work.is_cancelled() {
+                    open = false;
+                    batch.clear();
+                    continue;
+                }
+                for message in batch.drain(..) {
+                    let permit = match spare.take() {
+                        Some(permit) => permit,
+                        None => match cx.worker_permits.clone().try_acquire_owned() {
+                            Ok(permit) => permit,
+                            Err(_) => {
+                                overflow.push_back(message);
+                                continue;
+                            }
+                        },
+                    };
+                    work.permits.push(permit);
+                    let now = take(&mut work, &mut skip, &cx.tracker, &message);
+                    ended_now(&mut work, rdkafka::Message::offset(&message), now);
+                }
+            }
+            else => break,
+        }
+        if no_new_work.is_cancelled() && open {
+            open = false;
+        }
+    }
+}
+
+/// Starts one message handed over by the consume loop.
+fn take(
+    work: &mut InFlight<'_>,
+    skip: &mut std::collections::BTreeSet<i64>,
+    tracker: &Mutex<OffsetTracker>,
+    message: &OwnedMessage,
+) -> Now {
+    let offset = rdkafka::Message::offset(message);
+    tracker.lock().expect("tracker lock").start(offset);
+    if skip.remove(&offset) {
+        return Now::Skipped;
+    }
+    work.start(record::decode(message))
+}
