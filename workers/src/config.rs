@@ -20,6 +20,7 @@ use crate::{
         bot::BotConfig,
         topics::{self, QUEUE_SNAPSHOT_MAX_BYTES, TopicsConfig},
     },
+    senders::config::SendersConfig,
 };
 
 /// Configuration of a routing worker.
@@ -110,6 +111,8 @@ pub struct WorkersConfig {
     pub shutdown_grace: Duration,
     /// Human-agent routing: queues, their policies and the queue stage.
     pub agents: AgentsConfig,
+    /// The sender stage: providers, credentials and its own bounds.
+    pub senders: SendersConfig,
 }
 
 /// Where a consumer group with no committed offset starts (librdkafka's
@@ -163,6 +166,7 @@ impl Default for WorkersConfig {
             metrics_addr: Some(SocketAddr::from(([127, 0, 0, 1], 9465))),
             shutdown_grace: Duration::from_secs(10),
             agents: AgentsConfig::default(),
+            senders: SendersConfig::default(),
         }
     }
 }
@@ -297,6 +301,7 @@ impl WorkersConfig {
                 .map_err(|e| anyhow::anyhow!("bots.{name}: {e}"))?;
         }
         config.agents.validate()?;
+        config.senders.validate()?;
         Ok(config)
     }
 }
