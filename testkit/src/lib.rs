@@ -4,6 +4,12 @@
 //! Tests that need the real local Kafka read its address from
 //! `SWITCHBOARD_TEST_KAFKA` (set by `deploy/test.sh`) and use random topic
 //! names, so runs never see each other's data.
+//!
+//! [`providers`] holds stand-ins for the channels' provider APIs (WhatsApp
+//! Cloud API, Messenger/Instagram Send API, Twilio, web chat) that the
+//! sender stage's tests and the embedded demo send to.
+
+pub mod providers;
 
 use std::{
     collections::HashMap,
