@@ -327,6 +327,17 @@ mod tests {
         let bots: HashSet<&str> = config.bots.keys().map(String::as_str).collect();
         let rules = RuleSet::load(&root.join(config.rules_file.unwrap()), &bots).unwrap();
         assert_eq!(rules.bots().next(), Some("echo"));
+        assert_eq!(
+            config.senders,
+            crate::senders::config::SendersConfig::default()
+        );
+        let credentials = crate::senders::config::SendersConfig {
+            credentials_file: Some(root.join("deploy/config/senders-credentials.example.toml")),
+            ..Default::default()
+        };
+        credentials.validate().unwrap();
+        let tenants = credentials.credentials().unwrap();
+        assert!(tenants["acme"].whatsapp.is_some() && tenants["acme"].webchat.is_some());
     }
 
     fn load_toml(text: &str) -> anyhow::Result<WorkersConfig> {
