@@ -258,7 +258,7 @@ b.panel("stat", "Provider call p99", "99th percentile of one provider API call, 
         [(f'histogram_quantile(0.99, sum by (le) (rate(switchboard_sender_request_duration_seconds_bucket{{{I}}}[{RI}])))', "p99")],
         unit="s", w=6, h=4, defaults=thresholds((None, "green"), (1, "orange"), (5, "red")))
 b.panel("stat", "Rate-limit waits/s", "Messages that waited for their sender's token bucket (a business sending faster than its rate).",
-        [(f'sum(rate(switchboard_sender_rate_limit_waits_total{{{I}}}[{RI}]))', "waits")], unit="ops", w=6, h=4)
+        [(f'sum(rate(switchboard_sender_rate_limit_wait_seconds_count{{{I}}}[{RI}]))', "waits")], unit="ops", w=6, h=4)
 b.panel("timeseries", "Sends by channel and outcome", "Messages finished per second.",
         [(f'sum by (channel, outcome) (rate(switchboard_sender_sends_total{{outcome!="accepted",{I}}}[{RI}]))', "{{channel}} {{outcome}}"),
          (f'sum by (channel) (rate(switchboard_sender_sends_total{{outcome="accepted",{I}}}[{RI}]))', "{{channel}} accepted")], unit="ops")
@@ -266,8 +266,8 @@ b.panel("timeseries", "Provider call latency", "Time one provider call took, p50
         [(f'histogram_quantile({q}, sum by (le, channel) (rate(switchboard_sender_request_duration_seconds_bucket{{{I}}}[{RI}])))', f"{{{{channel}}}} p{int(q*100)}") for q in (0.5, 0.99)], unit="s")
 b.panel("timeseries", "Retries by channel and reason", "Provider calls retried: rate_limited (429, a throughput code; the sender pauses for Retry-After) or error (5xx, timeout, no connection).",
         [(f'sum by (channel, reason) (rate(switchboard_sender_retries_total{{{I}}}[{RI}]))', "{{channel}} {{reason}}")], unit="ops")
-b.panel("timeseries", "Rate-limit waiting", "Share of time messages spent waiting for their sender's bucket, by channel (seconds waited per second).",
-        [(f'sum by (channel) (rate(switchboard_sender_rate_limit_wait_seconds_total{{{I}}}[{RI}]))', "{{channel}}")])
+b.panel("timeseries", "Rate-limit waits", "How long calls waited for their sender's token bucket (p50 and p99 by channel; only calls that waited).",
+        [(f'histogram_quantile({q}, sum by (le, channel) (rate(switchboard_sender_rate_limit_wait_seconds_bucket{{{I}}}[{RI}])))', f"{{{{channel}}}} p{int(q*100)}") for q in (0.5, 0.99)], unit="s")
 b.panel("timeseries", "Sender rebalances", "Partitions of the outbound topics assigned to and revoked from this stage.",
         [(f'sum by (event) (increase(switchboard_sender_rebalances_total{{{I}}}[{RI}]))', "{{event}}")])
 senders = dashboard("switchboard-senders", "Switchboard / Senders", SEND_NOTE, "switchboard-workers", b, LINKS)

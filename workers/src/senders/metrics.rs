@@ -34,14 +34,11 @@ pub fn describe() {
         "Provider calls retried, by channel and reason (rate_limited: 429 or a throughput \
          error code; error: 5xx, a timeout, no connection)."
     );
-    describe_counter!(
-        "switchboard_sender_rate_limit_waits_total",
-        "Messages that waited for their sender's rate-limit bucket before a call, by channel."
-    );
-    describe_counter!(
-        "switchboard_sender_rate_limit_wait_seconds_total",
+    describe_histogram!(
+        "switchboard_sender_rate_limit_wait_seconds",
         metrics::Unit::Seconds,
-        "Time messages spent waiting for their sender's rate-limit bucket, by channel."
+        "Waits for the sender's rate-limit bucket before a provider call, by channel (only \
+         calls that had to wait)."
     );
     describe_counter!(
         "switchboard_sender_rebalances_total",
@@ -62,9 +59,7 @@ pub struct SenderMetrics {
     /// Retries after another transient error.
     pub retried_error: Counter,
     /// Waits for the sender's bucket.
-    pub waits: Counter,
-    /// Seconds waited for the sender's bucket.
-    pub waited: Counter,
+    pub waited: Histogram,
 }
 
 impl SenderMetrics {
@@ -78,8 +73,7 @@ impl SenderMetrics {
             request: metrics::histogram!("switchboard_sender_request_duration_seconds", "channel" => c),
             retried_rate_limited: metrics::counter!("switchboard_sender_retries_total", "channel" => c, "reason" => "rate_limited"),
             retried_error: metrics::counter!("switchboard_sender_retries_total", "channel" => c, "reason" => "error"),
-            waits: metrics::counter!("switchboard_sender_rate_limit_waits_total", "channel" => c),
-            waited: metrics::counter!("switchboard_sender_rate_limit_wait_seconds_total", "channel" => c),
+            waited: metrics::histogram!("switchboard_sender_rate_limit_wait_seconds", "channel" => c),
         }
     }
 
@@ -91,12 +85,11 @@ impl SenderMetrics {
     }
 
     fn zero(&self) {
-        for counter in self.outcomes.iter().chain([
-            &self.retried_rate_limited,
-            &self.retried_error,
-            &self.waits,
-            &self.waited,
-        ]) {
+        for counter in self
+            .outcomes
+            .iter()
+            .chain([&self.retried_rate_limited, &self.retried_error])
+        {
             counter.absolute(0);
         }
     }

@@ -329,8 +329,7 @@ impl Sending {
                 .limits
                 .reserve(&target.sender_id, target.rate, Instant::now());
             if !wait.is_zero() {
-                metrics.waits.increment(1);
-                metrics.waited.increment(wait.as_secs().max(1));
+                metrics.waited.record(wait.as_secs_f64());
                 sleep(wait, stop).await?;
             }
             attempts += 1;
