@@ -82,12 +82,11 @@ pub(crate) fn check(call: &Call<'_>, token: &str, phone_number_id: &str) -> Resu
                 return Err(invalid("interactive buttons: 1 to 3"));
             }
         }
-        "template" => {
+        "template"
             if body["template"]["name"].as_str().is_none_or(str::is_empty)
-                || body["template"]["language"]["code"].is_null()
-            {
-                return Err(invalid("template needs a name and a language code"));
-            }
+                || body["template"]["language"]["code"].is_null() =>
+        {
+            return Err(invalid("template needs a name and a language code"));
         }
         _ => {}
     }

@@ -195,14 +195,13 @@ pub fn classify(error: ProviderError, answer: &Answer) -> SendError {
             rate_limited: code == "80006"
                 || graph::RATE_LIMIT_CODES.contains(&code)
                 || answer.status == 429,
-            error: Some(error),
         };
     }
     if REFUSED_SUBCODES.contains(&error.subcode.as_str()) {
-        return SendError::Refused(error);
+        return SendError::Refused(Box::new(error));
     }
     if graph::is_misconfiguration(code) || code == "230" || answer.status == 401 {
-        return SendError::Misconfigured(error);
+        return SendError::Misconfigured(Box::new(error));
     }
-    SendError::Refused(error)
+    SendError::Refused(Box::new(error))
 }

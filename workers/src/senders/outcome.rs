@@ -56,18 +56,16 @@ pub enum SendError {
         retry_after: Option<Duration>,
         /// The sender is over the provider's rate: its other messages wait too.
         rate_limited: bool,
-        /// The provider's error, when it answered.
-        error: Option<ProviderError>,
     },
     /// The provider refused this message for good (outside the window,
     /// unknown or blocked recipient, unsubscribed): to the rejections topic.
     #[error("refused by the provider: {0}")]
-    Refused(ProviderError),
+    Refused(Box<ProviderError>),
     /// The business's side is wrong (token, permissions, sender, account):
     /// no message of this sender can go until it is fixed. To the
     /// dead-letter topic, to be replayed then.
     #[error("the provider refused the credentials or the sender: {0}")]
-    Misconfigured(ProviderError),
+    Misconfigured(Box<ProviderError>),
     /// The envelope cannot be expressed on its channel (no recipient, a
     /// content type the channel has no message for): to the rejections topic.
     #[error("cannot be sent on this channel: {0}")]
@@ -81,7 +79,6 @@ impl SendError {
             message: message.into(),
             retry_after: None,
             rate_limited: false,
-            error: None,
         }
     }
 

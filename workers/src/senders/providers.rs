@@ -90,7 +90,7 @@ impl Providers {
             .ok_or_else(|| SendError::Unsendable("the envelope has no channel".into()))?;
         let tenant = self.credentials.get(&envelope.tenant_id);
         let missing = || {
-            SendError::Misconfigured(ProviderError {
+            SendError::Misconfigured(Box::new(ProviderError {
                 code: "no_credentials".into(),
                 message: format!(
                     "tenant {:?} has no {} credentials (senders.tenants)",
@@ -98,7 +98,7 @@ impl Providers {
                     channel.slug()
                 ),
                 ..Default::default()
-            })
+            }))
         };
         let c = &self.config;
         Ok(match provider {
@@ -163,12 +163,12 @@ impl Providers {
         envelope: &Envelope,
     ) -> Result<Accepted, SendError> {
         if (300..400).contains(&answer.status) {
-            return Err(SendError::Misconfigured(ProviderError {
+            return Err(SendError::Misconfigured(Box::new(ProviderError {
                 code: answer.status.to_string(),
                 message: "redirects are not followed; check the provider's base_url".into(),
                 http_status: answer.status,
                 ..Default::default()
-            }));
+            })));
         }
         match provider {
             Provider::Whatsapp => whatsapp::answer(answer),

@@ -200,11 +200,10 @@ pub fn classify(error: ProviderError, answer: &Answer) -> SendError {
             message: error.to_string(),
             retry_after: answer.retry_after,
             rate_limited: RATE_LIMITS.contains(&code) || answer.status == 429,
-            error: Some(error),
         };
     }
     if MISCONFIGURED.contains(&code) || answer.status == 401 || answer.status == 403 {
-        return SendError::Misconfigured(error);
+        return SendError::Misconfigured(Box::new(error));
     }
-    SendError::Refused(error)
+    SendError::Refused(Box::new(error))
 }

@@ -64,11 +64,10 @@ pub fn answer(answer: &Answer, envelope: &Envelope) -> Result<Accepted, SendErro
             message: error.to_string(),
             retry_after: answer.retry_after,
             rate_limited: status == 429,
-            error: Some(error),
         });
     }
-    if matches!(status, 401 | 403) || (300..400).contains(&status) {
-        return Err(SendError::Misconfigured(error));
+    if matches!(status, 401 | 403) {
+        return Err(SendError::Misconfigured(Box::new(error)));
     }
-    Err(SendError::Refused(error))
+    Err(SendError::Refused(Box::new(error)))
 }

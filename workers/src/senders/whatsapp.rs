@@ -273,11 +273,10 @@ pub fn classify(error: ProviderError, answer: &Answer) -> SendError {
             message: error.to_string(),
             retry_after: answer.retry_after,
             rate_limited,
-            error: Some(error),
         };
     }
     if MISCONFIGURED.contains(&code) || graph::is_misconfiguration(code) || answer.status == 401 {
-        return SendError::Misconfigured(error);
+        return SendError::Misconfigured(Box::new(error));
     }
-    SendError::Refused(error)
+    SendError::Refused(Box::new(error))
 }
