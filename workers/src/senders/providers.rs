@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use switchboard_proto::v1::{Channel, Envelope};
+use switchboard_proto::v1::{Channel, Direction, Envelope};
 
 use super::{
     config::{Rate, SendersConfig, TenantCredentials},
@@ -74,8 +74,9 @@ pub struct Providers {
 }
 
 impl Providers {
-    /// Reads the credentials (the config must be valid).
+    /// Checks the settings and reads the credentials.
     pub fn new(config: &SendersConfig) -> anyhow::Result<Self> {
+        config.validate()?;
         Ok(Self {
             credentials: config.credentials()?,
             config: config.clone(),
@@ -85,6 +86,11 @@ impl Providers {
     /// Where `envelope` goes. A tenant without credentials for the channel
     /// is a configuration error (the message can go once they are added).
     pub fn target(&self, envelope: &Envelope) -> Result<Target, SendError> {
+        if envelope.direction() != Direction::Outbound {
+            return Err(SendError::Unsendable(
+                "only OUTBOUND messages are sent to customers".into(),
+            ));
+        }
         let channel = envelope.channel();
         let provider = Provider::of(channel)
             .ok_or_else(|| SendError::Unsendable("the envelope has no channel".into()))?;

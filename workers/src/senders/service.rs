@@ -273,15 +273,14 @@ impl Sending {
                     "message accepted by the provider"
                 );
                 let record = accepted_record(envelope, &sent);
-                self.must_write(&key, payload, source, stop, "analytics", || {
+                self.must_write(source, stop, "analytics", || {
                     self.outputs.analytics(&key, &record, &source.trace)
                 })
                 .await?;
             }
             Err(failure) => match &failure.error {
                 SendError::Refused(_) | SendError::Unsendable(_) => {
-                    self.refused(&key, envelope, &failure, payload, source, stop)
-                        .await?;
+                    self.refused(&key, envelope, &failure, source, stop).await?;
                 }
                 SendError::Misconfigured(_) | SendError::Transient { .. } => {
                     tracing::error!(error = %failure.error, attempts = failure.attempts, channel = envelope.channel().slug(),
@@ -317,7 +316,7 @@ impl Sending {
             Err(error) => {
                 return Ok(Err(Failure {
                     error,
-                    provider: None,
+                    provider: Provider::of(envelope.channel()).map(|p| (p, String::new())),
                     attempts: 0,
                 }));
             }
@@ -394,9 +393,8 @@ impl Sending {
     async fn refused(
         &self,
         key: &str,
-        mut envelope: Envelope,
+        envelope: Envelope,
         failure: &Failure,
-        payload: &[u8],
         source: Source<'_>,
         stop: &CancellationToken,
     ) -> Result<(), Interrupted> {
@@ -411,31 +409,23 @@ impl Sending {
             attempts: failure.attempts,
             ..Default::default()
         };
-        match &failure.error {
+        let detail = match &failure.error {
             SendError::Refused(error) => {
                 send.error_code.clone_from(&error.code);
                 send.error_subcode.clone_from(&error.subcode);
                 send.error_message.clone_from(&error.message);
                 send.http_status = u32::from(error.http_status);
                 send.provider_trace.clone_from(&error.trace);
+                format!("{provider} refused it: {error}")
             }
             other => {
                 send.error_code = "unsendable".into();
                 send.error_message = other.to_string();
+                format!("not sent: {other}")
             }
-        }
+        };
         tracing::info!(provider, code = %send.error_code, channel = envelope.channel().slug(),
             "outbound message refused; it goes to the rejections topic");
-        let detail = format!(
-            "{} refused it: {} {}",
-            if provider.is_empty() {
-                "switchboard"
-            } else {
-                provider
-            },
-            send.error_code,
-            send.error_message
-        );
         let header_list = [
             (headers::PROVIDER, provider),
             (headers::CODE, send.error_code.as_str()),
@@ -459,27 +449,23 @@ impl Sending {
             rejected_at: Some(now),
         };
         let rejection = rejection.encode_to_vec();
-        let message_id = std::mem::take(&mut envelope.message_id);
         let record = AnalyticsRecord {
             decision: Some(RouteDecision {
-                message_id: message_id.clone(),
+                message_id: envelope.message_id.clone(),
                 rule_id: "send".into(),
                 reason: detail,
                 destinations: vec![outbound()],
                 decided_at: Some(now),
                 send: Some(send),
             }),
-            envelope: Some(Envelope {
-                message_id,
-                ..envelope
-            }),
+            envelope: Some(envelope),
         };
         let (rejected, recorded) = futures::join!(
-            self.must_write(key, payload, source, stop, "rejections", || {
+            self.must_write(source, stop, "rejections", || {
                 self.outputs
                     .raw(&self.rejections_topic, key, &rejection, headers.clone())
             }),
-            self.must_write(key, payload, source, stop, "analytics", || {
+            self.must_write(source, stop, "analytics", || {
                 self.outputs.analytics(key, &record, &source.trace)
             }),
         );
@@ -487,11 +473,12 @@ impl Sending {
     }
 
     /// A Kafka write that must land before the offset is stored: retried
-    /// while retryable; refused for good, the message is dead-lettered.
+    /// while retryable. One Kafka refuses for good (too large, not
+    /// authorized) is logged and the message moves on: it was already
+    /// answered by the provider, and dead-lettering it would send it again
+    /// on replay.
     async fn must_write<F, Fut>(
         &self,
-        key: &str,
-        payload: &[u8],
         source: Source<'_>,
         stop: &CancellationToken,
         what: &str,
@@ -501,18 +488,9 @@ impl Sending {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<(), DestinationError>>,
     {
-        if let Err((error, attempts)) = write(stop, attempt).await? {
-            let destination = format!("sender:{what}");
-            self.dead_letter(
-                key,
-                payload,
-                &error.to_string(),
-                &destination,
-                attempts,
-                source,
-                stop,
-            )
-            .await?;
+        if let Err((error, _)) = write(stop, attempt).await? {
+            tracing::error!(%error, partition = source.partition, offset = source.offset,
+                "the {what} record of a sent message was refused for good; it is lost");
         }
         Ok(())
     }

@@ -49,7 +49,13 @@ pub fn request(
     match (&credentials.from, &credentials.messaging_service_sid) {
         (_, Some(service)) => form.push(("MessagingServiceSid".into(), service.clone())),
         (Some(from), None) => form.push(("From".into(), from.clone())),
-        (None, None) => unreachable!("checked when the config loaded"),
+        (None, None) => {
+            return Err(SendError::Misconfigured(Box::new(ProviderError {
+                code: "no_sender".into(),
+                message: "the sms credentials have neither from nor messaging_service_sid".into(),
+                ..Default::default()
+            })));
+        }
     }
     form.extend(content(envelope)?);
     if let Some(callback) = &credentials.status_callback {
