@@ -41,6 +41,9 @@ pub struct Embedded {
     /// Its configuration (topics, group, Kafka address).
     pub config: PipelineConfig,
     _rules: Option<TempRules>,
+    /// The stand-in providers the demo's replies are sent to: WhatsApp,
+    /// Messenger, Instagram, Twilio, web chat.
+    pub providers: Vec<switchboard_testkit::providers::StandIn>,
 }
 
 struct TempRules(PathBuf);
@@ -80,13 +83,84 @@ impl Embedded {
         pipeline_config.grpc_addr = config.grpc_addr;
         pipeline_config.bot_addr = config.bot_addr;
         pipeline_config.workers = config.workers;
+        let providers = demo_providers::start(&mut pipeline_config.senders).await;
         let pipeline = Pipeline::start(&pipeline_config, EchoBot).await?;
         Ok(Self {
             mock,
             pipeline,
             config: pipeline_config,
             _rules: temp_rules,
+            providers,
         })
+    }
+}
+
+/// The demo's senders: every channel of tenant `demo` goes to a built-in
+/// stand-in of its provider, which logs what the customer would receive.
+mod demo_providers {
+    use switchboard_testkit::providers::StandIn;
+    use switchboard_workers::{
+        config::AutoOffsetReset,
+        senders::{
+            config::{
+                PageCredentials, SendersConfig, TenantCredentials, TwilioCredentials,
+                WebchatCredentials, WhatsappCredentials,
+            },
+            secret::Secret,
+        },
+    };
+
+    pub async fn start(senders: &mut SendersConfig) -> Vec<StandIn> {
+        let token = || Secret::new("demo-token");
+        let whatsapp = StandIn::whatsapp("demo-token", "demo-phone-number-id").await;
+        let messenger = StandIn::meta("demo-page", "demo-token", None).await;
+        let instagram = StandIn::meta("demo-ig-account", "demo-token", None).await;
+        let twilio = StandIn::twilio("ACdemo", "demo-token").await;
+        let webchat = StandIn::webchat(None).await;
+        senders.enabled = true;
+        // The in-memory cluster starts empty: nothing old to skip.
+        senders.auto_offset_reset = AutoOffsetReset::Earliest;
+        senders.whatsapp.base_url.clone_from(&whatsapp.url);
+        senders.messenger.base_url.clone_from(&messenger.url);
+        senders.instagram.base_url.clone_from(&instagram.url);
+        senders.sms.base_url.clone_from(&twilio.url);
+        let page = |page_id: &str| PageCredentials {
+            page_id: page_id.into(),
+            page_token: token(),
+            app_secret: None,
+            rate: None,
+        };
+        senders.tenants.insert(
+            "demo".into(),
+            TenantCredentials {
+                whatsapp: Some(WhatsappCredentials {
+                    phone_number_id: "demo-phone-number-id".into(),
+                    token: token(),
+                    rate: None,
+                }),
+                messenger: Some(page("demo-page")),
+                instagram: Some(page("demo-ig-account")),
+                sms: Some(TwilioCredentials {
+                    account_sid: "ACdemo".into(),
+                    auth_token: token(),
+                    api_key_sid: None,
+                    from: Some("+15550000000".into()),
+                    messaging_service_sid: None,
+                    status_callback: None,
+                    rate: None,
+                }),
+                webchat: Some(WebchatCredentials {
+                    url: format!("{}/deliver/demo", webchat.url),
+                    token: None,
+                    rate: None,
+                }),
+            },
+        );
+        let all = vec![whatsapp, messenger, instagram, twilio, webchat];
+        for provider in &all {
+            provider.log_accepted();
+        }
+        all
     }
 }
 

@@ -12,6 +12,7 @@ use switchboard_workers::{
     destinations::bot::echo,
     destinations::bot::{BotConfig, BotProtocol},
     route::Router,
+    senders::{config::SendersConfig, service::SenderStage},
 };
 use tokio::{net::TcpListener, task::JoinHandle};
 
@@ -56,6 +57,8 @@ pub struct PipelineConfig {
     pub retry_backoff: Duration,
     /// Human-agent routing: queues and the queue stage's topics.
     pub agents: AgentsConfig,
+    /// The sender stage (off unless `senders.enabled`).
+    pub senders: SendersConfig,
 }
 
 impl PipelineConfig {
@@ -82,6 +85,7 @@ impl PipelineConfig {
             max_attempts: defaults.max_attempts,
             retry_backoff: defaults.retry_backoff,
             agents: defaults.agents,
+            senders: defaults.senders,
         }
     }
 
@@ -193,6 +197,7 @@ impl PipelineConfig {
             retry_backoff: self.retry_backoff,
             max_in_flight_per_partition: self.max_in_flight_per_partition,
             agents: self.agents.clone(),
+            senders: self.senders.clone(),
             // Tests and scenarios publish before the group first joins.
             auto_offset_reset: switchboard_workers::config::AutoOffsetReset::Earliest,
             ..WorkersConfig::default()
@@ -241,6 +246,10 @@ impl Pipeline {
             tasks.push(tokio::spawn(worker.run(shutdown.clone())));
             if workers_config.agents.enabled {
                 let stage = QueueStage::new(&workers_config)?;
+                tasks.push(tokio::spawn(stage.run(shutdown.clone())));
+            }
+            if workers_config.senders.enabled {
+                let stage = SenderStage::new(&workers_config)?;
                 tasks.push(tokio::spawn(stage.run(shutdown.clone())));
             }
         }

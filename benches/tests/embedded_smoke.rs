@@ -180,6 +180,24 @@ async fn load_generator_drives_the_embedded_pipeline() {
         assert_eq!(reply.key().unwrap(), envelope.conversation_key().as_bytes());
     }
 
+    // The sender stage takes them to the web chat stand-in: they reach the customer.
+    let webchat = embedded.providers.last().expect("the web chat stand-in");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while webchat.accepted().len() < 600 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let delivered = webchat.accepted();
+    assert!(
+        delivered.len() >= 600,
+        "{} replies delivered",
+        delivered.len()
+    );
+    assert!(
+        delivered
+            .iter()
+            .all(|r| r.text().is_some_and(|t| t.starts_with("echo: ")))
+    );
+
     let Embedded { mock, pipeline, .. } = embedded;
     pipeline.stop().await.unwrap();
     // Tearing down the mock cluster under clients that are still closing can hang.

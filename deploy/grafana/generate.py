@@ -76,7 +76,8 @@ def dashboard(uid, title, desc, job, board, links):
             "links": [{"title": t, "type": "link", "url": f"/d/{u}", "targetBlank": False, "icon": "dashboard"} for t, u in links],
             "templating": templating(job), "annotations": {"list": []}, "panels": board.panels}
 
-LINKS = [("Ingest", "switchboard-ingest"), ("Routing", "switchboard-routing"), ("Agents", "switchboard-agents")]
+LINKS = [("Ingest", "switchboard-ingest"), ("Routing", "switchboard-routing"), ("Agents", "switchboard-agents"),
+         ("Senders", "switchboard-senders")]
 I = 'instance=~"$instance"'
 
 # ---------------------------------------------------------------- ingest
@@ -237,6 +238,40 @@ b.panel("timeseries", "Rule matches vs default", "How many messages a rule match
         [(f'sum by (matched) (rate(switchboard_route_decisions_total{{matched!="",{I}}}[{RI}]))', "{{matched}}")], unit="ops")
 agents = dashboard("switchboard-agents", "Switchboard / Agents", AGENT_NOTE, "switchboard-workers", b, LINKS)
 
-for name, d in (("ingest", ingest), ("routing", routing), ("agents", agents)):
+# ---------------------------------------------------------------- senders
+SEND_NOTE = ("The sender stage of switchboard-workers: replies read from the outbound topics and sent to each "
+             "channel's provider (WhatsApp Cloud API, Messenger/Instagram Send API, Twilio, web chat).")
+FAILED = 'outcome=~"refused|misconfigured|unsendable|failed"'
+b = Board()
+b.text("About this dashboard",
+       "Outcomes per message: `accepted` (the provider took it; its id is on the analytics record), `refused` "
+       "(the provider refused it for good, e.g. WhatsApp 131047 or Twilio 21610: rejections topic), `unsendable` "
+       "(no way to express it on the channel: rejections topic), `misconfigured` (credentials, sender or base URL "
+       "wrong) and `failed` (still failing after max_attempts): dead-letter topic, replay once fixed; `duplicate` "
+       "(a copy skipped), `poison` (undecodable).", h=4)
+b.panel("stat", "Accepted/s", "Messages the providers accepted per second.",
+        [(f'sum(rate(switchboard_sender_sends_total{{outcome="accepted",{I}}}[{RI}]))', "accepted")], unit="ops", w=6, h=4)
+b.panel("stat", "Permanent failure ratio", "Messages refused, unsendable, misconfigured or failed for good, over all messages finished (alert: SwitchboardSenderPermanentFailures, 10% per channel).",
+        [(f'sum(rate(switchboard_sender_sends_total{{{FAILED},{I}}}[{RI}])) / sum(rate(switchboard_sender_sends_total{{outcome!~"duplicate|poison",{I}}}[{RI}]))', "failed")],
+        unit="percentunit", w=6, h=4, defaults=thresholds((None, "green"), (0.02, "orange"), (0.1, "red")))
+b.panel("stat", "Provider call p99", "99th percentile of one provider API call, all channels.",
+        [(f'histogram_quantile(0.99, sum by (le) (rate(switchboard_sender_request_duration_seconds_bucket{{{I}}}[{RI}])))', "p99")],
+        unit="s", w=6, h=4, defaults=thresholds((None, "green"), (1, "orange"), (5, "red")))
+b.panel("stat", "Rate-limit waits/s", "Messages that waited for their sender's token bucket (a business sending faster than its rate).",
+        [(f'sum(rate(switchboard_sender_rate_limit_wait_seconds_count{{{I}}}[{RI}]))', "waits")], unit="ops", w=6, h=4)
+b.panel("timeseries", "Sends by channel and outcome", "Messages finished per second.",
+        [(f'sum by (channel, outcome) (rate(switchboard_sender_sends_total{{outcome!="accepted",{I}}}[{RI}]))', "{{channel}} {{outcome}}"),
+         (f'sum by (channel) (rate(switchboard_sender_sends_total{{outcome="accepted",{I}}}[{RI}]))', "{{channel}} accepted")], unit="ops")
+b.panel("timeseries", "Provider call latency", "Time one provider call took, p50 and p99 by channel, whatever the answer.",
+        [(f'histogram_quantile({q}, sum by (le, channel) (rate(switchboard_sender_request_duration_seconds_bucket{{{I}}}[{RI}])))', f"{{{{channel}}}} p{int(q*100)}") for q in (0.5, 0.99)], unit="s")
+b.panel("timeseries", "Retries by channel and reason", "Provider calls retried: rate_limited (429, a throughput code; the sender pauses for Retry-After) or error (5xx, timeout, no connection).",
+        [(f'sum by (channel, reason) (rate(switchboard_sender_retries_total{{{I}}}[{RI}]))', "{{channel}} {{reason}}")], unit="ops")
+b.panel("timeseries", "Rate-limit waits", "How long calls waited for their sender's token bucket (p50 and p99 by channel; only calls that waited).",
+        [(f'histogram_quantile({q}, sum by (le, channel) (rate(switchboard_sender_rate_limit_wait_seconds_bucket{{{I}}}[{RI}])))', f"{{{{channel}}}} p{int(q*100)}") for q in (0.5, 0.99)], unit="s")
+b.panel("timeseries", "Sender rebalances", "Partitions of the outbound topics assigned to and revoked from this stage.",
+        [(f'sum by (event) (increase(switchboard_sender_rebalances_total{{{I}}}[{RI}]))', "{{event}}")])
+senders = dashboard("switchboard-senders", "Switchboard / Senders", SEND_NOTE, "switchboard-workers", b, LINKS)
+
+for name, d in (("ingest", ingest), ("routing", routing), ("agents", agents), ("senders", senders)):
     (OUT / f"switchboard-{name}.json").write_text(json.dumps(d, indent=2) + "\n")
     print(OUT / f"switchboard-{name}.json")

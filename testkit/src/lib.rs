@@ -4,6 +4,12 @@
 //! Tests that need the real local Kafka read its address from
 //! `SWITCHBOARD_TEST_KAFKA` (set by `deploy/test.sh`) and use random topic
 //! names, so runs never see each other's data.
+//!
+//! [`providers`] holds stand-ins for the channels' provider APIs (WhatsApp
+//! Cloud API, Messenger/Instagram Send API, Twilio, web chat) that the
+//! sender stage's tests and the embedded demo send to.
+
+pub mod providers;
 
 use std::{
     collections::HashMap,
@@ -330,17 +336,21 @@ pub fn committed_vs_size(bootstrap: &str, group: &str, topic: &str) -> (i64, i64
     (total, size)
 }
 
-/// The message ids in a list of analytics-topic records.
+/// The message ids routed, in a list of analytics-topic records (the
+/// sender stage's records of sent replies, with `decision.send`, are left out).
 pub fn analytics_message_ids(records: &[OwnedMessage]) -> std::collections::HashSet<String> {
     use prost::Message as _;
     use rdkafka::Message as _;
     records
         .iter()
-        .map(|r| {
+        .filter_map(|r| {
             let record =
                 switchboard_proto::v1::AnalyticsRecord::decode(r.payload().expect("payload"))
                     .expect("an AnalyticsRecord");
-            record.envelope.expect("envelope").message_id
+            if record.decision.as_ref().is_some_and(|d| d.send.is_some()) {
+                return None;
+            }
+            Some(record.envelope.expect("envelope").message_id)
         })
         .collect()
 }

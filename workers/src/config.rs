@@ -20,6 +20,7 @@ use crate::{
         bot::BotConfig,
         topics::{self, QUEUE_SNAPSHOT_MAX_BYTES, TopicsConfig},
     },
+    senders::config::SendersConfig,
 };
 
 /// Configuration of a routing worker.
@@ -117,6 +118,8 @@ pub struct WorkersConfig {
     pub shutdown_grace: Duration,
     /// Human-agent routing: queues, their policies and the queue stage.
     pub agents: AgentsConfig,
+    /// The sender stage: providers, credentials and its own bounds.
+    pub senders: SendersConfig,
 }
 
 /// Where a consumer group with no committed offset starts (librdkafka's
@@ -171,6 +174,7 @@ impl Default for WorkersConfig {
             metrics_addr: Some(SocketAddr::from(([127, 0, 0, 1], 9465))),
             shutdown_grace: Duration::from_secs(10),
             agents: AgentsConfig::default(),
+            senders: SendersConfig::default(),
         }
     }
 }
@@ -309,6 +313,7 @@ impl WorkersConfig {
                 .map_err(|e| anyhow::anyhow!("bots.{name}: {e}"))?;
         }
         config.agents.validate()?;
+        config.senders.validate()?;
         Ok(config)
     }
 }
@@ -334,6 +339,17 @@ mod tests {
         let bots: HashSet<&str> = config.bots.keys().map(String::as_str).collect();
         let rules = RuleSet::load(&root.join(config.rules_file.unwrap()), &bots).unwrap();
         assert_eq!(rules.bots().next(), Some("echo"));
+        assert_eq!(
+            config.senders,
+            crate::senders::config::SendersConfig::default()
+        );
+        let credentials = crate::senders::config::SendersConfig {
+            credentials_file: Some(root.join("deploy/config/senders-credentials.example.toml")),
+            ..Default::default()
+        };
+        credentials.validate().unwrap();
+        let tenants = credentials.credentials().unwrap();
+        assert!(tenants["acme"].whatsapp.is_some() && tenants["acme"].webchat.is_some());
     }
 
     fn load_toml(text: &str) -> anyhow::Result<WorkersConfig> {

@@ -24,6 +24,10 @@
 //! - [`agents`]: human-agent routing: the queue stage that assigns
 //!   conversations to agents (skills, capacity, sticky agent, hours,
 //!   overflow, reassignment), and the agent desk client.
+//! - [`senders`]: the sender stage: reads the outbound topics in its own
+//!   consumer group and calls each channel's provider API (WhatsApp Cloud
+//!   API, Messenger and Instagram Send API, Twilio, web chat), at least
+//!   once and in order per conversation.
 //! - [`compacted`]: reading a compacted topic to its end, to rebuild state.
 //! - [`metrics`]: the workers' metric names and help texts (the queue
 //!   stage's handles are in `agents::metrics`).
@@ -43,4 +47,5 @@ pub mod metrics;
 pub mod replay;
 pub mod route;
 pub mod rules;
+pub mod senders;
 pub mod state;

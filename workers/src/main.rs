@@ -10,11 +10,13 @@ use switchboard_workers::{
     consume::Worker,
     replay::{self, ReplayRequest},
     route::Router,
+    senders::service::SenderStage,
 };
 
 /// Switchboard routing worker: consumes envelopes from Kafka and routes
-/// them to bots, agent queues and analytics, at least once; and assigns
-/// agent queues' conversations to agents (unless `agents.enabled = false`).
+/// them to bots, agent queues and analytics, at least once; assigns agent
+/// queues' conversations to agents (unless `agents.enabled = false`); and
+/// sends replies to the channels' providers (with `senders.enabled = true`).
 ///
 /// Settings are layered: defaults, then --config FILE, then
 /// SWITCHBOARD_WORKERS_* environment variables, then these flags.
@@ -38,6 +40,10 @@ struct Args {
     /// Prometheus /metrics address [default: 127.0.0.1:9465].
     #[arg(long)]
     metrics_addr: Option<SocketAddr>,
+    /// Run only the sender stage (no routing, no queue stage), to scale
+    /// senders apart; implies `senders.enabled = true`.
+    #[arg(long)]
+    senders_only: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -142,21 +148,43 @@ async fn main() -> anyhow::Result<()> {
         created = config.ensure_topics() => created?,
         _ = shutdown.cancelled() => return Ok(()),
     }
-    let router = Arc::new(Router::new(&config)?);
-    router.spawn_rules_reloader(config.rules_reload_interval, shutdown.clone());
-    let worker = Worker::new(&config, router)?;
-    if !config.agents.enabled {
-        return worker.run(shutdown).await;
-    }
-    // Either stage failing stops the other.
-    let stage = QueueStage::new(&config)?;
+    // Any stage failing stops the others.
     let stopping = |result: anyhow::Result<()>| {
         shutdown.cancel();
         result
     };
-    let (routed, assigned) = tokio::join!(
+    let senders = if config.senders.enabled || args.senders_only {
+        Some(SenderStage::new(&config)?)
+    } else {
+        None
+    };
+    let send = async {
+        match senders {
+            Some(stage) => stopping(stage.run(shutdown.clone()).await),
+            None => Ok(()),
+        }
+    };
+    if args.senders_only {
+        return send.await;
+    }
+    let router = Arc::new(Router::new(&config)?);
+    router.spawn_rules_reloader(config.rules_reload_interval, shutdown.clone());
+    let worker = Worker::new(&config, router)?;
+    let queues = if config.agents.enabled {
+        Some(QueueStage::new(&config)?)
+    } else {
+        None
+    };
+    let assign = async {
+        match queues {
+            Some(stage) => stopping(stage.run(shutdown.clone()).await),
+            None => Ok(()),
+        }
+    };
+    let (routed, assigned, sent) = tokio::join!(
         async { stopping(worker.run(shutdown.clone()).await) },
-        async { stopping(stage.run(shutdown.clone()).await) },
+        assign,
+        send,
     );
-    routed.and(assigned)
+    routed.and(assigned).and(sent)
 }

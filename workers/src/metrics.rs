@@ -141,6 +141,7 @@ pub fn describe() {
          or the queue snapshot's size limit, by queue"
     );
     zero_known_series();
+    crate::senders::metrics::describe();
 }
 
 fn zero_known_series() {

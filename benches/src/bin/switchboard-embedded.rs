@@ -69,6 +69,7 @@ Switchboard embedded is running.
             Everything is lost on exit. For trying things out only, not for production.
   Ingest:   gRPC {grpc}  (switchboard.v1.Ingest; health and reflection enabled)
   Demo bot: gRPC {bot}  (echoes text back)
+  Senders:  replies of tenant "demo" go to built-in stand-in providers (logged as "customer <- reply")
   Metrics:  http://{metrics}/metrics
   Topics:   {messages}, {analytics}, {agents}
   Rules:    {rules}
