@@ -261,6 +261,7 @@ impl Node {
         let broker = Broker::bind(BrokerConfig {
             grpc_addr: ([127, 0, 0, 1], 0).into(),
             metrics_addr: None,
+            http_addr: None,
             kafka: kafka.clone(),
             messages_topic: topic.to_owned(),
             max_in_flight,

@@ -110,11 +110,9 @@ impl Broker {
             config.service(),
         );
         let http_server = http_listener.map(|listener| {
-            let addr = listener.local_addr().ok();
-            tracing::info!(
-                ?addr,
-                "ingestion node serving HTTP webhooks at /webhooks/{{tenant}}/{{channel}}"
-            );
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(%addr, "ingestion node serving HTTP webhooks at /webhooks/{{tenant}}/{{channel}}");
+            }
             let state = AppState {
                 service: service.clone(),
                 auth,

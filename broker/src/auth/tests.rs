@@ -159,6 +159,13 @@ fn example_tenants_file_loads_and_its_example_key_works() {
         .authenticate(&metadata(Some("Bearer acme-example-key")))
         .unwrap();
     assert_eq!(caller.tenant(), Some("acme"));
+    use switchboard_proto::v1::Channel;
+    for channel in [Channel::Whatsapp, Channel::Sms, Channel::Webchat] {
+        assert!(
+            matches!(auth.webhook("acme", channel), WebhookAuth::Checked { .. }),
+            "acme's example {channel:?} webhook secrets"
+        );
+    }
 }
 
 /// A tenant's channel secrets reach the HTTP listener with the tenant's

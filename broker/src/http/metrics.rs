@@ -27,9 +27,8 @@ const CHANNELS: [Channel; 5] = Channel::KNOWN;
 const UNKNOWN: &str = "unknown";
 
 /// The `status` label values the listener answers; any other is `other`.
-const STATUSES: [StatusCode; 11] = [
+const STATUSES: [StatusCode; 10] = [
     StatusCode::OK,
-    StatusCode::NO_CONTENT,
     StatusCode::BAD_REQUEST,
     StatusCode::UNAUTHORIZED,
     StatusCode::FORBIDDEN,
