@@ -637,6 +637,7 @@ impl NodeProcess {
         let child = tokio::process::Command::new(binary)
             .args(["--grpc-addr", &format!("127.0.0.1:{grpc}")])
             .args(["--metrics-addr", &format!("127.0.0.1:{metrics}")])
+            .args(["--http-addr", "off"])
             .args(["--kafka-bootstrap", &kafka.bootstrap_servers])
             .args(["--messages-topic", topic])
             .env("RUST_LOG", "warn")
