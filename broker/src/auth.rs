@@ -212,19 +212,10 @@ impl Auth {
         let header = metadata.get("authorization").ok_or_else(|| {
             IngestError::Unauthenticated("missing `authorization: Bearer <API key>` metadata")
         })?;
-        let key = header
-            .to_str()
-            .ok()
-            .and_then(|h| {
-                h.strip_prefix("Bearer ")
-                    .or_else(|| h.strip_prefix("bearer "))
-            })
-            .map(str::trim)
-            .filter(|k| !k.is_empty())
-            .ok_or_else(|| {
-                IngestError::Unauthenticated("`authorization` must be `Bearer <API key>`")
-            })?;
-        self.caller(Sha256::digest(key.as_bytes()).into(), "unknown API key")
+        let key = header.to_str().ok().and_then(bearer).ok_or_else(|| {
+            IngestError::Unauthenticated("`authorization` must be `Bearer <API key>`")
+        })?;
+        self.caller(digest(key), "unknown API key")
     }
 
     /// The caller presenting the key with `digest`, in the tenants now in force.
@@ -362,14 +353,11 @@ fn load(path: &Path, previous: &Snapshot) -> anyhow::Result<Snapshot> {
             ));
         }
         for hex_digest in &entry.api_keys_sha256 {
-            let digest: [u8; 32] = hex::decode(hex_digest)
-                .ok()
-                .and_then(|d| d.try_into().ok())
-                .ok_or_else(|| {
-                    problem(format!(
-                        "{hex_digest:?} is not a SHA-256 digest (64 hex digits)"
-                    ))
-                })?;
+            let digest = digest_from_hex(hex_digest).ok_or_else(|| {
+                problem(format!(
+                    "{hex_digest:?} is not a SHA-256 digest (64 hex digits)"
+                ))
+            })?;
             if let Some(other) = snapshot.keys.insert(digest, entry.id.clone()) {
                 return Err(problem(format!(
                     "a key digest is also listed for tenant {other:?}"
@@ -417,7 +405,26 @@ fn load(path: &Path, previous: &Snapshot) -> anyhow::Result<Snapshot> {
 
 /// The SHA-256 digest of an API key, as the tenants file stores it.
 pub fn key_digest(key: &str) -> String {
-    hex::encode(Sha256::digest(key.as_bytes()))
+    hex::encode(digest(key))
+}
+
+/// The key of an `authorization: Bearer <key>` header value.
+pub fn bearer(header: &str) -> Option<&str> {
+    header
+        .strip_prefix("Bearer ")
+        .or_else(|| header.strip_prefix("bearer "))
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+}
+
+/// The SHA-256 digest of a key.
+pub fn digest(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
+
+/// A digest as the tenants file writes it: 64 hex digits.
+fn digest_from_hex(hex_digest: &str) -> Option<[u8; 32]> {
+    hex::decode(hex_digest).ok()?.try_into().ok()
 }
 
 #[cfg(test)]

@@ -109,10 +109,8 @@ impl Broker {
             Arc::new(Dedupe::new(config.dedupe.clone())),
             config.service(),
         );
-        let http_server = http_listener.map(|listener| {
-            if let Ok(addr) = listener.local_addr() {
-                tracing::info!(%addr, "ingestion node serving HTTP webhooks at /webhooks/{{tenant}}/{{channel}}");
-            }
+        // The HTTP webhook listener publishes through the same service.
+        let http = http_listener.map(|listener| {
             let state = AppState {
                 service: service.clone(),
                 auth,
@@ -120,13 +118,7 @@ impl Broker {
                 metrics: Arc::new(HttpMetrics::new()),
                 max_body_bytes: config.webhook_limits.max_body_bytes,
             };
-            tokio::spawn(crate::http::server::serve(
-                listener,
-                state,
-                config.http.clone(),
-                shutdown.clone(),
-                config.shutdown_grace,
-            ))
+            (listener, state)
         });
         let gauge_publisher = publisher.clone();
         let gauge_stop = shutdown.clone();
@@ -181,6 +173,18 @@ impl Broker {
                     .await;
             });
         let server = tokio::spawn(server);
+        let http_server = http.map(|(listener, state)| {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(%addr, "ingestion node serving HTTP webhooks at /webhooks/{{tenant}}/{{channel}}");
+            }
+            tokio::spawn(crate::http::server::serve(
+                listener,
+                state,
+                config.http.clone(),
+                shutdown.clone(),
+                config.shutdown_grace,
+            ))
+        });
         shutdown.cancelled().await;
         match tokio::time::timeout(config.shutdown_grace, server).await {
             Ok(result) => result??,

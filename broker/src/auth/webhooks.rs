@@ -185,14 +185,11 @@ fn webchat(entry: WebchatEntry) -> anyhow::Result<ChannelSecrets> {
         .keys_sha256
         .iter()
         .map(|digest| {
-            hex::decode(digest)
-                .ok()
-                .and_then(|d| d.try_into().ok())
-                .ok_or_else(|| {
-                    anyhow::anyhow!(
-                        "`webhooks.webchat.keys_sha256`: {digest:?} is not a SHA-256 digest (64 hex digits)"
-                    )
-                })
+            super::digest_from_hex(digest).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "`webhooks.webchat.keys_sha256`: {digest:?} is not a SHA-256 digest (64 hex digits)"
+                )
+            })
         })
         .collect::<anyhow::Result<_>>()?;
     for origin in &entry.allowed_origins {

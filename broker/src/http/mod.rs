@@ -8,7 +8,7 @@
 //! path as `IngestWebhook` (normalizer, tenant limit, dedupe, publisher:
 //! [`crate::service::IngestService::publish_webhook`]):
 //!
-//! | channel | proof checked ([`verify`], [`signature`]) |
+//! | channel | proof checked (`verify`, [`signature`]) |
 //! | --- | --- |
 //! | whatsapp, messenger, instagram | `X-Hub-Signature-256`: HMAC-SHA256 of the raw body with the app secret |
 //! | sms | `X-Twilio-Signature`: HMAC-SHA1 of `http.public_base_url` + path + query, then the sorted parameters, with the auth token |
@@ -29,7 +29,7 @@
 pub mod config;
 pub mod metrics;
 mod response;
-pub mod routes;
-pub mod server;
+pub(crate) mod routes;
+pub(crate) mod server;
 pub mod signature;
-pub mod verify;
+mod verify;

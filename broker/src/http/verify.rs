@@ -3,14 +3,13 @@
 
 use http::{HeaderMap, StatusCode, Uri, header};
 use secrecy::ExposeSecret as _;
-use sha2::{Digest, Sha256};
 
 use super::{
     metrics::SignatureFailure,
     response,
     signature::{meta_valid, twilio_valid},
 };
-use crate::auth::ChannelSecrets;
+use crate::auth::{ChannelSecrets, bearer, digest};
 
 /// Meta's signature header.
 pub const META_SIGNATURE: &str = "x-hub-signature-256";
@@ -125,13 +124,8 @@ pub fn check(secrets: &ChannelSecrets, request: &Received<'_>) -> Result<(), Ref
             {
                 return Err(Refusal::Origin);
             }
-            let authorization = request.header("authorization")?;
-            let key = authorization
-                .strip_prefix("Bearer ")
-                .or_else(|| authorization.strip_prefix("bearer "))
-                .map(str::trim)
-                .filter(|k| !k.is_empty());
-            let known = key.is_some_and(|k| keys.contains(&<[u8; 32]>::from(Sha256::digest(k))));
+            let key = bearer(request.header("authorization")?);
+            let known = key.is_some_and(|k| keys.contains(&digest(k)));
             if !known {
                 return invalid("authorization");
             }
@@ -240,7 +234,7 @@ mod tests {
     #[test]
     fn webchat_needs_a_key_and_an_allowed_origin() {
         let secrets = ChannelSecrets::Webchat {
-            keys: HashSet::from([<[u8; 32]>::from(Sha256::digest("site-key"))]),
+            keys: HashSet::from([digest("site-key")]),
             allowed_origins: vec!["https://shop.example.com".into()],
         };
         let uri: Uri = "/webhooks/acme/webchat".parse().unwrap();
