@@ -655,3 +655,60 @@ async fn unreachable_kafka_is_503_and_shutdown_drains() {
         "the listener is closed"
     );
 }
+
+/// The listener's own bounds: past `max_concurrent_requests` a request is
+/// answered 503 at once; one not done within `request_timeout` gets 503;
+/// a client that does not finish its headers in `header_read_timeout` is
+/// disconnected. No Kafka is needed: nothing gets that far.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listener_sheds_times_out_and_drops_slow_clients() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let node = Node::start(&closed.to_string(), false, |config| {
+        config.http.max_concurrent_requests = 1;
+        config.http.request_timeout = Duration::from_secs(1);
+        config.http.header_read_timeout = Duration::from_millis(500);
+    })
+    .await;
+    // A request whose body never comes holds the only slot.
+    let mut stuck = tokio::net::TcpStream::connect(node.http).await.unwrap();
+    let head = format!(
+        "POST /webhooks/acme/webchat HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\n\
+         content-length: 100\r\n\r\n{{",
+        node.http
+    );
+    stuck.write_all(head.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let started = Instant::now();
+    let shed = node.post("/webhooks/acme/webchat", b"{}", &[]).await;
+    assert_eq!(shed.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(shed.headers()[header::RETRY_AFTER], "1");
+    let message = json(shed).await["message"].as_str().unwrap().to_owned();
+    assert!(message.contains("max_concurrent_requests"), "{message}");
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "shed at once"
+    );
+
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stuck.read_to_end(&mut answer))
+        .await
+        .expect("answered within the request timeout")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("request_timeout"), "{answer}");
+
+    // Headers that never end: the connection is closed.
+    let mut slow = tokio::net::TcpStream::connect(node.http).await.unwrap();
+    slow.write_all(b"POST /webhooks/acme/webchat HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "still open after the header read timeout");
+    node.stop().await;
+}
