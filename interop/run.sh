@@ -114,10 +114,10 @@ log "server binary: $BIN"
 
 # --- start the server -------------------------------------------------------------
 free_ports() {
-  # Three distinct free ports on 127.0.0.1 (held together while picking).
+  # Four distinct free ports on 127.0.0.1 (held together while picking).
   "$PY" -c '
 import socket
-socks = [socket.socket() for _ in range(3)]
+socks = [socket.socket() for _ in range(4)]
 for s in socks:
     s.bind(("127.0.0.1", 0))
 print(" ".join(str(s.getsockname()[1]) for s in socks))
@@ -136,9 +136,10 @@ start_server() {
   local ports deadline started=$SECONDS
   read -r -a ports <<<"$(free_ports)"
   ADDR="127.0.0.1:${ports[0]}"
-  log "starting server: --grpc-addr $ADDR --bot-addr 127.0.0.1:${ports[1]} --metrics-addr 127.0.0.1:${ports[2]}"
+  log "starting server: --grpc-addr $ADDR --bot-addr 127.0.0.1:${ports[1]} --metrics-addr 127.0.0.1:${ports[2]} --http-addr 127.0.0.1:${ports[3]}"
   NO_COLOR=1 "$BIN" --grpc-addr "$ADDR" --bot-addr "127.0.0.1:${ports[1]}" \
-    --metrics-addr "127.0.0.1:${ports[2]}" >"$workdir/server.out" 2>"$workdir/server.err" &
+    --metrics-addr "127.0.0.1:${ports[2]}" --http-addr "127.0.0.1:${ports[3]}" \
+    >"$workdir/server.out" 2>"$workdir/server.err" &
   server_pid=$!
   deadline=$((SECONDS + STARTUP_TIMEOUT))
   while true; do

@@ -22,6 +22,11 @@ pub const DEMO_RULES: &str = include_str!("../../deploy/rules/demo.toml");
 pub struct EmbeddedConfig {
     /// Ingestion node gRPC address.
     pub grpc_addr: SocketAddr,
+    /// Ingestion node HTTP webhook address; none: no HTTP listener.
+    pub http_addr: Option<SocketAddr>,
+    /// Tenants file (API keys, rate limits, webhook secrets); none:
+    /// authentication off, webhook signatures not checked.
+    pub auth_file: Option<PathBuf>,
     /// Demo bot gRPC address.
     pub bot_addr: SocketAddr,
     /// Rules file; the built-in demo rules when `None`.
@@ -81,6 +86,8 @@ impl Embedded {
             }
         };
         pipeline_config.grpc_addr = config.grpc_addr;
+        pipeline_config.http_addr = config.http_addr;
+        pipeline_config.auth_file = config.auth_file;
         pipeline_config.bot_addr = config.bot_addr;
         pipeline_config.workers = config.workers;
         let providers = demo_providers::start(&mut pipeline_config.senders).await;

@@ -45,6 +45,11 @@ pub struct PipelineConfig {
     pub extra_bots: BTreeMap<String, BotConfig>,
     /// gRPC address of the ingestion node (port 0 for any).
     pub grpc_addr: SocketAddr,
+    /// HTTP webhook address of the ingestion node (port 0 for any); none: off.
+    pub http_addr: Option<SocketAddr>,
+    /// The ingestion node's tenants file (API keys, rate limits, webhook
+    /// secrets); none: authentication off.
+    pub auth_file: Option<PathBuf>,
     /// gRPC address of the bot (port 0 for any).
     pub bot_addr: SocketAddr,
     /// Number of routing workers (consumer group members).
@@ -79,6 +84,8 @@ impl PipelineConfig {
             bot_name: "echo".into(),
             extra_bots: BTreeMap::new(),
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            http_addr: None,
+            auth_file: None,
             bot_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             workers: 1,
             max_in_flight_per_partition: defaults.max_in_flight_per_partition,
@@ -156,6 +163,8 @@ impl PipelineConfig {
         BrokerConfig {
             grpc_addr: self.grpc_addr,
             metrics_addr: None,
+            http_addr: self.http_addr,
+            auth_file: self.auth_file.clone(),
             kafka: self.kafka.clone(),
             messages_topic: self.messages_topic.clone(),
             shutdown_grace: Duration::from_secs(5),
@@ -209,6 +218,8 @@ impl PipelineConfig {
 pub struct Pipeline {
     /// Where the ingestion node listens.
     pub grpc_addr: SocketAddr,
+    /// Where the ingestion node takes HTTP webhooks, if it does.
+    pub http_addr: Option<SocketAddr>,
     /// Where the bot listens.
     pub bot_addr: SocketAddr,
     shutdown: Shutdown,
@@ -236,6 +247,7 @@ impl Pipeline {
 
         let broker = Broker::bind(config.broker_config()).await?;
         let grpc_addr = broker.local_addr();
+        let http_addr = broker.http_addr();
         tasks.push(tokio::spawn(broker.serve(shutdown.clone())));
 
         let workers_config = config.workers_config(bot_addr);
@@ -255,6 +267,7 @@ impl Pipeline {
         }
         Ok(Self {
             grpc_addr,
+            http_addr,
             bot_addr,
             shutdown,
             tasks,

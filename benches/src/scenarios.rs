@@ -262,6 +262,7 @@ impl Node {
         let broker = Broker::bind(BrokerConfig {
             grpc_addr: ([127, 0, 0, 1], 0).into(),
             metrics_addr: None,
+            http_addr: None,
             kafka: kafka.clone(),
             messages_topic: topic.to_owned(),
             max_in_flight,
@@ -794,6 +795,7 @@ impl NodeProcess {
         let child = tokio::process::Command::new(binary)
             .args(["--grpc-addr", &format!("127.0.0.1:{grpc}")])
             .args(["--metrics-addr", &format!("127.0.0.1:{metrics}")])
+            .args(["--http-addr", "off"])
             .args(["--kafka-bootstrap", &kafka.bootstrap_servers])
             .args(["--messages-topic", topic])
             .env("RUST_LOG", "warn")

@@ -43,6 +43,7 @@ async fn node(
     let config = BrokerConfig {
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
         metrics_addr: None,
+        http_addr: None,
         kafka: testkit::kafka_config(bootstrap, 3),
         messages_topic: topic.clone(),
         shutdown_grace: Duration::from_secs(3),
@@ -511,6 +512,7 @@ async fn in_flight_bytes_are_bounded() {
     let config = BrokerConfig {
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
         metrics_addr: None,
+        http_addr: None,
         kafka: testkit::kafka_config(&silent.to_string(), 1),
         max_envelope_bytes: 100_000,
         max_in_flight_bytes: 250_000,
@@ -566,6 +568,7 @@ async fn a_fatal_producer_error_is_reported_and_recovered_from() {
     let broker = Broker::bind(BrokerConfig {
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
         metrics_addr: None,
+        http_addr: None,
         kafka: testkit::kafka_config(&mock.bootstrap_servers(), 1),
         messages_topic: topic,
         ack_timeout: Duration::from_secs(5),

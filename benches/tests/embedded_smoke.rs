@@ -13,6 +13,8 @@ async fn load_generator_drives_the_embedded_pipeline() {
     let any = SocketAddr::from(([127, 0, 0, 1], 0));
     let embedded = Embedded::start(EmbeddedConfig {
         grpc_addr: any,
+        http_addr: Some(any),
+        auth_file: None,
         bot_addr: any,
         rules_file: None,
         partitions: 4,
@@ -196,6 +198,27 @@ async fn load_generator_drives_the_embedded_pipeline() {
         delivered
             .iter()
             .all(|r| r.text().is_some_and(|t| t.starts_with("echo: ")))
+    );
+
+    // The HTTP webhook listener takes a web chat message (no tenants file:
+    // no key needed) and answers once Kafka has it.
+    let http = embedded
+        .pipeline
+        .http_addr
+        .expect("the HTTP listener is on");
+    let response = reqwest::Client::new()
+        .post(format!("http://{http}/webhooks/demo/webchat"))
+        .header("content-type", "application/json")
+        .body(r#"{"conversationId":"site:v-1","channelMessageId":"wc-1","customer":{"id":"v-1"},"business":{"id":"site"},"text":{"body":"hello"}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), reqwest::StatusCode::OK);
+    let answer: serde_json::Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
+    assert_eq!(
+        answer["results"].as_array().map(Vec::len),
+        Some(1),
+        "{answer}"
     );
 
     let Embedded { mock, pipeline, .. } = embedded;

@@ -127,6 +127,7 @@ async fn publishes_fail_fast_while_kafka_is_down_and_recover_after() {
     let config = BrokerConfig {
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
         metrics_addr: None,
+        http_addr: None,
         kafka: testkit::kafka_config(&kafka.bootstrap(), 3),
         messages_topic: testkit::random_topic("outage.messages"),
         // What a caller waits at most before the node knows Kafka is down.

@@ -52,6 +52,7 @@ async fn spans_of_one_message_reach_the_collector_in_the_callers_trace() {
         .args(["--grpc-addr", &format!("127.0.0.1:{grpc}")])
         .args(["--bot-addr", &format!("127.0.0.1:{}", free_port())])
         .args(["--metrics-addr", &format!("127.0.0.1:{}", free_port())])
+        .args(["--http-addr", "off"])
         .args(["--partitions", "2", "--workers", "1"])
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{collector}"))
         .env("OTEL_BSP_SCHEDULE_DELAY", "200")

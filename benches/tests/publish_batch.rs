@@ -42,6 +42,7 @@ impl Node {
         let config = BrokerConfig {
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             metrics_addr: None,
+            http_addr: None,
             kafka: testkit::kafka_config(&bootstrap, 3),
             messages_topic: topic.clone(),
             shutdown_grace: Duration::from_secs(3),

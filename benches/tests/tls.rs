@@ -80,6 +80,7 @@ async fn mutual_tls_admits_only_clients_with_a_certificate() {
     let broker = Broker::bind(BrokerConfig {
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
         metrics_addr: None,
+        http_addr: None,
         kafka,
         messages_topic: topic,
         tls: Some(tls),

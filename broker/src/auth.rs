@@ -17,8 +17,13 @@
 //! tenants stay in force. A tenant whose limits are unchanged keeps its
 //! bucket across reloads.
 //!
+//! A tenant may also hold the secrets of its channel webhooks, which the
+//! HTTP webhook listener checks (see [`webhooks`] for the format); they
+//! reload with the file, and with the secret files it names.
+//!
 //! Without a tenants file, authentication is off: every caller may publish
-//! for any tenant, without limits. That suits local development only.
+//! for any tenant, without limits, and HTTP webhooks are not checked. That
+//! suits local development only.
 
 use std::{
     collections::HashMap,
@@ -31,10 +36,16 @@ use std::{
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter, clock::Clock};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+use switchboard_proto::v1::Channel;
 use tokio::sync::watch;
 use tonic::metadata::MetadataMap;
 
 use crate::error::IngestError;
+
+pub mod webhooks;
+
+pub use self::webhooks::ChannelSecrets;
+use self::webhooks::{SecretFile, TenantWebhooks, WebhooksEntry};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -43,7 +54,7 @@ struct TenantsFile {
     tenants: Vec<TenantEntry>,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TenantEntry {
     id: String,
@@ -51,12 +62,16 @@ struct TenantEntry {
     rate_limit_per_second: u32,
     #[serde(default)]
     rate_limit_burst: Option<u32>,
+    #[serde(default)]
+    webhooks: WebhooksEntry,
 }
 
 struct Tenant {
-    entry: TenantEntry,
+    /// `rate_limit_per_second` and `rate_limit_burst` as written.
+    limits: (u32, Option<u32>),
     limiter: Arc<DefaultDirectRateLimiter>,
     burst: NonZeroU32,
+    webhooks: TenantWebhooks,
 }
 
 /// One loaded tenants file: key digests to tenant ids, and the tenants.
@@ -64,6 +79,21 @@ struct Tenant {
 struct Snapshot {
     keys: HashMap<[u8; 32], String>,
     tenants: HashMap<String, Tenant>,
+    /// The secret files the tenants file names, with their modification times.
+    secret_files: Vec<SecretFile>,
+}
+
+impl Snapshot {
+    /// Whether a secret file changed since it was read.
+    fn secrets_changed(&self) -> bool {
+        self.secret_files
+            .iter()
+            .any(|(path, read)| modified(path) != *read)
+    }
+}
+
+fn modified(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
 /// Authenticates callers and applies tenant rate limits.
@@ -87,8 +117,24 @@ pub enum Caller {
         limiter: Arc<DefaultDirectRateLimiter>,
         /// The limiter's burst: the most one request can ever take.
         burst: NonZeroU32,
-        /// The SHA-256 digest of the key it presented.
-        key: [u8; 32],
+        /// The SHA-256 digest of the API key it presented; none for a
+        /// webhook that its channel's signature vouched for.
+        key: Option<[u8; 32]>,
+    },
+}
+
+/// How the HTTP webhook listener checks one tenant's webhooks on one channel.
+pub enum WebhookAuth {
+    /// No tenants file: nothing is checked (local development only).
+    Off,
+    /// The tenant is unknown, or has no webhook secrets for the channel.
+    NotConfigured,
+    /// The channel's secrets, and the tenant as a caller (its rate limit).
+    Checked {
+        /// The tenant, to admit the webhook's events with.
+        caller: Caller,
+        /// What the webhook must prove it knows.
+        secrets: Arc<ChannelSecrets>,
     },
 }
 
@@ -166,19 +212,10 @@ impl Auth {
         let header = metadata.get("authorization").ok_or_else(|| {
             IngestError::Unauthenticated("missing `authorization: Bearer <API key>` metadata")
         })?;
-        let key = header
-            .to_str()
-            .ok()
-            .and_then(|h| {
-                h.strip_prefix("Bearer ")
-                    .or_else(|| h.strip_prefix("bearer "))
-            })
-            .map(str::trim)
-            .filter(|k| !k.is_empty())
-            .ok_or_else(|| {
-                IngestError::Unauthenticated("`authorization` must be `Bearer <API key>`")
-            })?;
-        self.caller(Sha256::digest(key.as_bytes()).into(), "unknown API key")
+        let key = header.to_str().ok().and_then(bearer).ok_or_else(|| {
+            IngestError::Unauthenticated("`authorization` must be `Bearer <API key>`")
+        })?;
+        self.caller(digest(key), "unknown API key")
     }
 
     /// The caller presenting the key with `digest`, in the tenants now in force.
@@ -193,8 +230,32 @@ impl Auth {
             id: tenant.clone(),
             limiter: entry.limiter.clone(),
             burst: entry.burst,
-            key: digest,
+            key: Some(digest),
         })
+    }
+
+    /// How a webhook of `tenant` on `channel` is checked, with the tenants
+    /// now in force.
+    pub fn webhook(&self, tenant: &str, channel: Channel) -> WebhookAuth {
+        if !self.enabled() {
+            return WebhookAuth::Off;
+        }
+        let snapshot = self.state.read().expect("auth lock").0.clone();
+        let Some(entry) = snapshot.tenants.get(tenant) else {
+            return WebhookAuth::NotConfigured;
+        };
+        match entry.webhooks.get(channel) {
+            None => WebhookAuth::NotConfigured,
+            Some(secrets) => WebhookAuth::Checked {
+                caller: Caller::Tenant {
+                    id: tenant.to_owned(),
+                    limiter: entry.limiter.clone(),
+                    burst: entry.burst,
+                    key: None,
+                },
+                secrets: secrets.clone(),
+            },
+        }
     }
 
     /// Checks a long call's caller against the tenants now in force: its
@@ -204,7 +265,8 @@ impl Auth {
         let Caller::Tenant { id, key, .. } = caller else {
             return Ok(Caller::Anyone);
         };
-        let current = self.caller(*key, "the API key was revoked")?;
+        let key = key.ok_or(IngestError::Unauthenticated("no API key to check again"))?;
+        let current = self.caller(key, "the API key was revoked")?;
         if current.tenant() != Some(id.as_str()) {
             return Err(IngestError::Unauthenticated("the API key was revoked"));
         }
@@ -216,7 +278,8 @@ impl Auth {
         self.reloads.subscribe()
     }
 
-    /// Re-reads the tenants file if it changed. On error the old tenants stay.
+    /// Re-reads the tenants file if it, or a secret file it names, changed.
+    /// On error the old tenants stay.
     pub fn reload_if_changed(&self) -> anyhow::Result<bool> {
         let Some(file) = &self.file else {
             return Ok(false);
@@ -224,7 +287,7 @@ impl Auth {
         let modified = std::fs::metadata(file)?.modified().ok();
         let current = {
             let state = self.state.read().expect("auth lock");
-            if state.1 == modified {
+            if state.1 == modified && !state.0.secrets_changed() {
                 return Ok(false);
             }
             state.0.clone()
@@ -263,8 +326,19 @@ impl Auth {
 fn load(path: &Path, previous: &Snapshot) -> anyhow::Result<Snapshot> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| anyhow::anyhow!("cannot read tenants file {}: {e}", path.display()))?;
-    let file: TenantsFile = toml::from_str(&text)
-        .map_err(|e| anyhow::anyhow!("tenants file {} is not valid: {e}", path.display()))?;
+    // toml's own message quotes the offending line, which may hold a
+    // secret: only its description and the line number are reported.
+    let file: TenantsFile = toml::from_str(&text).map_err(|e| {
+        let line = e
+            .span()
+            .map_or(0, |span| text[..span.start].matches('\n').count() + 1);
+        anyhow::anyhow!(
+            "tenants file {} is not valid: line {line}: {}",
+            path.display(),
+            e.message()
+        )
+    })?;
+    let dir = path.parent().unwrap_or(Path::new("."));
     let mut snapshot = Snapshot::default();
     for entry in file.tenants {
         let problem = |what: String| anyhow::anyhow!("tenant {:?}: {what}", entry.id);
@@ -279,14 +353,11 @@ fn load(path: &Path, previous: &Snapshot) -> anyhow::Result<Snapshot> {
             ));
         }
         for hex_digest in &entry.api_keys_sha256 {
-            let digest: [u8; 32] = hex::decode(hex_digest)
-                .ok()
-                .and_then(|d| d.try_into().ok())
-                .ok_or_else(|| {
-                    problem(format!(
-                        "{hex_digest:?} is not a SHA-256 digest (64 hex digits)"
-                    ))
-                })?;
+            let digest = digest_from_hex(hex_digest).ok_or_else(|| {
+                problem(format!(
+                    "{hex_digest:?} is not a SHA-256 digest (64 hex digits)"
+                ))
+            })?;
             if let Some(other) = snapshot.keys.insert(digest, entry.id.clone()) {
                 return Err(problem(format!(
                     "a key digest is also listed for tenant {other:?}"
@@ -302,25 +373,26 @@ fn load(path: &Path, previous: &Snapshot) -> anyhow::Result<Snapshot> {
         )
         .ok_or_else(|| problem("`rate_limit_burst` must be at least 1".into()))?;
         // A tenant whose limits did not change keeps its bucket.
+        let limits = (entry.rate_limit_per_second, entry.rate_limit_burst);
         let limiter = match previous.tenants.get(&entry.id) {
-            Some(old)
-                if old.entry.rate_limit_per_second == entry.rate_limit_per_second
-                    && old.entry.rate_limit_burst == entry.rate_limit_burst =>
-            {
-                old.limiter.clone()
-            }
+            Some(old) if old.limits == limits => old.limiter.clone(),
             _ => Arc::new(RateLimiter::direct(
                 Quota::per_second(per_second).allow_burst(burst),
             )),
         };
+        let webhooks = entry
+            .webhooks
+            .resolve(dir, &mut snapshot.secret_files)
+            .map_err(|e| problem(e.to_string()))?;
         if snapshot
             .tenants
             .insert(
-                entry.id.clone(),
+                entry.id,
                 Tenant {
-                    entry,
+                    limits,
                     limiter,
                     burst,
+                    webhooks,
                 },
             )
             .is_some()
@@ -333,7 +405,26 @@ fn load(path: &Path, previous: &Snapshot) -> anyhow::Result<Snapshot> {
 
 /// The SHA-256 digest of an API key, as the tenants file stores it.
 pub fn key_digest(key: &str) -> String {
-    hex::encode(Sha256::digest(key.as_bytes()))
+    hex::encode(digest(key))
+}
+
+/// The key of an `authorization: Bearer <key>` header value.
+pub fn bearer(header: &str) -> Option<&str> {
+    header
+        .strip_prefix("Bearer ")
+        .or_else(|| header.strip_prefix("bearer "))
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+}
+
+/// The SHA-256 digest of a key.
+pub fn digest(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
+
+/// A digest as the tenants file writes it: 64 hex digits.
+fn digest_from_hex(hex_digest: &str) -> Option<[u8; 32]> {
+    hex::decode(hex_digest).ok()?.try_into().ok()
 }
 
 #[cfg(test)]

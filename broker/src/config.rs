@@ -17,7 +17,11 @@ use switchboard_runtime::config::load_layered;
 use switchboard_runtime::kafka::KafkaConfig;
 
 use crate::{
-    channels::Limits, dedupe::DedupeConfig, publisher::PublisherConfig, service::ServiceConfig,
+    channels::Limits,
+    dedupe::DedupeConfig,
+    http::config::{HttpConfig, addr_or_off},
+    publisher::PublisherConfig,
+    service::ServiceConfig,
 };
 
 /// Room for a request's fields around its envelope or webhook body.
@@ -31,6 +35,11 @@ pub struct BrokerConfig {
     pub grpc_addr: SocketAddr,
     /// Address of the Prometheus `/metrics` endpoint; none disables it.
     pub metrics_addr: Option<SocketAddr>,
+    /// Address of the HTTP webhook listener; `"off"` disables it.
+    #[serde(with = "addr_or_off")]
+    pub http_addr: Option<SocketAddr>,
+    /// The HTTP webhook listener's settings.
+    pub http: HttpConfig,
     /// How to reach Kafka.
     pub kafka: KafkaConfig,
     /// Topic that canonical envelopes are published to.
@@ -109,6 +118,8 @@ impl Default for BrokerConfig {
         Self {
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
             metrics_addr: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+            http_addr: Some(SocketAddr::from(([127, 0, 0, 1], 8080))),
+            http: HttpConfig::default(),
             kafka: KafkaConfig::default(),
             messages_topic: "switchboard.messages.v1".into(),
             max_in_flight: 10_000,
@@ -199,7 +210,7 @@ impl BrokerConfig {
             !self.messages_topic.is_empty(),
             "messages_topic must not be empty"
         );
-        Ok(())
+        self.http.check()
     }
 }
 
@@ -250,6 +261,29 @@ mod tests {
             assert!(config.max_request_bytes() > config.max_batch_bytes);
             assert!(config.max_request_bytes() > config.max_envelope_bytes);
         }
+    }
+
+    #[test]
+    fn the_http_listener_can_be_turned_off() {
+        let default = BrokerConfig::load(None, serde_json::json!({})).unwrap();
+        assert_eq!(default.http_addr, Some("127.0.0.1:8080".parse().unwrap()));
+        for (value, expected) in [
+            ("off", None),
+            ("OFF", None),
+            ("127.0.0.1:0", Some("127.0.0.1:0".parse().unwrap())),
+        ] {
+            let config =
+                BrokerConfig::load(None, serde_json::json!({ "http_addr": value })).unwrap();
+            assert_eq!(config.http_addr, expected, "{value}");
+        }
+        let err = BrokerConfig::load(None, serde_json::json!({ "http_addr": "nope" })).unwrap_err();
+        assert!(format!("{err:#}").contains("\"off\""), "{err:#}");
+        let err = BrokerConfig::load(
+            None,
+            serde_json::json!({ "http": { "public_base_url": "hooks.example.com" } }),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("public_base_url"), "{err}");
     }
 
     #[test]

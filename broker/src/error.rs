@@ -117,6 +117,36 @@ impl IngestError {
         }
     }
 
+    /// The HTTP status for this error, as the HTTP webhook listener answers
+    /// it: what channel providers understand. Retryable errors are 503 (the
+    /// provider redelivers later), a tenant over its limit is 429, refused
+    /// input is 400, and Kafka refusing a message for good is 500 (an
+    /// operator must act; the provider keeps retrying meanwhile).
+    pub fn http_status(&self) -> http::StatusCode {
+        use http::StatusCode;
+        match self {
+            Self::InvalidArgument(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            Self::PermissionDenied(_) => StatusCode::FORBIDDEN,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Overloaded(_)
+            | Self::Unavailable(_)
+            | Self::ShuttingDown
+            | Self::Aborted { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Rejected(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// When a retry may succeed, for HTTP's `Retry-After`: the rate limit's
+    /// own wait, or a second for the other retryable errors.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            Self::RateLimited { retry_after, .. } => Some(*retry_after),
+            _ if self.is_retryable() => Some(std::time::Duration::from_secs(1)),
+            _ => None,
+        }
+    }
+
     /// The in-band form used by `PublishStream` and `PublishBatch` responses.
     pub fn to_detail(&self) -> ErrorDetail {
         ErrorDetail {
@@ -215,6 +245,63 @@ mod tests {
             .map(|v| v.field.as_str())
             .collect();
         assert_eq!(fields, ["envelope.tenant_id", "envelope.content"]);
+    }
+
+    /// Providers redeliver on any non-2xx: only what can succeed later says when.
+    #[test]
+    fn http_statuses_follow_the_codes() {
+        use http::StatusCode;
+        let unavailable = IngestError::from_kafka(KafkaError::MessageProduction(
+            RDKafkaErrorCode::MessageTimedOut,
+        ));
+        let limited = IngestError::RateLimited {
+            tenant: "acme".into(),
+            retry_after: std::time::Duration::from_millis(1500),
+        };
+        let cases = [
+            (
+                IngestError::invalid("payload", "bad"),
+                StatusCode::BAD_REQUEST,
+                None,
+            ),
+            (
+                IngestError::Unauthenticated("no"),
+                StatusCode::UNAUTHORIZED,
+                None,
+            ),
+            (
+                IngestError::PermissionDenied("no".into()),
+                StatusCode::FORBIDDEN,
+                None,
+            ),
+            (limited, StatusCode::TOO_MANY_REQUESTS, Some(1500)),
+            (unavailable, StatusCode::SERVICE_UNAVAILABLE, Some(1000)),
+            (
+                IngestError::Overloaded("full"),
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some(1000),
+            ),
+            (
+                IngestError::ShuttingDown,
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some(1000),
+            ),
+            (
+                IngestError::Rejected(KafkaError::MessageProduction(
+                    RDKafkaErrorCode::MessageSizeTooLarge,
+                )),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                None,
+            ),
+        ];
+        for (error, status, retry_ms) in cases {
+            assert_eq!(error.http_status(), status, "{error}");
+            assert_eq!(
+                error.retry_after().map(|d| d.as_millis() as u64),
+                retry_ms,
+                "{error}"
+            );
+        }
     }
 
     #[test]

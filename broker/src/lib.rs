@@ -11,7 +11,10 @@
 //! Layout, by role, from the wire inwards:
 //! - [`server`]: the gRPC server (health, reflection, size limits, TLS) and
 //!   its lifecycle.
-//! - [`service`]: the `switchboard.v1.Ingest` RPCs.
+//! - [`service`]: the `switchboard.v1.Ingest` RPCs, and the webhook path
+//!   that `IngestWebhook` and the HTTP listener share.
+//! - [`http`]: the HTTP webhook listener: signed provider webhooks, Meta's
+//!   verification handshake, web chat with keys and allowed origins.
 //! - [`auth`]: tenants, hashed API keys and per-tenant rate limits.
 //! - [`channels`]: webhook normalizers, one module per channel.
 //! - [`validate`]: request validation and normalization (ids, timestamps).
@@ -31,6 +34,7 @@ pub mod channels;
 pub mod config;
 pub mod dedupe;
 pub mod error;
+pub mod http;
 pub mod metrics;
 pub mod publisher;
 pub mod server;

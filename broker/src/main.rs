@@ -22,6 +22,9 @@ struct Args {
     /// Prometheus /metrics address [default: 127.0.0.1:9464].
     #[arg(long)]
     metrics_addr: Option<SocketAddr>,
+    /// HTTP webhook listener address, or "off" [default: 127.0.0.1:8080].
+    #[arg(long)]
+    http_addr: Option<String>,
     /// Kafka bootstrap servers [default: 127.0.0.1:9092].
     #[arg(long, env = "SWITCHBOARD_KAFKA_BOOTSTRAP")]
     kafka_bootstrap: Option<String>,
@@ -46,6 +49,7 @@ async fn main() -> anyhow::Result<()> {
         Overrides::default()
             .set("grpc_addr", args.grpc_addr)
             .set("metrics_addr", args.metrics_addr)
+            .set("http_addr", args.http_addr)
             .set("messages_topic", args.messages_topic)
             .kafka_bootstrap(args.kafka_bootstrap),
     )?;

@@ -13,7 +13,7 @@ pub fn describe() {
     );
     describe_counter!(
         "switchboard_ingest_requests_total",
-        "Envelopes received by the ingestion node, by RPC, channel and resulting gRPC code."
+        "Webhooks and envelopes received by the ingestion node, by RPC (http_webhook: the HTTP webhook listener, once the webhook's signature checked), channel and resulting gRPC code."
     );
     describe_histogram!(
         "switchboard_ingest_kafka_ack_duration_seconds",
@@ -40,6 +40,7 @@ pub fn describe() {
         "switchboard_ingest_producer_replaced_total",
         "Kafka producers the node replaced after a fatal error (e.g. of the idempotent producer)."
     );
+    crate::http::metrics::describe();
     metrics::counter!("switchboard_ingest_kafka_errors_total").absolute(0);
     metrics::counter!("switchboard_ingest_calls_shed_total").absolute(0);
     metrics::counter!("switchboard_ingest_dedupe_hits_total").absolute(0);

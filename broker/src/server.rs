@@ -1,4 +1,5 @@
-//! The ingestion node's gRPC server and its lifecycle.
+//! The ingestion node's servers (gRPC, and the HTTP webhook listener) and
+//! their lifecycle, under one shutdown signal.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -13,6 +14,7 @@ use crate::{
     config::BrokerConfig,
     dedupe::Dedupe,
     error::limits,
+    http::{metrics::HttpMetrics, routes::AppState},
     publisher::{KafkaState, Publisher},
     service::IngestService,
     shed::CallLimitLayer,
@@ -22,26 +24,37 @@ use crate::{
 pub struct Broker {
     config: BrokerConfig,
     listener: TcpListener,
+    http_listener: Option<TcpListener>,
     publisher: Arc<Publisher>,
     auth: Arc<Auth>,
 }
 
 impl Broker {
-    /// Binds the gRPC address (port 0 picks a free port) and creates the producer.
+    /// Binds the gRPC address and the HTTP webhook address, if any (port
+    /// 0 picks a free port), and creates the producer.
     pub async fn bind(config: BrokerConfig) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind(config.grpc_addr)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.grpc_addr))?;
+        let listen = |addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))
+        };
+        let listener = listen(config.grpc_addr).await?;
+        let http_listener = match config.http_addr {
+            Some(addr) => Some(listen(addr).await?),
+            None => None,
+        };
         let publisher = Arc::new(Publisher::new(config.publisher())?);
         let auth = Arc::new(Auth::new(config.auth_file.as_deref())?);
         if !auth.enabled() {
             tracing::warn!(
-                "no auth_file: authentication and rate limits are OFF; any caller may publish for any tenant"
+                "no auth_file: authentication and rate limits are OFF; any caller may publish for any tenant, \
+                 and HTTP webhooks are accepted without checking their signatures"
             );
         }
         Ok(Self {
             config,
             listener,
+            http_listener,
             publisher,
             auth,
         })
@@ -54,12 +67,20 @@ impl Broker {
             .expect("bound listener has an address")
     }
 
+    /// The address the HTTP webhook listener listens on, if it is on.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_listener
+            .as_ref()
+            .map(|l| l.local_addr().expect("bound listener has an address"))
+    }
+
     /// Serves until `shutdown` fires, then lets in-flight calls finish within
     /// the grace period and flushes the producer.
     pub async fn serve(self, shutdown: Shutdown) -> anyhow::Result<()> {
         let Self {
             config,
             listener,
+            http_listener,
             publisher,
             auth,
         } = self;
@@ -84,10 +105,21 @@ impl Broker {
         auth.spawn_reloader(config.auth_reload_interval, shutdown.clone());
         let service = IngestService::new(
             publisher.clone(),
-            auth,
+            auth.clone(),
             Arc::new(Dedupe::new(config.dedupe.clone())),
             config.service(),
         );
+        // The HTTP webhook listener publishes through the same service.
+        let http = http_listener.map(|listener| {
+            let state = AppState {
+                service: service.clone(),
+                auth,
+                public_base_url: config.http.public_base_url.as_deref().map(Arc::from),
+                metrics: Arc::new(HttpMetrics::new()),
+                max_body_bytes: config.webhook_limits.max_body_bytes,
+            };
+            (listener, state)
+        });
         let gauge_publisher = publisher.clone();
         let gauge_stop = shutdown.clone();
         tokio::spawn(async move {
@@ -141,12 +173,28 @@ impl Broker {
                     .await;
             });
         let server = tokio::spawn(server);
+        let http_server = http.map(|(listener, state)| {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(%addr, "ingestion node serving HTTP webhooks at /webhooks/{{tenant}}/{{channel}}");
+            }
+            tokio::spawn(crate::http::server::serve(
+                listener,
+                state,
+                config.http.clone(),
+                shutdown.clone(),
+                config.shutdown_grace,
+            ))
+        });
         shutdown.cancelled().await;
         match tokio::time::timeout(config.shutdown_grace, server).await {
             Ok(result) => result??,
             Err(_) => {
                 tracing::warn!(grace = ?config.shutdown_grace, "in-flight calls did not finish in time")
             }
+        }
+        // It drains alongside the gRPC server, within its own grace period.
+        if let Some(http_server) = http_server {
+            http_server.await??;
         }
         let grace = config.shutdown_grace;
         tokio::task::spawn_blocking(move || publisher.flush(grace)).await?;

@@ -17,6 +17,12 @@
 //! after a failure of its conversation) without waiting, as a unary call
 //! would. Every admitted envelope is handed to Kafka, in request order,
 //! before any ack is awaited.
+//!
+//! **Channel webhooks** take one path, [`IngestService::publish_webhook`],
+//! whether they come through `IngestWebhook` or the HTTP webhook listener
+//! (`crate::http`): normalized by the channel's normalizer, admitted whole
+//! (the tenant's rate limit, one in-flight permit per event), published
+//! through the dedupe cache, answered once Kafka acknowledged every event.
 
 use std::{
     collections::HashMap,
@@ -64,6 +70,29 @@ pub struct ServiceConfig {
     pub max_batch_bytes: usize,
     /// Largest encoded envelope.
     pub max_envelope_bytes: usize,
+}
+
+/// One channel webhook as the channel sent it, for a tenant.
+#[derive(Debug, Clone, Copy)]
+pub struct Webhook<'a> {
+    /// The tenant it is for.
+    pub tenant_id: &'a str,
+    /// The channel that sent it.
+    pub channel: Channel,
+    /// The body, exactly as received.
+    pub payload: &'a [u8],
+    /// Its `Content-Type` (empty: the channel's usual one).
+    pub content_type: &'a str,
+}
+
+/// Where a webhook came in, for the `rpc` label of
+/// `switchboard_ingest_requests_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookRoute {
+    /// The `IngestWebhook` RPC.
+    Grpc,
+    /// The HTTP webhook listener.
+    Http,
 }
 
 /// Serves `Publish`, `PublishStream`, `IngestWebhook` and `PublishBatch`.
@@ -261,6 +290,74 @@ impl IngestService {
         }
         response
     }
+
+    /// Publishes one channel webhook for `caller`: normalizes it, admits
+    /// it whole (the tenant's rate limit, then an in-flight permit per
+    /// event: all or nothing at the edge), hands every event to Kafka
+    /// through the dedupe cache, and answers once Kafka acknowledged them
+    /// all. Counted in `switchboard_ingest_requests_total` under `route`.
+    pub async fn publish_webhook(
+        &self,
+        route: WebhookRoute,
+        caller: &Caller,
+        webhook: Webhook<'_>,
+        trace: &TraceParent,
+    ) -> Result<WebhookResponse, IngestError> {
+        let result = self.publish_webhook_inner(caller, webhook, trace).await;
+        let rpc = match route {
+            WebhookRoute::Grpc => Rpc::IngestWebhook,
+            WebhookRoute::Http => Rpc::HttpWebhook,
+        };
+        self.requests.record(rpc, webhook.channel, &result);
+        result
+    }
+
+    async fn publish_webhook_inner(
+        &self,
+        caller: &Caller,
+        webhook: Webhook<'_>,
+        trace: &TraceParent,
+    ) -> Result<WebhookResponse, IngestError> {
+        let tenant_id = webhook.tenant_id;
+        if tenant_id.is_empty() {
+            return Err(IngestError::invalid("tenant_id", "is required"));
+        }
+        caller.admit("tenant_id", tenant_id, 0)?;
+        let envelopes = channels::normalize(
+            webhook.channel,
+            tenant_id,
+            webhook.payload,
+            webhook.content_type,
+            &self.config.webhook_limits,
+            SystemTime::now(),
+        )?;
+        caller.admit(
+            "tenant_id",
+            tenant_id,
+            u32::try_from(envelopes.len()).unwrap_or(u32::MAX),
+        )?;
+        // All or nothing at the edge: every envelope is validated and
+        // holds a permit before any is handed to Kafka.
+        let mut admitted = Vec::with_capacity(envelopes.len());
+        for (i, envelope) in envelopes.into_iter().enumerate() {
+            let envelope = validate::normalize(
+                &format!("payload[{i}]"),
+                envelope,
+                SystemTime::now(),
+                self.config.max_clock_skew,
+            )?;
+            admitted.push((envelope, self.publisher.try_permit()?));
+        }
+        let pending = admitted
+            .into_iter()
+            .map(|(envelope, permit)| self.enqueue(envelope, trace.child(), permit))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut results = Vec::with_capacity(pending.len());
+        for (i, p) in pending.into_iter().enumerate() {
+            results.push(p.response(i as u64).await?);
+        }
+        Ok(WebhookResponse { results })
+    }
 }
 
 /// A batch's same-conversation rule: once an envelope of a conversation
@@ -300,21 +397,23 @@ fn trace_of<T>(rpc: &'static str, request: &Request<T>) -> (tracing::Span, Trace
     )
 }
 
-/// The Ingest RPCs, for the `rpc` label.
+/// The Ingest RPCs, and the HTTP webhook listener, for the `rpc` label.
 #[derive(Debug, Clone, Copy)]
 enum Rpc {
     Publish,
     PublishStream,
     IngestWebhook,
     PublishBatch,
+    HttpWebhook,
 }
 
 impl Rpc {
-    const ALL: [Self; 4] = [
+    const ALL: [Self; 5] = [
         Self::Publish,
         Self::PublishStream,
         Self::IngestWebhook,
         Self::PublishBatch,
+        Self::HttpWebhook,
     ];
 
     fn label(self) -> &'static str {
@@ -323,6 +422,7 @@ impl Rpc {
             Self::PublishStream => "publish_stream",
             Self::IngestWebhook => "ingest_webhook",
             Self::PublishBatch => "publish_batch",
+            Self::HttpWebhook => "http_webhook",
         }
     }
 }
@@ -528,52 +628,29 @@ impl Ingest for IngestService {
     ) -> Result<Response<WebhookResponse>, Status> {
         let (span, trace) = trace_of("ingest.webhook", &request);
         let channel = Channel::try_from(request.get_ref().channel).unwrap_or(Channel::Unspecified);
-        let result = async {
-            let caller = self.auth.authenticate(request.metadata())?;
+        async {
+            let caller = match self.auth.authenticate(request.metadata()) {
+                Ok(caller) => caller,
+                Err(e) => {
+                    self.requests
+                        .count(Rpc::IngestWebhook, channel, e.code(), 1);
+                    return Err(e.into());
+                }
+            };
             let request = request.into_inner();
-            if request.tenant_id.is_empty() {
-                return Err(IngestError::invalid("tenant_id", "is required"));
-            }
-            caller.admit("tenant_id", &request.tenant_id, 0)?;
-            let envelopes = channels::normalize(
+            let webhook = Webhook {
+                tenant_id: &request.tenant_id,
                 channel,
-                &request.tenant_id,
-                &request.payload,
-                &request.content_type,
-                &self.config.webhook_limits,
-                SystemTime::now(),
-            )?;
-            caller.admit(
-                "tenant_id",
-                &request.tenant_id,
-                u32::try_from(envelopes.len()).unwrap_or(u32::MAX),
-            )?;
-            // All or nothing at the edge: every envelope is validated and
-            // holds a permit before any is handed to Kafka.
-            let mut admitted = Vec::with_capacity(envelopes.len());
-            for (i, envelope) in envelopes.into_iter().enumerate() {
-                let envelope = validate::normalize(
-                    &format!("payload[{i}]"),
-                    envelope,
-                    SystemTime::now(),
-                    self.config.max_clock_skew,
-                )?;
-                admitted.push((envelope, self.publisher.try_permit()?));
-            }
-            let pending = admitted
-                .into_iter()
-                .map(|(envelope, permit)| self.enqueue(envelope, trace.child(), permit))
-                .collect::<Result<Vec<_>, _>>()?;
-            let mut results = Vec::with_capacity(pending.len());
-            for (i, p) in pending.into_iter().enumerate() {
-                results.push(p.response(i as u64).await?);
-            }
-            Ok(WebhookResponse { results })
+                payload: &request.payload,
+                content_type: &request.content_type,
+            };
+            let response = self
+                .publish_webhook(WebhookRoute::Grpc, &caller, webhook, &trace)
+                .await?;
+            Ok(Response::new(response))
         }
         .instrument(span)
-        .await;
-        self.requests.record(Rpc::IngestWebhook, channel, &result);
-        Ok(Response::new(result?))
+        .await
     }
 
     async fn publish_batch(

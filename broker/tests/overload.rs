@@ -89,6 +89,7 @@ async fn node(
     let broker = Broker::bind(BrokerConfig {
         grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         metrics_addr: None,
+        http_addr: None,
         kafka: KafkaConfig {
             bootstrap_servers: bootstrap,
             ..KafkaConfig::default()

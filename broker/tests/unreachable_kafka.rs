@@ -25,6 +25,8 @@ async fn an_unreachable_kafka_is_reported_at_once_and_again() {
             "127.0.0.1:0",
             "--metrics-addr",
             "127.0.0.1:0",
+            "--http-addr",
+            "off",
         ])
         .env("RUST_LOG", "info")
         .env_remove("SWITCHBOARD_BROKER_CONFIG")

@@ -101,12 +101,19 @@ b.panel("stat", "Nodes with Kafka down", "Nodes whose librdkafka reports every b
 b.row("Requests")
 b.panel("timeseries", "Envelopes by result code", "switchboard_ingest_requests_total by gRPC code. A webhook counts each of its events.",
         [(f'sum by (code) (rate(switchboard_ingest_requests_total{{{I}}}[{RI}]))', "{{code}}")], unit="reqps")
-b.panel("timeseries", "Envelopes by RPC", "switchboard_ingest_requests_total by RPC (publish, publish_stream, ingest_webhook, publish_batch). A batch counts each of its envelopes.",
+b.panel("timeseries", "Envelopes by RPC", "switchboard_ingest_requests_total by RPC (publish, publish_stream, ingest_webhook, publish_batch, http_webhook: the HTTP webhook listener, once a webhook's signature checked). A batch counts each of its envelopes.",
         [(f'sum by (rpc) (rate(switchboard_ingest_requests_total{{{I}}}[{RI}]))', "{{rpc}}")], unit="reqps")
 b.panel("timeseries", "Envelopes by channel", "switchboard_ingest_requests_total by channel (unspecified: refused before the channel was known).",
         [(f'sum by (channel) (rate(switchboard_ingest_requests_total{{{I}}}[{RI}]))', "{{channel}}")], unit="reqps")
 b.panel("timeseries", "Calls shed per connection", "Calls refused with RESOURCE_EXHAUSTED before they were read because their client connection already had max_calls_per_connection (1024) calls in flight, per node (switchboard_ingest_calls_shed_total). These never reach the Ingest service, so they are not in the panels above: a client floods one connection faster than the node answers.",
         [(f'sum by (instance) (rate(switchboard_ingest_calls_shed_total{{{I}}}[{RI}]))', "{{instance}}")], unit="reqps")
+b.row("HTTP webhooks")
+b.panel("timeseries", "HTTP webhooks by status", "Requests to the HTTP webhook listener (POST /webhooks/{tenant}/{channel}, Meta's GET handshake, CORS preflight) by the status answered: 200 once Kafka acked every event; 400 bad body; 401 bad signature or key; 403 refused origin or verify token; 404 no webhook for that tenant or channel; 413 over webhook_limits.max_body_bytes; 429 tenant over its rate limit; 503 Kafka unavailable or the listener at http.max_concurrent_requests or http.request_timeout (providers redeliver).",
+        [(f'sum by (status) (rate(switchboard_ingest_http_requests_total{{{I}}}[{RI}]))', "{{status}}")], unit="reqps", w=8)
+b.panel("timeseries", "HTTP webhooks by channel", "switchboard_ingest_http_requests_total by channel (unknown: no such channel in the path).",
+        [(f'sum by (channel) (rate(switchboard_ingest_http_requests_total{{{I}}}[{RI}]))', "{{channel}}")], unit="reqps", w=8)
+b.panel("timeseries", "Signature failures", "HTTP webhooks refused with 401, by channel and reason: missing or invalid signature (Meta X-Hub-Signature-256, Twilio X-Twilio-Signature) or web chat key. Nothing of them is published. A burst is a rotated secret, a proxy altering the URL or body, or forged webhooks (alert: SwitchboardWebhookSignatureFailures).",
+        [(f'sum by (channel, reason) (rate(switchboard_ingest_http_signature_failures_total{{{I}}}[{RI}]))', "{{channel}} {{reason}}")], unit="reqps", w=8)
 b.row("Kafka")
 b.panel("timeseries", "Kafka ack latency", "Time from handing an envelope to the producer until Kafka's delivery report (failures included).",
         [(f'histogram_quantile({q}, sum by (le) (rate(switchboard_ingest_kafka_ack_duration_seconds_bucket{{{I}}}[{RI}])))', f"p{int(q*100)}") for q in (0.5, 0.9, 0.99)], unit="s")
@@ -120,7 +127,7 @@ b.row("Dedupe")
 b.panel("timeseries", "Dedupe cache hits", "Retried channel messages answered from a node's dedupe cache instead of being published again.",
         [(f'sum by (instance) (rate(switchboard_ingest_dedupe_hits_total{{{I}}}[{RI}]))', "{{instance}}")], unit="ops", w=24)
 ingest = dashboard("switchboard-ingest", "Switchboard / Ingest",
-                   "Ingestion nodes (switchboard-broker): gRPC publishes in, envelopes out to Kafka.",
+                   "Ingestion nodes (switchboard-broker): gRPC publishes and HTTP webhooks in, envelopes out to Kafka.",
                    "switchboard-broker", b, LINKS)
 
 # ---------------------------------------------------------------- routing

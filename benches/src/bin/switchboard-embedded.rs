@@ -16,6 +16,14 @@ struct Args {
     /// Ingestion node gRPC address.
     #[arg(long, default_value = "127.0.0.1:50051")]
     grpc_addr: SocketAddr,
+    /// Ingestion node HTTP webhook address, or "off".
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    http_addr: String,
+    /// Tenants file: API keys, rate limits and webhook secrets
+    /// (deploy/config/tenants.example.toml) [default: none: authentication
+    /// is off and webhook signatures are not checked].
+    #[arg(long)]
+    auth_file: Option<PathBuf>,
     /// Demo bot gRPC address.
     #[arg(long, default_value = "127.0.0.1:50061")]
     bot_addr: SocketAddr,
@@ -47,8 +55,18 @@ async fn main() -> anyhow::Result<()> {
     telemetry::install_metrics(args.metrics_addr).map_err(anyhow::Error::msg)?;
     switchboard_broker::metrics::describe();
     switchboard_workers::metrics::describe();
+    let http_addr = match args.http_addr.trim() {
+        off if off.eq_ignore_ascii_case("off") => None,
+        addr => Some(
+            addr.parse::<SocketAddr>()
+                .map_err(|e| anyhow::anyhow!("--http-addr {addr:?}: {e}"))?,
+        ),
+    };
+    let checked = args.auth_file.is_some();
     let starting = Embedded::start(EmbeddedConfig {
         grpc_addr: args.grpc_addr,
+        http_addr,
+        auth_file: args.auth_file,
         bot_addr: args.bot_addr,
         rules_file: args.rules,
         partitions: args.partitions,
@@ -61,6 +79,33 @@ async fn main() -> anyhow::Result<()> {
     let traffic = tokio::spawn(log_traffic(embedded.config.clone(), stop.clone()));
 
     let grpc = embedded.pipeline.grpc_addr;
+    // The HTTP listener's address, and a web chat message to post to it.
+    let (webhooks, post_webhook) = match embedded.pipeline.http_addr {
+        None => ("off (--http-addr)".to_owned(), String::new()),
+        Some(http) => {
+            let (checks, tenant, key) = if checked {
+                (
+                    "signatures and keys checked with the tenants file",
+                    "<tenant>",
+                    " -H 'authorization: Bearer <web chat key>'",
+                )
+            } else {
+                (
+                    "signatures NOT checked: no tenants file (--auth-file FILE)",
+                    "demo",
+                    "",
+                )
+            };
+            (
+                format!(
+                    "HTTP http://{http}/webhooks/{{tenant}}/{{channel}}\n            (whatsapp, messenger, instagram, sms, webchat; {checks})"
+                ),
+                format!(
+                    "\n  curl -i http://{http}/webhooks/{tenant}/webchat -H 'content-type: application/json'{key} \\\n    -d '{{\"conversationId\":\"site:v-1\",\"channelMessageId\":\"wc-1\",\"customer\":{{\"id\":\"v-1\"}},\"business\":{{\"id\":\"site\"}},\"text\":{{\"body\":\"hello\"}}}}'"
+                ),
+            )
+        }
+    };
     println!(
         r#"
 Switchboard embedded is running.
@@ -68,6 +113,7 @@ Switchboard embedded is running.
   Kafka:    IN-MEMORY mock cluster (librdkafka) at {kafka}
             Everything is lost on exit. For trying things out only, not for production.
   Ingest:   gRPC {grpc}  (switchboard.v1.Ingest; health and reflection enabled)
+  Webhooks: {webhooks}
   Demo bot: gRPC {bot}  (echoes text back)
   Senders:  replies of tenant "demo" go to built-in stand-in providers (logged as "customer <- reply")
   Metrics:  http://{metrics}/metrics
@@ -76,7 +122,7 @@ Switchboard embedded is running.
 
 Send a message (in another terminal):
   cargo run --release --bin switchboard-bench -- --target http://{grpc} --messages 200
-  grpcurl -plaintext -emit-defaults -d '{{"envelope":{{"tenantId":"demo","channel":"WEBCHAT","direction":"INBOUND","conversationId":"c-1","text":{{"body":"hello"}}}}}}' {grpc} switchboard.v1.Ingest/Publish
+  grpcurl -plaintext -emit-defaults -d '{{"envelope":{{"tenantId":"demo","channel":"WEBCHAT","direction":"INBOUND","conversationId":"c-1","text":{{"body":"hello"}}}}}}' {grpc} switchboard.v1.Ingest/Publish{post_webhook}
 
 Routed traffic is logged below. Ctrl-C stops everything.
 "#,

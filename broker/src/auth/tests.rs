@@ -159,4 +159,79 @@ fn example_tenants_file_loads_and_its_example_key_works() {
         .authenticate(&metadata(Some("Bearer acme-example-key")))
         .unwrap();
     assert_eq!(caller.tenant(), Some("acme"));
+    use switchboard_proto::v1::Channel;
+    for channel in [Channel::Whatsapp, Channel::Sms, Channel::Webchat] {
+        assert!(
+            matches!(auth.webhook("acme", channel), WebhookAuth::Checked { .. }),
+            "acme's example {channel:?} webhook secrets"
+        );
+    }
+}
+
+/// A tenant's channel secrets reach the HTTP listener with the tenant's
+/// limiter; changing a secret file the tenants file names reloads them.
+#[test]
+fn webhook_secrets_reload_with_their_files() {
+    use secrecy::ExposeSecret as _;
+    use switchboard_proto::v1::Channel;
+    let file = temp_file("webhooks");
+    let dir = file.parent().unwrap();
+    write(&dir.join("meta-secret"), "first-secret\n", 1);
+    // The webhooks table belongs to the tenant above it.
+    let text = format!(
+        "[[tenants]]\nid = \"acme\"\napi_keys_sha256 = [\"{}\"]\nrate_limit_per_second = 100\n\
+         [tenants.webhooks.whatsapp]\napp_secret_file = \"meta-secret\"\nverify_token = \"vt\"\n\
+         [[tenants]]\nid = \"globex\"\napi_keys_sha256 = [\"{}\"]\nrate_limit_per_second = 100\n",
+        key_digest("acme-key"),
+        key_digest("globex-key"),
+    );
+    write(&file, &text, 1);
+    let auth = Auth::new(Some(&file)).unwrap();
+    let app_secret = |auth: &Auth| match auth.webhook("acme", Channel::Whatsapp) {
+        WebhookAuth::Checked { caller, secrets } => {
+            assert_eq!(caller.tenant(), Some("acme"));
+            match &*secrets {
+                ChannelSecrets::Meta { app_secret, .. } => app_secret.expose_secret().to_owned(),
+                other => panic!("not Meta secrets: {other:?}"),
+            }
+        }
+        _ => panic!("acme's WhatsApp webhook is configured"),
+    };
+    assert_eq!(app_secret(&auth), "first-secret");
+    // globex has no webhooks; nobody has SMS ones.
+    assert!(matches!(
+        auth.webhook("globex", Channel::Whatsapp),
+        WebhookAuth::NotConfigured
+    ));
+    assert!(matches!(
+        auth.webhook("acme", Channel::Sms),
+        WebhookAuth::NotConfigured
+    ));
+    assert!(!auth.reload_if_changed().unwrap());
+
+    write(&dir.join("meta-secret"), "second-secret\n", 2);
+    assert!(auth.reload_if_changed().unwrap(), "the secret file changed");
+    assert_eq!(app_secret(&auth), "second-secret");
+
+    assert!(matches!(
+        Auth::new(None).unwrap().webhook("acme", Channel::Whatsapp),
+        WebhookAuth::Off
+    ));
+}
+
+/// toml quotes the offending line in its errors; a line may hold a secret.
+#[test]
+fn a_refused_file_is_reported_without_its_lines() {
+    let file = temp_file("redacted");
+    let text = format!(
+        "{}[tenants.webhooks.sms]\nauth_token = \"tw-s3cret\"\nauth_tokn = \"tw-s3cret\"\n",
+        tenants(100, 100, "acme-key")
+    );
+    write(&file, &text, 1);
+    let err = Auth::new(Some(&file)).err().unwrap().to_string();
+    assert!(
+        err.contains("line 12") && err.contains("auth_tokn"),
+        "{err}"
+    );
+    assert!(!err.contains("tw-s3cret"), "{err}");
 }

@@ -314,7 +314,7 @@ def phase_scrape(a, procs: Procs, work: pathlib.Path) -> None:
     topics = {k: f"ops-{run}.{k}" for k in ("messages", "analytics", "agent-queue", "dlq", "state",
                                             "rejections", "outbound", "queue-state", "assignments")}
     group = f"ops-{run}-workers"
-    grpc_port, broker_metrics, workers_metrics, prom_port, dead_bot = free_ports(5)
+    grpc_port, broker_metrics, workers_metrics, prom_port, dead_bot, http_port = free_ports(6)
     bins = pathlib.Path(a.bin_dir)
     info(f"run {run}: Kafka {a.kafka}, topics {topics['messages']} (+analytics, agent-queue, dlq), group {group}")
 
@@ -341,7 +341,8 @@ def phase_scrape(a, procs: Procs, work: pathlib.Path) -> None:
         f'[agents]\nqueue_state_topic = "{topics["queue-state"]}"\nassignments_topic = "{topics["assignments"]}"\n'
         'tick = "200ms"\n[agents.queues.support]\ncapacity = 2\n')
     procs.start("broker", [str(bins / "switchboard-broker"), "--grpc-addr", f"127.0.0.1:{grpc_port}",
-                           "--metrics-addr", f"127.0.0.1:{broker_metrics}", "--kafka-bootstrap", a.kafka,
+                           "--metrics-addr", f"127.0.0.1:{broker_metrics}", "--http-addr", f"127.0.0.1:{http_port}",
+                           "--kafka-bootstrap", a.kafka,
                            "--messages-topic", topics["messages"]])
     procs.start("workers", [str(bins / "switchboard-workers"), "--config", str(workers_toml),
                             "--kafka-bootstrap", a.kafka])
@@ -613,13 +614,14 @@ def phase_k8s_configs(a, procs: Procs, work: pathlib.Path) -> None:
     k8s_rules = configmaps["switchboard-rules/rules.toml"]
     rules_volume.write({"rules.toml": k8s_rules})
     topic, analytics, agents = (f"ops-{run}.k8s.{k}" for k in ("messages", "analytics", "agent-queue"))
-    grpc_port, broker_metrics, workers_metrics = free_ports(3)
+    grpc_port, broker_metrics, workers_metrics, http_port = free_ports(4)
     bins = pathlib.Path(a.bin_dir)
     # Only what must differ on this machine is overridden: addresses, Kafka,
     # topic names, replication (one local Kafka broker) and the mount paths.
     procs.start("k8s-broker", [str(bins / "switchboard-broker"),
                                "--config", str(files / "switchboard-broker-config/broker.toml"),
                                "--grpc-addr", f"127.0.0.1:{grpc_port}", "--metrics-addr", f"127.0.0.1:{broker_metrics}",
+                               "--http-addr", f"127.0.0.1:{http_port}",
                                "--kafka-bootstrap", a.kafka, "--messages-topic", topic],
                 env={"SWITCHBOARD_BROKER_AUTH_FILE": str(files / "switchboard-tenants/tenants.toml"),
                      "SWITCHBOARD_BROKER_KAFKA__TOPIC_REPLICATION": "1"})
@@ -727,6 +729,8 @@ def phase_compose_env(a, procs: Procs, work: pathlib.Path) -> None:
     bins = pathlib.Path(a.bin_dir)
     broker_env = localize(services["broker"].get("environment", {}))
     broker_env["SWITCHBOARD_BROKER_MESSAGES_TOPIC"] = f"ops-{run}.compose.messages"
+    # The HTTP webhook listener's default port may be taken on this machine.
+    broker_env.setdefault("SWITCHBOARD_BROKER_HTTP_ADDR", f"127.0.0.1:{free_ports(1)[0]}")
     workers_env = localize(services["workers"].get("environment", {}))
     workers_env.update({"SWITCHBOARD_WORKERS_MESSAGES_TOPIC": f"ops-{run}.compose.messages",
                         "SWITCHBOARD_WORKERS_ANALYTICS_TOPIC": f"ops-{run}.compose.analytics",
