@@ -51,6 +51,14 @@ pub fn describe() {
         "switchboard_rules_reloads_total",
         "Routing rules file changes, by outcome (applied, refused)."
     );
+    describe_counter!(
+        "switchboard_worker_state_flushes_total",
+        "Conversation-state flushes acknowledged: each writes every conversation of a partition changed since the previous one."
+    );
+    describe_counter!(
+        "switchboard_worker_state_write_failures_total",
+        "Conversation states Kafka refused for good (e.g. too large for the state topic); the conversation goes on from memory."
+    );
     describe_histogram!(
         "switchboard_worker_state_rebuild_duration_seconds",
         metrics::Unit::Seconds,
