@@ -83,6 +83,11 @@ pub struct WorkersConfig {
     pub max_in_flight_per_partition: usize,
     /// Most messages in flight at once over all partitions of a worker.
     pub max_in_flight_per_worker: usize,
+    /// Most messages of one partition whose records are with the producer,
+    /// waiting for Kafka's acknowledgement. They cost no work, only memory
+    /// (the records, kept for a resend); Kafka's answer takes a while under
+    /// load, and throughput is this many messages per acknowledgement time.
+    pub max_unacknowledged_per_partition: usize,
     /// Most messages of one partition finished above its oldest unfinished
     /// one. Past it the partition takes no new messages until that one
     /// finishes, so a message retried for a long time (or forever, with
@@ -165,6 +170,7 @@ impl Default for WorkersConfig {
             bots: BTreeMap::new(),
             max_in_flight_per_partition: 256,
             max_in_flight_per_worker: 4096,
+            max_unacknowledged_per_partition: 4096,
             max_finished_ahead_per_partition: 10_000,
             state_flush_interval: Duration::from_millis(200),
             recent_message_ids: 20,
@@ -298,6 +304,10 @@ impl WorkersConfig {
         anyhow::ensure!(
             config.max_in_flight_per_worker > 0,
             "max_in_flight_per_worker must be at least 1"
+        );
+        anyhow::ensure!(
+            config.max_unacknowledged_per_partition > 0,
+            "max_unacknowledged_per_partition must be at least 1"
         );
         anyhow::ensure!(
             config.max_finished_ahead_per_partition > 0,

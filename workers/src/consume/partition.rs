@@ -53,8 +53,11 @@ pub(super) struct PartitionContext {
     pub state_topic: String,
     pub topic: String,
     pub partition: i32,
-    /// Most messages of this partition being routed at once.
+    /// Most messages of this partition being routed at once (calling bots,
+    /// or waiting in a lane).
     pub max_in_flight: usize,
+    /// Most messages of this partition whose records wait for Kafka's answer.
+    pub max_unacknowledged: usize,
     /// Most messages of this partition done above its oldest unfinished one.
     pub max_finished_ahead: usize,
     /// Shared by all partitions of this worker.
@@ -113,13 +116,17 @@ struct InFlight<'a> {
     /// Conversations with a message waiting for bots, and their messages
     /// that came meanwhile, in order.
     lanes: HashMap<String, VecDeque<Decoded>>,
-    /// One worker permit per message being routed.
+    /// One worker permit per message being routed (not once its records
+    /// are with the producer).
     permits: Vec<OwnedSemaphorePermit>,
 }
 
 /// How taking one message ended at once.
 enum Now {
-    Started,
+    /// Its records are with the producer: no work left but Kafka's answers.
+    Routed,
+    /// Waiting for a bot, or in its conversation's lane behind one.
+    Waiting,
     /// A copy of a channel message the conversation already had: dropped.
     Duplicate,
     /// Routed by the partition's previous owner before the rebalance.
@@ -163,7 +170,7 @@ impl<'a> InFlight<'a> {
                 });
                 self.settling
                     .push(Tagged::new(letter, (offset, None), span));
-                return Now::Started;
+                return Now::Routed;
             }
         };
         if let Some(lane) = self.lanes.get_mut(&key) {
@@ -174,7 +181,7 @@ impl<'a> InFlight<'a> {
                 replayed,
                 body: Body::Envelope { envelope, key },
             });
-            return Now::Started;
+            return Now::Waiting;
         }
         let source = self.source(offset, trace);
         let state = self.states.get_mut(&key);
@@ -191,13 +198,16 @@ impl<'a> InFlight<'a> {
             self.router.begin(envelope, state, source, self.stop)
         };
         match begun {
-            Begun::Routed(routed) => self.settle(offset, &key, routed, span),
+            Begun::Routed(routed) => {
+                self.settle(offset, &key, routed, span);
+                Now::Routed
+            }
             Begun::Bots(call) => {
                 self.lanes.insert(key.clone(), VecDeque::new());
                 self.calling.push(Tagged::new(call, (offset, key), span));
+                Now::Waiting
             }
         }
-        Now::Started
     }
 
     fn settle(&mut self, offset: i64, key: &str, routed: Routed<'a>, span: tracing::Span) {
@@ -296,9 +306,16 @@ pub(super) async fn route_partition(
     };
     let complete = |offset: i64| store(cx.tracker.lock().expect("tracker lock").complete(offset));
     // A message taken that needs no routing is done at once.
+    // A message's work is over once its records are with the producer: its
+    // permit goes back (what is left is Kafka's answer, bounded apart). One
+    // that needs no routing is done at once.
     let ended_now = |work: &mut InFlight<'_>, offset: i64, now: Now| {
         let counter = match now {
-            Now::Started => return,
+            Now::Waiting => return,
+            Now::Routed => {
+                work.permits.pop();
+                return;
+            }
             Now::Duplicate => &duplicate,
             Now::Skipped => &skipped,
         };
@@ -348,13 +365,15 @@ pub(super) async fn route_partition(
             );
         }
         was_full = full;
-        let room = cx.max_in_flight.saturating_sub(work.active());
+        let room = cx
+            .max_in_flight
+            .saturating_sub(work.active())
+            .min(cx.max_unacknowledged.saturating_sub(work.settling.len()));
         let can_take = open && !full && room > 0;
         let permits_left = cx.worker_permits.available_permits() > 0 || spare.is_some();
         tokio::select! {
             biased;
             Some(((offset, flush), result)) = work.settling.next(), if !work.settling.is_empty() => {
-                work.permits.pop();
                 if result.is_err() {
                     continue; // interrupted: not done, redone by the next owner
                 }
@@ -367,6 +386,7 @@ pub(super) async fn route_partition(
                 let Ok(answered) = result else {
                     continue; // interrupted: its lane stays closed
                 };
+                work.permits.pop(); // its records are about to be with the producer
                 if no_new_work.is_cancelled() {
                     // Stopping: this one is finished, its lane's are redone.
                     let waiting = work.lanes.insert(key.clone(), VecDeque::new()).unwrap_or_default();
