@@ -12,6 +12,8 @@
 //! - [`scenarios`]: benchmark scenarios on a real Kafka, each comparing
 //!   Switchboard with its practical limit (raw librdkafka, a
 //!   partition-serial consumer, Kafka's own latency) within one run.
+//! - [`reconcile`]: the load generator's ledger of acknowledged messages
+//!   against every destination topic: lost, reordered, duplicated.
 //!
 //! Binaries: `switchboard-embedded` (the in-memory demo) and
 //! `switchboard-bench` (the load generator).
@@ -21,4 +23,5 @@
 pub mod embedded;
 pub mod loadgen;
 pub mod pipeline;
+pub mod reconcile;
 pub mod scenarios;
