@@ -5,6 +5,7 @@ use std::{path::PathBuf, time::Duration};
 use clap::{Parser, Subcommand};
 use switchboard_benches::{
     loadgen::{self, LoadOptions, Rpc, SinkSpec, Target, plot, sink::SinkFormat},
+    faults::{self, FaultOptions, report::FaultReport},
     reconcile::{self, Until, ledger::Ledger, records::TopicNames},
     scenarios::{self, ScenarioReport},
 };
@@ -71,6 +72,16 @@ impl Output {
 /// in one run (benches/README.md). Also the reconciler.
 #[derive(Subcommand, Debug)]
 enum Scenario {
+    /// Fault scenarios on real processes and a real Kafka, each ending
+    /// with the reconciler's report (benches/faults/run.sh runs them all
+    /// with the Kafkas they need). Exits 1 if any scenario failed.
+    Faults {
+        /// The scenarios to run, comma-separated, one after the other.
+        #[arg(long, value_enum, value_delimiter = ',', required = true)]
+        scenarios: Vec<faults::Scenario>,
+        #[command(flatten)]
+        options: FaultOptions,
+    },
     /// Reconciles a load run's ledger (`--acked-out`) with every
     /// destination topic: lost, reordered, duplicated, delivered without an
     /// acknowledgement. Exits 1 if anything acknowledged was lost or
@@ -203,6 +214,26 @@ impl ScenarioArgs {
 async fn run_scenario(scenario: Scenario, output: &Output) -> anyhow::Result<()> {
     let _telemetry = switchboard_runtime::telemetry::init("switchboard-bench");
     let report: ScenarioReport = match scenario {
+        Scenario::Faults { scenarios, options } => {
+            let mut reports = Vec::new();
+            for scenario in scenarios {
+                let report = faults::run(scenario, &options).await?;
+                eprint!("{}", report.markdown());
+                reports.push(report);
+            }
+            let mut markdown = String::from(FaultReport::TABLE_HEADER);
+            for report in &reports {
+                markdown.push_str(&report.row());
+            }
+            output.write(&markdown, &reports)?;
+            let failed: Vec<&str> = reports
+                .iter()
+                .filter(|r| !r.passed())
+                .map(|r| r.scenario.as_str())
+                .collect();
+            anyhow::ensure!(failed.is_empty(), "scenarios failed: {failed:?}");
+            return Ok(());
+        }
         Scenario::Reconcile {
             kafka,
             acked,

@@ -61,6 +61,9 @@ impl Default for Until {
     }
 }
 
+/// Examples kept of each kind of finding.
+const EXAMPLES: usize = 10;
+
 /// Records older than this before the run's start are not read.
 const LOOKBACK_MS: u64 = 10_000;
 
@@ -193,6 +196,8 @@ struct TopicTally {
     order_violations: u64,
     /// Per conversation: the highest sequence number seen.
     highest: HashMap<u32, u64>,
+    /// The first few duplicated and reordered messages.
+    examples: Vec<String>,
 }
 
 /// What the reading found so far.
@@ -305,18 +310,26 @@ impl<'a> Tally<'a> {
                 duplicates: 0,
                 order_violations: 0,
                 highest: HashMap::new(),
+                examples: Vec::new(),
             });
+        let name = |c: u32, seq: u64| format!("{} #{seq}", self.conversations[c as usize]);
         for (index, c, seq, outcome) in ours {
             tally.records += 1;
             let copies = &mut tally.copies[index];
             *copies = copies.saturating_add(1);
             if *copies > 1 {
                 tally.duplicates += 1;
+                if tally.examples.len() < EXAMPLES {
+                    tally.examples.push(format!("copy of {}", name(c, seq)));
+                }
                 continue;
             }
             let highest = tally.highest.entry(c).or_insert(seq);
             if seq < *highest {
                 tally.order_violations += 1;
+                if tally.examples.len() < EXAMPLES {
+                    tally.examples.push(format!("{} after #{highest}", name(c, seq)));
+                }
             } else {
                 *highest = seq;
             }
@@ -348,7 +361,7 @@ impl<'a> Tally<'a> {
             match (outcome, seen(index)) {
                 (Outcome::Acked, false) => {
                     lost += 1;
-                    if lost_examples.len() < 20 {
+                    if lost_examples.len() < EXAMPLES {
                         lost_examples.push(format!(
                             "{index} ({} #{seq})",
                             self.conversations[*c as usize]
@@ -369,6 +382,7 @@ impl<'a> Tally<'a> {
                 records: t.records,
                 duplicates: t.duplicates,
                 order_violations: t.order_violations,
+                examples: t.examples.clone(),
             })
             .collect();
         Reconciliation {

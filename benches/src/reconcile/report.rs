@@ -31,6 +31,8 @@ pub struct TopicReport {
     pub duplicates: u64,
     /// Messages that arrived after a later message of their conversation.
     pub order_violations: u64,
+    /// The first few duplicates and order violations.
+    pub examples: Vec<String>,
 }
 
 /// A run reconciled with its destination topics.
@@ -113,6 +115,9 @@ impl Reconciliation {
             self.ended,
             self.transient_errors
         ));
+        for t in self.topics.iter().filter(|t| !t.examples.is_empty()) {
+            out.push_str(&format!("`{}`, e.g.: {}\n", t.topic, t.examples.join(", ")));
+        }
         if !self.lost_examples.is_empty() {
             out.push_str(&format!("Lost, e.g.: {}\n", self.lost_examples.join(", ")));
         }
