@@ -4,8 +4,8 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::{Parser, Subcommand};
 use switchboard_benches::{
-    loadgen::{self, LoadOptions, Rpc, SinkSpec, Target, plot, sink::SinkFormat},
     faults::{self, FaultOptions, report::FaultReport},
+    loadgen::{self, LoadOptions, Rpc, SinkSpec, Target, plot, sink::SinkFormat},
     reconcile::{self, Until, ledger::Ledger, records::TopicNames},
     scenarios::{self, ScenarioReport},
 };

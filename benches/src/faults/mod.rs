@@ -144,6 +144,7 @@ pub async fn run(scenario: Scenario, options: &FaultOptions) -> anyhow::Result<F
     KafkaConfig {
         bootstrap_servers: options.kafka.clone(),
         topic_replication: options.replication,
+        topic_partitions: processes::PARTITIONS,
         ..Default::default()
     }
     .ensure_topics(&[&topic])
@@ -175,7 +176,11 @@ pub async fn run(scenario: Scenario, options: &FaultOptions) -> anyhow::Result<F
         rate: Some(options.rate),
         duration: Some(options.duration),
         connections: 2,
-        tenants: if scenario == Scenario::BotOutage { 2 } else { 1 },
+        tenants: if scenario == Scenario::BotOutage {
+            2
+        } else {
+            1
+        },
         tenant: "faults".into(),
         retries: 40,
         drain_timeout: Duration::from_secs(90),
@@ -280,7 +285,16 @@ pub async fn run(scenario: Scenario, options: &FaultOptions) -> anyhow::Result<F
     }
     let mut failures = Vec::new();
     if reconciliation.lost > 0 {
-        failures.push(format!("{} acknowledged messages lost", reconciliation.lost));
+        failures.push(format!(
+            "{} acknowledged messages lost",
+            reconciliation.lost
+        ));
+    }
+    if reconciliation.missing_from_analytics > 0 {
+        failures.push(format!(
+            "{} acknowledged messages never reached the analytics topic",
+            reconciliation.missing_from_analytics
+        ));
     }
     if reconciliation.order_violations > 0 {
         failures.push(format!(

@@ -13,6 +13,9 @@ use tokio::process::{Child, Command};
 
 use crate::loadgen::Target;
 
+/// Partitions of every topic a scenario creates.
+pub const PARTITIONS: i32 = 6;
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
@@ -159,10 +162,16 @@ impl Node {
             ]
             .map(str::to_owned)
             .to_vec(),
-            env: vec![(
-                "SWITCHBOARD_BROKER_KAFKA__TOPIC_REPLICATION".into(),
-                replication.to_string(),
-            )],
+            env: vec![
+                (
+                    "SWITCHBOARD_BROKER_KAFKA__TOPIC_REPLICATION".into(),
+                    replication.to_string(),
+                ),
+                (
+                    "SWITCHBOARD_BROKER_KAFKA__TOPIC_PARTITIONS".into(),
+                    PARTITIONS.to_string(),
+                ),
+            ],
             log: dir.join(format!("{name}.log")),
         };
         let node = Self {
@@ -224,7 +233,7 @@ shutdown_grace = "10s"
 
 [kafka]
 bootstrap_servers = "{kafka}"
-topic_partitions = 12
+topic_partitions = {partitions}
 topic_replication = {replication}
 
 [agents]
@@ -233,10 +242,11 @@ enabled = false
             rules = self.rules.display(),
             kafka = self.kafka,
             replication = self.replication,
+            partitions = PARTITIONS,
         );
         for (name, endpoint) in self.bots {
             config.push_str(&format!(
-                "\n[bots.{name}]\nendpoint = \"{endpoint}\"\ntimeout = \"2s\"\n"
+                "\n[bots.{name}]\nendpoint = \"{endpoint}\"\ntimeout = \"5s\"\n"
             ));
         }
         let path = dir.join("workers.toml");
@@ -275,11 +285,18 @@ pub async fn kafka_broker(scripts: &Path, log: &Path, args: &[&str]) -> anyhow::
         .open(log)?;
     let status = Command::new(scripts.join("broker.sh"))
         .args(args)
+        // A broker killed under load recovers its logs first: minutes on a
+        // busy machine.
+        .env("KAFKA_START_TIMEOUT", "300")
         .stdin(Stdio::null())
         .stdout(out.try_clone()?)
         .stderr(out)
         .status()
         .await?;
-    anyhow::ensure!(status.success(), "broker.sh {args:?} failed (see {})", log.display());
+    anyhow::ensure!(
+        status.success(),
+        "broker.sh {args:?} failed (see {})",
+        log.display()
+    );
     Ok(())
 }

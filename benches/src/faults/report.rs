@@ -89,7 +89,11 @@ impl FaultReport {
         }
         out.push_str(&format!(
             "\nLoad: {} sent, {} acknowledged ({:.0}/s), retries {:?}, not acknowledged {:?}.\n\n",
-            self.load.sent, self.load.acked, self.load.acked_rate, self.load.retries, self.load.errors
+            self.load.sent,
+            self.load.acked,
+            self.load.acked_rate,
+            self.load.retries,
+            self.load.errors
         ));
         if let Some(t) = &self.throughput {
             out.push_str(&format!(

@@ -215,6 +215,7 @@ struct Tally<'a> {
     /// Per conversation: the newest sequence number its state remembered.
     state_highest: HashMap<u32, u64>,
     state_regressions: u64,
+    state_examples: Vec<String>,
     transient_errors: u64,
 }
 
@@ -251,6 +252,7 @@ impl<'a> Tally<'a> {
             unknown: 0,
             state_highest: HashMap::new(),
             state_regressions: 0,
+            state_examples: Vec::new(),
             transient_errors: 0,
         }
     }
@@ -293,6 +295,11 @@ impl<'a> Tally<'a> {
                 let highest = self.state_highest.entry(c).or_insert(seq);
                 if seq < *highest {
                     self.state_regressions += 1;
+                    if self.state_examples.len() < EXAMPLES {
+                        let name = self.conversations[c as usize];
+                        self.state_examples
+                            .push(format!("{name}: #{seq} after #{highest}"));
+                    }
                 } else {
                     *highest = seq;
                 }
@@ -328,7 +335,9 @@ impl<'a> Tally<'a> {
             if seq < *highest {
                 tally.order_violations += 1;
                 if tally.examples.len() < EXAMPLES {
-                    tally.examples.push(format!("{} after #{highest}", name(c, seq)));
+                    tally
+                        .examples
+                        .push(format!("{} after #{highest}", name(c, seq)));
                 }
             } else {
                 *highest = seq;
@@ -352,7 +361,12 @@ impl<'a> Tally<'a> {
                 .filter(|e| e.is_some_and(|(_, _, o)| o == outcome))
                 .count() as u64
         };
-        let mut lost_examples = Vec::new();
+        let in_analytics = |index: usize| {
+            self.topics
+                .values()
+                .any(|t| t.kind == Kind::Analytics && t.copies.get(index).is_some_and(|c| *c > 0))
+        };
+        let (mut lost_examples, mut missing_examples) = (Vec::new(), Vec::new());
         let (mut lost, mut delivered_unacked) = (0, 0);
         for (index, entry) in self.entries.iter().enumerate() {
             let Some((c, seq, outcome)) = entry else {
@@ -370,6 +384,15 @@ impl<'a> Tally<'a> {
                 }
                 (Outcome::Failed | Outcome::Unanswered, true) => delivered_unacked += 1,
                 _ => {}
+            }
+            if *outcome == Outcome::Acked
+                && !in_analytics(index)
+                && missing_examples.len() < EXAMPLES
+            {
+                missing_examples.push(format!(
+                    "{index} ({} #{seq})",
+                    self.conversations[*c as usize]
+                ));
             }
         }
         let topics: Vec<TopicReport> = self
@@ -394,10 +417,13 @@ impl<'a> Tally<'a> {
             delivered: self.acked_in_analytics,
             lost,
             lost_examples,
+            missing_from_analytics: self.acked - self.acked_in_analytics,
+            missing_from_analytics_examples: missing_examples,
             delivered_unacked,
             duplicates: topics.iter().map(|t| t.duplicates).sum(),
             order_violations: topics.iter().map(|t| t.order_violations).sum(),
             state_regressions: self.state_regressions,
+            state_regression_examples: self.state_examples,
             unknown: self.unknown,
             topics,
             missing_topics,
@@ -493,6 +519,11 @@ mod tests {
         assert_eq!(report.order_violations, 1);
         assert_eq!(report.delivered_unacked, 1);
         assert_eq!(report.state_regressions, 1);
+        assert_eq!(
+            report.state_regression_examples,
+            ["t/webchat/c0: #0 after #1"]
+        );
+        assert_eq!(report.missing_from_analytics, 1);
         assert_eq!(report.topics.len(), 1);
         assert_eq!(
             (report.topics[0].messages, report.topics[0].records),

@@ -54,6 +54,11 @@ pub struct Reconciliation {
     pub lost: u64,
     /// Some of them: `index (conversation #seq)`.
     pub lost_examples: Vec<String>,
+    /// Acknowledged messages not on the analytics topic, which gets every
+    /// routed message (those lost included). Must be 0.
+    pub missing_from_analytics: u64,
+    /// Some of them.
+    pub missing_from_analytics_examples: Vec<String>,
     /// Messages not acknowledged that were delivered all the same (the
     /// answer was lost after Kafka had the message: allowed).
     pub delivered_unacked: u64,
@@ -65,6 +70,8 @@ pub struct Reconciliation {
     /// conversation (a state naming an older last message than the one
     /// before it). Must be 0.
     pub state_regressions: u64,
+    /// Some of them: `conversation: #seq after #seq`.
+    pub state_regression_examples: Vec<String>,
     /// Tokens of this run whose index the ledger does not hold.
     pub unknown: u64,
     /// Per topic (topics with none of the run's messages are left out).
@@ -80,15 +87,19 @@ pub struct Reconciliation {
 }
 
 impl Reconciliation {
-    /// Nothing acknowledged was lost, nothing reordered, no state regressed.
+    /// Nothing acknowledged was lost or left out of analytics, nothing
+    /// reordered, no state regressed.
     pub fn clean(&self) -> bool {
-        self.lost == 0 && self.order_violations == 0 && self.state_regressions == 0
+        self.lost == 0
+            && self.missing_from_analytics == 0
+            && self.order_violations == 0
+            && self.state_regressions == 0
     }
 
     /// A human summary in Markdown.
     pub fn markdown(&self) -> String {
         let mut out = format!(
-            "### Reconciliation of run `{}`\n\n| sent | acked | failed | unanswered | delivered | **lost** | **order violations** | duplicates | delivered unacked | state regressions |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n| {} | {} | {} | {} | {} | **{}** | **{}** | {} | {} | {} |\n\n",
+            "### Reconciliation of run `{}`\n\n| sent | acked | failed | unanswered | delivered (analytics) | **lost** | **order violations** | duplicates | delivered unacked | state regressions |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n| {} | {} | {} | {} | {} | **{}** | **{}** | {} | {} | {} |\n\n",
             self.run,
             self.sent,
             self.acked,
@@ -118,8 +129,17 @@ impl Reconciliation {
         for t in self.topics.iter().filter(|t| !t.examples.is_empty()) {
             out.push_str(&format!("`{}`, e.g.: {}\n", t.topic, t.examples.join(", ")));
         }
-        if !self.lost_examples.is_empty() {
-            out.push_str(&format!("Lost, e.g.: {}\n", self.lost_examples.join(", ")));
+        for (what, examples) in [
+            ("Lost", &self.lost_examples),
+            (
+                "Acknowledged but not on the analytics topic",
+                &self.missing_from_analytics_examples,
+            ),
+            ("State regressions", &self.state_regression_examples),
+        ] {
+            if !examples.is_empty() {
+                out.push_str(&format!("{what}, e.g.: {}\n", examples.join(", ")));
+            }
         }
         if self.unknown > 0 {
             out.push_str(&format!(
