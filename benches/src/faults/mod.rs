@@ -107,6 +107,42 @@ pub struct FaultOptions {
 /// Tenant of the conversations the `flaky` bot serves (`bot-outage`).
 const FLAKY_TENANT: &str = "faults-1";
 
+/// Waits until consumer group `group` is stable with `members` members
+/// (two minutes at most).
+async fn wait_for_group(kafka: &str, group: &str, members: usize) -> anyhow::Result<()> {
+    use rdkafka::consumer::{BaseConsumer, Consumer as _};
+    let admin: BaseConsumer = KafkaConfig {
+        bootstrap_servers: kafka.to_owned(),
+        ..Default::default()
+    }
+    .client_config(&[])
+    .create()?;
+    let group = group.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let stable = admin
+                .fetch_group_list(Some(&group), Duration::from_secs(5))
+                .ok()
+                .and_then(|list| {
+                    list.groups()
+                        .first()
+                        .map(|g| g.state() == "Stable" && g.members().len() == members)
+                })
+                .unwrap_or(false);
+            if stable {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the workers did not form a stable group of {members} within 2 minutes"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    })
+    .await?
+}
+
 /// Runs `scenario` and reports. Errors only when the scenario could not
 /// run; what it found is in the report.
 pub async fn run(scenario: Scenario, options: &FaultOptions) -> anyhow::Result<FaultReport> {
@@ -166,8 +202,9 @@ pub async fn run(scenario: Scenario, options: &FaultOptions) -> anyhow::Result<F
     let mut workers: Vec<Proc> = (0..2)
         .map(|n| Worker::spawn(&bin, &format!("worker-{n}"), &dir, &config))
         .collect::<anyhow::Result<_>>()?;
-    // Let the workers join their group before the load.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // The load starts once both workers share the partitions, so the
+    // fault is the only thing that moves them.
+    wait_for_group(&options.kafka, &prefix, workers.len()).await?;
 
     let ledger_path = dir.join("ledger.csv");
     let addresses: Vec<&str> = nodes.iter().map(|n| n.address.as_str()).collect();
