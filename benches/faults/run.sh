@@ -12,6 +12,7 @@
 #   FAULTS_SINGLE_PORT  port of the one-broker Kafka of kafka-restart (default 19192)
 #   FAULTS_OUT          reports, logs and Kafka data (default target/faults)
 #   FAULTS_RATE, FAULTS_DURATION   load of each scenario (default 300/s for 40s; quick 150/s for 16s)
+#   FAULTS_PROFILE      release or debug build (default release; quick debug)
 # Both Kafkas are started here, on their own ports and data folders (never
 # the shared one on 9092), and stopped and deleted at the end.
 set -euo pipefail
@@ -42,10 +43,11 @@ single_port="${FAULTS_SINGLE_PORT:-19192}"
 cluster_dir="$out/kafka-cluster"
 single_dir="$out/kafka-single"
 if ((quick)); then
-  rate="${FAULTS_RATE:-150}" duration="${FAULTS_DURATION:-16s}" freeze=14s profile=debug
+  rate="${FAULTS_RATE:-150}" duration="${FAULTS_DURATION:-16s}" freeze=14s profile="${FAULTS_PROFILE:-debug}"
 else
-  rate="${FAULTS_RATE:-300}" duration="${FAULTS_DURATION:-40s}" freeze=20s profile=release
+  rate="${FAULTS_RATE:-300}" duration="${FAULTS_DURATION:-40s}" freeze=20s profile="${FAULTS_PROFILE:-release}"
 fi
+[[ "$profile" == release || "$profile" == debug ]] || { echo "faults: FAULTS_PROFILE is release or debug" >&2; exit 2; }
 mkdir -p "$out"
 
 cluster() { KAFKA_PORT="$cluster_port" KAFKA_DATA_DIR="$cluster_dir" "$@"; }
