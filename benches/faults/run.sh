@@ -83,7 +83,7 @@ fi
 common=(--out "$out" --rate "$rate" --duration "$duration" --freeze "$freeze" --kafka-scripts "$root/deploy/kafka")
 results="$out/results.md"
 status=0
-: >"$results.rows"
+: >"$results"
 for s in "${scenarios[@]}"; do
   echo "faults: scenario $s" >&2
   if [[ "$s" == kafka-restart ]]; then
@@ -91,20 +91,20 @@ for s in "${scenarios[@]}"; do
   else
     run() { cluster "$bench" faults --scenarios "$s" --kafka "$cluster_bootstrap" --replication 3 "${common[@]}" "$@"; }
   fi
+  rm -f "$out/$s.md" "$out/$s.json"
   if ! run --markdown "$out/$s.md" --json "$out/$s.json" >/dev/null; then
     status=1
   fi
-  [[ -f "$out/$s.md" ]] && sed -n '3p' "$out/$s.md" >>"$results.rows"
+  if [[ -f "$out/$s.md" ]]; then
+    # The table's header once, then each scenario's row.
+    if [[ -s "$results" ]]; then sed -n '3p' "$out/$s.md" >>"$results"; else cat "$out/$s.md" >>"$results"; fi
+  else
+    echo "| $s | did not run to the end: see its log above | | | | | | | | | | | FAIL |" >>"$results"
+  fi
   # Each scenario ends with its Kafka whole again.
   if [[ "$s" == broker-kill ]]; then cluster deploy/kafka/broker.sh start 2 >/dev/null 2>&1 || true; fi
   if [[ "$s" == kafka-restart ]]; then single deploy/kafka/broker.sh start 1 >/dev/null 2>&1 || true; fi
 done
-{
-  echo "| scenario | sent | acked | retried | not acked | delivered | lost | order violations | duplicates | delivered unacked | state regressions | result |"
-  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
-  cat "$results.rows"
-} >"$results"
-rm -f "$results.rows"
 cat "$results"
 echo "faults: reports and logs in $out" >&2
 ((status == 0)) && echo "faults: all scenarios passed" >&2 || echo "faults: some scenarios FAILED" >&2

@@ -107,6 +107,23 @@ pub struct FaultOptions {
 /// Tenant of the conversations the `flaky` bot serves (`bot-outage`).
 const FLAKY_TENANT: &str = "faults-1";
 
+/// The longest run of seconds without an acknowledgement between the first
+/// second with one and the last.
+fn longest_stall(timeline: &[crate::loadgen::report::Second]) -> u64 {
+    let acked: Vec<bool> = timeline.iter().map(|s| s.ok > 0).collect();
+    let (Some(first), Some(last)) = (
+        acked.iter().position(|a| *a),
+        acked.iter().rposition(|a| *a),
+    ) else {
+        return 0;
+    };
+    acked[first..=last]
+        .split(|a| *a)
+        .map(|gap| gap.len() as u64)
+        .max()
+        .unwrap_or(0)
+}
+
 /// Waits until consumer group `group` is stable with `members` members
 /// (two minutes at most).
 async fn wait_for_group(kafka: &str, group: &str, members: usize) -> anyhow::Result<()> {
@@ -381,6 +398,8 @@ pub async fn run(scenario: Scenario, options: &FaultOptions) -> anyhow::Result<F
             errors: load.errors,
             retries: load.retries,
             acked_rate: load.acked_rate,
+            longest_stall_seconds: longest_stall(&load.timeline),
+            p99_ms: load.latency_ms.p99,
         },
         reconciliation,
         throughput,

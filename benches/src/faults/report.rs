@@ -20,6 +20,12 @@ pub struct LoadOutcome {
     pub retries: BTreeMap<String, u64>,
     /// Acknowledgements per second.
     pub acked_rate: f64,
+    /// The longest run of whole seconds without an acknowledgement, from
+    /// the first acknowledgement to the last.
+    pub longest_stall_seconds: u64,
+    /// 99th percentile of publish latency (intended send → ack, retries
+    /// included), in ms.
+    pub p99_ms: f64,
 }
 
 /// Throughput of the healthy bot around another bot's outage.
@@ -59,18 +65,19 @@ impl FaultReport {
     }
 
     /// The header of the results table ([`FaultReport::row`]).
-    pub const TABLE_HEADER: &str = "| scenario | sent | acked | retried | not acked | delivered | lost | order violations | duplicates | delivered unacked | state regressions | result |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n";
+    pub const TABLE_HEADER: &str = "| scenario | sent | acked | retried | not acked | longest stall (s) | delivered (analytics) | lost | order violations | duplicates | delivered unacked | state regressions | result |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n";
 
     /// One row of the results table.
     pub fn row(&self) -> String {
         let r = &self.reconciliation;
         format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             self.scenario,
             self.load.sent,
             self.load.acked,
             self.load.retries.values().sum::<u64>(),
             self.load.errors.values().sum::<u64>(),
+            self.load.longest_stall_seconds,
             r.delivered,
             r.lost,
             r.order_violations,
@@ -88,12 +95,14 @@ impl FaultReport {
             out.push_str(&format!("- {event}\n"));
         }
         out.push_str(&format!(
-            "\nLoad: {} sent, {} acknowledged ({:.0}/s), retries {:?}, not acknowledged {:?}.\n\n",
+            "\nLoad: {} sent, {} acknowledged ({:.0}/s, p99 {:.0} ms), retries {:?}, not acknowledged {:?}; longest time without an acknowledgement: {} s.\n\n",
             self.load.sent,
             self.load.acked,
             self.load.acked_rate,
+            self.load.p99_ms,
             self.load.retries,
-            self.load.errors
+            self.load.errors,
+            self.load.longest_stall_seconds
         ));
         if let Some(t) = &self.throughput {
             out.push_str(&format!(
