@@ -11,8 +11,10 @@
 #   FAULTS_KAFKA_PORT   first port of the 3-broker cluster (default 19092; uses 6 ports)
 #   FAULTS_SINGLE_PORT  port of the one-broker Kafka of kafka-restart (default 19192)
 #   FAULTS_OUT          reports, logs and Kafka data (default target/faults)
-#   FAULTS_RATE, FAULTS_DURATION   load of each scenario (default 300/s for 40s; quick 150/s for 16s)
+#   FAULTS_RATE, FAULTS_DURATION   load of each scenario (default 300/s for 40s; quick 150/s for 12s)
 #   FAULTS_PROFILE      release or debug build (default release; quick debug)
+#   FAULTS_STRICT=1     also fail on findings (acknowledged messages missing from
+#                       analytics, conversation states written over newer ones)
 # Both Kafkas are started here, on their own ports and data folders (never
 # the shared one on 9092), and stopped and deleted at the end.
 set -euo pipefail
@@ -43,7 +45,7 @@ single_port="${FAULTS_SINGLE_PORT:-19192}"
 cluster_dir="$out/kafka-cluster"
 single_dir="$out/kafka-single"
 if ((quick)); then
-  rate="${FAULTS_RATE:-150}" duration="${FAULTS_DURATION:-16s}" freeze=14s profile="${FAULTS_PROFILE:-debug}"
+  rate="${FAULTS_RATE:-150}" duration="${FAULTS_DURATION:-12s}" freeze=14s profile="${FAULTS_PROFILE:-debug}"
 else
   rate="${FAULTS_RATE:-300}" duration="${FAULTS_DURATION:-40s}" freeze=20s profile="${FAULTS_PROFILE:-release}"
 fi
@@ -81,6 +83,7 @@ if ((need_single)); then
 fi
 
 common=(--out "$out" --rate "$rate" --duration "$duration" --freeze "$freeze" --kafka-scripts "$root/deploy/kafka")
+if [[ "${FAULTS_STRICT:-0}" == 1 ]]; then common+=(--strict); fi
 results="$out/results.md"
 status=0
 : >"$results"

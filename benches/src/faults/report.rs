@@ -56,6 +56,10 @@ pub struct FaultReport {
     pub throughput: Option<Throughput>,
     /// Checks that failed; empty when the scenario passed.
     pub failures: Vec<String>,
+    /// What went wrong without failing the scenario (`--strict` fails on
+    /// them): acknowledged messages missing from analytics, conversation
+    /// states written over newer ones.
+    pub findings: Vec<String>,
 }
 
 impl FaultReport {
@@ -84,7 +88,11 @@ impl FaultReport {
             r.duplicates,
             r.delivered_unacked,
             r.state_regressions,
-            if self.passed() { "pass" } else { "FAIL" }
+            match (self.passed(), self.findings.len()) {
+                (false, _) => "FAIL".to_owned(),
+                (true, 0) => "pass".to_owned(),
+                (true, n) => format!("pass, {n} finding(s)"),
+            }
         )
     }
 
@@ -111,13 +119,16 @@ impl FaultReport {
             ));
         }
         out.push_str(&self.reconciliation.markdown());
-        if self.passed() {
-            out.push_str("\nResult: pass.\n");
+        out.push_str(if self.passed() {
+            "\nResult: pass.\n"
         } else {
-            out.push_str("\nResult: FAIL\n");
-            for failure in &self.failures {
-                out.push_str(&format!("- {failure}\n"));
-            }
+            "\nResult: FAIL\n"
+        });
+        for failure in &self.failures {
+            out.push_str(&format!("- {failure}\n"));
+        }
+        for finding in &self.findings {
+            out.push_str(&format!("- finding: {finding}\n"));
         }
         out
     }
