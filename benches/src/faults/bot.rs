@@ -1,7 +1,9 @@
 //! The fault scenarios' bot: answers every message with one reply that
 //! names the message it answers (so the reconciler finds replies on the
-//! outbound topics), counts what it answered per second, and can be told
-//! to fail every call for a while.
+//! outbound topics), counts what it answered per second, keeps when each
+//! message came (each worker has bots of its own, so this says which
+//! worker routed what, and when), and can be told to fail every call for a
+//! while.
 
 use std::{
     net::SocketAddr,
@@ -32,19 +34,26 @@ struct Inner {
     failing: AtomicBool,
     /// Calls answered with a reply, per second since `started`.
     answered: Mutex<Vec<u64>>,
+    /// Every call: seconds since `started`, and the message's channel
+    /// message id. A scenario's run is bounded, and so is this.
+    calls: Mutex<Vec<(f64, String)>>,
 }
 
 impl FaultBot {
-    /// Serves a bot on a free 127.0.0.1 port until `stop`; returns it and
-    /// its endpoint (`http://…`).
-    pub async fn serve(stop: CancellationToken) -> anyhow::Result<(Self, String)> {
+    /// Serves a bot on a free 127.0.0.1 port until `stop`, its clock
+    /// starting at `started`; returns it and its endpoint (`http://…`).
+    pub async fn serve(
+        started: Instant,
+        stop: CancellationToken,
+    ) -> anyhow::Result<(Self, String)> {
         let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
         let endpoint = format!("http://{}", listener.local_addr()?);
         let bot = Self {
             inner: Arc::new(Inner {
-                started: Instant::now(),
+                started,
                 failing: AtomicBool::new(false),
                 answered: Mutex::new(Vec::new()),
+                calls: Mutex::new(Vec::new()),
             }),
         };
         let server = tonic::transport::Server::builder()
@@ -74,9 +83,10 @@ impl FaultBot {
         sum as f64 / (b.saturating_sub(a)).max(1) as f64
     }
 
-    /// Seconds since the bot started.
-    pub fn now(&self) -> f64 {
-        self.inner.started.elapsed().as_secs_f64()
+    /// Every call so far: seconds since the clock started, and the
+    /// message's channel message id.
+    pub fn calls(&self) -> Vec<(f64, String)> {
+        self.inner.calls.lock().expect("bot lock").clone()
     }
 }
 
@@ -86,13 +96,17 @@ impl Bot for FaultBot {
         &self,
         request: tonic::Request<BotRequest>,
     ) -> Result<tonic::Response<BotResponse>, tonic::Status> {
-        if self.inner.failing.load(Ordering::Relaxed) {
-            return Err(tonic::Status::unavailable("bot outage (fault scenario)"));
-        }
         let envelope = request
             .into_inner()
             .envelope
             .ok_or_else(|| tonic::Status::invalid_argument("no envelope"))?;
+        self.inner.calls.lock().expect("bot lock").push((
+            self.inner.started.elapsed().as_secs_f64(),
+            envelope.channel_message_id.clone(),
+        ));
+        if self.inner.failing.load(Ordering::Relaxed) {
+            return Err(tonic::Status::unavailable("bot outage (fault scenario)"));
+        }
         let second = self.inner.started.elapsed().as_secs() as usize;
         {
             let mut answered = self.inner.answered.lock().expect("bot lock");

@@ -109,6 +109,33 @@ pub struct FaultOptions {
     pub strict: bool,
 }
 
+/// Routing workers per scenario.
+const WORKERS: usize = 2;
+
+/// What worker 1 did right after it was resumed, before it could rejoin
+/// its group: bot calls in the first second, and how many of those
+/// messages worker 0 (the partitions' new owner) also sent to a bot.
+fn zombie_calls(steady: &[FaultBot], flaky: &[FaultBot], resumed: f64) -> String {
+    let calls = |worker: usize| -> Vec<(f64, String)> {
+        steady[worker]
+            .calls()
+            .into_iter()
+            .chain(flaky[worker].calls())
+            .collect()
+    };
+    let owner: std::collections::HashSet<String> = calls(0).into_iter().map(|(_, id)| id).collect();
+    let zombie: Vec<String> = calls(1)
+        .into_iter()
+        .filter(|(at, _)| *at >= resumed && *at < resumed + 1.0)
+        .map(|(_, id)| id)
+        .collect();
+    let both = zombie.iter().filter(|id| owner.contains(*id)).count();
+    format!(
+        "worker-1 called its bots {} times in the second after SIGCONT; {both} of those messages were also routed by worker-0",
+        zombie.len()
+    )
+}
+
 /// Tenant of the conversations the `flaky` bot serves (`bot-outage`).
 const FLAKY_TENANT: &str = "faults-1";
 
@@ -180,8 +207,11 @@ pub async fn run(scenario: Scenario, options: &FaultOptions) -> anyhow::Result<F
     });
     let stop_bots = CancellationToken::new();
     let _stop_bots = stop_bots.clone().drop_guard();
-    let (steady, steady_endpoint) = FaultBot::serve(stop_bots.clone()).await?;
-    let (flaky, flaky_endpoint) = FaultBot::serve(stop_bots.clone()).await?;
+    // Each worker calls bots of its own (one for each bot name), so the
+    // bots' calls say which worker routed which message, and when.
+    let clock = Instant::now();
+    let mut steady = Vec::new();
+    let mut flaky = Vec::new();
     let rules = dir.join("rules.toml");
     std::fs::write(
         &rules,
@@ -189,14 +219,25 @@ pub async fn run(scenario: Scenario, options: &FaultOptions) -> anyhow::Result<F
             "default = [{{ bot = \"steady\" }}]\n\n[[rules]]\nid = \"flaky-tenant\"\ntenants = [\"{FLAKY_TENANT}\"]\ndestinations = [{{ bot = \"flaky\" }}]\n"
         ),
     )?;
-    let config = WorkerSetup {
+    let setup = WorkerSetup {
         kafka: &options.kafka,
         replication: options.replication,
         prefix: &prefix,
-        bots: &[("steady", steady_endpoint), ("flaky", flaky_endpoint)],
         rules: &rules,
+    };
+    let mut configs = Vec::new();
+    for n in 0..WORKERS {
+        let (bot, steady_endpoint) = FaultBot::serve(clock, stop_bots.clone()).await?;
+        steady.push(bot);
+        let (bot, flaky_endpoint) = FaultBot::serve(clock, stop_bots.clone()).await?;
+        flaky.push(bot);
+        configs.push(setup.write_config(
+            &dir,
+            &format!("worker-{n}"),
+            &[("steady", steady_endpoint), ("flaky", flaky_endpoint)],
+        )?);
     }
-    .write_config(&dir)?;
+    let now = || clock.elapsed().as_secs_f64();
     let topic = format!("{prefix}.messages");
     // Topics first, so neither process races the other to create them.
     KafkaConfig {
@@ -221,8 +262,10 @@ pub async fn run(scenario: Scenario, options: &FaultOptions) -> anyhow::Result<F
             .await?,
         );
     }
-    let mut workers: Vec<Proc> = (0..2)
-        .map(|n| Worker::spawn(&bin, &format!("worker-{n}"), &dir, &config))
+    let mut workers: Vec<Proc> = configs
+        .iter()
+        .enumerate()
+        .map(|(n, config)| Worker::spawn(&bin, &format!("worker-{n}"), &dir, config))
         .collect::<anyhow::Result<_>>()?;
     // The load starts once both workers share the partitions, so the
     // fault is the only thing that moves them.
@@ -257,6 +300,7 @@ pub async fn run(scenario: Scenario, options: &FaultOptions) -> anyhow::Result<F
     let sleep_until = |instant: Instant| tokio::time::sleep_until(instant.into());
     let kafka_log = dir.join("kafka.log");
     let mut outage = None;
+    let mut resumed = None;
     match scenario {
         Scenario::IngestKill => {
             sleep_until(at(0.3)).await;
@@ -281,6 +325,7 @@ pub async fn run(scenario: Scenario, options: &FaultOptions) -> anyhow::Result<F
             event(format!("SIGSTOP worker-1 for {:?}", options.freeze));
             tokio::time::sleep(options.freeze).await;
             workers[1].signal("CONT").await?;
+            resumed = Some(now());
             event("SIGCONT worker-1".into());
         }
         Scenario::BrokerKill => {
@@ -301,13 +346,13 @@ pub async fn run(scenario: Scenario, options: &FaultOptions) -> anyhow::Result<F
         }
         Scenario::BotOutage => {
             sleep_until(at(0.3)).await;
-            let from = steady.now();
-            flaky.set_failing(true);
+            let from = now();
+            flaky.iter().for_each(|bot| bot.set_failing(true));
             event(format!("bot of tenant {FLAKY_TENANT} fails every call"));
             tokio::time::sleep(Duration::from_secs(10)).await;
-            flaky.set_failing(false);
+            flaky.iter().for_each(|bot| bot.set_failing(false));
             event("the bot answers again".into());
-            outage = Some((from, steady.now()));
+            outage = Some((from, now()));
         }
     }
     let load = loading.await??;
@@ -331,7 +376,10 @@ pub async fn run(scenario: Scenario, options: &FaultOptions) -> anyhow::Result<F
         },
     )
     .await?;
-    let end = steady.now();
+    let end = now();
+    if let Some(resumed) = resumed {
+        event(zombie_calls(&steady, &flaky, resumed));
+    }
     for (name, proc) in workers.iter_mut().enumerate() {
         if !proc.stop(Duration::from_secs(20)).await? {
             event(format!("worker-{name} did not stop cleanly"));
@@ -374,11 +422,11 @@ pub async fn run(scenario: Scenario, options: &FaultOptions) -> anyhow::Result<F
         failures.push("nothing was acknowledged".into());
     }
     let throughput = outage.map(|(from, to)| {
-        let before = steady.rate(from - 10.0, from);
+        let rate = |a: f64, b: f64| steady.iter().map(|bot| bot.rate(a, b)).sum::<f64>();
         let t = Throughput {
-            before,
-            during: steady.rate(from, to),
-            after: steady.rate(to, end.min(to + 10.0)),
+            before: rate(from - 10.0, from),
+            during: rate(from, to),
+            after: rate(to, end.min(to + 10.0)),
             dead_lettered: reconciliation
                 .topics
                 .iter()

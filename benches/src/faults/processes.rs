@@ -205,15 +205,18 @@ pub struct WorkerSetup<'a> {
     pub replication: i32,
     /// Prefix of every topic name, and the group id.
     pub prefix: &'a str,
-    /// Bots by name: endpoint.
-    pub bots: &'a [(&'a str, String)],
     /// The routing rules file.
     pub rules: &'a Path,
 }
 
 impl WorkerSetup<'_> {
-    /// The workers' config file (written once, shared by every worker).
-    pub fn write_config(&self, dir: &Path) -> anyhow::Result<PathBuf> {
+    /// Worker `name`'s config file, with its own bots (name, endpoint).
+    pub fn write_config(
+        &self,
+        dir: &Path,
+        name: &str,
+        bots: &[(&str, String)],
+    ) -> anyhow::Result<PathBuf> {
         let p = self.prefix;
         let mut config = format!(
             r#"group_id = "{p}"
@@ -244,12 +247,12 @@ enabled = false
             replication = self.replication,
             partitions = PARTITIONS,
         );
-        for (name, endpoint) in self.bots {
+        for (bot, endpoint) in bots {
             config.push_str(&format!(
-                "\n[bots.{name}]\nendpoint = \"{endpoint}\"\ntimeout = \"5s\"\n"
+                "\n[bots.{bot}]\nendpoint = \"{endpoint}\"\ntimeout = \"5s\"\n"
             ));
         }
-        let path = dir.join("workers.toml");
+        let path = dir.join(format!("{name}.toml"));
         std::fs::write(&path, config)?;
         Ok(path)
     }

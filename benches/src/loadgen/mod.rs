@@ -193,6 +193,10 @@ impl LoadOptions {
         anyhow::ensure!(self.conversations > 0, "--conversations must be at least 1");
         anyhow::ensure!(self.tenants > 0, "--tenants must be at least 1");
         anyhow::ensure!(self.max_in_flight > 0, "--max-in-flight must be at least 1");
+        anyhow::ensure!(
+            self.retries == 0 || matches!(self.rpc, Rpc::Unary | Rpc::Webhook),
+            "--retries works with --rpc unary and webhook only"
+        );
         Ok(())
     }
 
