@@ -5,7 +5,9 @@
 #   3. runs the interop checks (Python grpcio, Go grpc-go and grpcurl clients),
 #   4. runs the operations checks (a real Prometheus scraping both binaries, alert
 #      rules and their unit tests, dashboards, Kubernetes and compose validation),
-#   5. stops Kafka again if this script started it.
+#   5. runs the quick fault scenarios (benches/faults/run.sh --quick: a node killed,
+#      a Kafka broker killed, Kafka restarted, on Kafkas of their own),
+#   6. stops Kafka again if this script started it.
 # Extra arguments go to `cargo test`, e.g. `deploy/test.sh -p switchboard-workers`.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -40,5 +42,9 @@ if [[ -x deploy/ops/check.sh && $# -eq 0 ]]; then
   echo "test: operations checks (Prometheus scrape, alerts, dashboards, manifests)" >&2
   cargo build --bins
   deploy/ops/check.sh
+fi
+if [[ -x benches/faults/run.sh && $# -eq 0 ]]; then
+  echo "test: fault scenarios, quick (their own Kafkas on ports 19092-19097 and 19192)" >&2
+  benches/faults/run.sh --quick
 fi
 echo "test: all green" >&2

@@ -12,6 +12,11 @@
 //! - [`scenarios`]: benchmark scenarios on a real Kafka, each comparing
 //!   Switchboard with its practical limit (raw librdkafka, a
 //!   partition-serial consumer, Kafka's own latency) within one run.
+//! - [`faults`]: fault scenarios on real processes and a real Kafka
+//!   (nodes and workers killed or frozen, Kafka brokers killed, a bot
+//!   failing), each ending with the reconciler's report.
+//! - [`reconcile`]: the load generator's ledger of acknowledged messages
+//!   against every destination topic: lost, reordered, duplicated.
 //!
 //! Binaries: `switchboard-embedded` (the in-memory demo) and
 //! `switchboard-bench` (the load generator).
@@ -19,6 +24,8 @@
 #![forbid(unsafe_code)]
 
 pub mod embedded;
+pub mod faults;
 pub mod loadgen;
 pub mod pipeline;
+pub mod reconcile;
 pub mod scenarios;

@@ -230,7 +230,7 @@ async fn wait_until(
 /// Load options for a scenario run: `conversations` conversations of
 /// `payload_bytes`-byte texts, one tenant, web chat; the caller sets the
 /// pace and the length.
-fn load(rpc: Rpc, conversations: u64, payload_bytes: usize) -> LoadOptions {
+pub(crate) fn load(rpc: Rpc, conversations: u64, payload_bytes: usize) -> LoadOptions {
     LoadOptions {
         rpc,
         rate: None,
@@ -247,6 +247,9 @@ fn load(rpc: Rpc, conversations: u64, payload_bytes: usize) -> LoadOptions {
         max_in_flight: 50_000,
         memory_of: None,
         drain_timeout: Duration::from_secs(60),
+        retries: 0,
+        retry_backoff: Duration::from_millis(100),
+        acked_out: None,
     }
 }
 

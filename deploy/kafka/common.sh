@@ -15,6 +15,8 @@ KAFKA_HOST=127.0.0.1
 KAFKA_PORT="${KAFKA_PORT:-9092}"
 KAFKA_CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-$((KAFKA_PORT + 1))}"
 KAFKA_BOOTSTRAP="$KAFKA_HOST:$KAFKA_PORT"
+# A cluster of several brokers keeps its size here (absent for one broker).
+CLUSTER_FILE="$DATA_DIR/cluster.env"
 
 for _p in "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT"; do
   if ! [[ "$_p" =~ ^[0-9]+$ ]] || ((_p < 1 || _p > 65535)); then
@@ -58,6 +60,54 @@ run_tool() {
 # True if something accepts TCP connections on 127.0.0.1:$1.
 port_open() {
   (exec 3<>"/dev/tcp/$KAFKA_HOST/$1") 2>/dev/null
+}
+
+# The number of brokers: KAFKA_BROKERS if set, else the size recorded in
+# $CLUSTER_FILE by the start.sh that formatted $DATA_DIR, else 1.
+cluster_size() {
+  local n="${KAFKA_BROKERS:-}"
+  if [[ -z "$n" && -f "$CLUSTER_FILE" ]]; then
+    n="$(sed -n 's/^KAFKA_BROKERS=//p' "$CLUSTER_FILE")"
+  fi
+  n="${n:-1}"
+  if ! [[ "$n" =~ ^[0-9]+$ ]] || ((n < 1 || n > 9)); then
+    log "invalid broker count '$n' (KAFKA_BROKERS / --brokers: 1 to 9)"
+    exit 2
+  fi
+  echo "$n"
+}
+
+# Points the per-broker variables at broker $1 of a cluster of $2 brokers.
+# One broker keeps the single-node layout (everything straight in
+# $DATA_DIR, ports KAFKA_PORT and KAFKA_CONTROLLER_PORT). In a cluster,
+# broker n (1-based) lives in $DATA_DIR/node-n and listens on
+# KAFKA_PORT + 2(n-1), its controller on the port after that.
+node_env() {
+  local n="$1" size="$2"
+  NODE_ID="$n"
+  if ((size == 1)); then
+    NODE_DIR="$DATA_DIR"
+    NODE_PORT="$KAFKA_PORT"
+    NODE_CONTROLLER_PORT="$KAFKA_CONTROLLER_PORT"
+  else
+    NODE_DIR="$DATA_DIR/node-$n"
+    NODE_PORT=$((KAFKA_PORT + 2 * (n - 1)))
+    NODE_CONTROLLER_PORT=$((NODE_PORT + 1))
+  fi
+  LOG_DIRS="$NODE_DIR/kraft-combined-logs"
+  PID_FILE="$NODE_DIR/kafka.pid"
+  LOG_FILE="$NODE_DIR/kafka.log"
+  PROPS_FILE="$NODE_DIR/server.properties"
+}
+
+# Comma-separated client addresses of every broker of a cluster of $1.
+cluster_bootstrap() {
+  local size="$1" n list=""
+  for ((n = 1; n <= size; n++)); do
+    node_env "$n" "$size"
+    list+="${list:+,}$KAFKA_HOST:$NODE_PORT"
+  done
+  echo "$list"
 }
 
 # Prints the PID of our broker if it is running, else returns 1.

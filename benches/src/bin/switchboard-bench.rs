@@ -4,7 +4,9 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::{Parser, Subcommand};
 use switchboard_benches::{
+    faults::{self, FaultOptions, report::FaultReport},
     loadgen::{self, LoadOptions, Rpc, SinkSpec, Target, plot, sink::SinkFormat},
+    reconcile::{self, Until, ledger::Ledger, records::TopicNames},
     scenarios::{self, ScenarioReport},
 };
 use switchboard_runtime::kafka::KafkaConfig;
@@ -19,7 +21,8 @@ struct Args {
     /// node.
     #[command(subcommand)]
     scenario: Option<Scenario>,
-    /// The ingestion node.
+    /// The ingestion node; several, comma-separated, share the
+    /// connections (and `--retries` go to the next one).
     #[arg(long, default_value = "http://127.0.0.1:50051")]
     target: String,
     #[command(flatten)]
@@ -66,9 +69,42 @@ impl Output {
 }
 
 /// Benchmark scenarios; each compares Switchboard with its practical limit
-/// in one run (benches/README.md).
+/// in one run (benches/README.md). Also the reconciler.
 #[derive(Subcommand, Debug)]
 enum Scenario {
+    /// Fault scenarios on real processes and a real Kafka, each ending
+    /// with the reconciler's report (benches/faults/run.sh runs them all
+    /// with the Kafkas they need). Exits 1 if any scenario failed.
+    Faults {
+        /// The scenarios to run, comma-separated, one after the other.
+        #[arg(long, value_enum, value_delimiter = ',', required = true)]
+        scenarios: Vec<faults::Scenario>,
+        #[command(flatten)]
+        options: FaultOptions,
+    },
+    /// Reconciles a load run's ledger (`--acked-out`) with every
+    /// destination topic: lost, reordered, duplicated, delivered without an
+    /// acknowledgement. Exits 1 if anything acknowledged was lost or
+    /// reordered, or a conversation state regressed.
+    Reconcile {
+        /// Kafka bootstrap servers.
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        kafka: String,
+        /// The ledger the load generator wrote with `--acked-out`.
+        #[arg(long)]
+        acked: PathBuf,
+        #[command(flatten)]
+        topics: TopicNames,
+        /// Quiet time after every acknowledged message reached analytics.
+        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+        settle: Duration,
+        /// Quiet time that ends the reading anyway.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        idle: Duration,
+        /// The most the reading takes.
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        deadline: Duration,
+    },
     /// The raw rdkafka producer against PublishStream and unary Publish, in
     /// closed loop, then against unary Publish in open loop.
     Ingest {
@@ -178,6 +214,52 @@ impl ScenarioArgs {
 async fn run_scenario(scenario: Scenario, output: &Output) -> anyhow::Result<()> {
     let _telemetry = switchboard_runtime::telemetry::init("switchboard-bench");
     let report: ScenarioReport = match scenario {
+        Scenario::Faults { scenarios, options } => {
+            let mut reports = Vec::new();
+            for scenario in scenarios {
+                let report = faults::run(scenario, &options).await?;
+                eprint!("{}", report.markdown());
+                reports.push(report);
+            }
+            let mut markdown = String::from(FaultReport::TABLE_HEADER);
+            for report in &reports {
+                markdown.push_str(&report.row());
+            }
+            output.write(&markdown, &reports)?;
+            let failed: Vec<&str> = reports
+                .iter()
+                .filter(|r| !r.passed())
+                .map(|r| r.scenario.as_str())
+                .collect();
+            anyhow::ensure!(failed.is_empty(), "scenarios failed: {failed:?}");
+            return Ok(());
+        }
+        Scenario::Reconcile {
+            kafka,
+            acked,
+            topics,
+            settle,
+            idle,
+            deadline,
+        } => {
+            let ledger = Ledger::read(&acked)?;
+            let kafka = KafkaConfig {
+                bootstrap_servers: kafka,
+                ..Default::default()
+            };
+            let until = Until {
+                settle,
+                idle,
+                deadline,
+            };
+            let report = reconcile::reconcile(&kafka, &topics, &ledger, until).await?;
+            output.write(&report.markdown(), &report)?;
+            anyhow::ensure!(
+                report.clean(),
+                "acknowledged messages were lost or reordered"
+            );
+            return Ok(());
+        }
         Scenario::Ingest {
             common,
             messages,

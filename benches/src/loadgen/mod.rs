@@ -53,8 +53,9 @@ use tonic::transport::Channel as GrpcChannel;
 use self::{
     report::{LoadReport, Recorder},
     sink::{Sink, SinkFormat},
-    workload::Workload,
+    workload::{Workload, unix_micros},
 };
+use crate::reconcile::ledger::{Entry, Ledger, Outcome as Sent};
 
 /// How messages are sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -130,6 +131,23 @@ pub struct LoadOptions {
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// `unary` and `webhook`: attempts after the first for a message the
+    /// node did not acknowledge with a retryable code (UNAVAILABLE,
+    /// RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED, ABORTED, UNKNOWN, CANCELLED:
+    /// a node or Kafka away), the same message with the same channel
+    /// message id, on the next node of `--target` if there are several.
+    /// The conversation's next message waits for it.
+    #[arg(long, default_value_t = 0)]
+    pub retries: u32,
+    /// First pause before a retry; it doubles each time, up to 2 s.
+    #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
+    #[serde(with = "humantime_serde")]
+    pub retry_backoff: Duration,
+    /// Write every sent message's index, conversation, sequence number and
+    /// outcome (acked, failed, unanswered) to this file, for
+    /// `switchboard-bench reconcile`.
+    #[arg(long)]
+    pub acked_out: Option<std::path::PathBuf>,
 }
 
 /// The channels, on the command line.
@@ -175,6 +193,10 @@ impl LoadOptions {
         anyhow::ensure!(self.conversations > 0, "--conversations must be at least 1");
         anyhow::ensure!(self.tenants > 0, "--tenants must be at least 1");
         anyhow::ensure!(self.max_in_flight > 0, "--max-in-flight must be at least 1");
+        anyhow::ensure!(
+            self.retries == 0 || matches!(self.rpc, Rpc::Unary | Rpc::Webhook),
+            "--retries works with --rpc unary and webhook only"
+        );
         Ok(())
     }
 
@@ -206,16 +228,24 @@ pub enum Target {
 }
 
 impl Target {
-    /// Connects `connections` separate HTTP/2 connections to `address`.
-    pub async fn connect(address: &str, connections: usize) -> anyhow::Result<Self> {
-        let mut clients = Vec::with_capacity(connections);
-        for _ in 0..connections.max(1) {
-            let channel = tonic::transport::Endpoint::from_shared(address.to_owned())?
-                .connect()
-                .await
-                .map_err(|e| anyhow::anyhow!("cannot connect to {address}: {e}"))?;
-            clients.push(IngestClient::new(channel));
+    /// Connects `connections` separate HTTP/2 connections to each node of
+    /// `addresses` (comma-separated): node `n`'s connections come `n`-th.
+    pub async fn connect(addresses: &str, connections: usize) -> anyhow::Result<Self> {
+        let mut clients = Vec::new();
+        for address in addresses
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+        {
+            for _ in 0..connections.max(1) {
+                let channel = tonic::transport::Endpoint::from_shared(address.to_owned())?
+                    .connect()
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot connect to {address}: {e}"))?;
+                clients.push(IngestClient::new(channel));
+            }
         }
+        anyhow::ensure!(!clients.is_empty(), "no node address in {addresses:?}");
         Ok(Self::Node(clients))
     }
 }
@@ -234,7 +264,8 @@ pub struct SinkSpec {
 /// State the dispatcher and its tasks share.
 struct Shared {
     recorder: Recorder,
-    acked: Mutex<Vec<bool>>,
+    /// Per message index: what became of it.
+    outcomes: Mutex<Vec<Sent>>,
     in_flight: AtomicUsize,
     answered: AtomicU64,
 }
@@ -243,22 +274,45 @@ impl Shared {
     /// Message `index`, meant for `intended`, was answered.
     fn answer(&self, index: u64, intended: Instant, result: Result<(), tonic::Code>) {
         let now = Instant::now();
-        match result {
+        let outcome = match result {
             Ok(()) => {
                 self.recorder
                     .ok(now, now.saturating_duration_since(intended));
-                let mut acked = self.acked.lock().expect("acked lock");
-                let i = index as usize;
-                if acked.len() <= i {
-                    acked.resize(i + 1, false);
-                }
-                acked[i] = true;
+                Sent::Acked
             }
-            Err(code) => self.recorder.error(now, code_name(code), 1),
-        }
+            Err(code) => {
+                self.recorder.error(now, code_name(code), 1);
+                Sent::Failed
+            }
+        };
+        self.set_outcome(index, outcome);
         self.answered.fetch_add(1, Ordering::Relaxed);
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
+
+    fn set_outcome(&self, index: u64, outcome: Sent) {
+        let mut outcomes = self.outcomes.lock().expect("outcomes lock");
+        let i = index as usize;
+        if outcomes.len() <= i {
+            outcomes.resize(i + 1, Sent::NotSent);
+        }
+        outcomes[i] = outcome;
+    }
+}
+
+/// Whether a failed call may succeed if sent again: the node, or Kafka
+/// behind it, was away or busy, not a refusal of the message itself.
+fn retryable(code: tonic::Code) -> bool {
+    use tonic::Code as C;
+    matches!(
+        code,
+        C::Unavailable
+            | C::ResourceExhausted
+            | C::DeadlineExceeded
+            | C::Aborted
+            | C::Unknown
+            | C::Cancelled
+    )
 }
 
 /// gRPC codes by value, named as in tonic (`ResourceExhausted`), so an
@@ -466,7 +520,7 @@ pub async fn run(
     let started_wall = SystemTime::now();
     let shared = Arc::new(Shared {
         recorder: Recorder::new(started),
-        acked: Mutex::new(Vec::new()),
+        outcomes: Mutex::new(Vec::new()),
         in_flight: AtomicUsize::new(0),
         answered: AtomicU64::new(0),
     });
@@ -534,6 +588,7 @@ pub async fn run(
             continue;
         }
         shared.in_flight.fetch_add(1, Ordering::Relaxed);
+        shared.set_outcome(index, Sent::Unanswered);
         let sent_at = started_wall + intended.saturating_duration_since(started);
         let conversation = workload.conversation(index);
         match &target {
@@ -581,26 +636,44 @@ pub async fn run(
                 let previous = chains[conversation as usize].take();
                 let (done, next) = oneshot::channel::<()>();
                 chains[conversation as usize] = Some(next);
-                let mut client = clients[connection].clone();
+                let clients = clients.clone();
                 let shared = shared.clone();
-                let rpc = options.rpc;
+                let (rpc, retries, mut backoff) =
+                    (options.rpc, options.retries, options.retry_backoff);
+                // A retry goes to the next node: its connections come after
+                // this node's.
+                let step = options.connections.max(1);
                 let workload = workload.clone();
                 tokio::spawn(async move {
                     if let Some(previous) = previous {
                         let _ = previous.await;
                     }
-                    let result = if rpc == Rpc::Webhook {
-                        client
-                            .ingest_webhook(workload.webhook(index, sent_at))
-                            .await
-                            .map(drop)
-                    } else {
-                        client
-                            .publish(workload.publish(index, sent_at))
-                            .await
-                            .map(drop)
+                    let mut attempt = 0;
+                    let result = loop {
+                        let mut client =
+                            clients[(connection + attempt as usize * step) % clients.len()].clone();
+                        let result = if rpc == Rpc::Webhook {
+                            client
+                                .ingest_webhook(workload.webhook(index, sent_at))
+                                .await
+                                .map(drop)
+                        } else {
+                            client
+                                .publish(workload.publish(index, sent_at))
+                                .await
+                                .map(drop)
+                        };
+                        match result {
+                            Err(status) if attempt < retries && retryable(status.code()) => {
+                                attempt += 1;
+                                shared.recorder.retry(code_name(status.code()));
+                                tokio::time::sleep(backoff).await;
+                                backoff = (backoff * 2).min(Duration::from_secs(2));
+                            }
+                            result => break result.map_err(|s| s.code()),
+                        }
                     };
-                    shared.answer(index, intended, result.map_err(|s| s.code()));
+                    shared.answer(index, intended, result);
                     drop((done, permit));
                 });
             }
@@ -648,7 +721,29 @@ pub async fn run(
     let elapsed = started.elapsed();
     stop_progress.cancel();
     let _ = progress.await;
-    let acked_set = shared.acked.lock().expect("acked lock").clone();
+    let outcomes = shared.outcomes.lock().expect("outcomes lock").clone();
+    if let Some(path) = &options.acked_out {
+        Ledger {
+            run: run_id.clone(),
+            started_unix_ms: unix_micros(started_wall) / 1_000,
+            entries: outcomes
+                .iter()
+                .enumerate()
+                .filter(|(_, o)| **o != Sent::NotSent)
+                .map(|(index, outcome)| {
+                    let index = index as u64;
+                    Entry {
+                        index,
+                        conversation: workload.envelope(index, started_wall).conversation_key(),
+                        seq: workload.seq(index),
+                        outcome: *outcome,
+                    }
+                })
+                .collect(),
+        }
+        .write(path)?;
+    }
+    let acked_set: Vec<bool> = outcomes.iter().map(|o| *o == Sent::Acked).collect();
     let end_to_end = match sink {
         Some(sink) => Some(sink.finish(&acked_set, Duration::from_secs(15)).await?),
         None => None,
@@ -656,6 +751,8 @@ pub async fn run(
     let (acked, errors, latency_ms, timeline) = shared.recorder.summary();
     let max_rss_mib = timeline.iter().filter_map(|s| s.rss_mib).reduce(f64::max);
     Ok(LoadReport {
+        run: run_id,
+        retries: shared.recorder.retries(),
         sent,
         acked,
         errors,

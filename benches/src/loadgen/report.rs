@@ -72,6 +72,7 @@ struct State {
     all: Histogram<u64>,
     ok: u64,
     errors: BTreeMap<String, u64>,
+    retries: BTreeMap<String, u64>,
     seconds: Vec<SecondState>,
 }
 
@@ -90,6 +91,7 @@ impl Recorder {
                 all: histogram(),
                 ok: 0,
                 errors: BTreeMap::new(),
+                retries: BTreeMap::new(),
                 seconds: Vec::new(),
             }),
         }
@@ -124,6 +126,17 @@ impl Recorder {
             }
         }
         self.second(&mut state, at).errors += n;
+    }
+
+    /// A call answered `code` at `at` that the client sends again.
+    pub fn retry(&self, code: &str) {
+        let mut state = self.state.lock().expect("recorder lock");
+        *state.retries.entry(code.to_owned()).or_default() += 1;
+    }
+
+    /// Calls sent again, by the code that answered the attempt before.
+    pub fn retries(&self) -> BTreeMap<String, u64> {
+        self.state.lock().expect("recorder lock").retries.clone()
     }
 
     /// Notes the resident memory of process `pid` (or of this one) now.
@@ -197,6 +210,8 @@ pub struct EndToEnd {
 pub struct LoadReport<O> {
     /// What ran.
     pub options: O,
+    /// The run's id (in every message's token).
+    pub run: String,
     /// Messages sent (or attempted).
     pub sent: u64,
     /// Messages acknowledged.
@@ -205,6 +220,10 @@ pub struct LoadReport<O> {
     /// open-loop send skipped because the client's in-flight bound was
     /// reached; `NoResponse`: no answer before the drain timeout).
     pub errors: BTreeMap<String, u64>,
+    /// Attempts sent again (`--retries`), by the code that answered the
+    /// attempt before; a message retried and then acknowledged counts as
+    /// acknowledged.
+    pub retries: BTreeMap<String, u64>,
     /// Seconds from the first send to the last answer.
     pub elapsed_seconds: f64,
     /// Sends per second over the sending period.
@@ -233,11 +252,12 @@ impl<O: std::fmt::Debug> LoadReport<O> {
             )
         };
         let mut out = format!(
-            "### Load run\n\n`{:?}`\n\n| sent | acked | errors | seconds | offered msg/s | acked msg/s | max RSS MiB |\n|---:|---:|---|---:|---:|---:|---:|\n| {} | {} | {:?} | {:.2} | {:.0} | {:.0} | {} |\n\n| latency (ms) | p50 | p90 | p99 | p99.9 | max |\n|---|---:|---:|---:|---:|---:|\n| publish → ack | {} |\n",
+            "### Load run\n\n`{:?}`\n\n| sent | acked | errors | retries | seconds | offered msg/s | acked msg/s | max RSS MiB |\n|---:|---:|---|---|---:|---:|---:|---:|\n| {} | {} | {:?} | {:?} | {:.2} | {:.0} | {:.0} | {} |\n\n| latency (ms) | p50 | p90 | p99 | p99.9 | max |\n|---|---:|---:|---:|---:|---:|\n| publish → ack | {} |\n",
             self.options,
             self.sent,
             self.acked,
             self.errors,
+            self.retries,
             self.elapsed_seconds,
             self.offered_rate,
             self.acked_rate,

@@ -118,10 +118,27 @@ impl Sink {
             let (recorder, arrivals, stop) = (recorder.clone(), arrivals.clone(), stop.clone());
             let run = run.to_owned();
             async move {
+                let mut last_error_log: Option<Instant> = None;
                 loop {
                     let message = tokio::select! {
-                        m = consumer.recv() => m?,
+                        m = consumer.recv() => m,
                         () = stop.cancelled() => return Ok(()),
+                    };
+                    // Kafka restarting or a broker away (`AllBrokersDown`,
+                    // transport failures) is what some runs measure: the
+                    // sink reads on; librdkafka reconnects by itself.
+                    let message = match message {
+                        Ok(message) => message,
+                        Err(e) if crate::reconcile::fatal(&e) => return Err(e.into()),
+                        Err(e) => {
+                            if last_error_log.is_none_or(|at| at.elapsed() > Duration::from_secs(5))
+                            {
+                                tracing::warn!(error = %e, "Kafka error in the sink; reading on");
+                                last_error_log = Some(Instant::now());
+                            }
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        }
                     };
                     let now = SystemTime::now();
                     let payload = message.payload().unwrap_or_default();

@@ -1,0 +1,305 @@
+//! The processes a fault scenario runs and hurts: ingestion nodes
+//! (`switchboard-broker`) and routing workers (`switchboard-workers`),
+//! each its own child process with its log in the run's folder; and the
+//! deploy/kafka scripts that kill and start Kafka brokers.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use tokio::process::{Child, Command};
+
+use crate::loadgen::Target;
+
+/// Partitions of every topic a scenario creates.
+pub const PARTITIONS: i32 = 6;
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// How to start one kind of process again: binary, arguments, environment.
+#[derive(Debug, Clone)]
+struct Spec {
+    name: String,
+    binary: PathBuf,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    log: PathBuf,
+}
+
+/// A Switchboard process that a scenario can kill, freeze and restart.
+pub struct Proc {
+    spec: Spec,
+    child: Option<Child>,
+}
+
+impl Proc {
+    fn spawn(spec: Spec) -> anyhow::Result<Self> {
+        let mut proc = Self { spec, child: None };
+        proc.start()?;
+        Ok(proc)
+    }
+
+    /// Starts the process (again), appending to its log.
+    pub fn start(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.spec.log)?;
+        let child = Command::new(&self.spec.binary)
+            .args(&self.spec.args)
+            .env_remove("SWITCHBOARD_KAFKA_BOOTSTRAP")
+            .envs(self.spec.env.iter().map(|(k, v)| (k, v)))
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot start {} ({e}); build it first: cargo build --release --bins",
+                    self.spec.binary.display()
+                )
+            })?;
+        tracing::info!(name = %self.spec.name, pid = child.id(), "started");
+        self.child = Some(child);
+        Ok(())
+    }
+
+    fn pid(&self) -> anyhow::Result<u32> {
+        self.child
+            .as_ref()
+            .and_then(Child::id)
+            .ok_or_else(|| anyhow::anyhow!("{} is not running", self.spec.name))
+    }
+
+    /// Sends `signal` (a `kill -s` name: KILL, STOP, CONT, TERM).
+    pub async fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        let pid = self.pid()?;
+        tracing::info!(name = %self.spec.name, pid, signal, "signal");
+        let status = Command::new("kill")
+            .args(["-s", signal, &pid.to_string()])
+            .status()
+            .await?;
+        anyhow::ensure!(status.success(), "kill -s {signal} {pid} failed");
+        Ok(())
+    }
+
+    /// `kill -9`, and waits for the process to be gone.
+    pub async fn kill(&mut self) -> anyhow::Result<()> {
+        self.signal("KILL").await?;
+        if let Some(mut child) = self.child.take() {
+            child.wait().await?;
+        }
+        Ok(())
+    }
+
+    /// SIGTERM (the process drains), SIGKILL after `grace`; returns
+    /// whether it exited by itself, successfully.
+    pub async fn stop(&mut self, grace: Duration) -> anyhow::Result<bool> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(true);
+        };
+        if let Some(pid) = child.id() {
+            let _ = Command::new("kill")
+                .args(["-s", "CONT", &pid.to_string()])
+                .status()
+                .await;
+            let _ = Command::new("kill")
+                .args(["-s", "TERM", &pid.to_string()])
+                .status()
+                .await;
+        }
+        match tokio::time::timeout(grace, child.wait()).await {
+            Ok(status) => Ok(status?.success()),
+            Err(_) => {
+                tracing::warn!(name = %self.spec.name, "did not stop in time; killing");
+                child.kill().await?;
+                Ok(false)
+            }
+        }
+    }
+}
+
+/// An ingestion node.
+pub struct Node {
+    /// Its process.
+    pub proc: Proc,
+    /// `http://127.0.0.1:<port>`.
+    pub address: String,
+}
+
+impl Node {
+    /// Starts `switchboard-broker` from `bin` on free ports.
+    pub async fn spawn(
+        bin: &Path,
+        name: &str,
+        dir: &Path,
+        kafka: &str,
+        replication: i32,
+        topic: &str,
+    ) -> anyhow::Result<Self> {
+        let (grpc, metrics) = (free_port()?, free_port()?);
+        let spec = Spec {
+            name: name.to_owned(),
+            binary: bin.join("switchboard-broker"),
+            args: [
+                "--grpc-addr",
+                &format!("127.0.0.1:{grpc}"),
+                "--metrics-addr",
+                &format!("127.0.0.1:{metrics}"),
+                "--kafka-bootstrap",
+                kafka,
+                "--messages-topic",
+                topic,
+            ]
+            .map(str::to_owned)
+            .to_vec(),
+            env: vec![
+                (
+                    "SWITCHBOARD_BROKER_KAFKA__TOPIC_REPLICATION".into(),
+                    replication.to_string(),
+                ),
+                (
+                    "SWITCHBOARD_BROKER_KAFKA__TOPIC_PARTITIONS".into(),
+                    PARTITIONS.to_string(),
+                ),
+            ],
+            log: dir.join(format!("{name}.log")),
+        };
+        let node = Self {
+            proc: Proc::spawn(spec)?,
+            address: format!("http://127.0.0.1:{grpc}"),
+        };
+        node.wait_serving().await?;
+        Ok(node)
+    }
+
+    /// Waits until the node accepts connections (60 s at most).
+    pub async fn wait_serving(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Target::connect(&self.address, 1).await.is_err() {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "{} did not answer within 60 s",
+                self.address
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
+    }
+}
+
+/// The workers' settings a scenario chooses.
+pub struct WorkerSetup<'a> {
+    /// Kafka bootstrap servers.
+    pub kafka: &'a str,
+    /// Replication of the topics they create.
+    pub replication: i32,
+    /// Prefix of every topic name, and the group id.
+    pub prefix: &'a str,
+    /// The routing rules file.
+    pub rules: &'a Path,
+}
+
+impl WorkerSetup<'_> {
+    /// Worker `name`'s config file, with its own bots (name, endpoint).
+    pub fn write_config(
+        &self,
+        dir: &Path,
+        name: &str,
+        bots: &[(&str, String)],
+    ) -> anyhow::Result<PathBuf> {
+        let p = self.prefix;
+        let mut config = format!(
+            r#"group_id = "{p}"
+auto_offset_reset = "earliest"
+messages_topic = "{p}.messages"
+analytics_topic = "{p}.analytics"
+agent_queue_topic = "{p}.agent-queue"
+dlq_topic = "{p}.dlq"
+state_topic = "{p}.state"
+rejections_topic = "{p}.rejections"
+outbound_topic_prefix = "{p}.outbound"
+rules_file = "{rules}"
+max_attempts = 6
+retry_backoff = "100ms"
+retry_backoff_max = "2s"
+shutdown_grace = "10s"
+
+[kafka]
+bootstrap_servers = "{kafka}"
+topic_partitions = {partitions}
+topic_replication = {replication}
+
+[agents]
+enabled = false
+"#,
+            rules = self.rules.display(),
+            kafka = self.kafka,
+            replication = self.replication,
+            partitions = PARTITIONS,
+        );
+        for (bot, endpoint) in bots {
+            config.push_str(&format!(
+                "\n[bots.{bot}]\nendpoint = \"{endpoint}\"\ntimeout = \"5s\"\n"
+            ));
+        }
+        let path = dir.join(format!("{name}.toml"));
+        std::fs::write(&path, config)?;
+        Ok(path)
+    }
+}
+
+/// A routing worker.
+pub struct Worker;
+
+impl Worker {
+    /// Starts `switchboard-workers` from `bin` with `config`, its metrics on
+    /// a free port.
+    pub fn spawn(bin: &Path, name: &str, dir: &Path, config: &Path) -> anyhow::Result<Proc> {
+        Proc::spawn(Spec {
+            name: name.to_owned(),
+            binary: bin.join("switchboard-workers"),
+            args: vec!["--config".into(), config.display().to_string()],
+            env: vec![(
+                "SWITCHBOARD_WORKERS_METRICS_ADDR".into(),
+                format!("127.0.0.1:{}", free_port()?),
+            )],
+            log: dir.join(format!("{name}.log")),
+        })
+    }
+}
+
+/// Runs `deploy/kafka/broker.sh ARGS` (the caller's KAFKA_PORT and
+/// KAFKA_DATA_DIR pick the Kafka), its output appended to `log`.
+pub async fn kafka_broker(scripts: &Path, log: &Path, args: &[&str]) -> anyhow::Result<()> {
+    tracing::info!(?args, "deploy/kafka/broker.sh");
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
+    let status = Command::new(scripts.join("broker.sh"))
+        .args(args)
+        // A broker killed under load recovers its logs first: minutes on a
+        // busy machine.
+        .env("KAFKA_START_TIMEOUT", "300")
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .status()
+        .await?;
+    anyhow::ensure!(
+        status.success(),
+        "broker.sh {args:?} failed (see {})",
+        log.display()
+    );
+    Ok(())
+}
