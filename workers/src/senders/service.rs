@@ -63,11 +63,11 @@ use super::{
 };
 use crate::{
     config::WorkersConfig,
+    consume::offsets::{OffsetTracker, parse_skip_metadata},
     destinations::{
         DestinationError,
         topics::{DeadLetter, Source, TopicOutputs},
     },
-    offsets::{OffsetTracker, parse_skip_metadata},
 };
 
 /// Headers of a provider's refusal on the rejections topic.
@@ -273,8 +273,9 @@ impl Sending {
                     "message accepted by the provider"
                 );
                 let record = accepted_record(envelope, &sent);
-                self.must_write(source, stop, "analytics", || {
-                    self.outputs.analytics(&key, &record, &source.trace)
+                self.must_write(source, stop, "analytics", || async {
+                    let record = self.outputs.analytics(&key, &record, &source.trace);
+                    self.outputs.resend(&record).await
                 })
                 .await?;
             }
@@ -465,8 +466,9 @@ impl Sending {
                 self.outputs
                     .raw(&self.rejections_topic, key, &rejection, headers.clone())
             }),
-            self.must_write(source, stop, "analytics", || {
-                self.outputs.analytics(key, &record, &source.trace)
+            self.must_write(source, stop, "analytics", || async {
+                let record = self.outputs.analytics(key, &record, &source.trace);
+                self.outputs.resend(&record).await
             }),
         );
         rejected.and(recorded)
