@@ -159,6 +159,10 @@ impl Node {
                 kafka,
                 "--messages-topic",
                 topic,
+                // Several nodes run side by side; the HTTP listener's
+                // default port would clash.
+                "--http-addr",
+                "off",
             ]
             .map(str::to_owned)
             .to_vec(),

@@ -276,7 +276,13 @@ impl TopicOutputs {
             .kafka
             .producer_config(&[
                 ("linger.ms", "2"),
-                ("message.timeout.ms", "10000"),
+                // librdkafka retries a record in order, behind the records
+                // enqueued before it, for this long: long enough to ride out
+                // a partition leader moving to another broker or a Kafka
+                // restart. A record that fails after it is sent again by
+                // the router and may land after its conversation's later
+                // records.
+                ("message.timeout.ms", "120000"),
                 // Queue snapshots; the queue-state topic allows as much.
                 ("message.max.bytes", QUEUE_SNAPSHOT_MAX_BYTES),
             ])
