@@ -20,14 +20,76 @@ const MESSAGES: usize = 600;
 const CONVERSATIONS: usize = 60;
 
 fn spawn_worker(config: &Path) -> Child {
+    spawn_worker_with(config, &[])
+}
+
+/// A worker process with more environment (configuration overrides).
+fn spawn_worker_with(config: &Path, env: &[(&str, &str)]) -> Child {
     tokio::process::Command::new(env!("CARGO_BIN_EXE_switchboard-workers"))
         .arg("--config")
         .arg(config)
         .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .kill_on_drop(true)
         .spawn()
         .expect("start switchboard-workers")
+}
+
+/// The group and topics a test's workers use; the others get random names.
+struct Names<'a> {
+    group: &'a str,
+    messages: &'a str,
+    analytics: &'a str,
+    agents: &'a str,
+    state: &'a str,
+}
+
+/// Writes `dir/workers.toml` for `names` on `bootstrap`: `settings` are
+/// more top-level keys, `tables` more tables after `[kafka]`.
+fn write_config(
+    dir: &Path,
+    names: &Names,
+    bootstrap: &str,
+    partitions: i32,
+    settings: &str,
+    tables: &str,
+) -> std::path::PathBuf {
+    let Names {
+        group,
+        messages,
+        analytics,
+        agents,
+        state,
+    } = names;
+    let config = dir.join("workers.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+group_id = "{group}"
+messages_topic = "{messages}"
+analytics_topic = "{analytics}"
+agent_queue_topic = "{agents}"
+state_topic = "{state}"
+dlq_topic = "{dlq}"
+rejections_topic = "{rejections}"
+outbound_topic_prefix = "{outbound}"
+metrics_addr = "127.0.0.1:0"
+# Everything is published before the group first joins.
+auto_offset_reset = "earliest"
+{settings}
+[kafka]
+bootstrap_servers = "{bootstrap}"
+topic_partitions = {partitions}
+{tables}"#,
+            dlq = testkit::random_topic("alo.dlq"),
+            rejections = testkit::random_topic("alo.rejections"),
+            outbound = testkit::random_topic("alo.outbound"),
+        ),
+    )
+    .unwrap();
+    config
 }
 
 async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
@@ -80,38 +142,25 @@ async fn killed_worker_loses_nothing() {
     std::fs::create_dir_all(&dir).unwrap();
     let rules = dir.join("rules.toml");
     std::fs::write(&rules, "default = [{ bot = \"recorder\" }]\n").unwrap();
-    let config = dir.join("workers.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-group_id = "{group}"
-messages_topic = "{messages}"
-analytics_topic = "{analytics}"
-agent_queue_topic = "{agents}"
-state_topic = "{state}"
-dlq_topic = "{dlq}"
-rejections_topic = "{rejections}"
-outbound_topic_prefix = "{outbound}"
-rules_file = "{rules}"
-metrics_addr = "127.0.0.1:0"
-shutdown_grace = "5s"
-# Everything is published before the group first joins.
-auto_offset_reset = "earliest"
-[kafka]
-bootstrap_servers = "{bootstrap}"
-topic_partitions = 12
-[bots.recorder]
-endpoint = "http://{bot_addr}"
-"#,
-            rules = rules.display(),
-            state = testkit::random_topic("alo.state"),
-            dlq = testkit::random_topic("alo.dlq"),
-            rejections = testkit::random_topic("alo.rejections"),
-            outbound = testkit::random_topic("alo.outbound"),
+    let state = testkit::random_topic("alo.state");
+    let names = Names {
+        group: &group,
+        messages: &messages,
+        analytics: &analytics,
+        agents: &agents,
+        state: &state,
+    };
+    let config = write_config(
+        &dir,
+        &names,
+        &bootstrap,
+        12,
+        &format!(
+            "rules_file = \"{}\"\nshutdown_grace = \"5s\"",
+            rules.display()
         ),
-    )
-    .unwrap();
+        &format!("[bots.recorder]\nendpoint = \"http://{bot_addr}\"\n"),
+    );
 
     let mut first = spawn_worker(&config);
     wait_until(
@@ -231,34 +280,23 @@ async fn killed_between_a_state_change_and_its_flush_loses_nothing() {
 
     let dir = std::env::temp_dir().join(testkit::random_topic("gap"));
     std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("workers.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-group_id = "{group}"
-messages_topic = "{messages}"
-analytics_topic = "{analytics}"
-agent_queue_topic = "{agents}"
-state_topic = "{state}"
-dlq_topic = "{dlq}"
-rejections_topic = "{rejections}"
-outbound_topic_prefix = "{outbound}"
-metrics_addr = "127.0.0.1:0"
-auto_offset_reset = "earliest"
-# The first worker never reaches its first flush.
-state_flush_interval = "10m"
-[kafka]
-bootstrap_servers = "{bootstrap}"
-topic_partitions = 4
-"#,
-            agents = name("agents"),
-            dlq = name("dlq"),
-            rejections = name("rejections"),
-            outbound = name("outbound"),
-        ),
-    )
-    .unwrap();
+    let agents = name("agents");
+    let names = Names {
+        group: &group,
+        messages: &messages,
+        analytics: &analytics,
+        agents: &agents,
+        state: &state,
+    };
+    // The first worker never reaches its first flush.
+    let config = write_config(
+        &dir,
+        &names,
+        &bootstrap,
+        4,
+        "state_flush_interval = \"10m\"",
+        "",
+    );
     let read_ids = |topic: &str, at_least: usize| {
         let (bootstrap, topic) = (bootstrap.clone(), topic.to_owned());
         tokio::task::spawn_blocking(move || {
@@ -290,15 +328,10 @@ topic_partitions = 4
     );
 
     // The next owner redoes every message and writes the states.
-    let mut second = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchboard-workers"))
-        .arg("--config")
-        .arg(&config)
-        .env("RUST_LOG", "warn")
-        .env("SWITCHBOARD_WORKERS_STATE_FLUSH_INTERVAL", "100ms")
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut second = spawn_worker_with(
+        &config,
+        &[("SWITCHBOARD_WORKERS_STATE_FLUSH_INTERVAL", "100ms")],
+    );
     let redone = read_ids(&analytics, 2 * MESSAGES).await.unwrap();
     let mut routings = std::collections::HashMap::<String, usize>::new();
     for record in &redone {

@@ -79,11 +79,6 @@ impl WriteBehind {
         self.waiting.len()
     }
 
-    /// Whether a flush is being written.
-    pub fn writing(&self) -> bool {
-        self.writing
-    }
-
     /// Takes the next flush, unless one is being written or nothing changed.
     pub fn take(&mut self) -> Option<Flush> {
         if self.writing || self.dirty.is_empty() {
