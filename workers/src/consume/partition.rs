@@ -349,10 +349,12 @@ pub(super) async fn route_partition(
         // not done (retried, maybe forever), take no new ones until it
         // finishes. The queue fills and the partition is paused; the
         // finished-offsets set stays bounded and nothing is skipped.
-        // Messages done but for their state's flush count too.
+        // Messages done but for their state's flush count too, and those
+        // waiting for Kafka's answers: none of them is done yet.
         let waiting = work.write_behind.waiting();
-        let full = cx.tracker.lock().expect("tracker lock").done_ahead() + waiting
-            >= cx.max_finished_ahead;
+        let full =
+            cx.tracker.lock().expect("tracker lock").done_ahead() + waiting + work.settling.len()
+                >= cx.max_finished_ahead;
         if flushing.is_none() && (!open || full || waiting >= FLUSH_EARLY) {
             flushing = work.flush();
         }
