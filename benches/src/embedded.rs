@@ -17,6 +17,25 @@ use crate::pipeline::{Pipeline, PipelineConfig};
 /// The demo's routing rules, used when no rules file is given.
 pub const DEMO_RULES: &str = include_str!("../../deploy/rules/demo.toml");
 
+/// The demo's tenants, used when no tenants file is given: tenant `demo`
+/// with demo webhook secrets for every channel, and gRPC open to callers
+/// without a key.
+pub const DEMO_TENANTS: &str = include_str!("../../deploy/config/tenants.demo.toml");
+
+/// The demo tenant's secrets, as [`DEMO_TENANTS`] holds them.
+pub mod demo_secrets {
+    /// The tenant.
+    pub const TENANT: &str = "demo";
+    /// Meta's app secret (WhatsApp, Messenger, Instagram signatures).
+    pub const APP_SECRET: &str = "demo-app-secret";
+    /// Meta's verify token (the GET handshake).
+    pub const VERIFY_TOKEN: &str = "demo-verify-token";
+    /// Twilio's auth token (SMS signatures).
+    pub const TWILIO_AUTH_TOKEN: &str = "demo-twilio-token";
+    /// The web chat key.
+    pub const WEBCHAT_KEY: &str = "demo-webchat-key";
+}
+
 /// Where the embedded pipeline listens.
 #[derive(Debug, Clone)]
 pub struct EmbeddedConfig {
@@ -24,8 +43,8 @@ pub struct EmbeddedConfig {
     pub grpc_addr: SocketAddr,
     /// Ingestion node HTTP webhook address; none: no HTTP listener.
     pub http_addr: Option<SocketAddr>,
-    /// Tenants file (API keys, rate limits, webhook secrets); none:
-    /// authentication off, webhook signatures not checked.
+    /// Tenants file (API keys, rate limits, webhook secrets); none: the
+    /// built-in demo tenants ([`DEMO_TENANTS`]).
     pub auth_file: Option<PathBuf>,
     /// Demo bot gRPC address.
     pub bot_addr: SocketAddr,
@@ -45,15 +64,25 @@ pub struct Embedded {
     pub pipeline: Pipeline,
     /// Its configuration (topics, group, Kafka address).
     pub config: PipelineConfig,
-    _rules: Option<TempRules>,
+    _files: Vec<TempFile>,
     /// The stand-in providers the demo's replies are sent to: WhatsApp,
     /// Messenger, Instagram, Twilio, web chat.
     pub providers: Vec<switchboard_testkit::providers::StandIn>,
 }
 
-struct TempRules(PathBuf);
+/// A file the demo wrote, removed when it stops.
+struct TempFile(PathBuf);
 
-impl Drop for TempRules {
+impl TempFile {
+    fn write(name: &str, content: &str) -> std::io::Result<Self> {
+        let path =
+            std::env::temp_dir().join(format!("switchboard-demo-{name}-{}.toml", uuid_like()));
+        std::fs::write(&path, content)?;
+        Ok(Self(path))
+    }
+}
+
+impl Drop for TempFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
     }
@@ -72,22 +101,20 @@ impl Embedded {
         for topic in pipeline_config.workers_config(config.bot_addr).topics() {
             mock.create_topic(&topic, config.partitions, 1)?;
         }
-        let temp_rules = match config.rules_file {
-            Some(path) => {
-                pipeline_config.rules_file = Some(path);
-                None
-            }
+        let mut files = Vec::new();
+        let mut built_in = |given: Option<PathBuf>, name, content| match given {
+            Some(path) => Ok::<_, std::io::Error>(path),
             None => {
-                let path = std::env::temp_dir()
-                    .join(format!("switchboard-demo-rules-{}.toml", uuid_like()));
-                std::fs::write(&path, DEMO_RULES)?;
-                pipeline_config.rules_file = Some(path.clone());
-                Some(TempRules(path))
+                let file = TempFile::write(name, content)?;
+                let path = file.0.clone();
+                files.push(file);
+                Ok(path)
             }
         };
+        pipeline_config.rules_file = Some(built_in(config.rules_file, "rules", DEMO_RULES)?);
+        pipeline_config.auth_file = Some(built_in(config.auth_file, "tenants", DEMO_TENANTS)?);
         pipeline_config.grpc_addr = config.grpc_addr;
         pipeline_config.http_addr = config.http_addr;
-        pipeline_config.auth_file = config.auth_file;
         pipeline_config.bot_addr = config.bot_addr;
         pipeline_config.workers = config.workers;
         let providers = demo_providers::start(&mut pipeline_config.senders).await;
@@ -96,7 +123,7 @@ impl Embedded {
             mock,
             pipeline,
             config: pipeline_config,
-            _rules: temp_rules,
+            _files: files,
             providers,
         })
     }

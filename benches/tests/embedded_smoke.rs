@@ -4,7 +4,8 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use switchboard_benches::embedded::{Embedded, EmbeddedConfig};
+use switchboard_benches::embedded::{Embedded, EmbeddedConfig, demo_secrets};
+use switchboard_broker::http::signature::meta_signature;
 use switchboard_proto::v1::{Channel, Direction, Envelope, envelope::Content};
 use switchboard_testkit as testkit;
 
@@ -200,25 +201,55 @@ async fn load_generator_drives_the_embedded_pipeline() {
             .all(|r| r.text().is_some_and(|t| t.starts_with("echo: ")))
     );
 
-    // The HTTP webhook listener takes a web chat message (no tenants file:
-    // no key needed) and answers once Kafka has it.
+    // The HTTP webhook listener checks the built-in demo tenant's secrets
+    // (fail closed): a web chat message without the key is refused, with
+    // it answered once Kafka has it; so is a signed WhatsApp webhook.
     let http = embedded
         .pipeline
         .http_addr
         .expect("the HTTP listener is on");
-    let response = reqwest::Client::new()
-        .post(format!("http://{http}/webhooks/demo/webchat"))
-        .header("content-type", "application/json")
-        .body(r#"{"conversationId":"site:v-1","channelMessageId":"wc-1","customer":{"id":"v-1"},"business":{"id":"site"},"text":{"body":"hello"}}"#)
+    let client = reqwest::Client::new();
+    let webchat = |key: Option<&str>| {
+        let request = client
+            .post(format!("http://{http}/webhooks/demo/webchat"))
+            .header("content-type", "application/json")
+            .body(r#"{"conversationId":"site:v-1","channelMessageId":"wc-1","customer":{"id":"v-1"},"business":{"id":"site"},"text":{"body":"hello"}}"#);
+        match key {
+            Some(key) => request.bearer_auth(key),
+            None => request,
+        }
         .send()
-        .await
-        .unwrap();
+    };
+    assert_eq!(
+        webchat(None).await.unwrap().status(),
+        reqwest::StatusCode::UNAUTHORIZED
+    );
+    let response = webchat(Some(demo_secrets::WEBCHAT_KEY)).await.unwrap();
     assert_eq!(response.status(), reqwest::StatusCode::OK);
     let answer: serde_json::Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
     assert_eq!(
         answer["results"].as_array().map(Vec::len),
         Some(1),
         "{answer}"
+    );
+    let body = br#"{"object":"whatsapp_business_account","entry":[{"id":"1","changes":[{"field":"messages","value":{"messaging_product":"whatsapp","metadata":{"display_phone_number":"15550000000","phone_number_id":"demo-phone-number-id"},"messages":[{"from":"16505551234","id":"wamid.smoke-1","timestamp":"1700000000","type":"text","text":{"body":"hello"}}]}}]}]}"#;
+    let whatsapp = |signature: String| {
+        client
+            .post(format!("http://{http}/webhooks/demo/whatsapp"))
+            .header("content-type", "application/json")
+            .header("x-hub-signature-256", signature)
+            .body(body.to_vec())
+            .send()
+    };
+    let wrong = meta_signature(b"not-the-demo-secret", body);
+    assert_eq!(
+        whatsapp(wrong).await.unwrap().status(),
+        reqwest::StatusCode::UNAUTHORIZED
+    );
+    let signed = meta_signature(demo_secrets::APP_SECRET.as_bytes(), body);
+    assert_eq!(
+        whatsapp(signed).await.unwrap().status(),
+        reqwest::StatusCode::OK
     );
 
     let Embedded { mock, pipeline, .. } = embedded;

@@ -343,7 +343,7 @@ async fn the_verification_handshake_needs_the_verify_token() {
         .send()
         .await
         .unwrap();
-    assert_eq!(other.status(), StatusCode::NOT_FOUND);
+    assert_eq!(other.status(), StatusCode::UNAUTHORIZED);
     node.stop().await;
 }
 
@@ -487,8 +487,8 @@ async fn webchat_needs_the_key_and_an_allowed_origin() {
 }
 
 /// Refusals providers understand, none of which publishes: 400 naming the
-/// bad fields, 413 over the body limit, 404 for a tenant or channel with
-/// no webhook, 429 with `Retry-After` over the tenant's rate limit.
+/// bad fields, 413 over the body limit, 401 for a tenant or channel with
+/// no secrets, 429 with `Retry-After` over the tenant's rate limit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the real local Kafka: run deploy/test.sh"]
 async fn refusals_name_what_is_wrong_and_publish_nothing() {
@@ -567,14 +567,15 @@ async fn refusals_name_what_is_wrong_and_publish_nothing() {
         "{refusal}"
     );
 
-    // No webhook for this tenant, or no such channel.
-    for path in [
-        "/webhooks/globex/whatsapp",
-        "/webhooks/acme/messenger",
-        "/webhooks/acme/fax",
+    // No secrets for this tenant or channel: fail closed. No such channel: 404.
+    for (path, status) in [
+        ("/webhooks/globex/whatsapp", StatusCode::UNAUTHORIZED),
+        ("/webhooks/acme/messenger", StatusCode::UNAUTHORIZED),
+        ("/webhooks/nobody/sms", StatusCode::UNAUTHORIZED),
+        ("/webhooks/acme/fax", StatusCode::NOT_FOUND),
     ] {
         let response = node.post(path, b"{}", &borrowed(&signed)).await;
-        assert_eq!(response.status(), StatusCode::NOT_FOUND, "{path}");
+        assert_eq!(response.status(), status, "{path}");
     }
 
     let published = node.published(1).await;

@@ -21,9 +21,14 @@
 //! HTTP webhook listener checks (see [`webhooks`] for the format); they
 //! reload with the file, and with the secret files it names.
 //!
-//! Without a tenants file, authentication is off: every caller may publish
-//! for any tenant, without limits, and HTTP webhooks are not checked. That
-//! suits local development only.
+//! Without a tenants file, gRPC authentication is off: every caller may
+//! publish for any tenant, without limits. That suits local development
+//! only. HTTP webhooks fail closed: a tenant and channel without secrets in
+//! a tenants file are refused (401), so a node without one takes no HTTP
+//! webhook at all. A tenants file may keep gRPC open while its webhooks are
+//! checked (`api_keys_required = false`, for demos): a call without an
+//! `authorization` header is then admitted as anyone, and a call with one
+//! is still checked.
 
 use std::{
     collections::HashMap,
@@ -50,14 +55,22 @@ use self::webhooks::{SecretFile, TenantWebhooks, WebhooksEntry};
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TenantsFile {
+    /// Whether gRPC callers must present an API key (the default).
+    #[serde(default = "required")]
+    api_keys_required: bool,
     #[serde(default)]
     tenants: Vec<TenantEntry>,
+}
+
+fn required() -> bool {
+    true
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TenantEntry {
     id: String,
+    #[serde(default)]
     api_keys_sha256: Vec<String>,
     rate_limit_per_second: u32,
     #[serde(default)]
@@ -77,6 +90,8 @@ struct Tenant {
 /// One loaded tenants file: key digests to tenant ids, and the tenants.
 #[derive(Default)]
 struct Snapshot {
+    /// `api_keys_required`.
+    keys_required: bool,
     keys: HashMap<[u8; 32], String>,
     tenants: HashMap<String, Tenant>,
     /// The secret files the tenants file names, with their modification times.
@@ -125,9 +140,8 @@ pub enum Caller {
 
 /// How the HTTP webhook listener checks one tenant's webhooks on one channel.
 pub enum WebhookAuth {
-    /// No tenants file: nothing is checked (local development only).
-    Off,
-    /// The tenant is unknown, or has no webhook secrets for the channel.
+    /// The tenant is unknown, or has no webhook secrets for the channel (or
+    /// there is no tenants file): refused.
     NotConfigured,
     /// The channel's secrets, and the tenant as a caller (its rate limit).
     Checked {
@@ -199,17 +213,18 @@ impl Auth {
         Ok(auth)
     }
 
-    /// Whether callers must authenticate.
+    /// Whether gRPC callers must present an API key.
     pub fn enabled(&self) -> bool {
-        self.file.is_some()
+        self.file.is_some() && self.state.read().expect("auth lock").0.keys_required
     }
 
     /// Identifies the caller from its `authorization` metadata.
     pub fn authenticate(&self, metadata: &MetadataMap) -> Result<Caller, IngestError> {
-        if !self.enabled() {
+        let header = metadata.get("authorization");
+        if self.file.is_none() || (header.is_none() && !self.enabled()) {
             return Ok(Caller::Anyone);
         }
-        let header = metadata.get("authorization").ok_or_else(|| {
+        let header = header.ok_or_else(|| {
             IngestError::Unauthenticated("missing `authorization: Bearer <API key>` metadata")
         })?;
         let key = header.to_str().ok().and_then(bearer).ok_or_else(|| {
@@ -237,9 +252,6 @@ impl Auth {
     /// How a webhook of `tenant` on `channel` is checked, with the tenants
     /// now in force.
     pub fn webhook(&self, tenant: &str, channel: Channel) -> WebhookAuth {
-        if !self.enabled() {
-            return WebhookAuth::Off;
-        }
         let snapshot = self.state.read().expect("auth lock").0.clone();
         let Some(entry) = snapshot.tenants.get(tenant) else {
             return WebhookAuth::NotConfigured;
@@ -304,7 +316,7 @@ impl Auth {
         interval: Duration,
         stop: switchboard_runtime::shutdown::Shutdown,
     ) {
-        if !self.enabled() {
+        if self.file.is_none() {
             return;
         }
         let auth = self.clone();
@@ -339,7 +351,10 @@ fn load(path: &Path, previous: &Snapshot) -> anyhow::Result<Snapshot> {
         )
     })?;
     let dir = path.parent().unwrap_or(Path::new("."));
-    let mut snapshot = Snapshot::default();
+    let mut snapshot = Snapshot {
+        keys_required: file.api_keys_required,
+        ..Snapshot::default()
+    };
     for entry in file.tenants {
         let problem = |what: String| anyhow::anyhow!("tenant {:?}: {what}", entry.id);
         if entry.id.is_empty() || entry.id.contains('/') {
@@ -347,9 +362,9 @@ fn load(path: &Path, previous: &Snapshot) -> anyhow::Result<Snapshot> {
                 "`id` must be non-empty and must not contain '/'".into(),
             ));
         }
-        if entry.api_keys_sha256.is_empty() {
+        if entry.api_keys_sha256.is_empty() && entry.webhooks.is_empty() {
             return Err(problem(
-                "`api_keys_sha256` must list at least one key digest".into(),
+                "lists neither API keys (`api_keys_sha256`) nor webhook secrets".into(),
             ));
         }
         for hex_digest in &entry.api_keys_sha256 {

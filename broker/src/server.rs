@@ -45,10 +45,14 @@ impl Broker {
         };
         let publisher = Arc::new(Publisher::new(config.publisher())?);
         let auth = Arc::new(Auth::new(config.auth_file.as_deref())?);
-        if !auth.enabled() {
+        if config.auth_file.is_none() {
             tracing::warn!(
-                "no auth_file: authentication and rate limits are OFF; any caller may publish for any tenant, \
-                 and HTTP webhooks are accepted without checking their signatures"
+                "no auth_file: gRPC authentication and rate limits are OFF, any caller may publish for any tenant; \
+                 HTTP webhooks are all refused (no tenant has webhook secrets)"
+            );
+        } else if !auth.enabled() {
+            tracing::warn!(
+                "api_keys_required = false: gRPC calls without an API key are admitted for any tenant, without limits"
             );
         }
         Ok(Self {

@@ -20,8 +20,9 @@ struct Args {
     #[arg(long, default_value = "127.0.0.1:8080")]
     http_addr: String,
     /// Tenants file: API keys, rate limits and webhook secrets
-    /// (deploy/config/tenants.example.toml) [default: none: authentication
-    /// is off and webhook signatures are not checked].
+    /// (deploy/config/tenants.example.toml) [default: the built-in demo
+    /// tenants, deploy/config/tenants.demo.toml: tenant "demo" with demo
+    /// webhook secrets, printed at startup, and gRPC open without a key].
     #[arg(long)]
     auth_file: Option<PathBuf>,
     /// Demo bot gRPC address.
@@ -62,7 +63,13 @@ async fn main() -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("--http-addr {addr:?}: {e}"))?,
         ),
     };
-    let checked = args.auth_file.is_some();
+    let built_in_tenants = args.auth_file.is_none();
+    let rules = args
+        .rules
+        .as_ref()
+        .map_or("built-in (deploy/rules/demo.toml)".into(), |p| {
+            p.display().to_string()
+        });
     let starting = Embedded::start(EmbeddedConfig {
         grpc_addr: args.grpc_addr,
         http_addr,
@@ -79,32 +86,12 @@ async fn main() -> anyhow::Result<()> {
     let traffic = tokio::spawn(log_traffic(embedded.config.clone(), stop.clone()));
 
     let grpc = embedded.pipeline.grpc_addr;
-    // The HTTP listener's address, and a web chat message to post to it.
-    let (webhooks, post_webhook) = match embedded.pipeline.http_addr {
-        None => ("off (--http-addr)".to_owned(), String::new()),
-        Some(http) => {
-            let (checks, tenant, key) = if checked {
-                (
-                    "signatures and keys checked with the tenants file",
-                    "<tenant>",
-                    " -H 'authorization: Bearer <web chat key>'",
-                )
-            } else {
-                (
-                    "signatures NOT checked: no tenants file (--auth-file FILE)",
-                    "demo",
-                    "",
-                )
-            };
-            (
-                format!(
-                    "HTTP http://{http}/webhooks/{{tenant}}/{{channel}}\n            (whatsapp, messenger, instagram, sms, webchat; {checks})"
-                ),
-                format!(
-                    "\n  curl -i http://{http}/webhooks/{tenant}/webchat -H 'content-type: application/json'{key} \\\n    -d '{{\"conversationId\":\"site:v-1\",\"channelMessageId\":\"wc-1\",\"customer\":{{\"id\":\"v-1\"}},\"business\":{{\"id\":\"site\"}},\"text\":{{\"body\":\"hello\"}}}}'"
-                ),
-            )
-        }
+    let webhooks = match embedded.pipeline.http_addr {
+        None => "off (--http-addr)".to_owned(),
+        Some(http) if built_in_tenants => demo_webhooks(http),
+        Some(http) => format!(
+            "HTTP http://{http}/webhooks/{{tenant}}/{{channel}}\n            (signatures and keys checked with the tenants file)"
+        ),
     };
     println!(
         r#"
@@ -122,7 +109,7 @@ Switchboard embedded is running.
 
 Send a message (in another terminal):
   cargo run --release --bin switchboard-bench -- --target http://{grpc} --messages 200
-  grpcurl -plaintext -emit-defaults -d '{{"envelope":{{"tenantId":"demo","channel":"WEBCHAT","direction":"INBOUND","conversationId":"c-1","text":{{"body":"hello"}}}}}}' {grpc} switchboard.v1.Ingest/Publish{post_webhook}
+  grpcurl -plaintext -emit-defaults -d '{{"envelope":{{"tenantId":"demo","channel":"WEBCHAT","direction":"INBOUND","conversationId":"c-1","text":{{"body":"hello"}}}}}}' {grpc} switchboard.v1.Ingest/Publish
 
 Routed traffic is logged below. Ctrl-C stops everything.
 "#,
@@ -132,11 +119,6 @@ Routed traffic is logged below. Ctrl-C stops everything.
         messages = embedded.config.messages_topic,
         analytics = embedded.config.analytics_topic,
         agents = embedded.config.agent_queue_topic,
-        rules = embedded
-            .config
-            .rules_file
-            .as_ref()
-            .map_or("built-in".into(), |p| p.display().to_string()),
     );
 
     stop.cancelled().await;
@@ -148,4 +130,21 @@ Routed traffic is logged below. Ctrl-C stops everything.
     std::mem::forget(mock);
     println!("Switchboard embedded stopped.");
     result
+}
+
+/// The demo tenant's webhook URLs and secrets, with a WhatsApp webhook
+/// signed with `openssl dgst` and POSTed with curl.
+fn demo_webhooks(http: SocketAddr) -> String {
+    use switchboard_benches::embedded::demo_secrets::*;
+    let url = format!("http://{http}/webhooks/{TENANT}");
+    format!(
+        r#"HTTP {url}/{{whatsapp,messenger,instagram,sms,webchat}}
+            Signatures are checked. Tenant "{TENANT}"'s DEMO secrets:
+            Meta app secret "{APP_SECRET}", verify token "{VERIFY_TOKEN}",
+            Twilio auth token "{TWILIO_AUTH_TOKEN}", web chat key "{WEBCHAT_KEY}".
+            A signed WhatsApp message (the echo bot's reply leaves through the sender):
+  body='{{"object":"whatsapp_business_account","entry":[{{"id":"1","changes":[{{"field":"messages","value":{{"messaging_product":"whatsapp","metadata":{{"display_phone_number":"15550000000","phone_number_id":"demo-phone-number-id"}},"contacts":[{{"wa_id":"16505551234","profile":{{"name":"Kim"}}}}],"messages":[{{"from":"16505551234","id":"wamid.demo-1","timestamp":"'"$(date +%s)"'","type":"text","text":{{"body":"hello"}}}}]}}}}]}}]}}'
+  sig=$(printf %s "$body" | openssl dgst -sha256 -hmac {APP_SECRET} | sed 's/^.* //')
+  curl -i {url}/whatsapp -H 'content-type: application/json' -H "x-hub-signature-256: sha256=$sig" --data-binary "$body""#
+    )
 }

@@ -136,7 +136,7 @@ fn invalid_files_are_refused_at_start() {
     for (text, expected) in [
         (
             "[[tenants]]\nid = \"a\"\napi_keys_sha256 = []\nrate_limit_per_second = 1\n",
-            "at least one key",
+            "neither API keys",
         ),
         (
             "[[tenants]]\nid = \"a/b\"\napi_keys_sha256 = []\nrate_limit_per_second = 1\n",
@@ -213,9 +213,44 @@ fn webhook_secrets_reload_with_their_files() {
     assert!(auth.reload_if_changed().unwrap(), "the secret file changed");
     assert_eq!(app_secret(&auth), "second-secret");
 
+    // Fail closed: without a tenants file no webhook is configured.
     assert!(matches!(
         Auth::new(None).unwrap().webhook("acme", Channel::Whatsapp),
-        WebhookAuth::Off
+        WebhookAuth::NotConfigured
+    ));
+}
+
+/// `api_keys_required = false`: gRPC calls without a key are admitted,
+/// a key that is presented is still checked, and webhooks stay checked.
+#[test]
+fn api_keys_not_required_keeps_grpc_open_and_webhooks_checked() {
+    let file = temp_file("open");
+    write(
+        &file,
+        "api_keys_required = false\n[[tenants]]\nid = \"demo\"\nrate_limit_per_second = 10\n\
+         [tenants.webhooks.sms]\nauth_token = \"t\"\n",
+        1,
+    );
+    let auth = Auth::new(Some(&file)).unwrap();
+    assert!(!auth.enabled());
+    assert!(matches!(
+        auth.authenticate(&metadata(None)).unwrap(),
+        Caller::Anyone
+    ));
+    assert_eq!(
+        auth.authenticate(&metadata(Some("Bearer wrong")))
+            .err()
+            .unwrap()
+            .code(),
+        Code::Unauthenticated
+    );
+    assert!(matches!(
+        auth.webhook("demo", Channel::Sms),
+        WebhookAuth::Checked { .. }
+    ));
+    assert!(matches!(
+        auth.webhook("demo", Channel::Whatsapp),
+        WebhookAuth::NotConfigured
     ));
 }
 

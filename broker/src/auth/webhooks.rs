@@ -132,6 +132,15 @@ impl TenantWebhooks {
 pub(super) type SecretFile = (PathBuf, Option<SystemTime>);
 
 impl WebhooksEntry {
+    /// Whether no channel has a table.
+    pub(super) fn is_empty(&self) -> bool {
+        self.whatsapp.is_none()
+            && self.messenger.is_none()
+            && self.instagram.is_none()
+            && self.sms.is_none()
+            && self.webchat.is_none()
+    }
+
     /// Resolves the secrets, reading the files named (relative to `dir`)
     /// and recording them in `files`. Errors name fields and files, never
     /// secret values.

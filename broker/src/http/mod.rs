@@ -17,8 +17,9 @@
 //! `GET` on a Meta channel is the verification handshake; `OPTIONS` is CORS
 //! preflight for web chat pages. Answers ([`response`]): 200 once Kafka
 //! acknowledged every event, 400 naming the bad fields, 401 for a missing
-//! or wrong signature (nothing published), 403 for a refused origin or
-//! verify token, 404 for a tenant or channel with no webhook configured,
+//! or wrong signature (nothing published) and for a tenant or channel
+//! without secrets (fail closed), 403 for a refused origin or verify
+//! token, 404 for no such channel,
 //! 413 over `webhook_limits.max_body_bytes`, 429 with `Retry-After` over
 //! the tenant's rate limit, 503 with `Retry-After` when Kafka is
 //! unavailable or the node is at a bound (the provider redelivers).

@@ -29,7 +29,7 @@ use super::{
     verify::{self, Received, Refusal},
 };
 use crate::{
-    auth::{Auth, Caller, ChannelSecrets, WebhookAuth},
+    auth::{Auth, ChannelSecrets, WebhookAuth},
     service::{IngestService, Webhook, WebhookRoute},
 };
 
@@ -104,13 +104,12 @@ fn path_parts(path: &str) -> Option<(String, Option<Channel>)> {
 }
 
 /// Whether a browser page at `origin` may post to `uri`: a web chat
-/// tenant's allowed origins; any while authentication is off.
+/// tenant's allowed origins.
 fn origin_allowed(auth: &Auth, origin: &HeaderValue, uri: &Uri) -> bool {
     let Some((tenant, Some(channel))) = path_parts(uri.path()) else {
         return false;
     };
     match auth.webhook(&tenant, channel) {
-        WebhookAuth::Off => true,
         WebhookAuth::NotConfigured => false,
         WebhookAuth::Checked { secrets, .. } => {
             origin.to_str().is_ok_and(|o| secrets.allows_origin(o))
@@ -126,11 +125,13 @@ fn unknown_channel() -> Response {
     )
 }
 
+/// Fail closed: a tenant and channel without secrets take nothing, even
+/// when gRPC authentication is off.
 fn not_configured(tenant: &str, channel: Channel) -> Response {
     response::refused(
-        StatusCode::NOT_FOUND,
+        StatusCode::UNAUTHORIZED,
         &format!(
-            "tenant {tenant:?} has no {} webhook configured on this node",
+            "tenant {tenant:?} has no {} webhook secrets on this node, so nothing it posts can be verified",
             channel.slug()
         ),
         Vec::new(),
@@ -167,7 +168,6 @@ async fn receive(
         }
     };
     let caller = match state.auth.webhook(&tenant, channel) {
-        WebhookAuth::Off => Caller::Anyone,
         WebhookAuth::NotConfigured => return not_configured(&tenant, channel),
         WebhookAuth::Checked { caller, secrets } => {
             let received = Received {
@@ -268,7 +268,6 @@ async fn handshake(
     };
     let token = handshake.verify_token.unwrap_or_default();
     let token_ok = match state.auth.webhook(&tenant, channel) {
-        WebhookAuth::Off => true,
         WebhookAuth::NotConfigured => return not_configured(&tenant, channel),
         WebhookAuth::Checked { secrets, .. } => match &*secrets {
             ChannelSecrets::Meta { verify_token, .. } => token
