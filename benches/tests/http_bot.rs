@@ -23,12 +23,16 @@ use prost::Message as _;
 use rdkafka::{Message as _, message::Headers};
 use switchboard_benches::pipeline::{Pipeline, PipelineConfig};
 use switchboard_proto::v1::{
-    BotRequest, Channel, Direction, Envelope, PublishRequest, envelope::Content,
+    AnalyticsRecord, BotRequest, Channel, ConversationState, Direction, Envelope, PublishRequest,
+    envelope::Content,
 };
 use switchboard_testkit::{self as testkit, RecordingBot};
-use switchboard_workers::destinations::{
-    bot::{BotConfig, BotProtocol},
-    topics::headers,
+use switchboard_workers::{
+    destinations::{
+        bot::{BotConfig, BotProtocol},
+        topics::headers,
+    },
+    route::decide::BOT_REPLY,
 };
 use tokio::net::TcpListener;
 
@@ -163,6 +167,50 @@ async fn webhook_bot_gets_json_and_its_replies_and_handoffs_take_effect() {
         (reply.direction(), reply.conversation_id.as_str()),
         (Direction::Outbound, "web-1")
     );
+    // The reply is a message of its own: on analytics right after the
+    // message it answers, decided as a bot reply, with the id it left with.
+    let records: Vec<AnalyticsRecord> = read(&bootstrap, &config.analytics_topic, 4)
+        .await
+        .iter()
+        .map(|m| AnalyticsRecord::decode(m.payload().unwrap()).unwrap())
+        .collect();
+    let decided_by: Vec<&str> = records
+        .iter()
+        .map(|r| r.decision.as_ref().unwrap().rule_id.as_str())
+        .collect();
+    assert_eq!(decided_by, ["default", BOT_REPLY, "default", "default"]);
+    let answered = records[0].envelope.as_ref().unwrap();
+    assert_eq!(records[1].envelope.as_ref().unwrap(), &reply);
+    let decision = records[1].decision.as_ref().unwrap();
+    assert_eq!(
+        decision.reason,
+        format!("reply of bot web to message {}", answered.message_id)
+    );
+    assert_eq!(decision.message_id, reply.message_id);
+    // And the conversation's state knows when it left.
+    let state_topic = config.state_topic.clone();
+    let left = reply.received_at.unwrap();
+    let reader = bootstrap.clone();
+    let states = tokio::task::spawn_blocking(move || {
+        testkit::read_topic(&reader, &state_topic, Duration::from_secs(60), |r| {
+            r.iter().any(|m| {
+                ConversationState::decode(m.payload().unwrap_or_default())
+                    .is_ok_and(|s| s.last_outbound_at.is_some())
+            })
+        })
+    })
+    .await
+    .unwrap();
+    let last_outbound = states
+        .iter()
+        .filter_map(|m| {
+            ConversationState::decode(m.payload()?)
+                .ok()?
+                .last_outbound_at
+        })
+        .next_back()
+        .expect("a state with the reply's time");
+    assert_eq!(last_outbound, left);
     // The JSON handoff, then the next message, went to the agents' queue.
     let tasks = read(&bootstrap, &config.agent_queue_topic, 2).await;
     let bodies: Vec<String> = tasks

@@ -18,7 +18,7 @@ use rdkafka::{
 };
 use switchboard_proto::v1::{
     AnalyticsRecord, Attachments, Channel, Direction, Envelope, Media, MessageTag, Party,
-    Rejection, Text, envelope::Content, media::Kind, send_outcome::Status,
+    Rejection, RejectionReason, Text, envelope::Content, media::Kind, send_outcome::Status,
 };
 use switchboard_runtime::shutdown::Shutdown;
 use switchboard_testkit::{
@@ -455,6 +455,7 @@ async fn refusals_go_to_rejections_with_the_providers_code_and_the_offset_moves_
     let mut codes = Vec::new();
     for record in &rejections {
         let rejection = Rejection::decode(record.payload().unwrap()).unwrap();
+        assert_eq!(rejection.reason(), RejectionReason::ProviderRefused);
         let code = header(record, headers::CODE).unwrap();
         assert!(rejection.detail.contains(&code), "{}", rejection.detail);
         assert!(header(record, headers::REASON).is_some_and(|r| !r.is_empty()));

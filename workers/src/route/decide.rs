@@ -58,6 +58,8 @@ pub struct Routing<'a> {
     targets: Vec<DestinationSpec>,
     changed: bool,
     writes: Vec<Write<'a>>,
+    /// Bots' replies, for analytics after the message itself.
+    replies: Vec<AnalyticsRecord>,
     failures: Vec<Failure>,
     source: Source<'a>,
     stop: &'a CancellationToken,
@@ -130,6 +132,7 @@ impl Router {
             decision.rule_id.clone_into(&mut route.rule_id);
             if envelope.direction() == Direction::Outbound {
                 targets.push(DestinationSpec::Outbound);
+                changed |= effects::sent(state, &envelope);
             }
             for spec in decision.destinations {
                 match spec {
@@ -158,6 +161,7 @@ impl Router {
             targets,
             changed,
             writes,
+            replies: Vec::new(),
             failures: Vec::new(),
             source,
             stop,
@@ -206,12 +210,16 @@ impl Router {
                     self.metrics
                         .bot_replies
                         .increment(response.replies.len() as u64);
-                    // Replies go back into the pipeline, to the channel's outbound topic.
-                    for reply in &response.replies {
-                        let reply = as_reply(reply, &routing.envelope);
-                        routing
-                            .writes
-                            .push(self.send_outbound(&reply, state, &trace));
+                    // Replies go to the channel's outbound topic, to analytics
+                    // and into the conversation's state, like any outbound
+                    // message.
+                    for (i, reply) in response.replies.iter().enumerate() {
+                        let reply = as_reply(reply, &routing.envelope, &name, i);
+                        let (write, record, changed) =
+                            self.reply(reply, &name, &routing, state, &trace);
+                        routing.changed |= changed;
+                        routing.writes.push(write);
+                        routing.replies.push(record);
                     }
                     if response.handoff {
                         let queue = if response.handoff_queue.is_empty() {
@@ -289,6 +297,7 @@ impl Router {
             route,
             changed,
             mut writes,
+            replies,
             failures,
             source,
             stop,
@@ -308,6 +317,13 @@ impl Router {
             0,
             self.outputs.analytics(&key, &record, &trace),
         ));
+        for reply in &replies {
+            writes.push(self.write(
+                Kind::Analytics,
+                0,
+                self.outputs.analytics(&key, reply, &trace),
+            ));
+        }
         let settling = Box::pin(async move {
             let settled = join_all(writes.into_iter().map(|w| self.settle(w, stop))).await;
             let envelope = record.envelope.as_ref().expect("set above");
@@ -406,25 +422,70 @@ impl Router {
         )
     }
 
-    /// An outbound message for its channel's outbound topic if consent
-    /// allows it, else for the rejections topic.
-    fn send_outbound<'a>(
+    /// A bot's reply to `routing`'s message: for its channel's outbound
+    /// topic if consent allows it (decided by rule [`BOT_REPLY`]), else for
+    /// the rejections topic (rule `consent`); its analytics record; and
+    /// whether the conversation's state changed (its last outbound time).
+    fn reply<'a>(
         &'a self,
-        envelope: &Envelope,
-        state: &ConversationState,
+        reply: Envelope,
+        bot: &str,
+        routing: &Routing<'_>,
+        state: &mut ConversationState,
         trace: &TraceParent,
-    ) -> Write<'a> {
-        if let Err(refusal) = self.consent.check(envelope, state, now_of(envelope)) {
-            return self.reject(&envelope.conversation_key(), envelope, refusal, trace);
-        }
-        self.write(Kind::Outbound, 0, self.outputs.outbound(envelope, trace))
+    ) -> (Write<'a>, AnalyticsRecord, bool) {
+        let mut changed = false;
+        let mut decision = RouteDecision {
+            message_id: reply.message_id.clone(),
+            decided_at: Some(switchboard_proto::timestamp(SystemTime::now())),
+            ..Default::default()
+        };
+        let write = match self.consent.check(&reply, state, now_of(&reply)) {
+            Err(refusal) => {
+                decision.rule_id = "consent".into();
+                decision.reason = format!(
+                    "reply of bot {bot} to message {} rejected ({}): {}",
+                    routing.envelope.message_id,
+                    refusal.label(),
+                    refusal.detail
+                );
+                self.reject(&routing.key, &reply, refusal, trace)
+            }
+            Ok(()) => {
+                decision.rule_id = BOT_REPLY.into();
+                decision.reason = format!(
+                    "reply of bot {bot} to message {}",
+                    routing.envelope.message_id
+                );
+                decision.destinations = vec![to_proto(&DestinationSpec::Outbound)];
+                changed = effects::sent(state, &reply);
+                self.write(Kind::Outbound, 0, self.outputs.outbound(&reply, trace))
+            }
+        };
+        let record = AnalyticsRecord {
+            envelope: Some(reply),
+            decision: Some(decision),
+        };
+        (write, record, changed)
     }
 }
 
+/// The `rule_id` of a bot's reply that consent allowed, on its analytics
+/// record.
+pub const BOT_REPLY: &str = "bot-reply";
+
+/// Reply ids are named in this namespace (a UUIDv5 of the answered
+/// message's id, the bot and the reply's index).
+const REPLY_NAMESPACE: uuid::Uuid =
+    uuid::Uuid::from_u128(0x5b0a_7d3e_2c41_4f6a_9e1d_8c37_b2f0_a611);
+
 /// A bot's reply as an outbound envelope of the conversation it answers:
-/// the conversation's tenant, channel, id and parties, `OUTBOUND`, and a
-/// fresh message id unless the bot set its own.
-fn as_reply(reply: &Envelope, to: &Envelope) -> Envelope {
+/// the conversation's tenant, channel, id and parties, `OUTBOUND`. Its
+/// message id, unless the bot set its own, is derived from the answered
+/// message's, the bot's name and the reply's index: a message routed again
+/// after a crash gets replies with the same ids, which the sender stage
+/// recognizes as already sent.
+pub(super) fn as_reply(reply: &Envelope, to: &Envelope, bot: &str, index: usize) -> Envelope {
     let mut reply = reply.clone();
     reply.tenant_id.clone_from(&to.tenant_id);
     reply.channel = to.channel;
@@ -437,7 +498,8 @@ fn as_reply(reply: &Envelope, to: &Envelope) -> Envelope {
         reply.business.clone_from(&to.business);
     }
     if reply.message_id.is_empty() {
-        reply.message_id = uuid::Uuid::now_v7().to_string();
+        let name = format!("{}/{bot}/{index}", to.message_id);
+        reply.message_id = uuid::Uuid::new_v5(&REPLY_NAMESPACE, name.as_bytes()).to_string();
     }
     if reply.received_at.is_none() {
         reply.received_at = Some(switchboard_proto::timestamp(SystemTime::now()));

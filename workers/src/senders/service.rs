@@ -36,8 +36,8 @@ use rdkafka::{
     types::RDKafkaErrorCode,
 };
 use switchboard_proto::v1::{
-    AnalyticsRecord, Channel, Destination, Envelope, Rejection, RouteDecision, SendOutcome,
-    destination, send_outcome,
+    AnalyticsRecord, Channel, Destination, Envelope, Rejection, RejectionReason, RouteDecision,
+    SendOutcome, destination, send_outcome,
 };
 use switchboard_runtime::{
     headers as record_headers,
@@ -410,19 +410,22 @@ impl Sending {
             attempts: failure.attempts,
             ..Default::default()
         };
-        let detail = match &failure.error {
+        let (reason, detail) = match &failure.error {
             SendError::Refused(error) => {
                 send.error_code.clone_from(&error.code);
                 send.error_subcode.clone_from(&error.subcode);
                 send.error_message.clone_from(&error.message);
                 send.http_status = u32::from(error.http_status);
                 send.provider_trace.clone_from(&error.trace);
-                format!("{provider} refused it: {error}")
+                (
+                    RejectionReason::ProviderRefused,
+                    format!("{provider} refused it: {error}"),
+                )
             }
             other => {
                 send.error_code = "unsendable".into();
                 send.error_message = other.to_string();
-                format!("not sent: {other}")
+                (RejectionReason::Unsendable, format!("not sent: {other}"))
             }
         };
         tracing::info!(provider, code = %send.error_code, channel = envelope.channel().slug(),
@@ -445,7 +448,7 @@ impl Sending {
         let now = switchboard_proto::timestamp(SystemTime::now());
         let rejection = Rejection {
             envelope: Some(envelope.clone()),
-            reason: switchboard_proto::v1::RejectionReason::Unspecified as i32,
+            reason: reason as i32,
             detail: detail.clone(),
             rejected_at: Some(now),
         };

@@ -41,6 +41,8 @@ impl Refusal {
             RejectionReason::OutsideWindow => "outside_window",
             RejectionReason::NoInbound => "no_inbound",
             RejectionReason::OptedOut => "opted_out",
+            RejectionReason::ProviderRefused => "provider_refused",
+            RejectionReason::Unsendable => "unsendable",
             RejectionReason::Unspecified => "unspecified",
         }
     }

@@ -111,6 +111,29 @@ pub fn apply_message(
     changed || owner_or_consent_changed
 }
 
+/// An outbound message consent allowed is on its way to the customer: the
+/// conversation's last outbound time. Control events are not messages.
+/// Returns whether the state changed.
+pub fn sent(state: &mut ConversationState, envelope: &Envelope) -> bool {
+    if envelope.direction() != Direction::Outbound
+        || matches!(envelope.content, None | Some(Content::Control(_)))
+    {
+        return false;
+    }
+    let Some(at) = envelope.received_at else {
+        return false;
+    };
+    if state
+        .last_outbound_at
+        .as_ref()
+        .is_some_and(|last| (last.seconds, last.nanos) >= (at.seconds, at.nanos))
+    {
+        return false;
+    }
+    state.last_outbound_at = Some(at);
+    true
+}
+
 /// The conversation now belongs to a human in `queue`.
 pub fn hand_to_human(state: &mut ConversationState, queue: &str, from_bot: &str) {
     state.owner = Owner::Human as i32;

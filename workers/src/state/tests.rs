@@ -8,7 +8,7 @@ use switchboard_proto::v1::{
 
 use super::{
     consent::ConsentPolicy,
-    effects::{apply_message, is_duplicate, remember},
+    effects::{apply_message, is_duplicate, remember, sent},
 };
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -325,4 +325,26 @@ fn the_window_opens_at_the_nodes_time_at_the_latest() {
         Duration::ZERO,
     );
     assert_eq!(check(&state, &reply), Err(RejectionReason::OutsideWindow));
+}
+
+#[test]
+fn an_outbound_message_moves_the_last_outbound_time_forward_only() {
+    let at = |ago: Duration| {
+        let mut reply = message(Channel::Whatsapp, Direction::Outbound, text("hi"), ago);
+        reply.received_at = reply.sent_at;
+        reply
+    };
+    let mut state = ConversationState::default();
+    let hour_ago = at(HOUR);
+    assert!(sent(&mut state, &hour_ago));
+    assert_eq!(state.last_outbound_at, hour_ago.received_at);
+    assert!(!sent(&mut state, &at(2 * HOUR)), "an older send");
+    assert!(sent(&mut state, &at(Duration::ZERO)));
+    let mut inbound = at(Duration::ZERO);
+    inbound.direction = Direction::Inbound as i32;
+    let mut control = at(Duration::ZERO);
+    control.content = Some(Content::Control(ConversationControl::default()));
+    for not_a_send in [inbound, control] {
+        assert!(!sent(&mut ConversationState::default(), &not_a_send));
+    }
 }
