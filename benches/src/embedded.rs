@@ -131,7 +131,7 @@ impl Embedded {
 
 /// The demo's senders: every channel of tenant `demo` goes to a built-in
 /// stand-in of its provider, which logs what the customer would receive.
-mod demo_providers {
+pub mod demo_providers {
     use switchboard_testkit::providers::StandIn;
     use switchboard_workers::{
         config::AutoOffsetReset,
@@ -144,6 +144,9 @@ mod demo_providers {
         },
     };
 
+    /// Starts the stand-ins and points `senders` at them, with tenant
+    /// `demo`'s credentials: WhatsApp, Messenger, Instagram, Twilio and web
+    /// chat, in that order.
     pub async fn start(senders: &mut SendersConfig) -> Vec<StandIn> {
         let token = || Secret::new("demo-token");
         let whatsapp = StandIn::whatsapp("demo-token", "demo-phone-number-id").await;
