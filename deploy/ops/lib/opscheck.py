@@ -354,6 +354,8 @@ def check_k8s() -> None:
         ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
         if ports.get("metrics") != port(cfg.get("metrics_addr", ":0")):
             fail(f"{dep_name}: container port metrics {ports.get('metrics')} != metrics_addr")
+        if "http_addr" in cfg and cfg["http_addr"] != "off" and ports.get("http") != port(cfg["http_addr"]):
+            fail(f"{dep_name}: container port http {ports.get('http')} != http_addr {cfg['http_addr']}")
         res = c.get("resources", {})
         for part in ("requests", "limits"):
             for r in ("cpu", "memory"):
