@@ -97,7 +97,7 @@ pub(super) async fn rebuild_states(
     )
     .await;
     match rebuilt {
-        Ok(Ok(())) => slot.lock().expect("rebuild slot lock").take(),
+        Ok(Ok(_)) => slot.lock().expect("rebuild slot lock").take(),
         // Retried without limit: only a stop ends it.
         Ok(Err(_)) | Err(retry::Cancelled) => None,
     }

@@ -35,5 +35,5 @@ mod tests;
 pub mod write_behind;
 
 pub use disk::DiskError;
-pub use store::{DISK_CACHE_BYTES, Encoded, PartitionStates, RebuildError};
+pub use store::{DISK_CACHE_BYTES, Encoded, PartitionStates, RebuildError, Rebuilt};
 pub use write_behind::WriteBehind;

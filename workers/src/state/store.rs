@@ -44,6 +44,18 @@ pub enum RebuildError {
     Task(String),
 }
 
+/// What a rebuild read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rebuilt {
+    /// The first offset read: where the local file's checkpoint stood, or
+    /// the partition's start if the file was (re)built from scratch.
+    pub from: i64,
+    /// The partition's end when the rebuild began.
+    pub to: i64,
+    /// Records applied.
+    pub applied: u64,
+}
+
 /// Records applied per disk transaction while rebuilding.
 const REBUILD_BATCH: usize = 10_000;
 /// How often a rebuild logs its progress.
@@ -99,7 +111,7 @@ impl PartitionStates {
         topic: &str,
         partition: i32,
         max_age: Duration,
-    ) -> Result<(), RebuildError> {
+    ) -> Result<Rebuilt, RebuildError> {
         let started = Instant::now();
         let (low, high) = crate::compacted::watermarks(kafka, topic, partition)?;
         let now = SystemTime::now();
@@ -214,7 +226,11 @@ impl PartitionStates {
             took = ?started.elapsed(),
             "conversation state rebuilt"
         );
-        Ok(())
+        Ok(Rebuilt {
+            from: start,
+            to: high,
+            applied,
+        })
     }
 
     /// The conversation's state, to change in place; the default for one
