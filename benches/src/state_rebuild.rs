@@ -33,11 +33,11 @@ fn state(i: usize, now: SystemTime) -> ConversationState {
     ConversationState {
         owner: Owner::Bot as i32,
         last_inbound_at: at,
-        referral: (i % 10 == 0).then(|| Referral {
+        referral: i.is_multiple_of(10).then(|| Referral {
             source: "ADS".into(),
             ..Default::default()
         }),
-        referral_at: if i % 10 == 0 { at } else { None },
+        referral_at: if i.is_multiple_of(10) { at } else { None },
         recent_message_ids: (0..20)
             .map(|m| format!("wamid.HBgLMTU1NTAxMjM0NTYVAgASGBQz{i:08}{m:02}"))
             .collect(),

@@ -296,7 +296,7 @@ async fn run_scenario(scenario: Scenario, output: &Output) -> anyhow::Result<()>
             cached,
         } => {
             let (markdown, json) =
-                switchboard_bench::state_rebuild::run(&kafka, conversations, cached).await?;
+                switchboard_benches::state_rebuild::run(&kafka, conversations, cached).await?;
             output.write(&markdown, &json)?;
             return Ok(());
         }

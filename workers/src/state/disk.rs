@@ -108,7 +108,7 @@ impl DiskStore {
     ) -> Result<Self, DiskError> {
         let path = dir.join(format!("{topic}-{partition}.redb"));
         let open = |path: &Path| -> Result<Database, redb::DatabaseError> {
-            std::fs::create_dir_all(dir).map_err(|e| redb::StorageError::from(e))?;
+            std::fs::create_dir_all(dir).map_err(redb::StorageError::from)?;
             Database::builder().set_cache_size(cache_bytes).create(path)
         };
         let db = open(&path).map_err(|source| DiskError::Open {

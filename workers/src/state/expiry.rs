@@ -29,8 +29,8 @@ pub enum Verdict {
     Keep,
     /// Forgotten: written as a tombstone.
     Forget,
-    /// Shrunk to what must survive (an opt-out).
-    Minimize(ConversationState),
+    /// Shrunk to what must survive: [`opted_out_only`].
+    Minimize,
 }
 
 /// The idle time after which states expire.
@@ -61,7 +61,7 @@ fn last_active(state: &ConversationState) -> Option<SystemTime> {
 }
 
 /// The minimal state of an opted-out conversation.
-fn opted_out_only() -> ConversationState {
+pub fn opted_out_only() -> ConversationState {
     ConversationState {
         opted_out: true,
         ..Default::default()
@@ -81,11 +81,10 @@ impl ExpiryPolicy {
             return Verdict::Keep;
         }
         if state.opted_out {
-            let minimal = opted_out_only();
-            return if *state == minimal {
+            return if *state == opted_out_only() {
                 Verdict::Keep
             } else {
-                Verdict::Minimize(minimal)
+                Verdict::Minimize
             };
         }
         Verdict::Forget
@@ -126,10 +125,12 @@ mod tests {
         );
         state.owner = Owner::Bot as i32;
         state.opted_out = true;
-        let Verdict::Minimize(minimal) = policy.verdict(&state, now) else {
-            panic!("an opt-out survives");
-        };
-        assert!(minimal.opted_out && minimal.recent_message_ids.is_empty());
+        assert_eq!(
+            policy.verdict(&state, now),
+            Verdict::Minimize,
+            "an opt-out survives"
+        );
+        let minimal = opted_out_only();
         assert_eq!(
             policy.verdict(&minimal, now),
             Verdict::Keep,

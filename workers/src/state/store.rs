@@ -331,7 +331,7 @@ impl PartitionStates {
             let (outcome, replacement) = match verdict {
                 Verdict::Keep => continue,
                 Verdict::Forget => ("forgotten", ConversationState::default()),
-                Verdict::Minimize(minimal) => ("minimized", minimal),
+                Verdict::Minimize => ("minimized", super::expiry::opted_out_only()),
             };
             metrics::counter!("switchboard_worker_state_expired_total", "outcome" => outcome)
                 .increment(1);
