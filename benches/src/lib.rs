@@ -15,6 +15,8 @@
 //! - [`faults`]: fault scenarios on real processes and a real Kafka
 //!   (nodes and workers killed or frozen, Kafka brokers killed, a bot
 //!   failing), each ending with the reconciler's report.
+//! - [`state_rebuild`]: a worker's conversation-state rebuild at scale:
+//!   time, rate, memory and disk per conversation.
 //! - [`reconcile`]: the load generator's ledger of acknowledged messages
 //!   against every destination topic: lost, reordered, duplicated.
 //!
@@ -29,3 +31,4 @@ pub mod loadgen;
 pub mod pipeline;
 pub mod reconcile;
 pub mod scenarios;
+pub mod state_rebuild;

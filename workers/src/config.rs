@@ -105,6 +105,29 @@ pub struct WorkersConfig {
     /// drop copies that reached Kafka twice (through different ingestion
     /// nodes, or after a node's dedupe window). 0 turns this check off.
     pub recent_message_ids: usize,
+    /// Where each assigned partition keeps its conversation states on
+    /// local disk (one file per partition), a cache of the state topic. A
+    /// persistent directory lets a restarted worker resume from its
+    /// checkpoint instead of reading the whole partition again; without
+    /// one, a temporary directory is used and removed at exit.
+    pub state_dir: Option<PathBuf>,
+    /// Conversation states kept in memory per partition, least recently
+    /// used evicted first (to the disk copy, which every lookup falls back
+    /// on). States not yet written stay in memory until their flush is
+    /// acknowledged.
+    pub max_cached_conversations_per_partition: usize,
+    /// A conversation idle this long (no state change, no inbound message,
+    /// no referral) and not owned by a human expires: a tombstone goes to
+    /// the state topic. An opt-out survives as a minimal state. At least
+    /// `service_window`, `extended_window` and every queue's `sticky_memory`.
+    #[serde(with = "humantime_serde")]
+    pub state_idle_expiry: Duration,
+    /// A local state file not brought up to date for this long is rebuilt
+    /// from the start of the state topic instead of resumed: tombstones
+    /// after its checkpoint may have been compacted away. Must be below the
+    /// state topic's `delete.retention.ms` (Kafka's default: 24 h).
+    #[serde(with = "humantime_serde")]
+    pub state_store_max_age: Duration,
     /// Delivery attempts per destination before a message goes to the
     /// dead-letter topic and its conversation moves on; 0 retries transient
     /// failures forever (the conversation waits).
@@ -174,6 +197,10 @@ impl Default for WorkersConfig {
             max_finished_ahead_per_partition: 10_000,
             state_flush_interval: Duration::from_millis(200),
             recent_message_ids: 20,
+            state_dir: None,
+            max_cached_conversations_per_partition: 50_000,
+            state_idle_expiry: Duration::from_secs(8 * 24 * 3600),
+            state_store_max_age: Duration::from_secs(12 * 3600),
             max_attempts: 8,
             retry_backoff: Duration::from_millis(100),
             retry_backoff_max: Duration::from_secs(5),
@@ -293,6 +320,17 @@ impl WorkersConfig {
         }
     }
 
+    /// The longest time anything in a conversation's state matters for:
+    /// the messaging windows and every queue's sticky-agent memory.
+    pub fn longest_memory(&self) -> Duration {
+        std::iter::once(&self.agents.default_queue)
+            .chain(self.agents.queues.values())
+            .map(|q| q.sticky_memory)
+            .chain([self.service_window, self.extended_window])
+            .max()
+            .unwrap_or_default()
+    }
+
     /// Loads defaults, then the optional TOML file, then the environment,
     /// then `overrides` (typically the command-line flags that were given).
     pub fn load(file: Option<&Path>, overrides: impl Serialize) -> anyhow::Result<Self> {
@@ -316,6 +354,21 @@ impl WorkersConfig {
         anyhow::ensure!(
             !config.state_flush_interval.is_zero(),
             "state_flush_interval must be more than 0"
+        );
+        anyhow::ensure!(
+            config.max_cached_conversations_per_partition > 0,
+            "max_cached_conversations_per_partition must be at least 1"
+        );
+        anyhow::ensure!(
+            !config.state_store_max_age.is_zero(),
+            "state_store_max_age must be more than 0"
+        );
+        let longest = config.longest_memory();
+        anyhow::ensure!(
+            config.state_idle_expiry >= longest,
+            "state_idle_expiry ({}) must be at least the longest messaging window or sticky-agent memory ({})",
+            humantime::format_duration(config.state_idle_expiry),
+            humantime::format_duration(longest)
         );
         anyhow::ensure!(!config.group_id.is_empty(), "group_id must not be empty");
         for (name, bot) in &config.bots {
@@ -398,6 +451,20 @@ mod tests {
             );
         }
         assert!(load_toml("[agents.queues.support]\nheld_messages_max_bytes = 1000\n").is_ok());
+    }
+
+    #[test]
+    fn state_idle_expiry_outlasts_every_window_and_sticky_memory() {
+        let config = load_toml("").unwrap();
+        assert!(config.state_idle_expiry >= config.longest_memory());
+        let error = load_toml("state_idle_expiry = \"2days\"\n").unwrap_err();
+        assert!(error.to_string().contains("state_idle_expiry"), "{error}");
+        let error = load_toml(
+            "state_idle_expiry = \"9days\"\n[agents.queues.vip]\nsticky_memory = \"30days\"\n",
+        )
+        .unwrap_err();
+        assert!(error.to_string().contains("30days"), "{error}");
+        assert!(load_toml("max_cached_conversations_per_partition = 0\n").is_err());
     }
 
     #[test]

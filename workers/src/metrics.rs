@@ -59,6 +59,18 @@ pub fn describe() {
         "switchboard_worker_state_write_failures_total",
         "Conversation states Kafka refused for good (e.g. too large for the state topic); the conversation goes on from memory."
     );
+    describe_counter!(
+        "switchboard_worker_state_rebuild_records_total",
+        "State-topic records applied to the local conversation-state files while rebuilding; a rebuild's progress."
+    );
+    describe_counter!(
+        "switchboard_worker_state_expired_total",
+        "Idle conversation states expired: forgotten (a tombstone) or minimized (an opt-out kept alone)."
+    );
+    describe_counter!(
+        "switchboard_worker_state_disk_reads_total",
+        "Conversation-state lookups that missed the in-memory cache and read the local file."
+    );
     describe_histogram!(
         "switchboard_worker_state_rebuild_duration_seconds",
         metrics::Unit::Seconds,

@@ -123,6 +123,20 @@ enum Scenario {
         #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
         unary_duration: Duration,
     },
+    /// A worker's conversation-state rebuild of one partition: preloads a
+    /// state topic, times the rebuild (and a resume), reports rate, memory
+    /// and disk per conversation. The topic is deleted at the end.
+    StateRebuild {
+        /// Kafka bootstrap servers.
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        kafka: String,
+        /// Conversations in the partition.
+        #[arg(long, default_value_t = 1_000_000)]
+        conversations: usize,
+        /// Conversations the in-memory cache holds (filled to measure it).
+        #[arg(long, default_value_t = 50_000)]
+        cached: usize,
+    },
     /// The raw rdkafka consumer against workers routing to analytics.
     Routing {
         #[command(flatten)]
@@ -275,6 +289,16 @@ async fn run_scenario(scenario: Scenario, output: &Output) -> anyhow::Result<()>
                 unary_duration,
             )
             .await?
+        }
+        Scenario::StateRebuild {
+            kafka,
+            conversations,
+            cached,
+        } => {
+            let (markdown, json) =
+                switchboard_benches::state_rebuild::run(&kafka, conversations, cached).await?;
+            output.write(&markdown, &json)?;
+            return Ok(());
         }
         Scenario::Routing { common, messages } => {
             scenarios::routing(&common.kafka(), messages).await?

@@ -50,7 +50,7 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::{config::WorkersConfig, route::Router};
+use crate::{config::WorkersConfig, route::Router, state::expiry::ExpiryPolicy};
 use offsets::OffsetTracker;
 use partition::{PartitionContext, route_partition};
 use rebalance::{Routing, WorkerContext};
@@ -88,6 +88,14 @@ pub struct Worker {
     max_unacknowledged: usize,
     flush_interval: Duration,
     grace: Duration,
+    /// Where partitions keep their states on disk.
+    state_dir: std::path::PathBuf,
+    /// The temporary directory used when none is configured, removed when
+    /// the worker ends.
+    _temporary_state_dir: Option<tempfile::TempDir>,
+    max_cached: std::num::NonZeroUsize,
+    state_store_max_age: Duration,
+    expiry: ExpiryPolicy,
 }
 
 impl Worker {
@@ -110,6 +118,16 @@ impl Worker {
             ])
             .create_with_context(WorkerContext::default())?;
         consumer.subscribe(&[&config.messages_topic])?;
+        let (state_dir, temporary) = match &config.state_dir {
+            Some(dir) => (dir.clone(), None),
+            None => {
+                let dir = tempfile::Builder::new()
+                    .prefix("switchboard-workers-state-")
+                    .tempdir()?;
+                (dir.path().to_owned(), Some(dir))
+            }
+        };
+        tracing::info!(dir = %state_dir.display(), "conversation states kept on disk");
         Ok(Self {
             consumer: Arc::new(consumer),
             router,
@@ -124,6 +142,14 @@ impl Worker {
             max_unacknowledged: config.max_unacknowledged_per_partition,
             flush_interval: config.state_flush_interval,
             grace: config.shutdown_grace,
+            state_dir,
+            _temporary_state_dir: temporary,
+            max_cached: std::num::NonZeroUsize::new(config.max_cached_conversations_per_partition)
+                .unwrap_or(std::num::NonZeroUsize::MIN),
+            state_store_max_age: config.state_store_max_age,
+            expiry: ExpiryPolicy {
+                idle: config.state_idle_expiry,
+            },
         })
     }
 
@@ -231,6 +257,10 @@ impl Worker {
                             worker_permits: self.worker_permits.clone(),
                             tracker: tracker.clone(),
                             flush_interval: self.flush_interval,
+                            state_dir: self.state_dir.clone(),
+                            max_cached: self.max_cached,
+                            state_store_max_age: self.state_store_max_age,
+                            expiry: self.expiry,
                         },
                         rx,
                         no_new_work.clone(),

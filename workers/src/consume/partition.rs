@@ -39,11 +39,16 @@ use super::{
 use crate::{
     destinations::topics::{Enqueued, Source},
     route::{Answered, Begun, Interrupted, Pending, Routed, Router},
-    state::{PartitionStates, WriteBehind, effects},
+    state::{DiskError, Encoded, PartitionStates, WriteBehind, effects, expiry::ExpiryPolicy},
 };
 
 /// Messages waiting for a flush that start one before the interval ends.
 const FLUSH_EARLY: usize = 4096;
+/// How often the idle sweep runs, and how many conversations it looks at
+/// each time: a million conversations are all looked at in about 17
+/// minutes, a few milliseconds of the loop's time per second.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+const SWEEP_BATCH: usize = 1000;
 
 /// What a partition task needs.
 pub(super) struct PartitionContext {
@@ -66,6 +71,22 @@ pub(super) struct PartitionContext {
     pub tracker: Arc<Mutex<OffsetTracker>>,
     /// How often changed states are written.
     pub flush_interval: Duration,
+    /// Where the partition's states are kept on disk.
+    pub state_dir: std::path::PathBuf,
+    /// Conversation states kept in memory.
+    pub max_cached: std::num::NonZeroUsize,
+    /// A local state file older than this is rebuilt, not resumed.
+    pub state_store_max_age: Duration,
+    /// When idle states expire.
+    pub expiry: ExpiryPolicy,
+}
+
+/// The local state store failed to read or write: the node's disk is
+/// broken or full. The worker exits, so that its partitions move to a
+/// healthy one; nothing unfinished was committed, so nothing is lost.
+fn disk_failed(partition: i32, error: &DiskError) -> ! {
+    tracing::error!(%error, partition, "local conversation state store failed; exiting");
+    std::process::exit(70)
 }
 
 /// A future with what it is about.
@@ -100,6 +121,8 @@ impl<T, Tag: Unpin> Future for Tagged<'_, T, Tag> {
 /// A message whose records are with the producer: its offset, and the
 /// flush holding its state change, if it made one.
 type Settling<'a> = Tagged<'a, Result<(), Interrupted>, (i64, Option<u64>)>;
+/// A flush acknowledged: its number and the states it wrote.
+type Flushed = (u64, Vec<(String, Encoded)>);
 /// A message waiting for bots: its offset and conversation key.
 type Calling<'a> = Tagged<'a, Result<Answered<'a>, Interrupted>, (i64, String)>;
 
@@ -184,7 +207,11 @@ impl<'a> InFlight<'a> {
             return Now::Waiting;
         }
         let source = self.source(offset, trace);
-        let state = self.states.get_mut(&key);
+        let partition = self.partition;
+        let state = self
+            .states
+            .get_mut(&key)
+            .unwrap_or_else(|e| disk_failed(partition, &e));
         if !replayed && effects::is_duplicate(state, &envelope, offset) {
             tracing::debug!(
                 partition = self.partition,
@@ -211,7 +238,7 @@ impl<'a> InFlight<'a> {
     }
 
     fn settle(&mut self, offset: i64, key: &str, routed: Routed<'a>, span: tracing::Span) {
-        let flush = routed.changed.then(|| self.write_behind.changed(key));
+        let flush = routed.changed.then(|| self.changed(key));
         self.settling
             .push(Tagged::new(routed.settling, (offset, flush), span));
     }
@@ -219,8 +246,7 @@ impl<'a> InFlight<'a> {
     /// A message's bots answered: completes it, then starts the messages
     /// that waited in its conversation's lane. Returns those done at once.
     fn answered(&mut self, offset: i64, key: String, answered: Answered<'a>) -> Vec<(i64, Now)> {
-        let state = self.states.get_mut(&key);
-        let routed = self.router.finish(answered, state);
+        let routed = self.finish(&key, answered);
         self.settle(offset, &key, routed, tracing::Span::none());
         let mut waiting = self.lanes.remove(&key).unwrap_or_default();
         let mut now = Vec::new();
@@ -235,23 +261,45 @@ impl<'a> InFlight<'a> {
         now
     }
 
+    /// Conversation `key`'s state changed: returns the flush that writes it.
+    fn changed(&mut self, key: &str) -> u64 {
+        let flush = self.write_behind.changed(key);
+        self.states.changed(key, flush);
+        flush
+    }
+
+    /// Completes a message whose bots answered, on its conversation's state.
+    fn finish(&mut self, key: &str, answered: Answered<'a>) -> Routed<'a> {
+        let state = self
+            .states
+            .get_mut(key)
+            .unwrap_or_else(|e| disk_failed(self.partition, &e));
+        self.router.finish(answered, state)
+    }
+
     /// Hands every changed state to the producer, if no flush is being
-    /// written; returns the flush's future.
-    fn flush(&mut self) -> Option<Pending<'a, u64>> {
+    /// written; returns the flush's future, which gives back its number and
+    /// what it wrote, for the disk.
+    fn flush(&mut self) -> Option<Pending<'a, Flushed>> {
         let flush = self.write_behind.take()?;
-        let writes: Vec<(String, Enqueued<'a>)> = flush
+        let written: Vec<(String, Encoded)> = flush
             .keys
             .into_iter()
             .filter_map(|key| {
-                let enqueued = self.router.enqueue_state(&key, self.states.get(&key)?);
-                Some((key, enqueued))
+                let encoded = self.states.encode_unflushed(&key)?;
+                Some((key, encoded))
             })
+            .collect();
+        let writes: Vec<Enqueued<'a>> = written
+            .iter()
+            .map(|(key, encoded)| self.router.enqueue_state(key, encoded.clone()))
             .collect();
         let (router, stop, partition) = (self.router, self.stop, self.partition);
         Some(Box::pin(async move {
-            let settled = writes.into_iter().map(|(key, enqueued)| async move {
-                router.settle_state(&key, enqueued, stop).await
-            });
+            let settled = written
+                .iter()
+                .zip(writes)
+                .map(|((key, _), enqueued)| router.settle_state(key, enqueued, stop));
             for result in futures::future::join_all(settled).await {
                 if result.is_err() {
                     // Stopped: never acknowledged, so nothing waiting is stored.
@@ -259,8 +307,22 @@ impl<'a> InFlight<'a> {
                 }
             }
             tracing::trace!(partition, "conversation states flushed");
-            flush.number
+            (flush.number, written)
         }))
+    }
+
+    /// Expires the idle states among the next conversations of the sweep.
+    fn sweep(&mut self, policy: &ExpiryPolicy) {
+        let lanes = &self.lanes;
+        let expired = self
+            .states
+            .sweep(policy, std::time::SystemTime::now(), SWEEP_BATCH, |key| {
+                lanes.contains_key(key)
+            })
+            .unwrap_or_else(|e| disk_failed(self.partition, &e));
+        for key in expired {
+            self.changed(&key);
+        }
     }
 }
 
@@ -323,13 +385,15 @@ pub(super) async fn route_partition(
         counter.increment(1);
         complete(offset);
     };
-    let mut flushing: Option<Pending<'_, u64>> = None;
+    let mut flushing: Option<Pending<'_, Flushed>> = None;
     // The first flush one interval from now, not at once.
     let mut tick = tokio::time::interval_at(
         tokio::time::Instant::now() + cx.flush_interval,
         cx.flush_interval,
     );
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sweep = tokio::time::interval(SWEEP_EVERY);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut batch = Vec::with_capacity(cx.max_in_flight);
     // Messages taken while the worker had no permit for them.
     let mut overflow: VecDeque<OwnedMessage> = VecDeque::new();
@@ -392,8 +456,7 @@ pub(super) async fn route_partition(
                 if no_new_work.is_cancelled() {
                     // Stopping: this one is finished, its lane's are redone.
                     let waiting = work.lanes.insert(key.clone(), VecDeque::new()).unwrap_or_default();
-                    let state = work.states.get_mut(&key);
-                    let routed = work.router.finish(answered, state);
+                    let routed = work.finish(&key, answered);
                     work.settle(offset, &key, routed, tracing::Span::none());
                     work.permits.truncate(work.permits.len().saturating_sub(waiting.len()));
                     continue;
@@ -402,15 +465,21 @@ pub(super) async fn route_partition(
                     ended_now(&mut work, offset, now);
                 }
             }
-            Some(number) = OptionFuture::from(flushing.as_mut()), if flushing.is_some() => {
+            Some((number, written)) = OptionFuture::from(flushing.as_mut()), if flushing.is_some() => {
                 flushing = None;
                 flushes.increment(1);
+                if let Err(e) = work.states.flushed(number, &written) {
+                    disk_failed(partition, &e);
+                }
                 for offset in work.write_behind.acknowledged(number) {
                     complete(offset);
                 }
             }
             _ = tick.tick(), if flushing.is_none() => {
                 flushing = work.flush();
+            }
+            _ = sweep.tick(), if open => {
+                work.sweep(&cx.expiry);
             }
             permit = cx.worker_permits.clone().acquire_owned(),
                 if !overflow.is_empty() || (can_take && !permits_left) => {

@@ -2,14 +2,18 @@
 //! states, rebuilt from the state topic, and the messages its previous
 //! owner finished above the committed offset.
 
-use std::{collections::BTreeSet, time::Duration};
+use std::{
+    collections::BTreeSet,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use rdkafka::{Offset, TopicPartitionList, consumer::Consumer, error::KafkaResult};
 use switchboard_runtime::retry::{self, Backoff};
 use tokio_util::sync::CancellationToken;
 
 use super::{offsets::parse_skip_metadata, partition::PartitionContext};
-use crate::state::PartitionStates;
+use crate::state::{PartitionStates, RebuildError};
 
 /// The messages of the partition that its previous owner finished above the
 /// committed offset, from the commit's metadata. Without them (no metadata,
@@ -51,36 +55,49 @@ pub(super) async fn done_by_previous_owner(
     }
 }
 
-/// The partition's conversation states, read back from the state topic.
-/// A failed read is retried (routing without state would forget owners and
-/// consent) until it succeeds or `abort` fires.
+/// The partition's conversation states: its local file opened and brought
+/// up to date from the state topic. A failed attempt is retried (routing
+/// without state would forget owners and consent) until it succeeds or
+/// `abort` fires; each retry resumes from what the previous ones applied,
+/// so a slow rebuild always finishes.
 pub(super) async fn rebuild_states(
     cx: &PartitionContext,
     abort: &CancellationToken,
 ) -> Option<PartitionStates> {
+    // What the attempts applied so far, for the next one to go on from.
+    let slot: Arc<Mutex<Option<PartitionStates>>> = Arc::default();
     let rebuilt = retry::retry(
         Backoff::new(Duration::from_millis(200), Duration::from_secs(5)),
         abort,
-        |_: &anyhow::Error| true,
-        |error, _, wait| {
-            tracing::warn!(%error, partition = cx.partition, retry_in = ?wait, "cannot rebuild conversation state; retrying")
+        |_: &RebuildError| true,
+        |error, attempts, wait| {
+            tracing::warn!(%error, partition = cx.partition, attempts, retry_in = ?wait, "cannot rebuild conversation state; retrying from where it stopped")
         },
         || {
             let (kafka, topic, partition) =
                 (cx.kafka.clone(), cx.state_topic.clone(), cx.partition);
+            let (dir, max_cached, max_age) =
+                (cx.state_dir.clone(), cx.max_cached, cx.state_store_max_age);
+            let slot = slot.clone();
             async move {
                 tokio::task::spawn_blocking(move || {
-                    PartitionStates::rebuild(&kafka, &topic, partition)
+                    let mut slot = slot.lock().expect("rebuild slot lock");
+                    let states = match slot.as_mut() {
+                        Some(states) => states,
+                        None => slot.insert(PartitionStates::open(
+                            &dir, &topic, partition, max_cached,
+                        )?),
+                    };
+                    states.catch_up(&kafka, &topic, partition, max_age)
                 })
                 .await
-                .map_err(anyhow::Error::from)?
-                .map_err(anyhow::Error::from)
+                .map_err(|e| RebuildError::Task(e.to_string()))?
             }
         },
     )
     .await;
     match rebuilt {
-        Ok(Ok(states)) => Some(states),
+        Ok(Ok(_)) => slot.lock().expect("rebuild slot lock").take(),
         // Retried without limit: only a stop ends it.
         Ok(Err(_)) | Err(retry::Cancelled) => None,
     }

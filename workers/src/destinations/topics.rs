@@ -16,8 +16,7 @@ use rdkafka::{
     types::RDKafkaErrorCode,
 };
 use switchboard_proto::v1::{
-    AnalyticsRecord, AssignmentEvent, Channel, ConversationState, Envelope, QueueEvent,
-    QueueSnapshot, Rejection,
+    AnalyticsRecord, AssignmentEvent, Channel, Envelope, QueueEvent, QueueSnapshot, Rejection,
 };
 use switchboard_runtime::{
     kafka::KafkaConfig,
@@ -205,6 +204,16 @@ pub struct Outgoing<'a> {
     pub headers: Option<OwnedHeaders>,
 }
 
+/// The kind of conversation-state records.
+const STATE: &str = "state";
+
+impl Outgoing<'_> {
+    /// The record's value: none for a state tombstone.
+    pub fn value(&self) -> Option<&[u8]> {
+        (self.kind != STATE || !self.payload.is_empty()).then_some(self.payload.as_slice())
+    }
+}
+
 impl<'a> Outgoing<'a> {
     fn new(
         kind: &'static str,
@@ -310,7 +319,7 @@ impl TopicOutputs {
             "assignments",
             &self.assignments_topic,
             &event.conversation_key,
-            &event.encode_to_vec(),
+            Some(&event.encode_to_vec()),
             OwnedHeaders::new(),
         )
         .await
@@ -323,7 +332,7 @@ impl TopicOutputs {
             "messages",
             &self.messages_topic,
             &envelope.conversation_key(),
-            &envelope.encode_to_vec(),
+            Some(&envelope.encode_to_vec()),
             OwnedHeaders::new(),
         )
         .await
@@ -335,7 +344,7 @@ impl TopicOutputs {
             "queue_state",
             &self.queue_state_topic,
             &snapshot.queue,
-            &snapshot.encode_to_vec(),
+            Some(&snapshot.encode_to_vec()),
             OwnedHeaders::new(),
         )
         .await
@@ -365,13 +374,15 @@ impl TopicOutputs {
         )
     }
 
-    /// A conversation's state for the compacted state topic.
-    pub fn state(&self, key: &str, state: &ConversationState) -> Outgoing<'_> {
+    /// A conversation's encoded state for the compacted state topic;
+    /// `None` (a state with nothing in it, the same as none) is written as
+    /// a tombstone, so compaction removes the conversation.
+    pub fn state(&self, key: &str, state: Option<Vec<u8>>) -> Outgoing<'_> {
         Outgoing {
-            kind: "state",
+            kind: STATE,
             topic: &self.state_topic,
             key: key.to_owned(),
-            payload: state.encode_to_vec(),
+            payload: state.unwrap_or_default(),
             headers: None,
         }
     }
@@ -391,9 +402,10 @@ impl TopicOutputs {
     /// with [`Enqueued::acknowledged`]. The producer keeps one partition's
     /// records in the order they were enqueued.
     pub fn enqueue<'a>(&self, record: Outgoing<'a>) -> Enqueued<'a> {
-        let mut future = FutureRecord::to(record.topic)
-            .key(&record.key)
-            .payload(&record.payload);
+        let mut future = FutureRecord::to(record.topic).key(&record.key);
+        if let Some(value) = record.value() {
+            future = future.payload(value);
+        }
         if let Some(headers) = &record.headers {
             future = future.headers(headers.clone());
         }
@@ -412,7 +424,7 @@ impl TopicOutputs {
             record.kind,
             record.topic,
             &record.key,
-            &record.payload,
+            record.value(),
             headers,
         )
         .await
@@ -440,8 +452,14 @@ impl TopicOutputs {
                 value: Some(value),
             })
         });
-        self.send("dlq", &self.dlq_topic, letter.key, &letter.payload, headers)
-            .await
+        self.send(
+            "dlq",
+            &self.dlq_topic,
+            letter.key,
+            Some(&letter.payload),
+            headers,
+        )
+        .await
     }
 
     /// Publishes a record as is (the queue stage's dead letters).
@@ -452,7 +470,7 @@ impl TopicOutputs {
         payload: &[u8],
         headers: OwnedHeaders,
     ) -> Result<(), DestinationError> {
-        self.send("dlq", topic, key, payload, headers).await
+        self.send("dlq", topic, key, Some(payload), headers).await
     }
 
     async fn send(
@@ -460,13 +478,13 @@ impl TopicOutputs {
         kind: &'static str,
         topic: &str,
         key: &str,
-        payload: &[u8],
+        payload: Option<&[u8]>,
         headers: OwnedHeaders,
     ) -> Result<(), DestinationError> {
-        let record = FutureRecord::to(topic)
-            .key(key)
-            .payload(payload)
-            .headers(headers);
+        let mut record = FutureRecord::to(topic).key(key).headers(headers);
+        if let Some(payload) = payload {
+            record = record.payload(payload);
+        }
         self.producer
             .send(record, Duration::from_secs(5))
             .await

@@ -140,11 +140,7 @@ impl Router {
 
     /// Hands a conversation's state to the producer, for the compacted
     /// state topic.
-    pub fn enqueue_state<'a>(
-        &'a self,
-        key: &str,
-        state: &switchboard_proto::v1::ConversationState,
-    ) -> Enqueued<'a> {
+    pub fn enqueue_state<'a>(&'a self, key: &str, state: crate::state::Encoded) -> Enqueued<'a> {
         self.outputs.enqueue(self.outputs.state(key, state))
     }
 

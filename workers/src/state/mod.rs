@@ -8,8 +8,10 @@
 //! topic holds exactly the conversations of partition `p` of the messages
 //! topic, and only that partition's owner writes it.
 //!
-//! - [`store`]: rebuilds a partition's states from the state topic when the
-//!   partition is assigned; the partition's routing loop owns them.
+//! - [`store`]: a partition's states, a bounded cache in memory over a
+//!   local copy on disk ([`disk`]) brought up to date from the state topic
+//!   when the partition is assigned; the partition's routing loop owns them.
+//! - [`expiry`]: when an idle conversation's state is forgotten.
 //! - [`write_behind`]: which states to write and which messages wait for
 //!   them: one record per conversation per flush.
 //! - [`effects`]: how a message changes its conversation's state.
@@ -24,11 +26,14 @@
 //! so it is routed again rather than dropped as a copy of itself.
 
 pub mod consent;
+mod disk;
 pub mod effects;
+pub mod expiry;
 mod store;
 #[cfg(test)]
 mod tests;
 pub mod write_behind;
 
-pub use store::PartitionStates;
+pub use disk::DiskError;
+pub use store::{DISK_CACHE_BYTES, Encoded, PartitionStates, RebuildError, Rebuilt};
 pub use write_behind::WriteBehind;

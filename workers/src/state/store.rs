@@ -1,68 +1,353 @@
-//! A partition's conversation states: rebuilt from Kafka, then owned by the
+//! A partition's conversation states: a bounded cache in memory over every
+//! state on local disk ([`DiskStore`]), the disk brought up to date from
+//! the state topic when the partition is assigned; owned by the
 //! partition's routing loop.
+//!
+//! - A lookup reads the cache, then the states evicted before their flush
+//!   was acknowledged, then the disk. The disk holds everything Kafka
+//!   acknowledged, so a miss reads the same state the topic holds.
+//! - At most `max_cached` states stay in memory, least recently used out
+//!   first. A state changed since it was last written to disk is never
+//!   dropped: evicted, it waits in `unwritten` until its flush is
+//!   acknowledged and written to disk.
+//! - States reach the disk when Kafka acknowledges their flush, exactly
+//!   the bytes Kafka has.
 
-use std::{collections::HashMap, time::Instant};
+use std::{
+    collections::HashMap,
+    num::NonZeroUsize,
+    path::Path,
+    time::{Duration, Instant, SystemTime},
+};
 
+use lru::LruCache;
 use prost::Message as _;
-use rdkafka::error::KafkaResult;
 use switchboard_proto::v1::ConversationState;
 use switchboard_runtime::kafka::KafkaConfig;
 
-/// The states of one partition's conversations.
-#[derive(Debug, Default)]
-pub struct PartitionStates {
-    states: HashMap<String, ConversationState>,
+use super::{
+    disk::{Checkpoint, DiskError, DiskStore},
+    expiry::{ExpiryPolicy, Verdict},
+};
+
+/// How a rebuild failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RebuildError {
+    /// Kafka could not be read; retried, resuming where it stopped.
+    #[error("reading the state topic: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    /// The local store failed.
+    #[error(transparent)]
+    Disk(#[from] DiskError),
+    /// The blocking task running the rebuild failed.
+    #[error("rebuild task: {0}")]
+    Task(String),
 }
 
+/// What a rebuild read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rebuilt {
+    /// The first offset read: where the local file's checkpoint stood, or
+    /// the partition's start if the file was (re)built from scratch.
+    pub from: i64,
+    /// The partition's end when the rebuild began.
+    pub to: i64,
+    /// Records applied.
+    pub applied: u64,
+}
+
+/// Records applied per disk transaction while rebuilding.
+const REBUILD_BATCH: usize = 10_000;
+/// How often a rebuild logs its progress.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+/// The page cache of each partition's file (redb's default is 1 GiB).
+pub const DISK_CACHE_BYTES: usize = 16 << 20;
+
+/// The states of one partition's conversations.
+#[derive(Debug)]
+pub struct PartitionStates {
+    cache: LruCache<String, ConversationState>,
+    /// States changed since last written to disk, by the flush that writes
+    /// them (the newest one they changed for).
+    unflushed: HashMap<String, u64>,
+    /// Of those, the ones evicted from the cache meanwhile.
+    unwritten: HashMap<String, ConversationState>,
+    disk: DiskStore,
+    /// Where the idle sweep stopped.
+    sweep_after: Option<String>,
+}
+
+/// A conversation's state, encoded for the state topic; `None` for a
+/// tombstone (a state with nothing in it, the same as no state).
+pub type Encoded = Option<Vec<u8>>;
+
 impl PartitionStates {
-    /// The conversation's state, to change in place; the default for one
-    /// never seen.
-    pub fn get_mut(&mut self, key: &str) -> &mut ConversationState {
-        // Looked up first: the key is copied only for a new conversation.
-        if !self.states.contains_key(key) {
-            self.states
-                .insert(key.to_owned(), ConversationState::default());
-        }
-        self.states.get_mut(key).expect("inserted above")
+    /// Opens the partition's file in `dir`, keeping up to `max_cached`
+    /// states in memory. Call [`Self::catch_up`] before using it.
+    pub fn open(
+        dir: &Path,
+        topic: &str,
+        partition: i32,
+        max_cached: NonZeroUsize,
+    ) -> Result<Self, DiskError> {
+        Ok(Self {
+            cache: LruCache::new(max_cached),
+            unflushed: HashMap::new(),
+            unwritten: HashMap::new(),
+            disk: DiskStore::open(dir, topic, partition, DISK_CACHE_BYTES)?,
+            sweep_after: None,
+        })
     }
 
-    /// The conversation's state, if it has one.
-    pub fn get(&self, key: &str) -> Option<&ConversationState> {
-        self.states.get(key)
-    }
-
-    /// Conversations cached.
-    fn len(&self) -> usize {
-        self.states.len()
-    }
-
-    /// Reads partition `partition` of the state topic from its start to its
-    /// current end; the last record per key wins, an empty value deletes.
+    /// Brings the disk up to date with partition `partition` of the state
+    /// topic: from where it stopped, if its checkpoint is still valid (not
+    /// older than `max_age`, and within the partition's offsets), else from
+    /// the start. Progress is applied in batches with the checkpoint, so a
+    /// read that fails is resumed by the next call, not restarted.
     /// Blocking: run it off the async runtime.
-    pub fn rebuild(kafka: &KafkaConfig, topic: &str, partition: i32) -> KafkaResult<Self> {
+    pub fn catch_up(
+        &mut self,
+        kafka: &KafkaConfig,
+        topic: &str,
+        partition: i32,
+        max_age: Duration,
+    ) -> Result<Rebuilt, RebuildError> {
         let started = Instant::now();
-        let mut states = Self::default();
-        crate::compacted::read_partition(kafka, topic, partition, |key, value| {
-            match value.map(ConversationState::decode) {
-                Some(Ok(state)) => {
-                    states.states.insert(key.to_owned(), state);
-                }
-                None => {
-                    states.states.remove(key);
-                }
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, partition, "undecodable conversation state skipped")
-                }
+        let (low, high) = crate::compacted::watermarks(kafka, topic, partition)?;
+        let now = SystemTime::now();
+        let start = match self.disk.checkpoint()? {
+            Some(c)
+                if (low..=high).contains(&c.next_offset)
+                    && now.duration_since(c.valid_from).unwrap_or_default() < max_age =>
+            {
+                c.next_offset
             }
-        })?;
+            found => {
+                if found.is_some() {
+                    tracing::info!(
+                        partition,
+                        ?found,
+                        low,
+                        high,
+                        "local conversation states out of date; rebuilding from the start"
+                    );
+                }
+                self.disk.reset(Checkpoint {
+                    next_offset: low,
+                    valid_from: now,
+                })?;
+                low
+            }
+        };
+        tracing::info!(
+            partition,
+            from = start,
+            to = high,
+            file = %self.disk.path().display(),
+            "rebuilding conversation state"
+        );
+        let records = metrics::counter!("switchboard_worker_state_rebuild_records_total");
+        let mut batch: Vec<(String, Option<Vec<u8>>)> = Vec::with_capacity(REBUILD_BATCH);
+        let mut applied = 0u64;
+        let mut next = start;
+        let mut last_log = Instant::now();
+        let mut failed: Option<DiskError> = None;
+        let disk = &mut self.disk;
+        let mut flush = |batch: &mut Vec<(String, Option<Vec<u8>>)>, next: i64| {
+            let result = disk.apply(
+                batch.iter().map(|(k, v)| (k.as_str(), v.as_deref())),
+                Some(next),
+                false,
+            );
+            records.increment(batch.len() as u64);
+            batch.clear();
+            result
+        };
+        let read = crate::compacted::read_range(
+            kafka,
+            topic,
+            partition,
+            start..high,
+            |offset, key, value| {
+                if failed.is_some() {
+                    return;
+                }
+                batch.push((key.to_owned(), value.map(<[u8]>::to_vec)));
+                applied += 1;
+                next = offset + 1;
+                if batch.len() >= REBUILD_BATCH {
+                    if let Err(e) = flush(&mut batch, next) {
+                        failed = Some(e);
+                    }
+                    if last_log.elapsed() >= PROGRESS_EVERY {
+                        last_log = Instant::now();
+                        tracing::info!(
+                            partition,
+                            offset,
+                            to = high,
+                            applied,
+                            per_second = (applied as f64 / started.elapsed().as_secs_f64()) as u64,
+                            "rebuilding conversation state"
+                        );
+                    }
+                }
+            },
+        );
+        if let Some(e) = failed {
+            return Err(e.into());
+        }
+        match read {
+            Ok(()) => {
+                flush(&mut batch, high)?;
+                // Caught up: nothing written so far is missing.
+                self.disk.apply([], Some(high), true)?;
+                self.disk.sync()?;
+            }
+            Err(e) => {
+                // Keep what was read: the next attempt starts after it.
+                flush(&mut batch, next)?;
+                self.disk.sync()?;
+                tracing::warn!(
+                    partition,
+                    applied,
+                    next,
+                    to = high,
+                    "conversation state rebuild interrupted; the next attempt resumes here"
+                );
+                return Err(e.into());
+            }
+        }
         metrics::histogram!("switchboard_worker_state_rebuild_duration_seconds")
             .record(started.elapsed().as_secs_f64());
         tracing::info!(
             partition,
-            conversations = states.len(),
+            applied,
+            conversations = self.disk.len()?,
             took = ?started.elapsed(),
             "conversation state rebuilt"
         );
-        Ok(states)
+        Ok(Rebuilt {
+            from: start,
+            to: high,
+            applied,
+        })
+    }
+
+    /// The conversation's state, to change in place; the default for one
+    /// never seen. Call [`Self::changed`] after changing it.
+    pub fn get_mut(&mut self, key: &str) -> Result<&mut ConversationState, DiskError> {
+        if !self.cache.contains(key) {
+            let state = match self.unwritten.remove(key) {
+                Some(state) => state,
+                None => {
+                    metrics::counter!("switchboard_worker_state_disk_reads_total").increment(1);
+                    match self.disk.get(key)? {
+                        Some(bytes) => ConversationState::decode(bytes.as_slice())
+                            .unwrap_or_else(|e| {
+                                tracing::warn!(error = %e, "undecodable conversation state; starting afresh");
+                                ConversationState::default()
+                            }),
+                        None => ConversationState::default(),
+                    }
+                }
+            };
+            if let Some((evicted, state)) = self.cache.push(key.to_owned(), state)
+                && self.unflushed.contains_key(&evicted)
+            {
+                self.unwritten.insert(evicted, state);
+            }
+        }
+        Ok(self.cache.get_mut(key).expect("inserted above"))
+    }
+
+    /// Conversation `key`'s state changed; `flush` will write it.
+    pub fn changed(&mut self, key: &str, flush: u64) {
+        match self.unflushed.get_mut(key) {
+            Some(number) => *number = flush,
+            None => {
+                self.unflushed.insert(key.to_owned(), flush);
+            }
+        }
+    }
+
+    /// The state of a conversation changed and not yet written, encoded for
+    /// the state topic.
+    pub fn encode_unflushed(&self, key: &str) -> Option<Encoded> {
+        let state = self.cache.peek(key).or_else(|| self.unwritten.get(key))?;
+        Some(if *state == ConversationState::default() {
+            None
+        } else {
+            Some(state.encode_to_vec())
+        })
+    }
+
+    /// Flush `number`, holding `written`, is acknowledged: writes them to
+    /// disk, and lets the states that did not change since be evicted.
+    pub fn flushed(&mut self, number: u64, written: &[(String, Encoded)]) -> Result<(), DiskError> {
+        self.disk.apply(
+            written.iter().map(|(k, v)| (k.as_str(), v.as_deref())),
+            None,
+            true,
+        )?;
+        self.unflushed.retain(|key, flush| {
+            let keep = *flush > number;
+            if !keep {
+                self.unwritten.remove(key);
+            }
+            keep
+        });
+        Ok(())
+    }
+
+    /// Looks at up to `limit` conversations after the last one looked at
+    /// (starting over after the last), and expires the idle ones. Returns
+    /// the keys whose state changed, for the caller to flush. `busy` tells
+    /// a conversation with a message in flight: left alone.
+    pub fn sweep(
+        &mut self,
+        policy: &ExpiryPolicy,
+        now: SystemTime,
+        limit: usize,
+        busy: impl Fn(&str) -> bool,
+    ) -> Result<Vec<String>, DiskError> {
+        let found = self.disk.scan(self.sweep_after.as_deref(), limit)?;
+        self.sweep_after = if found.len() < limit {
+            None
+        } else {
+            found.last().map(|(k, _)| k.clone())
+        };
+        let mut changed = Vec::new();
+        for (key, bytes) in found {
+            if busy(&key) || self.unflushed.contains_key(&key) {
+                continue; // changed lately: not idle
+            }
+            let verdict = match self.cache.peek(&key) {
+                Some(state) => policy.verdict(state, now),
+                None => match ConversationState::decode(bytes.as_slice()) {
+                    Ok(state) => policy.verdict(&state, now),
+                    Err(_) => Verdict::Forget,
+                },
+            };
+            let (outcome, replacement) = match verdict {
+                Verdict::Keep => continue,
+                Verdict::Forget => ("forgotten", ConversationState::default()),
+                Verdict::Minimize => ("minimized", super::expiry::opted_out_only()),
+            };
+            metrics::counter!("switchboard_worker_state_expired_total", "outcome" => outcome)
+                .increment(1);
+            *self.get_mut(&key)? = replacement;
+            changed.push(key);
+        }
+        Ok(changed)
+    }
+
+    /// Conversations in memory.
+    pub fn cached(&self) -> usize {
+        self.cache.len() + self.unwritten.len()
+    }
+
+    /// Conversations on disk.
+    pub fn on_disk(&self) -> Result<u64, DiskError> {
+        self.disk.len()
     }
 }
