@@ -12,6 +12,8 @@
 
 pub mod report;
 pub mod sizes;
+#[cfg(test)]
+mod tests;
 
 use std::{
     path::{Path, PathBuf},

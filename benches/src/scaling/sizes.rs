@@ -133,7 +133,7 @@ fn read_one(kafka: &KafkaConfig, topic: &str, what: &str) -> anyhow::Result<Reco
 
 /// Bytes of `topic`'s `*.log` segments under every `node-*/kraft-combined-logs`
 /// of `data_dir` (index files are preallocated, so they are left out).
-fn disk_bytes(data_dir: &Path, topic: &str) -> u64 {
+pub(crate) fn disk_bytes(data_dir: &Path, topic: &str) -> u64 {
     let Ok(nodes) = std::fs::read_dir(data_dir) else {
         return 0;
     };
