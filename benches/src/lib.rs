@@ -19,6 +19,8 @@
 //!   time, rate, memory and disk per conversation.
 //! - [`reconcile`]: the load generator's ledger of acknowledged messages
 //!   against every destination topic: lost, reordered, duplicated.
+//! - [`scaling`]: 1, 2, 3… routing worker processes on one backlog: rate,
+//!   CPU per message, record sizes and bytes on disk (docs/capacity.md).
 //!
 //! Binaries: `switchboard-embedded` (the in-memory demo) and
 //! `switchboard-bench` (the load generator).
@@ -30,5 +32,6 @@ pub mod faults;
 pub mod loadgen;
 pub mod pipeline;
 pub mod reconcile;
+pub mod scaling;
 pub mod scenarios;
 pub mod state_rebuild;

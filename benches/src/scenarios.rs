@@ -378,7 +378,13 @@ pub async fn ingest(
 /// CPU time (user and system) this process has used, from `/proc/self/stat`
 /// (in clock ticks of 10 ms, Linux's `CLK_TCK` of 100).
 pub fn process_cpu() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    cpu_of("self")
+}
+
+/// CPU time (user and system) process `pid` (or `self`) has used so far,
+/// from `/proc/<pid>/stat`; zero once it is gone.
+pub fn cpu_of(pid: &str) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name (which may hold spaces): the state is
     // the 3rd field, utime the 14th and stime the 15th.
     let fields: Vec<&str> = stat
@@ -402,14 +408,14 @@ fn cpu_per_message(since: Duration, messages: usize) -> f64 {
 
 /// Records in `topic` (all partitions), with one client kept for the whole
 /// wait so that polling costs little of the CPU being measured.
-struct TopicCounter {
+pub(crate) struct TopicCounter {
     consumer: rdkafka::consumer::BaseConsumer,
     topic: String,
     partitions: i32,
 }
 
 impl TopicCounter {
-    fn new(kafka: &KafkaConfig, topic: &str) -> anyhow::Result<Self> {
+    pub(crate) fn new(kafka: &KafkaConfig, topic: &str) -> anyhow::Result<Self> {
         Ok(Self {
             consumer: kafka.client_config(&[]).create()?,
             topic: topic.to_owned(),
@@ -417,7 +423,7 @@ impl TopicCounter {
         })
     }
 
-    fn count(&self) -> i64 {
+    pub(crate) fn count(&self) -> i64 {
         (0..self.partitions)
             .map(|p| {
                 self.consumer

@@ -7,6 +7,7 @@ use switchboard_benches::{
     faults::{self, FaultOptions, report::FaultReport},
     loadgen::{self, LoadOptions, Rpc, SinkSpec, Target, plot, sink::SinkFormat},
     reconcile::{self, Until, ledger::Ledger, records::TopicNames},
+    scaling::{self, ScalingOptions},
     scenarios::{self, ScenarioReport},
 };
 use switchboard_runtime::kafka::KafkaConfig;
@@ -81,6 +82,14 @@ enum Scenario {
         scenarios: Vec<faults::Scenario>,
         #[command(flatten)]
         options: FaultOptions,
+    },
+    /// 1, 2, 3… switchboard-workers processes in one group routing the
+    /// same preloaded backlog to analytics: rate, CPU per message (workers
+    /// and Kafka), record sizes and bytes on disk (benches/scaling/run.sh
+    /// runs it on a 3-broker cluster of its own).
+    Scaling {
+        #[command(flatten)]
+        options: ScalingOptions,
     },
     /// Reconciles a load run's ledger (`--acked-out`) with every
     /// destination topic: lost, reordered, duplicated, delivered without an
@@ -246,6 +255,11 @@ async fn run_scenario(scenario: Scenario, output: &Output) -> anyhow::Result<()>
                 .map(|r| r.scenario.as_str())
                 .collect();
             anyhow::ensure!(failed.is_empty(), "scenarios failed: {failed:?}");
+            return Ok(());
+        }
+        Scenario::Scaling { options } => {
+            let report = scaling::run(&options).await?;
+            output.write(&report.markdown(), &report)?;
             return Ok(());
         }
         Scenario::Reconcile {

@@ -158,7 +158,7 @@ fn longest_stall(timeline: &[crate::loadgen::report::Second]) -> u64 {
 
 /// Waits until consumer group `group` is stable with `members` members
 /// (two minutes at most).
-async fn wait_for_group(kafka: &str, group: &str, members: usize) -> anyhow::Result<()> {
+pub(crate) async fn wait_for_group(kafka: &str, group: &str, members: usize) -> anyhow::Result<()> {
     use rdkafka::consumer::{BaseConsumer, Consumer as _};
     let admin: BaseConsumer = KafkaConfig {
         bootstrap_servers: kafka.to_owned(),
@@ -219,11 +219,14 @@ pub async fn run(scenario: Scenario, options: &FaultOptions) -> anyhow::Result<F
             "default = [{{ bot = \"steady\" }}]\n\n[[rules]]\nid = \"flaky-tenant\"\ntenants = [\"{FLAKY_TENANT}\"]\ndestinations = [{{ bot = \"flaky\" }}]\n"
         ),
     )?;
+    let topic = format!("{prefix}.messages");
     let setup = WorkerSetup {
         kafka: &options.kafka,
         replication: options.replication,
+        partitions: processes::PARTITIONS,
         prefix: &prefix,
-        rules: &rules,
+        messages_topic: &topic,
+        rules: Some(&rules),
     };
     let mut configs = Vec::new();
     for n in 0..WORKERS {
@@ -238,7 +241,6 @@ pub async fn run(scenario: Scenario, options: &FaultOptions) -> anyhow::Result<F
         )?);
     }
     let now = || clock.elapsed().as_secs_f64();
-    let topic = format!("{prefix}.messages");
     // Topics first, so neither process races the other to create them.
     KafkaConfig {
         bootstrap_servers: options.kafka.clone(),

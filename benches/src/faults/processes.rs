@@ -73,7 +73,8 @@ impl Proc {
         Ok(())
     }
 
-    fn pid(&self) -> anyhow::Result<u32> {
+    /// Its process id, while it runs.
+    pub fn pid(&self) -> anyhow::Result<u32> {
         self.child
             .as_ref()
             .and_then(Child::id)
@@ -207,10 +208,14 @@ pub struct WorkerSetup<'a> {
     pub kafka: &'a str,
     /// Replication of the topics they create.
     pub replication: i32,
-    /// Prefix of every topic name, and the group id.
+    /// Partitions of the topics they create.
+    pub partitions: i32,
+    /// Prefix of every topic name they write, and the group id.
     pub prefix: &'a str,
-    /// The routing rules file.
-    pub rules: &'a Path,
+    /// The topic they route from.
+    pub messages_topic: &'a str,
+    /// The routing rules file; none: everything goes to analytics only.
+    pub rules: Option<&'a Path>,
 }
 
 impl WorkerSetup<'_> {
@@ -225,15 +230,14 @@ impl WorkerSetup<'_> {
         let mut config = format!(
             r#"group_id = "{p}"
 auto_offset_reset = "earliest"
-messages_topic = "{p}.messages"
+messages_topic = "{messages}"
 analytics_topic = "{p}.analytics"
 agent_queue_topic = "{p}.agent-queue"
 dlq_topic = "{p}.dlq"
 state_topic = "{p}.state"
 rejections_topic = "{p}.rejections"
 outbound_topic_prefix = "{p}.outbound"
-rules_file = "{rules}"
-max_attempts = 6
+{rules}max_attempts = 6
 retry_backoff = "100ms"
 retry_backoff_max = "2s"
 shutdown_grace = "10s"
@@ -246,10 +250,14 @@ topic_replication = {replication}
 [agents]
 enabled = false
 "#,
-            rules = self.rules.display(),
+            messages = self.messages_topic,
+            rules = self
+                .rules
+                .map(|r| format!("rules_file = \"{}\"\n", r.display()))
+                .unwrap_or_default(),
             kafka = self.kafka,
             replication = self.replication,
-            partitions = PARTITIONS,
+            partitions = self.partitions,
         );
         for (bot, endpoint) in bots {
             config.push_str(&format!(
