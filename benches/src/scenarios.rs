@@ -432,13 +432,8 @@ pub async fn ingest(
                 (Target::connect(&node.address, 4).await?, pid)
             };
             let mark = CpuMark::now(watched);
+            // Errors (a saturated host) are reported with the run, not fatal.
             let run = loadgen::run(target, options, None).await?;
-            anyhow::ensure!(
-                run.errors.is_empty(),
-                "{}: errors {:?}",
-                variant.name,
-                run.errors
-            );
             let (generator_cpu, node_cpu) = mark.per_message(watched, run.acked);
             let mut extra = vec![("generator_cpu_us_per_msg", generator_cpu)];
             match node_cpu {
