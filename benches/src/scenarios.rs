@@ -3,8 +3,9 @@
 //! measured side by side mean something).
 //!
 //! - [`ingest`]: the raw rdkafka producer (same payloads, keys, acks and
-//!   idempotence) against `PublishStream` and unary `Publish` through an
-//!   ingestion node.
+//!   idempotence) against `PublishStream`, `PublishBatch` and unary
+//!   `Publish` through an ingestion node in a process of its own, at
+//!   saturation and at a steady rate, with CPU time per message.
 //! - [`routing`]: the raw rdkafka consumer and the raw pipe (consume,
 //!   produce one record per message, store after delivery) against workers
 //!   routing every message to analytics, with CPU time per message.
@@ -459,7 +460,10 @@ pub async fn ingest(
             let name = if steady {
                 format!("{}, open loop at {steady_rate}/s", variant.name)
             } else if variant.rpc == Rpc::Batch {
-                format!("{}, {} batches in flight", variant.name, variant.concurrency)
+                format!(
+                    "{}, {} batches in flight",
+                    variant.name, variant.concurrency
+                )
             } else {
                 format!("{}, {} in flight", variant.name, variant.concurrency)
             };
