@@ -3,8 +3,9 @@
 //! measured side by side mean something).
 //!
 //! - [`ingest`]: the raw rdkafka producer (same payloads, keys, acks and
-//!   idempotence) against `PublishStream` and unary `Publish` through an
-//!   ingestion node.
+//!   idempotence) against `PublishStream`, `PublishBatch` and unary
+//!   `Publish` through an ingestion node in a process of its own, at
+//!   saturation and at a steady rate, with CPU time per message.
 //! - [`routing`]: the raw rdkafka consumer and the raw pipe (consume,
 //!   produce one record per message, store after delivery) against workers
 //!   routing every message to analytics, with CPU time per message.
@@ -31,9 +32,9 @@ use rdkafka::{
     consumer::{Consumer, StreamConsumer},
 };
 use serde::Serialize;
-use switchboard_broker::{config::BrokerConfig, server::Broker};
+use switchboard_broker::config::BrokerConfig;
 use switchboard_proto::v1::{Channel, Envelope};
-use switchboard_runtime::{kafka::KafkaConfig, shutdown::Shutdown};
+use switchboard_runtime::kafka::KafkaConfig;
 use switchboard_testkit::RecordingBot;
 
 use crate::{
@@ -253,62 +254,119 @@ pub(crate) fn load(rpc: Rpc, conversations: u64, payload_bytes: usize) -> LoadOp
     }
 }
 
-/// An ingestion node in this process, on `topic`.
-struct Node {
-    address: String,
-    shutdown: Shutdown,
-    serving: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-impl Node {
-    async fn start(kafka: &KafkaConfig, topic: &str, max_in_flight: usize) -> anyhow::Result<Self> {
-        let broker = Broker::bind(BrokerConfig {
-            grpc_addr: ([127, 0, 0, 1], 0).into(),
-            metrics_addr: None,
-            http_addr: None,
-            kafka: kafka.clone(),
-            messages_topic: topic.to_owned(),
-            max_in_flight,
-            ..BrokerConfig::default()
-        })
-        .await?;
-        let address = format!("http://{}", broker.local_addr());
-        let shutdown = Shutdown::new();
-        let serving = tokio::spawn(broker.serve(shutdown.clone()));
-        Ok(Self {
-            address,
-            shutdown,
-            serving,
-        })
-    }
-
-    async fn stop(self) -> anyhow::Result<()> {
-        self.shutdown.cancel();
-        self.serving.await?
-    }
-}
-
 /// The raw producer, configured like the ingestion node's (acks, idempotence,
-/// compression, partitioner and linger), on a fresh topic.
+/// compression, partitioner and linger), on a fresh topic, warmed up: a new
+/// topic's leaders and the producer's connection and metadata take a moment,
+/// which an open-loop run would otherwise count as its first second's
+/// latency (the node's topic is warmed up the same way).
 async fn raw_target(kafka: &KafkaConfig, name: &str) -> anyhow::Result<Target> {
     let topic = format!("bench.{name}.{}", uuid::Uuid::now_v7().simple());
     kafka.ensure_topics(&[&topic]).await?;
     let linger = BrokerConfig::default().linger.as_millis().to_string();
-    let producer = kafka.producer_config(&[("linger.ms", &linger)]).create()?;
+    let producer: rdkafka::producer::FutureProducer =
+        kafka.producer_config(&[("linger.ms", &linger)]).create()?;
+    let warm_up = (0..WARM_UP_MESSAGES)
+        .map(|i| {
+            let key = format!("warm-up-{i}");
+            producer
+                .send_result(
+                    rdkafka::producer::FutureRecord::to(&topic)
+                        .key(&key)
+                        .payload("warm-up"),
+                )
+                .map_err(|(e, _)| anyhow::anyhow!("warm-up send: {e}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    for delivery in warm_up {
+        delivery
+            .await?
+            .map_err(|(e, _)| anyhow::anyhow!("warm-up delivery: {e}"))?;
+    }
     Ok(Target::Kafka { producer, topic })
 }
 
-/// Ingest: the raw producer, then `PublishStream`, then unary `Publish`
-/// (closed loop, `messages` each); then, in open loop at `unary_rate` for
-/// `unary_duration`, the raw producer and unary `Publish`.
+/// Records sent before a measured run to a fresh topic or node (keys
+/// spread over every partition), not counted.
+const WARM_UP_MESSAGES: u64 = 2_000;
+
+/// CPU used by the processes a scenario watches.
+#[derive(Clone, Copy)]
+struct CpuMark {
+    generator: Duration,
+    node: Option<Duration>,
+}
+
+impl CpuMark {
+    fn now(node: Option<u32>) -> Self {
+        Self {
+            generator: process_cpu(),
+            node: node.map(|pid| cpu_of(&pid.to_string())),
+        }
+    }
+
+    /// Microseconds per message since `self`, for the generator and the node.
+    fn per_message(self, node: Option<u32>, messages: u64) -> (f64, Option<f64>) {
+        let per = |d: Duration| d.as_secs_f64() * 1e6 / messages.max(1) as f64;
+        let now = Self::now(node);
+        (
+            per(now.generator.saturating_sub(self.generator)),
+            self.node
+                .zip(now.node)
+                .map(|(before, after)| per(after.saturating_sub(before))),
+        )
+    }
+}
+
+/// One way of publishing in the ingest scenario.
+#[derive(Clone, Copy)]
+struct IngestVariant {
+    name: &'static str,
+    rpc: Rpc,
+    /// Closed loop: messages (batches with `PublishBatch`) in flight.
+    concurrency: usize,
+}
+
+const INGEST_VARIANTS: [IngestVariant; 4] = [
+    IngestVariant {
+        name: "raw rdkafka producer",
+        rpc: Rpc::Kafka,
+        concurrency: 10_000,
+    },
+    IngestVariant {
+        name: "PublishStream, 4 streams",
+        rpc: Rpc::Stream,
+        concurrency: 10_000,
+    },
+    IngestVariant {
+        name: "PublishBatch, 100 per batch",
+        rpc: Rpc::Batch,
+        concurrency: 64,
+    },
+    IngestVariant {
+        name: "unary Publish",
+        rpc: Rpc::Unary,
+        concurrency: 64,
+    },
+];
+
+/// Ingest: an ingestion node (`broker`, its own process, so that its CPU is
+/// read apart from the generator's in `/proc`) against the raw producer,
+/// every variant measured twice: at saturation (closed loop, `messages`
+/// each) and at a steady `steady_rate` (open loop, `steady_duration` each).
+/// Each variant reports CPU per message: the node's process for
+/// Switchboard, the generator's process for the raw producer (which is the
+/// producer's program); and its ratios to the raw producer measured in the
+/// same run and mode.
 pub async fn ingest(
     kafka: &KafkaConfig,
+    broker: &std::path::Path,
     messages: u64,
     body_bytes: usize,
-    unary_rate: f64,
-    unary_duration: Duration,
+    steady_rate: f64,
+    steady_duration: Duration,
 ) -> anyhow::Result<ScenarioReport> {
     let conversations = (messages / 10).max(1);
+    let node_max_in_flight = 50_000;
     let mut report = ScenarioReport::new(
         "ingest vs the raw producer",
         &[
@@ -316,67 +374,107 @@ pub async fn ingest(
             ("conversations", conversations.to_string()),
             ("body_bytes", body_bytes.to_string()),
             ("partitions", kafka.topic_partitions.to_string()),
+            ("steady_rate", steady_rate.to_string()),
+            ("steady_duration", format!("{steady_duration:?}")),
+            ("node", "switchboard-broker, its own process".into()),
+            ("node_max_in_flight", node_max_in_flight.to_string()),
+            (
+                "cpu",
+                "user + system time from /proc/<pid>/stat over the variant, per acknowledged message"
+                    .into(),
+            ),
         ],
     );
-    let counted = |rpc, concurrency| LoadOptions {
-        messages: Some(messages),
-        concurrency,
-        ..load(rpc, conversations, body_bytes)
-    };
-
-    // The limit: librdkafka with the node's producer settings, same records.
-    let raw = loadgen::run(
-        raw_target(kafka, "ingest-raw").await?,
-        counted(Rpc::Kafka, 10_000),
-        None,
-    )
-    .await?;
-    report.push_run("raw rdkafka producer", raw, &[]);
-
     let topic = format!("bench.ingest.{}", uuid::Uuid::now_v7().simple());
     kafka.ensure_topics(&[&topic]).await?;
-    let node = Node::start(kafka, &topic, 50_000).await?;
-    for (name, rpc, concurrency) in [
-        ("PublishStream, 4 streams", Rpc::Stream, 10_000),
-        ("unary Publish, 64 in flight", Rpc::Unary, 64),
-    ] {
-        let target = Target::connect(&node.address, 4).await?;
-        let run = loadgen::run(target, counted(rpc, concurrency), None).await?;
-        anyhow::ensure!(run.errors.is_empty(), "{name}: errors {:?}", run.errors);
-        report.push_run(name, run, &[]);
-    }
-    // Open loop at one rate: Kafka's own produce latency, then unary calls.
-    let open = LoadOptions {
-        rate: Some(unary_rate),
-        duration: Some(unary_duration),
-        ..load(Rpc::Kafka, conversations, body_bytes)
-    };
-    let raw = loadgen::run(raw_target(kafka, "ingest-raw").await?, open.clone(), None).await?;
-    report.push_run(
-        &format!("raw rdkafka producer, open loop at {unary_rate}/s"),
-        raw,
-        &[],
-    );
-    let run = loadgen::run(
+    let node = NodeProcess::spawn(
+        broker,
+        kafka,
+        &topic,
+        &[("MAX_IN_FLIGHT", node_max_in_flight.to_string())],
+    )
+    .await?;
+    let pid = node.child.id();
+    // The node's producer meets its topic's leaders before anything counts.
+    loadgen::run(
         Target::connect(&node.address, 4).await?,
         LoadOptions {
-            rpc: Rpc::Unary,
-            ..open
+            messages: Some(WARM_UP_MESSAGES),
+            ..load(Rpc::Unary, conversations, body_bytes)
         },
         None,
     )
     .await?;
-    report.push_run(
-        &format!("unary Publish, open loop at {unary_rate}/s"),
-        run,
-        &[],
-    );
+
+    // (raw closed-loop rate, raw CPU/msg) per mode; (node CPU/msg) at saturation per RPC.
+    let mut raw: [(f64, f64); 2] = [(0.0, 0.0); 2];
+    let mut raw_p99 = 0.0;
+    let mut saturated_cpu: HashMap<&str, f64> = HashMap::new();
+    for (mode, steady) in [(0, false), (1, true)] {
+        for variant in INGEST_VARIANTS {
+            let options = LoadOptions {
+                concurrency: variant.concurrency,
+                ..if steady {
+                    LoadOptions {
+                        rate: Some(steady_rate),
+                        duration: Some(steady_duration),
+                        ..load(variant.rpc, conversations, body_bytes)
+                    }
+                } else {
+                    LoadOptions {
+                        messages: Some(messages),
+                        ..load(variant.rpc, conversations, body_bytes)
+                    }
+                }
+            };
+            let (target, watched) = if variant.rpc == Rpc::Kafka {
+                (raw_target(kafka, "ingest-raw").await?, None)
+            } else {
+                (Target::connect(&node.address, 4).await?, pid)
+            };
+            let mark = CpuMark::now(watched);
+            // Errors (a saturated host) are reported with the run, not fatal.
+            let run = loadgen::run(target, options, None).await?;
+            let (generator_cpu, node_cpu) = mark.per_message(watched, run.acked);
+            let mut extra = vec![("generator_cpu_us_per_msg", generator_cpu)];
+            match node_cpu {
+                None => {
+                    raw[mode] = (run.acked_rate, generator_cpu);
+                    raw_p99 = run.latency_ms.p99;
+                    extra.push(("cpu_us_per_msg", generator_cpu));
+                }
+                Some(node_cpu) => {
+                    extra.push(("cpu_us_per_msg", node_cpu));
+                    extra.push(("cpu_x_raw", node_cpu / raw[mode].1.max(1e-9)));
+                    if steady {
+                        extra.push(("p99_x_raw", run.latency_ms.p99 / raw_p99.max(1e-3)));
+                        if let Some(saturated) = saturated_cpu.get(variant.name) {
+                            extra.push(("cpu_x_saturation", node_cpu / saturated.max(1e-9)));
+                        }
+                    } else {
+                        extra.push(("rate_x_raw", run.acked_rate / raw[mode].0.max(1e-9)));
+                        saturated_cpu.insert(variant.name, node_cpu);
+                    }
+                }
+            }
+            let name = if steady {
+                format!("{}, open loop at {steady_rate}/s", variant.name)
+            } else if variant.rpc == Rpc::Batch {
+                format!(
+                    "{}, {} batches in flight",
+                    variant.name, variant.concurrency
+                )
+            } else {
+                format!("{}, {} in flight", variant.name, variant.concurrency)
+            };
+            report.push_run(&name, run, &extra);
+        }
+    }
     node.stop().await?;
     Ok(report)
 }
 
-/// CPU time (user and system) this process has used, from `/proc/self/stat`
-/// (in clock ticks of 10 ms, Linux's `CLK_TCK` of 100).
+/// CPU time (user and system) this process has used, from `/proc/self/stat`.
 pub fn process_cpu() -> Duration {
     cpu_of("self")
 }
@@ -787,13 +885,14 @@ struct NodeProcess {
 }
 
 impl NodeProcess {
-    /// Starts `binary` on free ports, publishing to `topic`, remembering at
-    /// most `dedupe_entries` channel message ids, and waits until it answers.
+    /// Starts `binary` on free ports, publishing to `topic`, with
+    /// `settings` (config keys, as `SWITCHBOARD_BROKER_<KEY>` variables),
+    /// and waits until it answers.
     async fn spawn(
         binary: &std::path::Path,
         kafka: &KafkaConfig,
         topic: &str,
-        dedupe_entries: usize,
+        settings: &[(&str, String)],
     ) -> anyhow::Result<Self> {
         let free_port = || -> anyhow::Result<u16> {
             Ok(std::net::TcpListener::bind("127.0.0.1:0")?
@@ -801,17 +900,17 @@ impl NodeProcess {
                 .port())
         };
         let (grpc, metrics) = (free_port()?, free_port()?);
-        let child = tokio::process::Command::new(binary)
+        let mut command = tokio::process::Command::new(binary);
+        for (key, value) in settings {
+            command.env(format!("SWITCHBOARD_BROKER_{key}"), value);
+        }
+        let child = command
             .args(["--grpc-addr", &format!("127.0.0.1:{grpc}")])
             .args(["--metrics-addr", &format!("127.0.0.1:{metrics}")])
             .args(["--http-addr", "off"])
             .args(["--kafka-bootstrap", &kafka.bootstrap_servers])
             .args(["--messages-topic", topic])
             .env("RUST_LOG", "warn")
-            .env(
-                "SWITCHBOARD_BROKER_DEDUPE__MAX_ENTRIES",
-                dedupe_entries.to_string(),
-            )
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| {
@@ -886,7 +985,13 @@ pub async fn overload(
     );
     let topic = format!("bench.overload.{}", uuid::Uuid::now_v7().simple());
     kafka.ensure_topics(&[&topic]).await?;
-    let node = NodeProcess::spawn(broker, kafka, &topic, dedupe_entries).await?;
+    let node = NodeProcess::spawn(
+        broker,
+        kafka,
+        &topic,
+        &[("DEDUPE__MAX_ENTRIES", dedupe_entries.to_string())],
+    )
+    .await?;
     let base = LoadOptions {
         memory_of: node.child.id(),
         ..load(Rpc::Unary, conversations, 200)

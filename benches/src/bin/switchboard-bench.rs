@@ -114,8 +114,9 @@ enum Scenario {
         #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
         deadline: Duration,
     },
-    /// The raw rdkafka producer against PublishStream and unary Publish, in
-    /// closed loop, then against unary Publish in open loop.
+    /// The raw rdkafka producer against PublishStream, PublishBatch and
+    /// unary Publish through a node of its own, at saturation (closed loop)
+    /// and at a steady rate (open loop), with CPU time per message.
     Ingest {
         #[command(flatten)]
         common: ScenarioArgs,
@@ -126,11 +127,15 @@ enum Scenario {
         #[arg(long, default_value_t = 300)]
         body_bytes: usize,
         /// Rate of the open-loop variants, per second.
-        #[arg(long, default_value_t = 5_000.0)]
-        unary_rate: f64,
+        #[arg(long, alias = "unary-rate", default_value_t = 5_000.0)]
+        steady_rate: f64,
         /// Length of each open-loop variant.
-        #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
-        unary_duration: Duration,
+        #[arg(long, alias = "unary-duration", default_value = "20s", value_parser = humantime::parse_duration)]
+        steady_duration: Duration,
+        /// The ingestion node binary [default: switchboard-broker beside
+        /// this one].
+        #[arg(long)]
+        broker: Option<PathBuf>,
     },
     /// A worker's conversation-state rebuild of one partition: preloads a
     /// state topic, times the rebuild (and a resume), reports rate, memory
@@ -292,15 +297,18 @@ async fn run_scenario(scenario: Scenario, output: &Output) -> anyhow::Result<()>
             common,
             messages,
             body_bytes,
-            unary_rate,
-            unary_duration,
+            steady_rate,
+            steady_duration,
+            broker,
         } => {
+            let broker = broker.unwrap_or_else(scenarios::sibling_broker);
             scenarios::ingest(
                 &common.kafka(),
+                &broker,
                 messages,
                 body_bytes,
-                unary_rate,
-                unary_duration,
+                steady_rate,
+                steady_duration,
             )
             .await?
         }

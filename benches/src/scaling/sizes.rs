@@ -76,7 +76,8 @@ impl Sizes {
 
 /// A conversation state as full as it gets in practice: 20 recent channel
 /// message ids (WhatsApp `wamid`s, the longest) with their offsets, a
-/// consent record (opted out), a referral, and a human owner.
+/// consent record (opted out), a referral, a human owner, and the last
+/// outbound time.
 pub fn full_state() -> ConversationState {
     let now = switchboard_proto::timestamp(std::time::SystemTime::now());
     ConversationState {
@@ -98,6 +99,7 @@ pub fn full_state() -> ConversationState {
             .collect(),
         updated_at: Some(now),
         recent_message_offsets: (0..20).map(|i| 1_234_567_890 + i).collect(),
+        last_outbound_at: Some(now),
     }
 }
 
