@@ -5,7 +5,7 @@
 //!
 //! Run with `deploy/test.sh` (it starts Kafka and sets `SWITCHBOARD_TEST_KAFKA`).
 
-use std::{num::NonZeroUsize, sync::Arc, time::Duration};
+use std::{num::NonZeroUsize, time::Duration};
 
 use prost::Message as _;
 use rdkafka::{
@@ -17,51 +17,23 @@ use switchboard_proto::v1::{
     Channel, ConsentEvent, ConversationControl, ConversationState, Envelope, Owner,
     consent_event::Action as Consent, conversation_control::Action as Control, envelope::Content,
 };
-use switchboard_runtime::shutdown::Shutdown;
 use switchboard_testkit as testkit;
 use switchboard_workers::{
-    agents::config::AgentsConfig,
     config::{AutoOffsetReset, WorkersConfig},
-    consume::Worker,
-    route::Router,
     state::PartitionStates,
 };
-use tokio::task::JoinHandle;
 
-/// A worker config of its own: random topics and group, agents off,
-/// reading the messages topic from its start.
+mod common;
+use common::start;
+
+/// A worker config of its own, reading the messages topic from its start,
+/// flushing states every 100 ms.
 fn isolated(prefix: &str) -> WorkersConfig {
-    let bootstrap = testkit::real_kafka();
-    let unique = |what: &str| testkit::random_topic(&format!("{prefix}.{what}"));
     WorkersConfig {
-        kafka: testkit::kafka_config(&bootstrap, 1),
-        group_id: unique("group"),
         auto_offset_reset: AutoOffsetReset::Earliest,
-        messages_topic: unique("messages"),
-        analytics_topic: unique("analytics"),
-        agent_queue_topic: unique("agents"),
-        dlq_topic: unique("dlq"),
-        state_topic: unique("state"),
-        rejections_topic: unique("rejections"),
-        outbound_topic_prefix: unique("outbound"),
-        metrics_addr: None,
-        shutdown_grace: Duration::from_secs(5),
         state_flush_interval: Duration::from_millis(100),
-        agents: AgentsConfig {
-            enabled: false,
-            queue_state_topic: unique("queue-state"),
-            assignments_topic: unique("assignments"),
-            ..AgentsConfig::default()
-        },
-        ..WorkersConfig::default()
+        ..common::isolated(prefix, 1)
     }
-}
-
-fn start(config: &WorkersConfig) -> (Shutdown, JoinHandle<anyhow::Result<()>>) {
-    let shutdown = Shutdown::new();
-    let router = Arc::new(Router::new(config).unwrap());
-    let worker = Worker::new(config, router).unwrap();
-    (shutdown.clone(), tokio::spawn(worker.run(shutdown)))
 }
 
 fn text(conversation: &str, id: &str, channel_id: &str) -> Envelope {

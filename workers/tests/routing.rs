@@ -16,44 +16,17 @@ use rdkafka::{
 use switchboard_proto::v1::{Channel, Envelope};
 use switchboard_runtime::shutdown::Shutdown;
 use switchboard_testkit as testkit;
-use switchboard_workers::{
-    agents::config::AgentsConfig, config::WorkersConfig, consume::Worker, route::Router,
-};
-use tokio::task::JoinHandle;
+use switchboard_workers::config::WorkersConfig;
 
-/// A worker config of its own: random topics and group, agents off.
+mod common;
+use common::start;
+
+/// A worker config of its own, retrying after 20 ms.
 fn isolated(prefix: &str, partitions: i32) -> WorkersConfig {
-    let bootstrap = testkit::real_kafka();
-    let unique = |what: &str| testkit::random_topic(&format!("{prefix}.{what}"));
     WorkersConfig {
-        kafka: testkit::kafka_config(&bootstrap, partitions),
-        group_id: unique("group"),
-        messages_topic: unique("messages"),
-        analytics_topic: unique("analytics"),
-        agent_queue_topic: unique("agents"),
-        dlq_topic: unique("dlq"),
-        state_topic: unique("state"),
-        rejections_topic: unique("rejections"),
-        outbound_topic_prefix: unique("outbound"),
-        metrics_addr: None,
-        shutdown_grace: Duration::from_secs(5),
         retry_backoff: Duration::from_millis(20),
-        agents: AgentsConfig {
-            enabled: false,
-            queue_state_topic: unique("queue-state"),
-            assignments_topic: unique("assignments"),
-            ..AgentsConfig::default()
-        },
-        ..WorkersConfig::default()
+        ..common::isolated(prefix, partitions)
     }
-}
-
-/// Starts one routing worker.
-fn start(config: &WorkersConfig) -> (Shutdown, JoinHandle<anyhow::Result<()>>) {
-    let shutdown = Shutdown::new();
-    let router = Arc::new(Router::new(config).unwrap());
-    let worker = Worker::new(config, router).unwrap();
-    (shutdown.clone(), tokio::spawn(worker.run(shutdown)))
 }
 
 async fn publish(producer: &FutureProducer, topic: &str, envelope: &Envelope) {
