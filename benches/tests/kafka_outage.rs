@@ -229,10 +229,13 @@ async fn a_worker_routes_again_soon_after_kafka_restarts() {
         data: std::env::temp_dir().join(testkit::random_topic("worker-outage")),
     };
     kafka.run("start.sh");
-    let config = PipelineConfig::isolated(
+    let mut config = PipelineConfig::isolated(
         testkit::kafka_config(&kafka.bootstrap(), 4),
         "test.worker-outage",
     );
+    let rules = kafka.data.with_extension("rules.toml");
+    std::fs::write(&rules, "default = [{ bot = \"echo\" }]\n").unwrap();
+    config.rules_file = Some(rules.clone());
     config.create_topics().await.unwrap();
     let bot = RecordingBot::default();
     let pipeline = Pipeline::start(&config, bot.clone()).await.unwrap();
@@ -249,4 +252,5 @@ async fn a_worker_routes_again_soon_after_kafka_restarts() {
     let took = routed(&bot, 400, Duration::from_secs(30)).await;
     eprintln!("routed again {took:?} after Kafka was back");
     pipeline.stop().await.unwrap();
+    let _ = std::fs::remove_file(rules);
 }
