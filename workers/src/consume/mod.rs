@@ -219,7 +219,9 @@ impl Worker {
                     // same queue as rebalances and messages. Waiting after
                     // each would leave the loop behind that backlog long
                     // after Kafka is back, holding rebalances back with it.
+                    // Yielding keeps a burst of them from hogging the thread.
                     consumer_errors.report(&e);
+                    tokio::task::yield_now().await;
                     continue;
                 }
             };
