@@ -12,7 +12,9 @@
 #   FAULTS_SINGLE_PORT  port of the one-broker Kafka of kafka-restart (default 19192)
 #   FAULTS_OUT          reports, logs and Kafka data (default target/faults)
 #   FAULTS_RATE, FAULTS_DURATION   load of each scenario (default 300/s for 40s; quick 150/s for 12s)
-#   FAULTS_PROFILE      release or debug build (default release; quick debug)
+#   FAULTS_PROFILE      release or debug build (default release; quick debug),
+#                       from CARGO_TARGET_DIR if set
+#   FAULTS_RUST_LOG     RUST_LOG of the nodes and workers (default info)
 #   FAULTS_STRICT=1     also fail on findings (acknowledged messages missing from
 #                       analytics, conversation states written over newer ones)
 # Both Kafkas are started here, on their own ports and data folders (never
@@ -26,7 +28,7 @@ scenarios=()
 for arg in "$@"; do
   case "$arg" in
     --quick) quick=1 ;;
-    -h | --help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,19p' "$0"; exit 0 ;;
     ingest-kill | worker-kill | worker-stop | broker-kill | kafka-restart | bot-outage) scenarios+=("$arg") ;;
     *) echo "faults: unknown argument $arg" >&2; exit 2 ;;
   esac
@@ -67,7 +69,7 @@ if [[ "$profile" == release ]]; then
 else
   cargo build -p switchboard-broker -p switchboard-workers -p switchboard-benches --bins
 fi
-bench="$root/target/$profile/switchboard-bench"
+bench="${CARGO_TARGET_DIR:-$root/target}/$profile/switchboard-bench"
 
 need_cluster=0 need_single=0
 for s in "${scenarios[@]}"; do

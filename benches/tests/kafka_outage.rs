@@ -2,7 +2,9 @@
 //! test's own (another port and data folder, so other tests are not
 //! disturbed): publishes fail fast with UNAVAILABLE and the node reports
 //! NOT_SERVING while Kafka is down, and both recover once it is back,
-//! without restarting the node.
+//! without restarting the node. A routing worker rides out a Kafka
+//! restart longer than its group session: it takes its partitions back and
+//! routes everything, without restarting.
 //!
 //! Run with `deploy/test.sh` (it fetches the Kafka jars).
 
@@ -13,10 +15,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+use switchboard_benches::pipeline::{Pipeline, PipelineConfig};
 use switchboard_broker::{config::BrokerConfig, server::Broker};
-use switchboard_proto::v1::{Channel, PublishRequest, ingest_client::IngestClient};
+use switchboard_proto::v1::{Channel, Envelope, PublishRequest, ingest_client::IngestClient};
 use switchboard_runtime::shutdown::Shutdown;
-use switchboard_testkit as testkit;
+use switchboard_testkit::{self as testkit, RecordingBot};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
@@ -187,4 +190,67 @@ async fn publishes_fail_fast_while_kafka_is_down_and_recover_after() {
 
     stop.cancel();
     server.await.unwrap().unwrap();
+}
+
+/// `count` messages of 20 conversations, ids starting at `first`.
+fn backlog(first: usize, count: usize) -> Vec<Envelope> {
+    (first..first + count)
+        .map(|i| Envelope {
+            message_id: format!("m{i}"),
+            ..testkit::inbound_text(Channel::Webchat, format!("conv-{}", i % 20), i.to_string())
+        })
+        .collect()
+}
+
+/// Waits until the bot has seen `count` distinct messages.
+async fn routed(bot: &RecordingBot, count: usize, within: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let seen: std::collections::HashSet<String> =
+            bot.seen().into_iter().map(|e| e.message_id).collect();
+        if seen.len() >= count {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < within,
+            "{} of {count} messages routed after {within:?}",
+            seen.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "starts its own Apache Kafka: run deploy/test.sh"]
+async fn a_worker_routes_again_soon_after_kafka_restarts() {
+    let _shared = testkit::real_kafka(); // only run where deploy/test.sh prepared Kafka
+    let kafka = OwnKafka {
+        port: free_port_pair(),
+        data: std::env::temp_dir().join(testkit::random_topic("worker-outage")),
+    };
+    kafka.run("start.sh");
+    let mut config = PipelineConfig::isolated(
+        testkit::kafka_config(&kafka.bootstrap(), 4),
+        "test.worker-outage",
+    );
+    let rules = kafka.data.with_extension("rules.toml");
+    std::fs::write(&rules, "default = [{ bot = \"echo\" }]\n").unwrap();
+    config.rules_file = Some(rules.clone());
+    config.create_topics().await.unwrap();
+    let bot = RecordingBot::default();
+    let pipeline = Pipeline::start(&config, bot.clone()).await.unwrap();
+    config.preload(&backlog(0, 200)).await.unwrap();
+    routed(&bot, 200, Duration::from_secs(60)).await;
+
+    // Down past the group session (10 s): the worker loses its partitions.
+    kafka.run("stop.sh");
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    kafka.run("start.sh");
+    config.preload(&backlog(200, 200)).await.unwrap();
+    // Back in the group and routing within seconds of Kafka's return, not
+    // after the errors librdkafka queued while it was down.
+    let took = routed(&bot, 400, Duration::from_secs(30)).await;
+    eprintln!("routed again {took:?} after Kafka was back");
+    pipeline.stop().await.unwrap();
+    let _ = std::fs::remove_file(rules);
 }

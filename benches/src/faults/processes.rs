@@ -56,7 +56,10 @@ impl Proc {
             .args(&self.spec.args)
             .env_remove("SWITCHBOARD_KAFKA_BOOTSTRAP")
             .envs(self.spec.env.iter().map(|(k, v)| (k, v)))
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("FAULTS_RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
