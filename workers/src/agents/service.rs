@@ -206,8 +206,11 @@ impl QueueStage {
             match first {
                 Some(Ok(message)) => batch.push(message),
                 Some(Err(e)) => {
+                    // No pause: librdkafka queues an error per failed
+                    // connection while Kafka is down, in the same queue as
+                    // rebalances; sleeping on each would fall behind it.
                     tracing::warn!(error = %e, "queue stage consumer error");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    tokio::task::yield_now().await;
                 }
                 None => {}
             }
@@ -224,7 +227,7 @@ impl QueueStage {
                     _ => break,
                 }
             }
-            let mut dirty = self.rebalanced(&mut owned).await?;
+            let mut dirty = self.rebalanced(&mut owned, &shutdown).await?;
             let now = now_ms();
             let mut positions: HashMap<i32, i64> = HashMap::new();
             for message in &batch {
@@ -278,7 +281,13 @@ impl QueueStage {
     /// Applies the rebalances since the last batch: revoked partitions are
     /// forgotten, assigned ones rebuilt from the queue-state topic. Returns
     /// the restored queues with an outbox still to publish.
-    async fn rebalanced(&self, owned: &mut Owned) -> anyhow::Result<HashSet<(i32, String)>> {
+    /// Reading the snapshots is retried (Kafka may be coming back, its
+    /// metadata not there yet) until it succeeds or `shutdown` fires.
+    async fn rebalanced(
+        &self,
+        owned: &mut Owned,
+        shutdown: &Shutdown,
+    ) -> anyhow::Result<HashSet<(i32, String)>> {
         let changes = std::mem::take(&mut *self.consumer.context().changes.lock().expect("lock"));
         let mut assigned = HashSet::new();
         for change in changes {
@@ -305,12 +314,31 @@ impl QueueStage {
             return Ok(pending);
         }
         let started = std::time::Instant::now();
-        let (kafka, topic) = (self.kafka.clone(), self.agents.queue_state_topic.clone());
-        let (wanted, queue_topic) = (assigned.clone(), self.topic.clone());
-        let snapshots = tokio::task::spawn_blocking(move || {
-            read_snapshots(&kafka, &topic, &queue_topic, &wanted)
-        })
-        .await??;
+        let read = retry::retry(
+            Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
+            shutdown,
+            |_: &anyhow::Error| true,
+            |error, _, wait| {
+                tracing::warn!(error = %error, retry_in = ?wait, "cannot read the queue snapshots; retrying");
+            },
+            || {
+                let (kafka, topic) = (self.kafka.clone(), self.agents.queue_state_topic.clone());
+                let (wanted, queue_topic) = (assigned.clone(), self.topic.clone());
+                async move {
+                    tokio::task::spawn_blocking(move || {
+                        read_snapshots(&kafka, &topic, &queue_topic, &wanted)
+                    })
+                    .await?
+                }
+            },
+        )
+        .await;
+        let snapshots = match read {
+            Ok(Ok(snapshots)) => snapshots,
+            // Stopping: the assigned partitions stay unowned, their events unapplied.
+            Err(retry::Cancelled) => return Ok(pending),
+            Ok(Err((error, _))) => return Err(error),
+        };
         metrics::histogram!("switchboard_agent_queue_rebuild_duration_seconds")
             .record(started.elapsed().as_secs_f64());
         for p in &assigned {
