@@ -119,6 +119,16 @@ impl PipelineConfig {
         }
     }
 
+    /// Reads the messages topic from its start when the routing group first
+    /// joins (the workers' default, `latest`, skips what was written before):
+    /// for tests and benchmarks that publish before the pipeline is up.
+    pub fn from_start(mut self) -> Self {
+        self.kafka
+            .properties
+            .insert("auto.offset.reset".into(), "earliest".into());
+        self
+    }
+
     /// Creates the topics the pipeline reads and writes.
     pub async fn create_topics(&self) -> anyhow::Result<()> {
         self.workers_config(self.bot_addr).ensure_topics().await

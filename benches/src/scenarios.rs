@@ -201,7 +201,11 @@ impl ScenarioReport {
 
 /// `conversations` × `per_conversation` text envelopes, interleaved
 /// (message 0 of every conversation, then message 1, ...).
-fn workload(conversations: usize, per_conversation: usize, body_bytes: usize) -> Vec<Envelope> {
+pub(crate) fn workload(
+    conversations: usize,
+    per_conversation: usize,
+    body_bytes: usize,
+) -> Vec<Envelope> {
     let body = "x".repeat(body_bytes);
     let by_conversation = loadgen::conversations(
         "bench",

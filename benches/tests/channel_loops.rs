@@ -40,12 +40,8 @@ struct Loop {
 impl Loop {
     async fn start(prefix: &str) -> Self {
         let bootstrap = testkit::real_kafka();
-        let mut config = PipelineConfig::isolated(testkit::kafka_config(&bootstrap, 2), prefix);
-        // Webhooks are posted before the routing group first joins.
-        config
-            .kafka
-            .properties
-            .insert("auto.offset.reset".into(), "earliest".into());
+        let mut config =
+            PipelineConfig::isolated(testkit::kafka_config(&bootstrap, 2), prefix).from_start();
         let dir = std::env::temp_dir();
         let rules = dir.join(format!("{}.rules.toml", testkit::random_topic(prefix)));
         let tenants = dir.join(format!("{}.tenants.toml", testkit::random_topic(prefix)));
@@ -158,17 +154,7 @@ async fn read(
     topic: &str,
     done: impl Fn(&[rdkafka::message::OwnedMessage]) -> bool + Send + 'static,
 ) -> Vec<rdkafka::message::OwnedMessage> {
-    let topic = topic.to_owned();
-    tokio::task::spawn_blocking(move || {
-        testkit::read_topic(
-            &testkit::real_kafka(),
-            &topic,
-            Duration::from_secs(90),
-            done,
-        )
-    })
-    .await
-    .unwrap()
+    testkit::read_topic_async(&testkit::real_kafka(), topic, Duration::from_secs(90), done).await
 }
 
 fn decode_all<M: prost::Message + Default>(records: &[rdkafka::message::OwnedMessage]) -> Vec<M> {

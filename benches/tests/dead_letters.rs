@@ -62,13 +62,8 @@ fn text(conversation: &str, body: &str) -> PublishRequest {
 #[ignore = "needs the real local Kafka: run deploy/test.sh"]
 async fn poison_and_permanent_failures_go_to_the_dlq_and_conversations_continue() {
     let bootstrap = testkit::real_kafka();
-    let mut config = PipelineConfig::isolated(testkit::kafka_config(&bootstrap, 4), "test.dlq");
-    // Records are written before the routing group first joins; the
-    // workers' default (`latest`) would skip them.
-    config
-        .kafka
-        .properties
-        .insert("auto.offset.reset".into(), "earliest".into());
+    let mut config =
+        PipelineConfig::isolated(testkit::kafka_config(&bootstrap, 4), "test.dlq").from_start();
     config.max_attempts = 3;
     config.retry_backoff = Duration::from_millis(10);
     let dir = std::env::temp_dir().join(testkit::random_topic("dlq"));

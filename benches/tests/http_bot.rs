@@ -101,13 +101,8 @@ async fn pipeline_with(
     bots: &[(&str, BotConfig)],
 ) -> (PipelineConfig, std::path::PathBuf) {
     let bootstrap = testkit::real_kafka();
-    let mut config = PipelineConfig::isolated(testkit::kafka_config(&bootstrap, 2), prefix);
-    // Records are written before the routing group first joins; the
-    // workers' default (`latest`) would skip them.
-    config
-        .kafka
-        .properties
-        .insert("auto.offset.reset".into(), "earliest".into());
+    let mut config =
+        PipelineConfig::isolated(testkit::kafka_config(&bootstrap, 2), prefix).from_start();
     let path = std::env::temp_dir().join(format!("{}.toml", testkit::random_topic(prefix)));
     std::fs::write(&path, rules).unwrap();
     config.rules_file = Some(path.clone());
@@ -126,14 +121,10 @@ async fn pipeline_with(
 }
 
 async fn read(bootstrap: &str, topic: &str, want: usize) -> Vec<rdkafka::message::OwnedMessage> {
-    let (bootstrap, topic) = (bootstrap.to_owned(), topic.to_owned());
-    tokio::task::spawn_blocking(move || {
-        testkit::read_topic(&bootstrap, &topic, Duration::from_secs(60), |r| {
-            r.len() >= want
-        })
+    testkit::read_topic_async(bootstrap, topic, Duration::from_secs(60), move |r| {
+        r.len() >= want
     })
     .await
-    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -188,19 +179,19 @@ async fn webhook_bot_gets_json_and_its_replies_and_handoffs_take_effect() {
     );
     assert_eq!(decision.message_id, reply.message_id);
     // And the conversation's state knows when it left.
-    let state_topic = config.state_topic.clone();
     let left = reply.received_at.unwrap();
-    let reader = bootstrap.clone();
-    let states = tokio::task::spawn_blocking(move || {
-        testkit::read_topic(&reader, &state_topic, Duration::from_secs(60), |r| {
+    let states = testkit::read_topic_async(
+        &bootstrap,
+        &config.state_topic,
+        Duration::from_secs(60),
+        |r| {
             r.iter().any(|m| {
                 ConversationState::decode(m.payload().unwrap_or_default())
                     .is_ok_and(|s| s.last_outbound_at.is_some())
             })
-        })
-    })
-    .await
-    .unwrap();
+        },
+    )
+    .await;
     let last_outbound = states
         .iter()
         .filter_map(|m| {

@@ -15,6 +15,47 @@ use rdkafka::{
 };
 use serde::{Deserialize, Serialize};
 
+/// What a consume loop does with the errors its consumer hands it.
+///
+/// librdkafka queues an error event per failed connection attempt while
+/// Kafka is away, in the same queue as rebalances and messages. A loop that
+/// paused after each would fall behind that backlog and handle rebalances
+/// long after Kafka is back, so nothing waits here: the first error is
+/// logged at once, later ones at most one line every [`Self::EVERY`] with
+/// how many were folded into it, and the task yields so that a burst cannot
+/// hog its thread.
+pub struct ConsumerErrors {
+    stage: &'static str,
+    last: Option<std::time::Instant>,
+    folded: u64,
+}
+
+impl ConsumerErrors {
+    /// How often a run of errors is logged.
+    pub const EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+    /// For the consume loop of `stage` (named in the log).
+    pub fn new(stage: &'static str) -> Self {
+        Self {
+            stage,
+            last: None,
+            folded: 0,
+        }
+    }
+
+    /// Reports `error` (or folds it into the next report), then yields.
+    pub async fn handle(&mut self, error: &KafkaError) {
+        if self.last.is_some_and(|at| at.elapsed() < Self::EVERY) {
+            self.folded += 1;
+        } else {
+            tracing::warn!(%error, folded = self.folded, stage = self.stage, "consumer error");
+            self.last = Some(std::time::Instant::now());
+            self.folded = 0;
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
 /// How to reach Kafka.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -161,6 +161,19 @@ pub fn read_topic(
     records
 }
 
+/// [`read_topic`] off the async runtime, for async tests.
+pub async fn read_topic_async(
+    bootstrap: &str,
+    topic: &str,
+    timeout: Duration,
+    done: impl Fn(&[OwnedMessage]) -> bool + Send + 'static,
+) -> Vec<OwnedMessage> {
+    let (bootstrap, topic) = (bootstrap.to_owned(), topic.to_owned());
+    tokio::task::spawn_blocking(move || read_topic(&bootstrap, &topic, timeout, done))
+        .await
+        .expect("reading the topic")
+}
+
 /// Total records in `topic` (sum of high watermarks).
 pub fn topic_size(bootstrap: &str, topic: &str) -> i64 {
     let consumer: BaseConsumer = kafka_config(bootstrap, 1)

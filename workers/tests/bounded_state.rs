@@ -24,7 +24,7 @@ use switchboard_workers::{
 };
 
 mod common;
-use common::start;
+use common::{read, start};
 
 /// A worker config of its own, reading the messages topic from its start,
 /// flushing states every 100 ms.
@@ -49,18 +49,6 @@ fn with_content(conversation: &str, id: &str, content: Content) -> Envelope {
         content: Some(content),
         ..text(conversation, id, "")
     }
-}
-
-async fn read(
-    config: &WorkersConfig,
-    topic: &str,
-    timeout: Duration,
-    done: impl Fn(&[OwnedMessage]) -> bool + Send + 'static,
-) -> Vec<OwnedMessage> {
-    let (bootstrap, topic) = (config.kafka.bootstrap_servers.clone(), topic.to_owned());
-    tokio::task::spawn_blocking(move || testkit::read_topic(&bootstrap, &topic, timeout, done))
-        .await
-        .unwrap()
 }
 
 /// The last record of `key` in the state topic: `Some(None)` for a tombstone.

@@ -19,7 +19,7 @@ use switchboard_testkit as testkit;
 use switchboard_workers::config::WorkersConfig;
 
 mod common;
-use common::start;
+use common::{read, start};
 
 /// A worker config of its own, retrying after 20 ms.
 fn isolated(prefix: &str, partitions: i32) -> WorkersConfig {
@@ -48,18 +48,6 @@ fn text(conversation: &str, id: &str) -> Envelope {
         channel_message_id: id.to_owned(),
         ..testkit::inbound_text(Channel::Webchat, conversation, id)
     }
-}
-
-async fn read(
-    config: &WorkersConfig,
-    topic: &str,
-    timeout: Duration,
-    done: impl Fn(&[OwnedMessage]) -> bool + Send + 'static,
-) -> Vec<OwnedMessage> {
-    let (bootstrap, topic) = (config.kafka.bootstrap_servers.clone(), topic.to_owned());
-    tokio::task::spawn_blocking(move || testkit::read_topic(&bootstrap, &topic, timeout, done))
-        .await
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -195,17 +195,13 @@ async fn publish(config: &WorkersConfig, envelopes: &[Envelope]) {
 
 /// Reads `topic` until `n` records are there (or 30 s pass).
 async fn read(topic: &str, n: usize) -> Vec<OwnedMessage> {
-    let topic = topic.to_owned();
-    tokio::task::spawn_blocking(move || {
-        testkit::read_topic(
-            &testkit::real_kafka(),
-            &topic,
-            Duration::from_secs(30),
-            |r| r.len() >= n,
-        )
-    })
+    testkit::read_topic_async(
+        &testkit::real_kafka(),
+        topic,
+        Duration::from_secs(30),
+        move |r| r.len() >= n,
+    )
     .await
-    .unwrap()
 }
 
 fn analytics(records: &[OwnedMessage]) -> Vec<AnalyticsRecord> {

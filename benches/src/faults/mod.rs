@@ -23,7 +23,7 @@ pub mod processes;
 pub mod report;
 
 use std::{
-    path::{Path, PathBuf},
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
@@ -199,12 +199,7 @@ pub async fn run(scenario: Scenario, options: &FaultOptions) -> anyhow::Result<F
     let prefix = format!("faults-{}-{id}", scenario.name());
     let dir = options.out.join(&prefix);
     std::fs::create_dir_all(&dir)?;
-    let bin = options.bin_dir.clone().unwrap_or_else(|| {
-        std::env::current_exe()
-            .ok()
-            .and_then(|exe| exe.parent().map(Path::to_path_buf))
-            .unwrap_or_default()
-    });
+    let bin = processes::binaries(options.bin_dir.clone());
     let stop_bots = CancellationToken::new();
     let _stop_bots = stop_bots.clone().drop_guard();
     // Each worker calls bots of its own (one for each bot name), so the

@@ -16,6 +16,16 @@ use crate::loadgen::Target;
 /// Partitions of every topic a scenario creates.
 pub const PARTITIONS: i32 = 6;
 
+/// Where the Switchboard binaries are: `given`, else beside this one.
+pub fn binaries(given: Option<PathBuf>) -> PathBuf {
+    given.unwrap_or_else(|| {
+        std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(Path::to_path_buf))
+            .unwrap_or_default()
+    })
+}
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?

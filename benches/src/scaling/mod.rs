@@ -20,16 +20,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use switchboard_proto::v1::{Channel, Envelope};
+use switchboard_proto::v1::Envelope;
 use switchboard_runtime::kafka::KafkaConfig;
 
 use self::report::{Machine, Preload, ScalingReport, WorkersRun};
 use crate::{
     faults::{
-        processes::{Proc, Worker, WorkerSetup},
+        processes::{self, Proc, Worker, WorkerSetup},
         wait_for_group,
     },
-    loadgen,
     pipeline::PipelineConfig,
     scenarios::{TopicCounter, cpu_of},
 };
@@ -107,28 +106,23 @@ fn kafka_pids(data_dir: Option<&Path>) -> Vec<u32> {
 /// `conversations` conversations of `payload_bytes`-byte texts, interleaved,
 /// each with the ids and times an ingestion node gives a message.
 fn workload(messages: usize, conversations: usize, payload_bytes: usize) -> Vec<Envelope> {
-    let body = "x".repeat(payload_bytes);
-    let per_conversation = messages.div_ceil(conversations);
-    let by_conversation = loadgen::conversations(
-        "scaling",
-        Channel::Webchat,
-        0..conversations,
-        per_conversation,
-        |_, _| body.clone(),
-    );
     let now = switchboard_proto::timestamp(std::time::SystemTime::now());
-    (0..per_conversation)
-        .flat_map(|seq| by_conversation.iter().map(move |c| c[seq].clone()))
-        .take(messages)
-        .enumerate()
-        .map(|(i, envelope)| Envelope {
-            message_id: uuid::Uuid::now_v7().to_string(),
-            channel_message_id: format!("sb-scaling-{i}-{}", now.seconds * 1_000_000),
-            sent_at: Some(now),
-            received_at: Some(now),
-            ..envelope
-        })
-        .collect()
+    crate::scenarios::workload(
+        conversations,
+        messages.div_ceil(conversations),
+        payload_bytes,
+    )
+    .into_iter()
+    .take(messages)
+    .enumerate()
+    .map(|(i, envelope)| Envelope {
+        message_id: uuid::Uuid::now_v7().to_string(),
+        channel_message_id: format!("sb-scaling-{i}-{}", now.seconds * 1_000_000),
+        sent_at: Some(now),
+        received_at: Some(now),
+        ..envelope
+    })
+    .collect()
 }
 
 /// Runs every worker count in `options.workers` over its own copy of the
@@ -137,12 +131,7 @@ pub async fn run(options: &ScalingOptions) -> anyhow::Result<ScalingReport> {
     let id = &uuid::Uuid::now_v7().simple().to_string()[24..];
     let dir = options.out.join(format!("scaling-{id}"));
     std::fs::create_dir_all(&dir)?;
-    let bin = options.bin_dir.clone().unwrap_or_else(|| {
-        std::env::current_exe()
-            .ok()
-            .and_then(|exe| exe.parent().map(Path::to_path_buf))
-            .unwrap_or_default()
-    });
+    let bin = processes::binaries(options.bin_dir.clone());
     let kafka = KafkaConfig {
         bootstrap_servers: options.kafka.clone(),
         topic_partitions: options.partitions,

@@ -39,7 +39,7 @@ use rdkafka::{
 };
 use switchboard_proto::v1::{QueueEvent, QueueOutput, QueueSnapshot, queue_output::Output};
 use switchboard_runtime::{
-    kafka::KafkaConfig,
+    kafka::{ConsumerErrors, KafkaConfig},
     retry::{self, Backoff},
     shutdown::Shutdown,
 };
@@ -195,6 +195,7 @@ impl QueueStage {
         let mut tick = tokio::time::interval(self.agents.tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_tick = std::time::Instant::now();
+        let mut consumer_errors = ConsumerErrors::new("queue stage");
         tracing::info!("queue stage started");
         loop {
             let first = tokio::select! {
@@ -205,13 +206,7 @@ impl QueueStage {
             let mut batch = Vec::new();
             match first {
                 Some(Ok(message)) => batch.push(message),
-                Some(Err(e)) => {
-                    // No pause: librdkafka queues an error per failed
-                    // connection while Kafka is down, in the same queue as
-                    // rebalances; sleeping on each would fall behind it.
-                    tracing::warn!(error = %e, "queue stage consumer error");
-                    tokio::task::yield_now().await;
-                }
+                Some(Err(e)) => consumer_errors.handle(&e).await,
                 None => {}
             }
             let mut bytes: usize = batch

@@ -43,7 +43,10 @@ use rdkafka::{
     message::OwnedMessage,
     types::RDKafkaErrorCode,
 };
-use switchboard_runtime::{kafka::KafkaConfig, shutdown::Shutdown};
+use switchboard_runtime::{
+    kafka::{ConsumerErrors, KafkaConfig},
+    shutdown::Shutdown,
+};
 use tokio::{
     sync::{Semaphore, mpsc},
     task::JoinHandle,
@@ -177,7 +180,7 @@ impl Worker {
         // of them paused in the consumer until the messages are handed over.
         let mut holding: HashSet<(String, i32)> = HashSet::new();
         let mut paused: HashSet<(String, i32)> = HashSet::new();
-        let mut consumer_errors = ConsumerErrors::default();
+        let mut consumer_errors = ConsumerErrors::new("routing worker");
         loop {
             let next = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -214,14 +217,7 @@ impl Worker {
             let message = match next {
                 Ok(message) => message.detach(),
                 Err(e) => {
-                    // No pause here: librdkafka queues an error event per
-                    // failed connection attempt while Kafka is away, in the
-                    // same queue as rebalances and messages. Waiting after
-                    // each would leave the loop behind that backlog long
-                    // after Kafka is back, holding rebalances back with it.
-                    // Yielding keeps a burst of them from hogging the thread.
-                    consumer_errors.report(&e);
-                    tokio::task::yield_now().await;
+                    consumer_errors.handle(&e).await;
                     continue;
                 }
             };
@@ -318,29 +314,6 @@ impl Worker {
         let Self { consumer, .. } = self;
         close(consumer).await;
         Ok(())
-    }
-}
-
-/// Logs the consumer's errors: the first at once, then at most one line
-/// every [`ConsumerErrors::EVERY`] while they go on, with how many were
-/// folded into it.
-#[derive(Default)]
-struct ConsumerErrors {
-    last: Option<std::time::Instant>,
-    folded: u64,
-}
-
-impl ConsumerErrors {
-    const EVERY: Duration = Duration::from_secs(5);
-
-    fn report(&mut self, error: &KafkaError) {
-        if self.last.is_some_and(|at| at.elapsed() < Self::EVERY) {
-            self.folded += 1;
-            return;
-        }
-        tracing::warn!(%error, folded = self.folded, "consumer error");
-        self.last = Some(std::time::Instant::now());
-        self.folded = 0;
     }
 }
 

@@ -41,6 +41,7 @@ use switchboard_proto::v1::{
 };
 use switchboard_runtime::{
     headers as record_headers,
+    kafka::ConsumerErrors,
     retry::{self, Backoff},
     shutdown::Shutdown,
     trace::{self, TRACEPARENT},
@@ -676,6 +677,7 @@ impl SenderStage {
         let abort = CancellationToken::new();
         let mut partitions: HashMap<(String, i32), PartitionTask> = HashMap::new();
         let mut holding: HashSet<(String, i32)> = HashSet::new();
+        let mut consumer_errors = ConsumerErrors::new("sender stage");
         tracing::info!("sender stage started");
         loop {
             let next = tokio::select! {
@@ -707,8 +709,7 @@ impl SenderStage {
             let message = match next {
                 Ok(message) => message.detach(),
                 Err(e) => {
-                    tracing::warn!(error = %e, "sender stage consumer error");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    consumer_errors.handle(&e).await;
                     continue;
                 }
             };

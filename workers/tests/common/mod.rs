@@ -46,3 +46,14 @@ pub fn start(config: &WorkersConfig) -> (Shutdown, JoinHandle<anyhow::Result<()>
     let worker = Worker::new(config, router).unwrap();
     (shutdown.clone(), tokio::spawn(worker.run(shutdown)))
 }
+
+/// Reads `topic` from its start until `done` says enough, or `timeout`.
+#[allow(dead_code)] // not every test file reads topics this way
+pub async fn read(
+    config: &WorkersConfig,
+    topic: &str,
+    timeout: Duration,
+    done: impl Fn(&[rdkafka::message::OwnedMessage]) -> bool + Send + 'static,
+) -> Vec<rdkafka::message::OwnedMessage> {
+    testkit::read_topic_async(&config.kafka.bootstrap_servers, topic, timeout, done).await
+}
