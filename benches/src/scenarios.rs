@@ -23,6 +23,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -683,19 +684,37 @@ pub async fn routing(kafka: &KafkaConfig, messages: usize) -> anyhow::Result<Sce
 
     tracing::info!("routing workers");
     // Workers: everything to analytics (no rules file).
-    let counter = TopicCounter::new(kafka, &config.analytics_topic)?;
-    let cpu = process_cpu();
+    let counter = Arc::new(TopicCounter::new(kafka, &config.analytics_topic)?);
+    // Counting asks each partition's leader: off the runtime's threads,
+    // which route.
+    let routed = || {
+        let counter = counter.clone();
+        async move {
+            tokio::task::spawn_blocking(move || counter.count())
+                .await
+                .unwrap_or_default()
+        }
+    };
     let pipeline = Pipeline::start(&config, RecordingBot::default()).await?;
-    // Time from the first analytics record to all of them.
-    wait_until("the first routed message", Duration::from_secs(120), || {
-        counter.count() > 0
-    })
-    .await?;
-    let started = Instant::now();
-    wait_until("every message routed", Duration::from_secs(600), || {
-        counter.count() >= messages as i64
-    })
-    .await?;
+    // Time and CPU from the first analytics record to all of them, as for
+    // the raw pipe (start-up and the state rebuild are not per message).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while routed().await == 0 {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "timed out waiting for the first routed message"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (started, cpu) = (Instant::now(), process_cpu());
+    let deadline = started + Duration::from_secs(600);
+    while routed().await < messages as i64 {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "timed out waiting for every message routed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let elapsed = started.elapsed();
     let worker_cpu = cpu_per_message(cpu, messages);
     pipeline.stop().await?;

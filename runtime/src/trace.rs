@@ -116,13 +116,28 @@ pub fn hop(name: &'static str, incoming: Option<&str>) -> (tracing::Span, TraceP
     (span, TraceParent::continue_from(incoming))
 }
 
+impl TraceParent {
+    /// The `traceparent` value, `00-<32 hex>-<16 hex>-<2 hex>`, written
+    /// without the formatting machinery (it goes on every record).
+    pub fn encode(&self) -> [u8; 55] {
+        fn hex(out: &mut [u8], value: u128) {
+            const DIGITS: &[u8; 16] = b"0123456789abcdef";
+            for (i, byte) in out.iter_mut().rev().enumerate() {
+                *byte = DIGITS[((value >> (4 * i)) & 0xf) as usize];
+            }
+        }
+        let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        hex(&mut out[3..35], self.trace_id);
+        hex(&mut out[36..52], u128::from(self.span_id));
+        hex(&mut out[53..55], u128::from(self.flags));
+        out
+    }
+}
+
 impl fmt::Display for TraceParent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "00-{:032x}-{:016x}-{:02x}",
-            self.trace_id, self.span_id, self.flags
-        )
+        let encoded = self.encode();
+        f.write_str(std::str::from_utf8(&encoded).expect("ASCII"))
     }
 }
 
@@ -151,6 +166,15 @@ mod tests {
         ] {
             assert_eq!(TraceParent::parse(bad), None, "{bad:?}");
         }
+        let small = TraceParent {
+            trace_id: 0xa,
+            span_id: 1,
+            flags: 0,
+        };
+        assert_eq!(
+            small.to_string(),
+            format!("00-{:032x}-{:016x}-{:02x}", 0xa, 1, 0)
+        );
         let fresh = TraceParent::continue_from(Some("garbage"));
         assert!(fresh.trace_id != 0 && TraceParent::parse(&fresh.to_string()) == Some(fresh));
     }

@@ -40,7 +40,6 @@ use rdkafka::{
     Message, TopicPartitionList,
     consumer::{CommitMode, Consumer, StreamConsumer},
     error::KafkaError,
-    message::OwnedMessage,
     types::RDKafkaErrorCode,
 };
 use switchboard_runtime::{
@@ -57,7 +56,9 @@ use crate::{config::WorkersConfig, route::Router, state::expiry::ExpiryPolicy};
 use offsets::OffsetTracker;
 use partition::{PartitionContext, route_partition};
 use rebalance::{Routing, WorkerContext};
+use record::Decoded;
 
+mod batch;
 pub mod offsets;
 pub mod partition;
 mod rebalance;
@@ -67,11 +68,11 @@ mod startup;
 pub(crate) type Consumer_ = StreamConsumer<WorkerContext>;
 
 struct PartitionTask {
-    queue: mpsc::Sender<OwnedMessage>,
+    queue: mpsc::Sender<Decoded>,
     handle: JoinHandle<()>,
     /// Messages fetched while the queue was full; the partition is paused
     /// in the consumer until they are handed over, so this stays small.
-    held: VecDeque<OwnedMessage>,
+    held: VecDeque<Decoded>,
 }
 
 /// A routing worker: one group member on the messages topic.
@@ -170,34 +171,61 @@ impl Worker {
         }
     }
 
+    /// A full queue must not make the loop wait: that would hold back every
+    /// other partition. The partition's messages are held; past a bound,
+    /// it is paused until they are handed over, so memory stays bounded
+    /// all the same.
+    fn hold(
+        &self,
+        task: &PartitionTask,
+        key: &(String, i32),
+        holding: &mut HashSet<(String, i32)>,
+        paused: &mut HashSet<(String, i32)>,
+    ) {
+        if task.held.len() >= self.queue_len.max(MIN_HELD) && !paused.contains(key) {
+            paused.insert(key.clone());
+            self.pause(key, true);
+        }
+        if !holding.contains(key) {
+            holding.insert(key.clone());
+        }
+    }
+
     /// Consumes and routes until `shutdown` fires, then drains and commits.
     pub async fn run(self, shutdown: Shutdown) -> anyhow::Result<()> {
         let no_new_work = CancellationToken::new();
         let abort = CancellationToken::new();
-        let mut partitions: HashMap<(String, i32), PartitionTask> = HashMap::new();
+        let mut partitions: HashMap<i32, PartitionTask> = HashMap::new();
         tracing::info!("routing worker started");
         // Partitions holding messages their queue had no room for, and those
         // of them paused in the consumer until the messages are handed over.
         let mut holding: HashSet<(String, i32)> = HashSet::new();
         let mut paused: HashSet<(String, i32)> = HashSet::new();
         let mut consumer_errors = ConsumerErrors::new("routing worker");
+        // Hand held messages over as their partitions' queues drain.
+        let mut hand_over_held = tokio::time::interval(Duration::from_millis(5));
+        hand_over_held.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let next = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 next = self.consumer.recv() => Some(next),
-                // Hand held messages over as their partitions' queues drain.
-                _ = tokio::time::sleep(Duration::from_millis(5)), if !holding.is_empty() => None,
+                _ = hand_over_held.tick(), if !holding.is_empty() => None,
             };
-            holding.retain(|key| {
-                if partitions.get_mut(key).is_some_and(|task| !hand_over(task)) {
-                    return true;
-                }
-                if paused.remove(key) {
-                    self.pause(key, false);
-                }
-                false
-            });
-            let Some(next) = next else { continue };
+            let Some(next) = next else {
+                holding.retain(|key| {
+                    if partitions
+                        .get_mut(&key.1)
+                        .is_some_and(|task| !hand_over(task))
+                    {
+                        return true;
+                    }
+                    if paused.remove(key) {
+                        self.pause(key, false);
+                    }
+                    false
+                });
+                continue;
+            };
             // Revocations happen inside recv(): drop those partitions' work,
             // which will be redone from the committed offset by the new owner.
             for key in std::mem::take(
@@ -208,30 +236,39 @@ impl Worker {
                     .lock()
                     .expect("revoked list lock"),
             ) {
-                if let Some(task) = partitions.remove(&key) {
+                if let Some(task) = partitions.remove(&key.1) {
                     task.handle.abort();
                 }
                 holding.remove(&key);
                 paused.remove(&key);
             }
             let message = match next {
-                Ok(message) => message.detach(),
+                Ok(message) => message,
                 Err(e) => {
                     consumer_errors.handle(&e).await;
                     continue;
                 }
             };
-            let key = (message.topic().to_owned(), message.partition());
+            // The worker reads one topic: its partitions are told apart by
+            // number, without a key to allocate per message.
+            let partition = message.partition();
+            if let Some(task) = partitions.get_mut(&partition) {
+                task.held.push_back(record::decode(&message));
+                if !hand_over(task) {
+                    self.hold(task, &key_of(&message), &mut holding, &mut paused);
+                }
+                continue;
+            }
             // A partition with a task is assigned (revoked ones lose theirs
             // above); only a new one needs the check.
-            if !partitions.contains_key(&key)
-                && !self
-                    .consumer
-                    .context()
-                    .assigned
-                    .lock()
-                    .expect("assigned lock")
-                    .contains(&key)
+            let key = key_of(&message);
+            if !self
+                .consumer
+                .context()
+                .assigned
+                .lock()
+                .expect("assigned lock")
+                .contains(&key)
             {
                 // Fetched before its partition was revoked: the new owner routes it.
                 tracing::debug!(
@@ -241,62 +278,54 @@ impl Worker {
                 );
                 continue;
             }
-            let task = partitions
-                .entry(key.clone())
-                .or_insert_with_key(|(topic, partition)| {
-                    let (queue, rx) = mpsc::channel(self.queue_len);
-                    let tracker = Arc::new(Mutex::new(OffsetTracker::default()));
-                    let handle = tokio::spawn(route_partition(
-                        PartitionContext {
-                            consumer: self.consumer.clone(),
-                            router: self.router.clone(),
-                            kafka: self.kafka.clone(),
-                            state_topic: self.state_topic.clone(),
-                            topic: topic.clone(),
-                            partition: *partition,
-                            max_in_flight: self.max_in_flight,
-                            max_unacknowledged: self.max_unacknowledged,
-                            max_finished_ahead: self.max_finished_ahead,
-                            worker_permits: self.worker_permits.clone(),
-                            tracker: tracker.clone(),
-                            flush_interval: self.flush_interval,
-                            state_dir: self.state_dir.clone(),
-                            max_cached: self.max_cached,
-                            state_store_max_age: self.state_store_max_age,
-                            expiry: self.expiry,
+            let task = partitions.entry(partition).or_insert_with(|| {
+                let topic = &key.0;
+                let (queue, rx) = mpsc::channel(self.queue_len);
+                let tracker = Arc::new(Mutex::new(OffsetTracker::default()));
+                let handle = tokio::spawn(route_partition(
+                    PartitionContext {
+                        consumer: self.consumer.clone(),
+                        router: self.router.clone(),
+                        kafka: self.kafka.clone(),
+                        state_topic: self.state_topic.clone(),
+                        topic: topic.clone(),
+                        partition,
+                        max_in_flight: self.max_in_flight,
+                        max_unacknowledged: self.max_unacknowledged,
+                        max_finished_ahead: self.max_finished_ahead,
+                        worker_permits: self.worker_permits.clone(),
+                        tracker: tracker.clone(),
+                        flush_interval: self.flush_interval,
+                        state_dir: self.state_dir.clone(),
+                        max_cached: self.max_cached,
+                        state_store_max_age: self.state_store_max_age,
+                        expiry: self.expiry,
+                    },
+                    rx,
+                    no_new_work.clone(),
+                    abort.clone(),
+                ));
+                self.consumer
+                    .context()
+                    .partitions
+                    .lock()
+                    .expect("partitions lock")
+                    .insert(
+                        key.clone(),
+                        Routing {
+                            tracker,
+                            task: handle.abort_handle(),
                         },
-                        rx,
-                        no_new_work.clone(),
-                        abort.clone(),
-                    ));
-                    self.consumer
-                        .context()
-                        .partitions
-                        .lock()
-                        .expect("partitions lock")
-                        .insert(
-                            (topic.clone(), *partition),
-                            Routing {
-                                tracker,
-                                task: handle.abort_handle(),
-                            },
-                        );
-                    PartitionTask {
-                        queue,
-                        handle,
-                        held: VecDeque::new(),
-                    }
-                });
-            // A full queue must not make the loop wait: that would hold back
-            // every other partition. Hold the message; past a bound, pause
-            // the partition until its held messages are handed over, so
-            // memory stays bounded all the same.
-            task.held.push_back(message);
-            if !hand_over(task) {
-                if task.held.len() >= self.queue_len.max(MIN_HELD) && paused.insert(key.clone()) {
-                    self.pause(&key, true);
+                    );
+                PartitionTask {
+                    queue,
+                    handle,
+                    held: VecDeque::new(),
                 }
-                holding.insert(key);
+            });
+            task.held.push_back(record::decode(&message));
+            if !hand_over(task) {
+                self.hold(task, &key, &mut holding, &mut paused);
             }
         }
 
@@ -315,6 +344,11 @@ impl Worker {
         close(consumer).await;
         Ok(())
     }
+}
+
+/// A record's topic and partition.
+fn key_of(message: &impl Message) -> (String, i32) {
+    (message.topic().to_owned(), message.partition())
 }
 
 /// Messages a partition may hold, at least, before it is paused: pausing

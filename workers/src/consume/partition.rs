@@ -16,7 +16,7 @@
 //! revoke) drops everything in flight; nothing unfinished is stored.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::VecDeque,
     pin::Pin,
     sync::{Arc, Mutex},
     task::{Context, Poll},
@@ -24,7 +24,7 @@ use std::{
 };
 
 use futures::{StreamExt as _, future::OptionFuture, stream::FuturesUnordered};
-use rdkafka::{consumer::Consumer as _, message::OwnedMessage};
+use rdkafka::consumer::Consumer as _;
 use switchboard_runtime::{kafka::KafkaConfig, trace::TraceParent};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -32,13 +32,14 @@ use tracing::Instrument as _;
 
 use super::{
     Consumer_,
+    batch::{Batch, Tag},
     offsets::OffsetTracker,
-    record::{self, Body, Decoded},
+    record::{Body, Decoded},
     startup::{done_by_previous_owner, rebuild_states},
 };
 use crate::{
     destinations::topics::{Enqueued, Source},
-    route::{Answered, Begun, Interrupted, Pending, Routed, Router},
+    route::{Answered, Begun, Interrupted, Pending, Routed, Router, Settle},
     state::{DiskError, Encoded, PartitionStates, WriteBehind, effects, expiry::ExpiryPolicy},
 };
 
@@ -118,9 +119,6 @@ impl<T, Tag: Unpin> Future for Tagged<'_, T, Tag> {
     }
 }
 
-/// A message whose records are with the producer: its offset, and the
-/// flush holding its state change, if it made one.
-type Settling<'a> = Tagged<'a, Result<(), Interrupted>, (i64, Option<u64>)>;
 /// A flush acknowledged: its number and the states it wrote.
 type Flushed = (u64, Vec<(String, Encoded)>);
 /// A message waiting for bots: its offset and conversation key.
@@ -134,11 +132,17 @@ struct InFlight<'a> {
     stop: &'a CancellationToken,
     states: PartitionStates,
     write_behind: WriteBehind,
-    settling: FuturesUnordered<Settling<'a>>,
+    /// Messages whose records are with the producer, routed since the
+    /// last batch was sealed.
+    batch: Batch<'a>,
+    /// Batches waiting for Kafka's answers.
+    settling: FuturesUnordered<Batch<'a>>,
+    /// Messages in `batch` and `settling`.
+    unacknowledged: usize,
     calling: FuturesUnordered<Calling<'a>>,
     /// Conversations with a message waiting for bots, and their messages
     /// that came meanwhile, in order.
-    lanes: HashMap<String, VecDeque<Decoded>>,
+    lanes: foldhash::HashMap<String, VecDeque<Decoded>>,
     /// One worker permit per message being routed (not once its records
     /// are with the producer).
     permits: Vec<OwnedSemaphorePermit>,
@@ -191,8 +195,8 @@ impl<'a> InFlight<'a> {
                         .dead_letter_poison(&payload, &error, source, stop)
                         .await
                 });
-                self.settling
-                    .push(Tagged::new(letter, (offset, None), span));
+                let letter = Box::pin(letter.instrument(span));
+                self.push((offset, None), Settle::retrying(router, stop, letter));
                 return Now::Routed;
             }
         };
@@ -222,11 +226,11 @@ impl<'a> InFlight<'a> {
         }
         let begun = {
             let _entered = span.enter();
-            self.router.begin(envelope, state, source, self.stop)
+            self.router.begin(envelope, &key, state, source, self.stop)
         };
         match begun {
             Begun::Routed(routed) => {
-                self.settle(offset, &key, routed, span);
+                self.settle(offset, &key, routed);
                 Now::Routed
             }
             Begun::Bots(call) => {
@@ -237,17 +241,29 @@ impl<'a> InFlight<'a> {
         }
     }
 
-    fn settle(&mut self, offset: i64, key: &str, routed: Routed<'a>, span: tracing::Span) {
+    fn settle(&mut self, offset: i64, key: &str, routed: Routed<'a>) {
         let flush = routed.changed.then(|| self.changed(key));
-        self.settling
-            .push(Tagged::new(routed.settling, (offset, flush), span));
+        self.push((offset, flush), routed.settle);
+    }
+
+    fn push(&mut self, tag: Tag, settle: Settle<'a>) {
+        self.batch.push(tag, settle);
+        self.unacknowledged += 1;
+    }
+
+    /// What was routed since the last call waits for Kafka's answers as
+    /// one batch.
+    fn seal(&mut self) {
+        if !self.batch.is_empty() {
+            self.settling.push(std::mem::take(&mut self.batch));
+        }
     }
 
     /// A message's bots answered: completes it, then starts the messages
     /// that waited in its conversation's lane. Returns those done at once.
     fn answered(&mut self, offset: i64, key: String, answered: Answered<'a>) -> Vec<(i64, Now)> {
         let routed = self.finish(&key, answered);
-        self.settle(offset, &key, routed, tracing::Span::none());
+        self.settle(offset, &key, routed);
         let mut waiting = self.lanes.remove(&key).unwrap_or_default();
         let mut now = Vec::new();
         while let Some(message) = waiting.pop_front() {
@@ -329,7 +345,7 @@ impl<'a> InFlight<'a> {
 /// Routes one partition; see the module's documentation.
 pub(super) async fn route_partition(
     cx: PartitionContext,
-    mut queue: mpsc::Receiver<OwnedMessage>,
+    mut queue: mpsc::Receiver<Decoded>,
     no_new_work: CancellationToken,
     abort: CancellationToken,
 ) {
@@ -353,9 +369,11 @@ pub(super) async fn route_partition(
         stop: &abort,
         states,
         write_behind: WriteBehind::default(),
+        batch: Batch::default(),
         settling: FuturesUnordered::new(),
+        unacknowledged: 0,
         calling: FuturesUnordered::new(),
-        lanes: HashMap::new(),
+        lanes: foldhash::HashMap::default(),
         permits: Vec::new(),
     };
     let store = |safe: Option<i64>| {
@@ -396,11 +414,13 @@ pub(super) async fn route_partition(
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut batch = Vec::with_capacity(cx.max_in_flight);
     // Messages taken while the worker had no permit for them.
-    let mut overflow: VecDeque<OwnedMessage> = VecDeque::new();
+    let mut overflow: VecDeque<Decoded> = VecDeque::new();
     let mut spare: Option<OwnedSemaphorePermit> = None;
     let mut open = true;
     let mut was_full = false;
     loop {
+        // What the last turn routed waits for Kafka's answers together.
+        work.seal();
         if !open
             && flushing.is_none()
             && work.write_behind.idle()
@@ -417,7 +437,7 @@ pub(super) async fn route_partition(
         // waiting for Kafka's answers: none of them is done yet.
         let waiting = work.write_behind.waiting();
         let full =
-            cx.tracker.lock().expect("tracker lock").done_ahead() + waiting + work.settling.len()
+            cx.tracker.lock().expect("tracker lock").done_ahead() + waiting + work.unacknowledged
                 >= cx.max_finished_ahead;
         if flushing.is_none() && (!open || full || waiting >= FLUSH_EARLY) {
             flushing = work.flush();
@@ -434,18 +454,21 @@ pub(super) async fn route_partition(
         let room = cx
             .max_in_flight
             .saturating_sub(work.active())
-            .min(cx.max_unacknowledged.saturating_sub(work.settling.len()));
+            .min(cx.max_unacknowledged.saturating_sub(work.unacknowledged));
         let can_take = open && !full && room > 0;
         let permits_left = cx.worker_permits.available_permits() > 0 || spare.is_some();
         tokio::select! {
             biased;
-            Some(((offset, flush), result)) = work.settling.next(), if !work.settling.is_empty() => {
-                if result.is_err() {
-                    continue; // interrupted: not done, redone by the next owner
-                }
-                routed.increment(1);
-                if work.write_behind.outputs_done(flush, offset) {
-                    complete(offset);
+            Some(settled) = work.settling.next(), if !work.settling.is_empty() => {
+                work.unacknowledged -= settled.len();
+                for ((offset, flush), result) in settled {
+                    if result.is_err() {
+                        continue; // interrupted: not done, redone by the next owner
+                    }
+                    routed.increment(1);
+                    if work.write_behind.outputs_done(flush, offset) {
+                        complete(offset);
+                    }
                 }
             }
             Some(((offset, key), result)) = work.calling.next(), if !work.calling.is_empty() => {
@@ -457,7 +480,7 @@ pub(super) async fn route_partition(
                     // Stopping: this one is finished, its lane's are redone.
                     let waiting = work.lanes.insert(key.clone(), VecDeque::new()).unwrap_or_default();
                     let routed = work.finish(&key, answered);
-                    work.settle(offset, &key, routed, tracing::Span::none());
+                    work.settle(offset, &key, routed);
                     work.permits.truncate(work.permits.len().saturating_sub(waiting.len()));
                     continue;
                 }
@@ -487,8 +510,9 @@ pub(super) async fn route_partition(
                 match overflow.pop_front() {
                     Some(message) => {
                         work.permits.push(permit);
-                        let now = take(&mut work, &mut skip, &cx.tracker, &message);
-                        ended_now(&mut work, rdkafka::Message::offset(&message), now);
+                        let offset = message.offset;
+                        let now = take(&mut work, &mut skip, &cx.tracker, message);
+                        ended_now(&mut work, offset, now);
                     }
                     None => spare = Some(permit),
                 }
@@ -511,8 +535,9 @@ pub(super) async fn route_partition(
                         },
                     };
                     work.permits.push(permit);
-                    let now = take(&mut work, &mut skip, &cx.tracker, &message);
-                    ended_now(&mut work, rdkafka::Message::offset(&message), now);
+                    let offset = message.offset;
+                    let now = take(&mut work, &mut skip, &cx.tracker, message);
+                    ended_now(&mut work, offset, now);
                 }
             }
             else => break,
@@ -528,12 +553,12 @@ fn take(
     work: &mut InFlight<'_>,
     skip: &mut std::collections::BTreeSet<i64>,
     tracker: &Mutex<OffsetTracker>,
-    message: &OwnedMessage,
+    message: Decoded,
 ) -> Now {
-    let offset = rdkafka::Message::offset(message);
+    let offset = message.offset;
     tracker.lock().expect("tracker lock").start(offset);
     if skip.remove(&offset) {
         return Now::Skipped;
     }
-    work.start(record::decode(message))
+    work.start(message)
 }

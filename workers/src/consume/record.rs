@@ -1,12 +1,9 @@
 //! Decoding a record of the messages topic.
 
 use prost::Message as _;
-use rdkafka::{Message, message::OwnedMessage};
+use rdkafka::{Message, message::Headers as _};
 use switchboard_proto::v1::Envelope;
-use switchboard_runtime::{
-    headers as record_headers,
-    trace::{self, TRACEPARENT, TraceParent},
-};
+use switchboard_runtime::trace::{self, TRACEPARENT, TraceParent};
 
 use crate::destinations::topics::headers;
 
@@ -22,29 +19,37 @@ pub(super) struct Decoded {
 }
 
 /// What the record holds.
-// Poison is rare: boxing the envelope would cost every message an allocation.
-#[allow(clippy::large_enum_variant)]
 pub(super) enum Body {
     Envelope {
-        envelope: Envelope,
+        /// Boxed: a message is handed from the consume loop to its
+        /// partition and on through routing, and each move of a whole
+        /// envelope is a copy of ~600 bytes.
+        envelope: Box<Envelope>,
         key: String,
     },
     /// Not an envelope: it goes straight to the dead-letter topic.
-    Poison {
-        payload: Vec<u8>,
-        error: String,
-    },
+    Poison { payload: Vec<u8>, error: String },
 }
 
-/// Decodes `message`.
-pub(super) fn decode(message: &OwnedMessage) -> Decoded {
-    let header = |name: &str| record_headers::text(message, name);
-    let (span, trace) = trace::hop("worker.route", header(TRACEPARENT));
-    let replayed = header(headers::REPLAYED_FROM).is_some();
+/// Decodes `message` (reading its headers once).
+pub(super) fn decode(message: &impl Message) -> Decoded {
+    let (mut traceparent, mut replayed) = (None, false);
+    if let Some(headers) = message.headers() {
+        for header in headers.iter() {
+            match header.key {
+                TRACEPARENT if traceparent.is_none() => {
+                    traceparent = header.value.and_then(|v| std::str::from_utf8(v).ok());
+                }
+                headers::REPLAYED_FROM => replayed = true,
+                _ => {}
+            }
+        }
+    }
+    let (span, trace) = trace::hop("worker.route", traceparent);
     let body = match message.payload().map(Envelope::decode) {
         Some(Ok(envelope)) => Body::Envelope {
             key: envelope.conversation_key(),
-            envelope,
+            envelope: Box::new(envelope),
         },
         other => Body::Poison {
             payload: message.payload().unwrap_or_default().to_vec(),

@@ -6,7 +6,11 @@
 //! ([`KafkaConfig::producer_config`](switchboard_runtime::kafka::KafkaConfig::producer_config)),
 //! so a delivery counts only once Kafka has it.
 
-use std::time::{Duration, Instant};
+use std::{
+    pin::Pin,
+    task::{Context, Poll, ready},
+    time::{Duration, Instant},
+};
 
 use prost::Message;
 use rdkafka::{
@@ -17,6 +21,7 @@ use rdkafka::{
 };
 use switchboard_proto::v1::{
     AnalyticsRecord, AssignmentEvent, Channel, Envelope, QueueEvent, QueueSnapshot, Rejection,
+    RouteDecision,
 };
 use switchboard_runtime::{
     kafka::KafkaConfig,
@@ -137,10 +142,9 @@ pub fn classify(error: &KafkaError) -> WriteRetry {
 
 /// Headers carrying this hop's trace context.
 fn traced(trace: &TraceParent) -> OwnedHeaders {
-    let value = trace.to_string();
     OwnedHeaders::new_with_capacity(1).insert(Header {
         key: TRACEPARENT,
-        value: Some(value.as_str()),
+        value: Some(trace.encode().as_slice()),
     })
 }
 
@@ -200,8 +204,8 @@ pub struct Outgoing<'a> {
     pub key: String,
     /// The encoded value.
     pub payload: Vec<u8>,
-    /// The trace context header, if any.
-    pub headers: Option<OwnedHeaders>,
+    /// The trace context for its header, if any.
+    pub trace: Option<TraceParent>,
 }
 
 /// The kind of conversation-state records.
@@ -227,7 +231,7 @@ impl<'a> Outgoing<'a> {
             topic,
             key: key.to_owned(),
             payload: value.encode_to_vec(),
-            headers: Some(traced(trace)),
+            trace: Some(*trace),
         }
     }
 }
@@ -243,23 +247,34 @@ pub struct Enqueued<'a> {
 
 impl Enqueued<'_> {
     /// Kafka's answer to the first attempt. A record the producer could
-    /// not even take (its queue full) fails as retryable.
-    pub async fn acknowledged(&mut self) -> Result<(), DestinationError> {
-        let result = match self.delivery.take() {
-            Some(Ok(delivery)) => match delivery.await {
-                Ok(Ok(_)) => return Ok(()),
+    /// not even take (its queue full) fails as retryable. Once failed, it
+    /// keeps answering with the same error.
+    pub fn poll_acknowledged(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), DestinationError>> {
+        let error = match &mut self.delivery {
+            Some(Ok(delivery)) => match ready!(Pin::new(delivery).poll(cx)) {
+                Ok(Ok(_)) => return Poll::Ready(Ok(())),
                 Ok(Err((e, _))) => e,
                 Err(_canceled) => KafkaError::Canceled,
             },
-            Some(Err(e)) => e,
+            Some(Err(e)) => e.clone(),
             None => KafkaError::Canceled,
         };
-        Err(DestinationError {
+        let failed = DestinationError {
             kind: self.record.kind,
             name: self.record.topic.to_owned(),
-            message: result.to_string(),
-            retryable: classify(&result) == WriteRetry::Retryable,
-        })
+            message: error.to_string(),
+            retryable: classify(&error) == WriteRetry::Retryable,
+        };
+        self.delivery = Some(Err(error));
+        Poll::Ready(Err(failed))
+    }
+
+    /// [`Self::poll_acknowledged`], awaited.
+    pub async fn acknowledged(&mut self) -> Result<(), DestinationError> {
+        std::future::poll_fn(|cx| self.poll_acknowledged(cx)).await
     }
 }
 
@@ -360,6 +375,31 @@ impl TopicOutputs {
         Outgoing::new("analytics", &self.analytics_topic, key, record, trace)
     }
 
+    /// The analytics record of `envelope` routed by `decision`, keyed by
+    /// conversation: encoded as an [`AnalyticsRecord`] holding both, without
+    /// building one (the envelope stays where it is).
+    pub fn analytics_of(
+        &self,
+        key: &str,
+        envelope: &Envelope,
+        decision: &RouteDecision,
+        trace: &TraceParent,
+    ) -> Outgoing<'_> {
+        use prost::encoding::message;
+        let mut payload = Vec::with_capacity(
+            message::encoded_len(1, envelope) + message::encoded_len(2, decision),
+        );
+        message::encode(1, envelope, &mut payload);
+        message::encode(2, decision, &mut payload);
+        Outgoing {
+            kind: "analytics",
+            topic: &self.analytics_topic,
+            key: key.to_owned(),
+            payload,
+            trace: Some(*trace),
+        }
+    }
+
     /// An outbound envelope (a bot's reply, a business's send) for its
     /// channel's outbound topic, keyed by conversation.
     pub fn outbound(&self, envelope: &Envelope, trace: &TraceParent) -> Outgoing<'_> {
@@ -383,7 +423,7 @@ impl TopicOutputs {
             topic: &self.state_topic,
             key: key.to_owned(),
             payload: state.unwrap_or_default(),
-            headers: None,
+            trace: None,
         }
     }
 
@@ -406,8 +446,8 @@ impl TopicOutputs {
         if let Some(value) = record.value() {
             future = future.payload(value);
         }
-        if let Some(headers) = &record.headers {
-            future = future.headers(headers.clone());
+        if let Some(trace) = &record.trace {
+            future = future.headers(traced(trace));
         }
         let delivery = self.producer.send_result(future).map_err(|(e, _)| e);
         Enqueued {
@@ -419,7 +459,7 @@ impl TopicOutputs {
 
     /// Sends `record` again and waits for Kafka's answer.
     pub async fn resend(&self, record: &Outgoing<'_>) -> Result<(), DestinationError> {
-        let headers = record.headers.clone().unwrap_or_default();
+        let headers = record.trace.as_ref().map(traced).unwrap_or_default();
         self.send(
             record.kind,
             record.topic,
@@ -503,6 +543,48 @@ mod tests {
     use rdkafka::error::KafkaError;
 
     use super::*;
+
+    #[test]
+    fn an_analytics_record_is_encoded_in_place_as_the_message_would_be() {
+        let outputs = TopicOutputs::new(&TopicsConfig {
+            kafka: KafkaConfig::default(),
+            agent_queue_topic: "q".into(),
+            analytics_topic: "a".into(),
+            dlq_topic: "d".into(),
+            outbound_topic_prefix: "o".into(),
+            state_topic: "s".into(),
+            rejections_topic: "r".into(),
+            messages_topic: "m".into(),
+            assignments_topic: "as".into(),
+            queue_state_topic: "qs".into(),
+        })
+        .unwrap();
+        let envelope = Envelope {
+            message_id: "m-1".into(),
+            tenant_id: "acme".into(),
+            conversation_id: "c-1".into(),
+            ..Default::default()
+        };
+        let decision = RouteDecision {
+            message_id: "m-1".into(),
+            rule_id: "r".into(),
+            reason: "matched rule r".into(),
+            ..Default::default()
+        };
+        let trace = TraceParent::root();
+        let record = AnalyticsRecord {
+            envelope: Some(envelope.clone()),
+            decision: Some(decision.clone()),
+        };
+        let built = outputs.analytics("k", &record, &trace);
+        let in_place = outputs.analytics_of("k", &envelope, &decision, &trace);
+        assert_eq!(in_place.payload, built.payload);
+        assert_eq!(
+            AnalyticsRecord::decode(in_place.payload.as_slice()).unwrap(),
+            record
+        );
+        assert_eq!((in_place.topic, in_place.kind), ("a", "analytics"));
+    }
 
     #[test]
     fn writes_that_can_never_succeed_are_fatal_the_rest_retryable() {

@@ -19,7 +19,10 @@ use switchboard_proto::v1::{
 use switchboard_runtime::trace::TraceParent;
 use tokio_util::sync::CancellationToken;
 
-use super::{Failure, Interrupted, Router, Write};
+use super::{
+    Failure, Interrupted, Router, Write,
+    settle::{Outputs, Settle},
+};
 use crate::{
     destinations::{DestinationError, DestinationKind as Kind, topics::Source},
     rules::DestinationSpec,
@@ -29,17 +32,12 @@ use crate::{
 /// A future borrowed from the router for the rest of a message's routing.
 pub type Pending<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// A routed message's records, handed to the producer in the conversation's
-/// order: resolves when Kafka has acknowledged them all (what failed for
-/// good is dead-lettered first), or with [`Interrupted`].
-pub type Settling<'a> = Pending<'a, Result<(), Interrupted>>;
-
 /// A message whose records are all handed to the producer.
 pub struct Routed<'a> {
     /// The conversation's state changed (and must be written).
     pub changed: bool,
     /// Waits for Kafka's answers.
-    pub settling: Settling<'a>,
+    pub settle: Settle<'a>,
 }
 
 /// What [`Router::begin`] led to.
@@ -52,7 +50,7 @@ pub enum Begun<'a> {
 
 /// A message in the middle of its routing.
 pub struct Routing<'a> {
-    envelope: Envelope,
+    envelope: Box<Envelope>,
     key: String,
     route: RouteDecision,
     targets: Vec<DestinationSpec>,
@@ -75,8 +73,8 @@ pub struct Answered<'a> {
 }
 
 impl Router {
-    /// Starts routing `envelope` read from `source`, of a conversation in
-    /// `state`, which it changes in place:
+    /// Starts routing `envelope` read from `source`, of conversation `key`
+    /// in `state`, which it changes in place:
     /// - A control event changes the conversation's owner and goes to
     ///   analytics only.
     /// - An `OUTBOUND` message is checked against consent: refused, it goes
@@ -86,12 +84,12 @@ impl Router {
     ///   by the owner's agent queue.
     pub fn begin<'a>(
         &'a self,
-        envelope: Envelope,
+        envelope: Box<Envelope>,
+        key: &str,
         state: &mut ConversationState,
         source: Source<'a>,
         stop: &'a CancellationToken,
     ) -> Begun<'a> {
-        let key = envelope.conversation_key();
         let mut changed = effects::apply_message(state, &envelope, &self.handoff_queue);
         if !state.queue.is_empty() {
             let queue = self.queue_for(&state.queue);
@@ -118,7 +116,7 @@ impl Router {
         {
             route.rule_id = "consent".into();
             route.reason = format!("rejected ({}): {}", refusal.label(), refusal.detail);
-            writes.push(self.reject(&key, &envelope, refusal, &source.trace));
+            writes.push(self.reject(key, &envelope, refusal, &source.trace));
         } else {
             let rules = self.rules.load();
             let decision = rules.decide(&envelope, human_owned);
@@ -156,7 +154,7 @@ impl Router {
         route.destinations = targets.iter().map(to_proto).collect();
         let routing = Routing {
             envelope,
-            key,
+            key: key.to_owned(),
             route,
             targets,
             changed,
@@ -170,7 +168,7 @@ impl Router {
             return Begun::Routed(self.emit(routing, state));
         }
         let request = BotRequest {
-            envelope: Some(routing.envelope.clone()),
+            envelope: Some((*routing.envelope).clone()),
             decision: Some(routing.route.clone()),
         };
         let trace = source.trace;
@@ -231,7 +229,7 @@ impl Router {
                     }
                 }
                 Err((error, attempts)) => routing.failures.push(Failure {
-                    destination: format!("bot:{name}"),
+                    destination: format!("bot:{name}").into(),
                     error,
                     attempts,
                 }),
@@ -307,15 +305,11 @@ impl Router {
             .received_at
             .as_ref()
             .and_then(switchboard_proto::system_time);
-        let record = AnalyticsRecord {
-            envelope: Some(envelope),
-            decision: Some(route),
-        };
         // Every message reaches analytics once, after its other destinations.
         writes.push(self.write(
             Kind::Analytics,
             0,
-            self.outputs.analytics(&key, &record, &trace),
+            self.outputs.analytics_of(&key, &envelope, &route, &trace),
         ));
         for reply in &replies {
             writes.push(self.write(
@@ -324,26 +318,18 @@ impl Router {
                 self.outputs.analytics(&key, reply, &trace),
             ));
         }
-        let settling = Box::pin(async move {
-            let settled = join_all(writes.into_iter().map(|w| self.settle(w, stop))).await;
-            let envelope = record.envelope.as_ref().expect("set above");
-            // Refused for good: the message goes to the dead-letter topic
-            // instead, and the partition moves on.
-            for failure in failures.iter() {
-                Box::pin(self.dead_letter_failure(&key, envelope, failure, source, stop)).await?;
-            }
-            for failure in settled.into_iter().collect::<Result<Vec<_>, _>>()? {
-                let Some(failure) = failure else { continue };
-                Box::pin(self.dead_letter_failure(&key, envelope, &failure, source, stop)).await?;
-            }
-            if let Some(received) = received {
-                self.metrics
-                    .end_to_end
-                    .record(received.elapsed().unwrap_or_default().as_secs_f64());
-            }
-            Ok(())
-        });
-        Routed { changed, settling }
+        let outputs = Outputs {
+            writes,
+            failures,
+            key,
+            envelope,
+            source,
+            received,
+        };
+        Routed {
+            changed,
+            settle: Settle::new(self, stop, outputs),
+        }
     }
 
     /// A record to hand over now, retried up to `max_attempts` (0: no limit).
@@ -356,7 +342,7 @@ impl Router {
         Write {
             kind,
             max_attempts,
-            destination: kind.label().to_owned(),
+            destination: kind.label().into(),
             enqueued: self.outputs.enqueue(record),
         }
     }
@@ -381,7 +367,7 @@ impl Router {
             })),
         };
         Write {
-            destination: format!("agent:{queue}"),
+            destination: format!("agent:{queue}").into(),
             ..self.write(
                 Kind::Agent,
                 self.max_attempts,

@@ -15,7 +15,7 @@ pub(super) struct DestinationMetrics {
 
 /// Metric handles of the router.
 pub(super) struct RouterMetrics {
-    pub end_to_end: metrics::Histogram,
+    end_to_end: metrics::Histogram,
     pub handoffs: metrics::Counter,
     releases: metrics::Counter,
     assigns: metrics::Counter,
@@ -49,6 +49,15 @@ impl RouterMetrics {
     /// The handles of destination kind `kind`.
     pub fn destination(&self, kind: Kind) -> &DestinationMetrics {
         &self.destinations[kind as usize]
+    }
+
+    /// A message is routed: its end-to-end latency, from when Switchboard
+    /// received it, if known.
+    pub fn routed(&self, received: Option<std::time::SystemTime>) {
+        if let Some(received) = received {
+            self.end_to_end
+                .record(received.elapsed().unwrap_or_default().as_secs_f64());
+        }
     }
 
     pub fn ownership(&self, action: ControlAction) {

@@ -22,7 +22,10 @@
 //! changed states behind, once per conversation per flush
 //! ([`crate::state::WriteBehind`]).
 
-use std::collections::{HashMap, HashSet};
+use std::{
+    borrow::Cow,
+    collections::{HashMap, HashSet},
+};
 
 use arc_swap::ArcSwap;
 
@@ -42,10 +45,12 @@ pub mod decide;
 pub mod deliver;
 mod metrics;
 mod rules_reload;
+mod settle;
 #[cfg(test)]
 mod tests;
 
-pub use decide::{Answered, Begun, Pending, Routed, Settling};
+pub use decide::{Answered, Begun, Pending, Routed};
+pub use settle::Settle;
 
 /// Routing stopped because the worker is shutting down or lost the partition;
 /// the message was not completed and will be redelivered.
@@ -55,7 +60,7 @@ pub struct Interrupted;
 
 /// A destination that failed for good.
 struct Failure {
-    destination: String,
+    destination: Cow<'static, str>,
     error: DestinationError,
     attempts: u32,
 }
@@ -66,7 +71,7 @@ struct Write<'a> {
     /// 0: no limit.
     max_attempts: u32,
     /// For the dead-letter headers: `agent:QUEUE`, `outbound`, ...
-    destination: String,
+    destination: Cow<'static, str>,
     enqueued: Enqueued<'a>,
 }
 
@@ -157,7 +162,7 @@ impl Router {
         let write = Write {
             kind: Kind::State,
             max_attempts: 0,
-            destination: Kind::State.label().to_owned(),
+            destination: Cow::Borrowed(Kind::State.label()),
             enqueued,
         };
         if let Some(failure) = self.settle(write, stop).await? {

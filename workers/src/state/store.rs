@@ -14,7 +14,6 @@
 //!   the bytes Kafka has.
 
 use std::{
-    collections::HashMap,
     num::NonZeroUsize,
     path::Path,
     time::{Duration, Instant, SystemTime},
@@ -69,9 +68,9 @@ pub struct PartitionStates {
     cache: LruCache<String, ConversationState>,
     /// States changed since last written to disk, by the flush that writes
     /// them (the newest one they changed for).
-    unflushed: HashMap<String, u64>,
+    unflushed: foldhash::HashMap<String, u64>,
     /// Of those, the ones evicted from the cache meanwhile.
-    unwritten: HashMap<String, ConversationState>,
+    unwritten: foldhash::HashMap<String, ConversationState>,
     disk: DiskStore,
     /// Where the idle sweep stopped.
     sweep_after: Option<String>,
@@ -92,8 +91,8 @@ impl PartitionStates {
     ) -> Result<Self, DiskError> {
         Ok(Self {
             cache: LruCache::new(max_cached),
-            unflushed: HashMap::new(),
-            unwritten: HashMap::new(),
+            unflushed: foldhash::HashMap::default(),
+            unwritten: foldhash::HashMap::default(),
             disk: DiskStore::open(dir, topic, partition, DISK_CACHE_BYTES)?,
             sweep_after: None,
         })

@@ -13,13 +13,11 @@
 //! next owner rebuilds the states from the topic (as of the last flush) and
 //! redoes the messages above the committed offset.
 
-use std::collections::HashSet;
-
 /// The bookkeeping of one partition's state writes.
 #[derive(Debug)]
 pub struct WriteBehind {
     /// Conversations changed since the last flush was taken.
-    dirty: HashSet<String>,
+    dirty: foldhash::HashSet<String>,
     /// The flush that changes made now belong to.
     open: u64,
     /// Every flush up to this one is acknowledged.
@@ -33,7 +31,7 @@ pub struct WriteBehind {
 impl Default for WriteBehind {
     fn default() -> Self {
         Self {
-            dirty: HashSet::new(),
+            dirty: foldhash::HashSet::default(),
             open: 1,
             flushed: 0,
             writing: false,
