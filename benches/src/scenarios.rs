@@ -772,7 +772,7 @@ pub async fn slow_destination(
             || bot.count() > 0,
         )
         .await?;
-        let started = Instant::now();
+        let (started, cpu) = (Instant::now(), process_cpu());
         let mut last_report = Instant::now();
         wait_until(
             "every message at the bot",
@@ -792,6 +792,8 @@ pub async fn slow_destination(
         )
         .await?;
         let elapsed = started.elapsed();
+        // The bot runs in this process too: its side of each call counts.
+        let cpu = cpu_per_message(cpu, messages);
         pipeline.stop().await?;
         let _ = std::fs::remove_file(rules);
         let violations = bot
@@ -807,7 +809,10 @@ pub async fn slow_destination(
             name,
             messages,
             elapsed,
-            &[("order_violations", violations as f64)],
+            &[
+                ("order_violations", violations as f64),
+                ("cpu_us_per_message_worker_and_bot", cpu),
+            ],
         );
     }
     Ok(report)
