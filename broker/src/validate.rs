@@ -87,6 +87,9 @@ pub fn normalize(
                 _ => {}
             }
         }
+        Some(Content::Subscription(change)) if change.topic.trim().is_empty() => violations.push(
+            FieldViolation::new(format!("{path}.subscription.topic"), "is required"),
+        ),
         Some(_) => {}
     }
     for (field, ts) in [

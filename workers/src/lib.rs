@@ -39,6 +39,7 @@
 #![forbid(unsafe_code)]
 
 pub mod agents;
+pub mod broadcast;
 pub mod compacted;
 pub mod config;
 pub mod consume;

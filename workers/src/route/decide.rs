@@ -23,7 +23,7 @@ use super::{Failure, Interrupted, Router, Write};
 use crate::{
     destinations::{DestinationError, DestinationKind as Kind, topics::Source},
     rules::DestinationSpec,
-    state::{consent::Refusal, effects},
+    state::{consent::Refusal, effects, subscriptions},
 };
 
 /// A future borrowed from the router for the rest of a message's routing.
@@ -86,13 +86,15 @@ impl Router {
     ///   by the owner's agent queue.
     pub fn begin<'a>(
         &'a self,
-        envelope: Envelope,
+        mut envelope: Envelope,
         state: &mut ConversationState,
         source: Source<'a>,
         stop: &'a CancellationToken,
     ) -> Begun<'a> {
         let key = envelope.conversation_key();
         let mut changed = effects::apply_message(state, &envelope, &self.handoff_queue);
+        changed |= self.keywords.apply(state, &envelope);
+        subscriptions::address(&mut envelope, state);
         if !state.queue.is_empty() {
             let queue = self.queue_for(&state.queue);
             if queue != state.queue {
@@ -113,6 +115,9 @@ impl Router {
             route.rule_id = "control".into();
             route.reason = control_reason(control, state);
             self.metrics.ownership(control.action());
+        } else if let Some(Content::Subscription(change)) = &envelope.content {
+            route.rule_id = "subscription".into();
+            route.reason = subscriptions::reason(change);
         } else if envelope.direction() == Direction::Outbound
             && let Err(refusal) = self.consent.check(&envelope, state, now_of(&envelope))
         {

@@ -34,7 +34,7 @@ use crate::{
         topics::{Enqueued, TopicOutputs},
     },
     rules::RuleSet,
-    state::consent::ConsentPolicy,
+    state::{consent::ConsentPolicy, subscriptions::Keywords},
 };
 
 mod dead_letter;
@@ -85,6 +85,8 @@ pub struct Router {
     /// rules' own are known too.
     known_queues: HashSet<String>,
     recent_message_ids: usize,
+    /// Subscription keywords, by tenant and channel.
+    keywords: Keywords,
     metrics: metrics::RouterMetrics,
 }
 
@@ -121,6 +123,7 @@ impl Router {
                 .map(str::to_owned)
                 .collect(),
             recent_message_ids: config.recent_message_ids,
+            keywords: Keywords::new(&config.broadcasts.keywords)?,
             metrics: metrics::RouterMetrics::new(),
         })
     }
