@@ -41,10 +41,6 @@ fn config() -> WorkersConfig {
         .kafka
         .properties
         .insert("session.timeout.ms".into(), "6000".into());
-    let unique = |what: &str| testkit::random_topic(&format!("bcast.{what}"));
-    config.broadcasts.commands_topic = unique("commands");
-    config.broadcasts.progress_topic = unique("progress");
-    config.broadcasts.tallies_topic = unique("tallies");
     // 10,000 recipients in about 4 s: the kill lands midway.
     config.broadcasts.per_channel_rate = 1_200;
     config.broadcasts.per_tenant_rate = 2_500;
@@ -410,7 +406,7 @@ async fn ten_thousand_recipients_once_each_with_the_stage_killed_midway() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop_follow.store(true, std::sync::atomic::Ordering::Relaxed);
     follower.join().unwrap();
-    let seen = seen.lock().unwrap();
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
     let mut latencies: Vec<Duration> = sent
         .iter()
         .map(|(id, at)| {

@@ -12,7 +12,9 @@ use rdkafka::{
     message::Headers as _,
 };
 use serde::Serialize;
-use switchboard_proto::v1::{ConversationState, Envelope, Owner, Referral};
+use switchboard_proto::v1::{
+    ConversationState, Envelope, Owner, Referral, Subscription, SubscriptionSource,
+};
 use switchboard_runtime::kafka::KafkaConfig;
 
 /// One record's parts, in bytes.
@@ -100,6 +102,16 @@ pub fn full_state() -> ConversationState {
         updated_at: Some(now),
         recent_message_offsets: (0..20).map(|i| 1_234_567_890 + i).collect(),
         last_outbound_at: Some(now),
+        subscriptions: ["news", "offers", "restock-alerts"]
+            .map(|topic| Subscription {
+                topic: topic.into(),
+                subscribed: true,
+                changed_at: Some(now),
+                source: SubscriptionSource::Keyword as i32,
+                detail: "JOIN NEWS".into(),
+            })
+            .into(),
+        customer_id: "15551234567".into(),
     }
 }
 

@@ -179,7 +179,7 @@ struct ReportContext {
 impl rdkafka::ClientContext for ReportContext {}
 
 impl ConsumerContext for ReportContext {
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Revoke(tpl) => {
                 let keys = tpl
@@ -194,9 +194,10 @@ impl ConsumerContext for ReportContext {
                 // (a few records per partition counted).
                 let tallies = match read_tallies(&self.kafka, &self.tallies_topic) {
                     Ok(t) => t,
+                    // Nothing restored: these partitions' records are
+                    // skipped and their tallies left as they are.
                     Err(e) => {
-                        tracing::error!(error = %e, "reading broadcast tallies; counting stops until the next rebalance");
-                        let _ = consumer.unsubscribe();
+                        tracing::error!(error = %e, "reading broadcast tallies; these partitions are not counted until the next rebalance");
                         return;
                     }
                 };
