@@ -30,9 +30,8 @@ use rdkafka::{
     producer::{FutureProducer, FutureRecord},
 };
 use switchboard_proto::v1::{
-    AnalyticsRecord, BroadcastCounts, BroadcastTally, Direction, PendingDelivery, Rejection,
-    RejectionReason, envelope::Content, send_outcome::Status as SendStatus,
-    status_receipt::State as Receipt,
+    AnalyticsRecord, BroadcastCounts, BroadcastTally, PendingDelivery, Rejection, RejectionReason,
+    envelope::Content, send_outcome::Status as SendStatus, status_receipt::State as Receipt,
 };
 use switchboard_runtime::{
     kafka::{ConsumerErrors, KafkaConfig},
@@ -103,10 +102,8 @@ pub fn count_analytics(
     let Some(envelope) = &record.envelope else {
         return false;
     };
-    if envelope.direction() == Direction::Inbound {
-        let Some(Content::Status(status)) = &envelope.content else {
-            return false;
-        };
+    // Status webhooks are about the business's messages: OUTBOUND.
+    if let Some(Content::Status(status)) = &envelope.content {
         let Some(i) = tally
             .pending
             .iter()

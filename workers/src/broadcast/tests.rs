@@ -96,7 +96,7 @@ fn send(status: SendStatus, provider_id: &str) -> AnalyticsRecord {
 fn receipt(provider_id: &str, state: Receipt) -> AnalyticsRecord {
     AnalyticsRecord {
         envelope: Some(Envelope {
-            direction: Direction::Inbound as i32,
+            direction: Direction::Outbound as i32,
             content: Some(Content::Status(StatusReceipt {
                 target_message_id: provider_id.into(),
                 state: state as i32,

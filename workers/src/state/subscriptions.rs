@@ -245,6 +245,10 @@ pub fn is_subscribed(state: &ConversationState, topic: &str) -> bool {
 /// customer (a broadcast to a list names conversations, not customers).
 pub fn address(envelope: &mut Envelope, state: &ConversationState) {
     if envelope.direction() == Direction::Outbound
+        && !matches!(
+            envelope.content,
+            None | Some(Content::Status(_) | Content::Control(_) | Content::Subscription(_))
+        )
         && !state.customer_id.is_empty()
         && envelope.customer.as_ref().is_none_or(|c| c.id.is_empty())
     {

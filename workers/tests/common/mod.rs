@@ -6,7 +6,8 @@ use std::{sync::Arc, time::Duration};
 use switchboard_runtime::shutdown::Shutdown;
 use switchboard_testkit as testkit;
 use switchboard_workers::{
-    agents::config::AgentsConfig, broadcast::config::BroadcastsConfig, config::WorkersConfig, consume::Worker, route::Router,
+    agents::config::AgentsConfig, broadcast::config::BroadcastsConfig, config::WorkersConfig,
+    consume::Worker, route::Router,
 };
 use tokio::task::JoinHandle;
 
