@@ -109,6 +109,7 @@ impl v1::envelope::Content {
             Content::Attachments(_) => "attachments",
             Content::Handover(_) => "handover",
             Content::Subscription(_) => "subscription",
+            Content::Link(_) => "link",
             Content::Control(_) => "control",
         }
     }

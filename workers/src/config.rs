@@ -17,6 +17,7 @@ use switchboard_runtime::{config::load_layered, kafka::KafkaConfig};
 use crate::{
     agents::config::AgentsConfig,
     broadcast::config::BroadcastsConfig,
+    customers::config::CustomersConfig,
     destinations::{
         bot::BotConfig,
         topics::{self, QUEUE_SNAPSHOT_MAX_BYTES, TopicsConfig},
@@ -151,6 +152,8 @@ pub struct WorkersConfig {
     pub senders: SendersConfig,
     /// Broadcasts (fan-out, progress, report) and subscription keywords.
     pub broadcasts: BroadcastsConfig,
+    /// One customer across channels: links, matching rules.
+    pub customers: CustomersConfig,
 }
 
 /// Where a consumer group with no committed offset starts (librdkafka's
@@ -212,6 +215,7 @@ impl Default for WorkersConfig {
             agents: AgentsConfig::default(),
             senders: SendersConfig::default(),
             broadcasts: BroadcastsConfig::default(),
+            customers: CustomersConfig::default(),
         }
     }
 }
@@ -256,6 +260,7 @@ impl WorkersConfig {
             self.broadcasts.commands_topic.clone(),
             self.broadcasts.progress_topic.clone(),
             self.broadcasts.tallies_topic.clone(),
+            self.customers.topic.clone(),
         ]);
         topics
     }
@@ -269,6 +274,7 @@ impl WorkersConfig {
             &self.agents.queue_state_topic,
             &self.broadcasts.progress_topic,
             &self.broadcasts.tallies_topic,
+            &self.customers.topic,
         ];
         let plain: Vec<&str> = topics
             .iter()
@@ -282,6 +288,7 @@ impl WorkersConfig {
                     &self.state_topic,
                     &self.broadcasts.progress_topic,
                     &self.broadcasts.tallies_topic,
+                    &self.customers.topic,
                 ],
                 &[("cleanup.policy", "compact")],
             )
@@ -399,6 +406,7 @@ impl WorkersConfig {
         config.agents.validate()?;
         config.senders.validate()?;
         config.broadcasts.validate()?;
+        config.customers.validate()?;
         Ok(config)
     }
 }

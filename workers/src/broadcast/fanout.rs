@@ -183,6 +183,7 @@ impl Fanout {
                 progress.detail = e.to_string();
                 progress.finished_at = Some(now());
                 self.write_progress(&progress, stop).await?;
+                super::metrics::finished("failed");
                 return Ok(progress);
             }
             Err(e) => return Err(e.into()),
@@ -219,6 +220,9 @@ impl Fanout {
             for result in join_all(sends).await {
                 result?;
             }
+            for recipient in chunk {
+                super::metrics::published(recipient.channel.slug(), 1);
+            }
             progress.published += chunk.len() as u64;
             progress.cursor = chunk.last().map(|r| r.key.clone()).unwrap_or_default();
             progress.updated_at = Some(now());
@@ -232,6 +236,11 @@ impl Fanout {
         progress.finished_at = Some(now());
         progress.updated_at = progress.finished_at;
         self.write_progress(&progress, stop).await?;
+        super::metrics::finished(if cancel.is_cancelled() {
+            "cancelled"
+        } else {
+            "completed"
+        });
         tracing::info!(broadcast = %spec.broadcast_id, published = progress.published, status = ?progress.status(), "broadcast done");
         Ok(progress)
     }

@@ -26,6 +26,7 @@
 pub mod audience;
 pub mod config;
 pub mod fanout;
+pub(crate) mod metrics;
 pub mod report;
 pub mod service;
 #[cfg(test)]

@@ -159,6 +159,7 @@ impl BroadcastStage {
                 },
             };
             self.rebalance(&mut known, &mut running, &mut tasks).await?;
+            super::metrics::running(running.len());
             let Some(record) = record else { continue };
             let partition = record.partition();
             match record.payload().map(BroadcastCommand::decode) {

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Failure, Interrupted, Router, Write};
 use crate::{
+    customers,
     destinations::{DestinationError, DestinationKind as Kind, topics::Source},
     rules::DestinationSpec,
     state::{consent::Refusal, effects, subscriptions},
@@ -94,7 +95,10 @@ impl Router {
         let key = envelope.conversation_key();
         let mut changed = effects::apply_message(state, &envelope, &self.handoff_queue);
         changed |= self.keywords.apply(state, &envelope);
+        let linked = customers::link::apply(&self.customers, state, &envelope);
+        changed |= linked.changed;
         subscriptions::address(&mut envelope, state);
+        customers::link::annotate(&mut envelope, state);
         if !state.queue.is_empty() {
             let queue = self.queue_for(&state.queue);
             if queue != state.queue {
@@ -118,6 +122,12 @@ impl Router {
         } else if let Some(Content::Subscription(change)) = &envelope.content {
             route.rule_id = "subscription".into();
             route.reason = subscriptions::reason(change);
+        } else if let Some(Content::Link(_)) = &envelope.content {
+            route.rule_id = "customer".into();
+            route.reason = linked
+                .reason
+                .clone()
+                .unwrap_or_else(|| "customer link without an action".into());
         } else if envelope.direction() == Direction::Outbound
             && let Err(refusal) = self.consent.check(&envelope, state, now_of(&envelope))
         {
@@ -158,6 +168,12 @@ impl Router {
                 }
             }
         }
+        if !matches!(envelope.content, Some(Content::Link(_)))
+            && let Some(reason) = &linked.reason
+        {
+            route.reason.push_str("; ");
+            route.reason.push_str(reason);
+        }
         route.destinations = targets.iter().map(to_proto).collect();
         let routing = Routing {
             envelope,
@@ -171,14 +187,41 @@ impl Router {
             source,
             stop,
         };
+        if !linked.effects.is_empty() {
+            // The customer's records are in Kafka before the message completes.
+            let links = self.customer_writer.write(linked.effects, stop);
+            return match self.begin_routing(routing, bots, state) {
+                Begun::Routed(routed) => Begun::Routed(Routed {
+                    changed: routed.changed,
+                    settling: Box::pin(async move {
+                        links.await?;
+                        routed.settling.await
+                    }),
+                }),
+                Begun::Bots(pending) => Begun::Bots(Box::pin(async move {
+                    links.await?;
+                    pending.await
+                })),
+            };
+        }
+        self.begin_routing(routing, bots, state)
+    }
+
+    /// Emits a decided message, or calls its bots first.
+    fn begin_routing<'a>(
+        &'a self,
+        routing: Routing<'a>,
+        bots: Vec<String>,
+        state: &mut ConversationState,
+    ) -> Begun<'a> {
         if bots.is_empty() {
             return Begun::Routed(self.emit(routing, state));
         }
+        let (stop, trace) = (routing.stop, routing.source.trace);
         let request = BotRequest {
             envelope: Some(routing.envelope.clone()),
             decision: Some(routing.route.clone()),
         };
-        let trace = source.trace;
         Begun::Bots(Box::pin(async move {
             let calls = bots
                 .iter()

@@ -28,6 +28,7 @@ use arc_swap::ArcSwap;
 
 use crate::{
     config::WorkersConfig,
+    customers::{config::CustomersConfig, writer::CustomerWriter},
     destinations::{
         DestinationError, DestinationKind as Kind,
         bot::BotDestination,
@@ -87,6 +88,9 @@ pub struct Router {
     recent_message_ids: usize,
     /// Subscription keywords, by tenant and channel.
     keywords: Keywords,
+    /// Customer links: settings, and the writer of their records.
+    customers: CustomersConfig,
+    customer_writer: CustomerWriter,
     metrics: metrics::RouterMetrics,
 }
 
@@ -124,6 +128,12 @@ impl Router {
                 .collect(),
             recent_message_ids: config.recent_message_ids,
             keywords: Keywords::new(&config.broadcasts.keywords)?,
+            customers: config.customers.clone(),
+            customer_writer: CustomerWriter::new(
+                &config.kafka,
+                &config.messages_topic,
+                &config.customers.topic,
+            )?,
             metrics: metrics::RouterMetrics::new(),
         })
     }
