@@ -10,6 +10,7 @@ use switchboard_workers::{
     broadcast::{config::BroadcastsConfig, report::ReportStage, service::BroadcastStage},
     config::WorkersConfig,
     consume::Worker,
+    customers::config::CustomersConfig,
     destinations::bot::echo,
     destinations::bot::{BotConfig, BotProtocol},
     route::Router,
@@ -65,6 +66,8 @@ pub struct PipelineConfig {
     pub agents: AgentsConfig,
     /// The sender stage (off unless `senders.enabled`).
     pub senders: SendersConfig,
+    /// One customer across channels (links topic, matching rules).
+    pub customers: CustomersConfig,
     /// The broadcast and report stages (off unless `broadcasts.enabled`;
     /// their topics are created either way) and subscription keywords.
     pub broadcasts: BroadcastsConfig,
@@ -101,6 +104,7 @@ impl PipelineConfig {
                 enabled: false,
                 ..defaults.broadcasts
             },
+            customers: defaults.customers,
         }
     }
 
@@ -129,6 +133,10 @@ impl PipelineConfig {
                 progress_topic: unique("broadcast-progress"),
                 tallies_topic: unique("broadcast-tallies"),
                 ..BroadcastsConfig::default()
+            },
+            customers: CustomersConfig {
+                topic: unique("customers"),
+                ..CustomersConfig::default()
             },
             ..Self::new(kafka)
         }
@@ -239,6 +247,7 @@ impl PipelineConfig {
             agents: self.agents.clone(),
             senders: self.senders.clone(),
             broadcasts: self.broadcasts.clone(),
+            customers: self.customers.clone(),
             // Tests and scenarios publish before the group first joins.
             auto_offset_reset: switchboard_workers::config::AutoOffsetReset::Earliest,
             ..WorkersConfig::default()

@@ -7,7 +7,7 @@ use switchboard_runtime::shutdown::Shutdown;
 use switchboard_testkit as testkit;
 use switchboard_workers::{
     agents::config::AgentsConfig, broadcast::config::BroadcastsConfig, config::WorkersConfig,
-    consume::Worker, route::Router,
+    consume::Worker, customers::config::CustomersConfig, route::Router,
 };
 use tokio::task::JoinHandle;
 
@@ -40,6 +40,10 @@ pub fn isolated(prefix: &str, partitions: i32) -> WorkersConfig {
             progress_topic: unique("broadcast-progress"),
             tallies_topic: unique("broadcast-tallies"),
             ..BroadcastsConfig::default()
+        },
+        customers: CustomersConfig {
+            topic: unique("customers"),
+            ..CustomersConfig::default()
         },
         ..WorkersConfig::default()
     }
