@@ -87,6 +87,23 @@ pub fn normalize(
                 _ => {}
             }
         }
+        Some(Content::Link(link)) => {
+            use switchboard_proto::v1::customer_link::Action;
+            if link.action() == Action::Unspecified {
+                violations.push(FieldViolation::new(
+                    format!("{path}.link.action"),
+                    "must be LINK or UNLINK",
+                ));
+            }
+            if !link.other_conversation_id.is_empty()
+                && link.other_channel() == switchboard_proto::v1::Channel::Unspecified
+            {
+                violations.push(FieldViolation::new(
+                    format!("{path}.link.other_channel"),
+                    "is required with other_conversation_id",
+                ));
+            }
+        }
         Some(Content::Subscription(change)) if change.topic.trim().is_empty() => violations.push(
             FieldViolation::new(format!("{path}.subscription.topic"), "is required"),
         ),

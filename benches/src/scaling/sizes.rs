@@ -112,6 +112,13 @@ pub fn full_state() -> ConversationState {
             })
             .into(),
         customer_id: "15551234567".into(),
+        linked_customer: "cus-0190d3f2-8c1b-7d2e-9f4a-3b5c6d7e8f90".into(),
+        customer_attributes: [("tier".to_owned(), "vip".to_owned())].into(),
+        customer_conversations: vec![
+            "acme/instagram/17841400000000001".into(),
+            "acme/sms/+15551234567".into(),
+        ],
+        customer_unlinked: false,
     }
 }
 

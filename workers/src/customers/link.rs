@@ -23,7 +23,7 @@ pub enum Effect {
         record: Option<CustomerIdentity>,
     },
     /// A `JOINED` or `LEFT` event for another conversation of the customer.
-    Notify(Envelope),
+    Notify(Box<Envelope>),
 }
 
 /// What applying one message did.
@@ -74,7 +74,7 @@ fn notify(like: &Envelope, key: &str, link: CustomerLink) -> Option<Effect> {
     if tenant != like.tenant_id {
         return None;
     }
-    Some(Effect::Notify(Envelope {
+    Some(Effect::Notify(Box::new(Envelope {
         message_id: uuid::Uuid::new_v5(
             &uuid::Uuid::NAMESPACE_OID,
             format!("customer-link/{}/{key}", like.message_id).as_bytes(),
@@ -88,7 +88,7 @@ fn notify(like: &Envelope, key: &str, link: CustomerLink) -> Option<Effect> {
         sent_at: like.sent_at,
         content: Some(Content::Link(link)),
         ..Default::default()
-    }))
+    })))
 }
 
 /// A phone number as digits, if `id` is one (E.164 with or without `+`).
