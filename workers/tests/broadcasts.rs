@@ -475,3 +475,72 @@ async fn ten_thousand_recipients_once_each_with_the_stage_killed_midway() {
     report.await.unwrap().unwrap();
     routed.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs real Kafka (SWITCHBOARD_TEST_KAFKA)"]
+async fn a_cancelled_broadcast_stops_where_it_is() {
+    let mut config = config();
+    config.broadcasts.per_tenant_rate = 200;
+    config.broadcasts.per_channel_rate = 200;
+    config.broadcasts.progress_every = 50;
+    config.ensure_topics().await.unwrap();
+    let stop = switchboard_runtime::shutdown::Shutdown::new();
+    let stage = tokio::spawn(BroadcastStage::new(&config).unwrap().run(stop.clone()));
+    let id = "cancel-me";
+    let spec = BroadcastSpec {
+        broadcast_id: id.into(),
+        tenant_id: "acme".into(),
+        template: Some(Template {
+            name: "reminder".into(),
+            ..Default::default()
+        }),
+        recipients: (0..2_000)
+            .map(|i| BroadcastRecipient {
+                channel: Channel::Webchat as i32,
+                conversation_id: format!("v{i:04}"),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    };
+    command(
+        &config,
+        &BroadcastCommand {
+            broadcast_id: id.into(),
+            tenant_id: "acme".into(),
+            command: Some(Command::Start(spec)),
+        },
+    )
+    .await;
+    wait_for("the broadcast started", Duration::from_secs(30), || {
+        progress(&config, id).filter(|p| p.published >= 100)
+    })
+    .await;
+    command(
+        &config,
+        &BroadcastCommand {
+            broadcast_id: id.into(),
+            tenant_id: "acme".into(),
+            command: Some(Command::Cancel("wrong template".into())),
+        },
+    )
+    .await;
+    let cancelled = wait_for("the broadcast cancelled", Duration::from_secs(30), || {
+        progress(&config, id).filter(|p| p.status() == BroadcastStatus::Cancelled)
+    })
+    .await;
+    assert_eq!(cancelled.targeted, 2_000);
+    assert!(
+        cancelled.published < 2_000,
+        "stopped: {}",
+        cancelled.published
+    );
+    let published = testkit::topic_size(&config.kafka.bootstrap_servers, &config.messages_topic);
+    assert_eq!(
+        published,
+        i64::try_from(cancelled.published).unwrap(),
+        "nothing after the cancel"
+    );
+    stop.cancel();
+    stage.await.unwrap().unwrap();
+}

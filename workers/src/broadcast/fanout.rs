@@ -165,28 +165,38 @@ impl Fanout {
         stop: &CancellationToken,
     ) -> Result<BroadcastProgress, FanoutError> {
         let spec = progress.spec.clone().unwrap_or_default();
-        let resolved = {
-            let (kafka, state_topic, spec, max) = (
+        let mut backoff = Duration::from_millis(500);
+        let recipients = loop {
+            let (kafka, state_topic, wanted, max) = (
                 self.kafka.clone(),
                 self.state_topic.clone(),
                 spec.clone(),
                 self.config.max_recipients,
             );
-            tokio::task::spawn_blocking(move || audience::resolve(&kafka, &state_topic, &spec, max))
-                .await
-                .map_err(|e| FanoutError::Kafka(e.to_string()))?
-        };
-        let recipients = match resolved {
-            Ok(r) => r,
-            Err(e) if !e.retryable() => {
-                progress.status = BroadcastStatus::Failed as i32;
-                progress.detail = e.to_string();
-                progress.finished_at = Some(now());
-                self.write_progress(&progress, stop).await?;
-                super::metrics::finished("failed");
-                return Ok(progress);
+            let resolved = tokio::task::spawn_blocking(move || {
+                audience::resolve(&kafka, &state_topic, &wanted, max)
+            })
+            .await
+            .map_err(|e| FanoutError::Kafka(e.to_string()))?;
+            match resolved {
+                Ok(r) => break r,
+                Err(e) if !e.retryable() => {
+                    progress.status = BroadcastStatus::Failed as i32;
+                    progress.detail = e.to_string();
+                    progress.finished_at = Some(now());
+                    self.write_progress(&progress, stop).await?;
+                    super::metrics::finished("failed");
+                    return Ok(progress);
+                }
+                Err(e) => {
+                    tracing::warn!(broadcast = %spec.broadcast_id, error = %e, "resolving the audience; again");
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = stop.cancelled() => return Err(FanoutError::Stopped),
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
             }
-            Err(e) => return Err(e.into()),
         };
         // A resumed broadcast's audience may have grown; it never shrinks
         // below what was published.

@@ -110,22 +110,14 @@ impl BroadcastStage {
         })
     }
 
-    /// The progress of every broadcast of `partition`. Blocking.
-    fn read_progress(&self, partition: i32) -> anyhow::Result<HashMap<String, BroadcastProgress>> {
-        let mut found = HashMap::new();
-        compacted::read_partition(&self.kafka, &self.progress_topic, partition, |id, value| {
-            match value.and_then(|v| BroadcastProgress::decode(v).ok()) {
-                Some(progress) => {
-                    found.insert(id.to_owned(), progress);
-                }
-                None => {
-                    found.remove(id);
-                }
-            }
-        })?;
-        Ok(found)
+    /// The progress of every broadcast of `partition`.
+    async fn read_progress(
+        &self,
+        partition: i32,
+    ) -> anyhow::Result<HashMap<String, BroadcastProgress>> {
+        let (kafka, topic) = (self.kafka.clone(), self.progress_topic.clone());
+        tokio::task::spawn_blocking(move || read_progress(&kafka, &topic, partition)).await?
     }
-
     /// Consumes commands until `shutdown` fires. Dropping the future (a
     /// killed worker) aborts every broadcast at once.
     pub async fn run(self, shutdown: Shutdown) -> anyhow::Result<()> {
@@ -217,7 +209,7 @@ impl BroadcastStage {
                 }
                 Change::Assigned(partitions) => {
                     for partition in partitions {
-                        let found = tokio::task::block_in_place(|| self.read_progress(partition))?;
+                        let found = self.read_progress(partition).await?;
                         for (id, progress) in found {
                             if progress.status() == BroadcastStatus::Running
                                 && !running.contains_key(&id)
@@ -295,4 +287,24 @@ impl BroadcastStage {
         }
         Ok(())
     }
+}
+
+/// The progress of every broadcast of `partition` of `topic`. Blocking.
+fn read_progress(
+    kafka: &KafkaConfig,
+    topic: &str,
+    partition: i32,
+) -> anyhow::Result<HashMap<String, BroadcastProgress>> {
+    let mut found = HashMap::new();
+    compacted::read_partition(kafka, topic, partition, |id, value| {
+        match value.and_then(|v| BroadcastProgress::decode(v).ok()) {
+            Some(progress) => {
+                found.insert(id.to_owned(), progress);
+            }
+            None => {
+                found.remove(id);
+            }
+        }
+    })?;
+    Ok(found)
 }

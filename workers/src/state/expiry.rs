@@ -11,9 +11,10 @@
 //! - an opt-out is a customer's instruction, kept until they opt back in:
 //!   an opted-out conversation keeps a minimal state, `opted_out` alone
 //!   (a few bytes), and never expires further;
-//! - so is a broadcast subscription: a conversation subscribed to a topic
-//!   keeps a minimal state, its subscriptions and its customer id (where
-//!   broadcasts are addressed), until it unsubscribes;
+//! - so are a broadcast subscription and a customer link: a conversation
+//!   subscribed to a topic, or linked to a customer, keeps a minimal state
+//!   (its subscriptions, its link, its customer id) until it unsubscribes
+//!   or is unlinked;
 //! - everything else (window, referral, recent message ids, a bot owner)
 //!   is forgotten: the state topic gets a tombstone, and the next message
 //!   starts from a fresh state, exactly as a new conversation would.
@@ -63,9 +64,9 @@ fn last_active(state: &ConversationState) -> Option<SystemTime> {
     switchboard_proto::system_time(&last)
 }
 
-/// What of `state` survives expiry: the opt-out, and the subscriptions
-/// still on with the customer id they are sent to. The default state when
-/// nothing does.
+/// What of `state` survives expiry: the opt-out, the subscriptions still
+/// on, and the customer link (with the customer id they are sent to, or
+/// linked by). The default state when nothing does.
 pub fn minimal(state: &ConversationState) -> ConversationState {
     let subscriptions: Vec<_> = state
         .subscriptions
@@ -73,14 +74,19 @@ pub fn minimal(state: &ConversationState) -> ConversationState {
         .filter(|s| s.subscribed)
         .cloned()
         .collect();
+    let linked = !state.linked_customer.is_empty();
     ConversationState {
         opted_out: state.opted_out,
-        customer_id: if subscriptions.is_empty() {
+        customer_id: if subscriptions.is_empty() && !linked {
             String::new()
         } else {
             state.customer_id.clone()
         },
         subscriptions,
+        linked_customer: state.linked_customer.clone(),
+        customer_attributes: state.customer_attributes.clone(),
+        customer_conversations: state.customer_conversations.clone(),
+        customer_unlinked: state.customer_unlinked,
         ..Default::default()
     }
 }
@@ -195,5 +201,18 @@ mod tests {
             ..state
         };
         assert_eq!(policy.verdict(&unsubscribed, now), Verdict::Forget);
+        let linked = ConversationState {
+            linked_customer: "cus-kim".into(),
+            customer_conversations: vec!["acme/instagram/ig-1".into()],
+            ..unsubscribed
+        };
+        assert_eq!(policy.verdict(&linked, now), Verdict::Minimize);
+        let kept = minimal(&linked);
+        assert_eq!(
+            (kept.linked_customer.as_str(), kept.customer_id.as_str()),
+            ("cus-kim", "15551230000"),
+            "a link survives"
+        );
+        assert_eq!(kept.customer_conversations, linked.customer_conversations);
     }
 }
