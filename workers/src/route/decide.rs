@@ -79,7 +79,11 @@ impl Router {
     /// Starts routing `envelope` read from `source`, of a conversation in
     /// `state`, which it changes in place:
     /// - A control event changes the conversation's owner and goes to
-    ///   analytics only.
+    ///   analytics only; so do subscription changes and customer links
+    ///   (whose records and events for the customer's other conversations
+    ///   are written before the message completes).
+    /// - Keywords change subscriptions; a linked conversation's messages
+    ///   carry its customer (`crate::customers`).
     /// - An `OUTBOUND` message is checked against consent: refused, it goes
     ///   to the rejections topic (and analytics) only; allowed, to the
     ///   channel's outbound topic and the matching rule's destinations.
