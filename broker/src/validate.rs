@@ -226,6 +226,48 @@ mod tests {
     }
 
     #[test]
+    fn subscription_changes_and_customer_links_are_checked() {
+        use switchboard_proto::v1::{CustomerLink, SubscriptionChange, customer_link::Action};
+        let with = |content| Envelope {
+            content: Some(content),
+            ..valid()
+        };
+        let empty_topic = with(Content::Subscription(SubscriptionChange::default()));
+        assert_eq!(
+            fields(normalize("envelope", empty_topic, SystemTime::now(), SKEW).unwrap_err()),
+            ["envelope.subscription.topic"]
+        );
+        let link = |action: Action, other: &str| {
+            with(Content::Link(CustomerLink {
+                action: action as i32,
+                other_conversation_id: other.into(),
+                ..Default::default()
+            }))
+        };
+        assert_eq!(
+            fields(
+                normalize(
+                    "envelope",
+                    link(Action::Unspecified, "wa-1"),
+                    SystemTime::now(),
+                    SKEW
+                )
+                .unwrap_err()
+            ),
+            ["envelope.link.action", "envelope.link.other_channel"]
+        );
+        assert!(
+            normalize(
+                "envelope",
+                link(Action::Unlink, ""),
+                SystemTime::now(),
+                SKEW
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
     fn refuses_sent_at_ahead_of_the_clock_and_sets_received_at_itself() {
         let now = SystemTime::now();
         let ahead = |by: Duration| Envelope {
