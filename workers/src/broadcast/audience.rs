@@ -110,11 +110,9 @@ pub fn subscribers(
             };
             let state = value.and_then(|v| ConversationState::decode(v).ok());
             match state {
-                Some(state)
-                    if allowed(spec, channel)
-                        && is_subscribed(&state, &spec.topic)
-                        && !state.customer_id.is_empty() =>
-                {
+                // Without a known customer id, the sender stage refuses it
+                // (counted as failed), rather than it silently not being targeted.
+                Some(state) if allowed(spec, channel) && is_subscribed(&state, &spec.topic) => {
                     found.insert(
                         key.to_owned(),
                         Recipient {

@@ -143,7 +143,7 @@ impl Keywords {
             && customer.id != state.customer_id
             && !matches!(
                 envelope.content,
-                Some(Content::Status(_) | Content::Control(_) | Content::Subscription(_))
+                Some(Content::Status(_) | Content::Control(_) | Content::Link(_))
             )
         {
             state.customer_id.clone_from(&customer.id);
