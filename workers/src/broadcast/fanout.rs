@@ -1,10 +1,7 @@
 //! Publishing one broadcast: an OUTBOUND template envelope per recipient,
 //! rate-limited, with its progress written after every step.
 
-use std::{
-    sync::Arc,
-    time::{Duration, Instant, SystemTime},
-};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures::future::join_all;
 use prost::Message as _;
@@ -296,6 +293,3 @@ pub fn envelope(spec: &switchboard_proto::v1::BroadcastSpec, recipient: &Recipie
         ..Default::default()
     }
 }
-
-/// Shared by the stage's broadcasts.
-pub type SharedFanout = Arc<Fanout>;
