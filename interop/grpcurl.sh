@@ -86,5 +86,48 @@ else
   fail "PublishBatch with -d JSON (rc=$rc)"
 fi
 
+# 5. A web-form subscription, then a broadcast to the topic's subscribers,
+#    followed until the workers completed it (README: Subscriptions and broadcasts).
+g -d '{"envelope":{"tenantId":"demo","channel":"WHATSAPP","direction":"INBOUND",
+  "conversationId":"interop-sub-'"$run_id"'","customer":{"id":"1650555'"${run_id: -4}"'"},
+  "subscription":{"topic":"news","subscribe":true,"detail":"web form"}}}' \
+  "$ADDR" switchboard.v1.Ingest/Publish
+if [[ $rc -eq 0 ]] && grep -q '"messageId"' <<<"$out"; then
+  ok "Publish a subscription change (web form)"
+else
+  fail "Publish a subscription change (rc=$rc)"
+fi
+# States are written behind (200 ms by default).
+sleep 2
+g -d '{"broadcast":{"broadcastId":"interop-'"$run_id"'","tenantId":"demo",
+  "template":{"name":"spring_sale","language":"en_US","parameters":["20%"]},
+  "topic":"news","channels":["WHATSAPP"]}}' \
+  "$ADDR" switchboard.v1.Broadcasts/Start
+if [[ $rc -eq 0 ]] && grep -q "\"broadcastId\": \"interop-$run_id\"" <<<"$out"; then
+  ok "Broadcasts/Start to the subscribers of news"
+else
+  fail "Broadcasts/Start (rc=$rc)"
+fi
+completed=0
+for _ in $(seq 1 40); do
+  g -d '{"tenantId":"demo","broadcastId":"interop-'"$run_id"'"}' "$ADDR" switchboard.v1.Broadcasts/Get
+  if [[ $rc -eq 0 ]] && grep -q '"status": "COMPLETED"' <<<"$out"; then
+    completed=1
+    break
+  fi
+  sleep 0.5
+done
+if [[ $completed -eq 1 ]] && grep -q '"targeted": "[1-9]' <<<"$out"; then
+  ok "Broadcasts/Get: COMPLETED, with its subscribers targeted"
+else
+  fail "Broadcasts/Get (rc=$rc)"
+fi
+g -d '{"tenantId":"demo","broadcastId":"no-such-broadcast"}' "$ADDR" switchboard.v1.Broadcasts/Get
+if [[ $rc -ne 0 ]] && grep -q 'NotFound' <<<"$out"; then
+  ok "Broadcasts/Get of an unknown broadcast: NOT_FOUND"
+else
+  fail "Broadcasts/Get of an unknown broadcast (rc=$rc)"
+fi
+
 echo "$passed passed, $failed failed"
 [[ $failed -eq 0 ]]

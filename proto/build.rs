@@ -12,6 +12,7 @@ const PROTOS: &[&str] = &[
     "switchboard/v1/ingest.proto",
     "switchboard/v1/bot.proto",
     "switchboard/v1/agents.proto",
+    "switchboard/v1/broadcasts.proto",
 ];
 
 fn main() -> Result<(), Box<dyn Error>> {

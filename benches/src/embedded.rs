@@ -10,7 +10,7 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use rdkafka::{mocking::MockCluster, producer::DefaultProducerContext};
 use switchboard_runtime::kafka::KafkaConfig;
-use switchboard_workers::destinations::bot::echo::EchoBot;
+use switchboard_workers::{destinations::bot::echo::EchoBot, state::subscriptions::KeywordConfig};
 
 use crate::pipeline::{Pipeline, PipelineConfig};
 
@@ -117,6 +117,17 @@ impl Embedded {
         pipeline_config.http_addr = config.http_addr;
         pipeline_config.bot_addr = config.bot_addr;
         pipeline_config.workers = config.workers;
+        // Broadcasts, and the demo's subscription keywords on every channel.
+        pipeline_config.broadcasts.enabled = true;
+        pipeline_config.broadcasts.keywords = [("JOIN NEWS", true), ("STOP NEWS", false)]
+            .map(|(keyword, subscribe)| KeywordConfig {
+                tenant: "demo".into(),
+                channel: "*".into(),
+                keyword: keyword.into(),
+                topic: "news".into(),
+                subscribe,
+            })
+            .into();
         let providers = demo_providers::start(&mut pipeline_config.senders).await;
         let pipeline = Pipeline::start(&pipeline_config, EchoBot).await?;
         Ok(Self {

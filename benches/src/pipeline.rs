@@ -7,8 +7,10 @@ use switchboard_proto::v1::{Envelope, bot_server::Bot, ingest_client::IngestClie
 use switchboard_runtime::{kafka::KafkaConfig, shutdown::Shutdown, trace::TraceParent};
 use switchboard_workers::{
     agents::{config::AgentsConfig, service::QueueStage},
+    broadcast::{config::BroadcastsConfig, report::ReportStage, service::BroadcastStage},
     config::WorkersConfig,
     consume::Worker,
+    customers::config::CustomersConfig,
     destinations::bot::echo,
     destinations::bot::{BotConfig, BotProtocol},
     route::Router,
@@ -64,6 +66,11 @@ pub struct PipelineConfig {
     pub agents: AgentsConfig,
     /// The sender stage (off unless `senders.enabled`).
     pub senders: SendersConfig,
+    /// One customer across channels (links topic, matching rules).
+    pub customers: CustomersConfig,
+    /// The broadcast and report stages (off unless `broadcasts.enabled`;
+    /// their topics are created either way) and subscription keywords.
+    pub broadcasts: BroadcastsConfig,
 }
 
 impl PipelineConfig {
@@ -93,6 +100,11 @@ impl PipelineConfig {
             retry_backoff: defaults.retry_backoff,
             agents: defaults.agents,
             senders: defaults.senders,
+            broadcasts: BroadcastsConfig {
+                enabled: false,
+                ..defaults.broadcasts
+            },
+            customers: defaults.customers,
         }
     }
 
@@ -114,6 +126,17 @@ impl PipelineConfig {
                 queue_state_topic: unique("queue-state"),
                 assignments_topic: unique("assignments"),
                 ..AgentsConfig::default()
+            },
+            broadcasts: BroadcastsConfig {
+                enabled: false,
+                commands_topic: unique("broadcast-commands"),
+                progress_topic: unique("broadcast-progress"),
+                tallies_topic: unique("broadcast-tallies"),
+                ..BroadcastsConfig::default()
+            },
+            customers: CustomersConfig {
+                topic: unique("customers"),
+                ..CustomersConfig::default()
             },
             ..Self::new(kafka)
         }
@@ -180,6 +203,12 @@ impl PipelineConfig {
             shutdown_grace: Duration::from_secs(5),
             // Tests and demos run on busy 2-core machines: give Kafka time.
             ack_timeout: Duration::from_secs(10),
+            broadcasts: switchboard_broker::broadcasts::config::BroadcastsConfig {
+                commands_topic: self.broadcasts.commands_topic.clone(),
+                progress_topic: self.broadcasts.progress_topic.clone(),
+                tallies_topic: self.broadcasts.tallies_topic.clone(),
+                ..Default::default()
+            },
             ..BrokerConfig::default()
         }
     }
@@ -217,6 +246,8 @@ impl PipelineConfig {
             max_in_flight_per_partition: self.max_in_flight_per_partition,
             agents: self.agents.clone(),
             senders: self.senders.clone(),
+            broadcasts: self.broadcasts.clone(),
+            customers: self.customers.clone(),
             // Tests and scenarios publish before the group first joins.
             auto_offset_reset: switchboard_workers::config::AutoOffsetReset::Earliest,
             ..WorkersConfig::default()
@@ -272,6 +303,12 @@ impl Pipeline {
             }
             if workers_config.senders.enabled {
                 let stage = SenderStage::new(&workers_config)?;
+                tasks.push(tokio::spawn(stage.run(shutdown.clone())));
+            }
+            if workers_config.broadcasts.enabled {
+                let stage = BroadcastStage::new(&workers_config)?;
+                tasks.push(tokio::spawn(stage.run(shutdown.clone())));
+                let stage = ReportStage::new(&workers_config)?;
                 tasks.push(tokio::spawn(stage.run(shutdown.clone())));
             }
         }

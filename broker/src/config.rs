@@ -44,6 +44,8 @@ pub struct BrokerConfig {
     pub kafka: KafkaConfig,
     /// Topic that canonical envelopes are published to.
     pub messages_topic: String,
+    /// The `Broadcasts` service's topics and bounds.
+    pub broadcasts: crate::broadcasts::config::BroadcastsConfig,
     /// Most publishes waiting for a Kafka ack at once, over all RPCs. Past
     /// it, unary calls get `RESOURCE_EXHAUSTED` and streams stop reading.
     pub max_in_flight: usize,
@@ -122,6 +124,7 @@ impl Default for BrokerConfig {
             http: HttpConfig::default(),
             kafka: KafkaConfig::default(),
             messages_topic: "switchboard.messages.v1".into(),
+            broadcasts: Default::default(),
             max_in_flight: 10_000,
             max_in_flight_bytes: 256 << 20,
             max_in_flight_per_stream: 1_024,

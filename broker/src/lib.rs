@@ -30,6 +30,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod broadcasts;
 pub mod channels;
 pub mod config;
 pub mod dedupe;

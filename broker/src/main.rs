@@ -59,7 +59,10 @@ async fn main() -> anyhow::Result<()> {
         tracing::info!(%addr, "serving Prometheus metrics at /metrics");
     }
     // Creating topics can take a while; a signal meanwhile ends the process.
-    let topics = [config.messages_topic.as_str()];
+    let topics = [
+        config.messages_topic.as_str(),
+        config.broadcasts.commands_topic.as_str(),
+    ];
     tokio::select! {
         created = config.kafka.ensure_topics(&topics) => created?,
         _ = shutdown.cancelled() => return Ok(()),

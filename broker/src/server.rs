@@ -3,7 +3,7 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use switchboard_proto::v1::ingest_server::IngestServer;
+use switchboard_proto::v1::{broadcasts_server::BroadcastsServer, ingest_server::IngestServer};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
@@ -11,6 +11,7 @@ use switchboard_runtime::shutdown::Shutdown;
 
 use crate::{
     auth::Auth,
+    broadcasts::{service::BroadcastsService, view::BroadcastView},
     config::BrokerConfig,
     dedupe::Dedupe,
     error::limits,
@@ -99,6 +100,7 @@ impl Broker {
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
                 .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
                 .with_service_name("switchboard.v1.Ingest")
+                .with_service_name("switchboard.v1.Broadcasts")
                 .with_service_name("grpc.health.v1.Health")
                 .with_service_name("grpc.reflection.v1.ServerReflection")
                 .with_service_name("grpc.reflection.v1alpha.ServerReflection")
@@ -112,6 +114,19 @@ impl Broker {
             auth.clone(),
             Arc::new(Dedupe::new(config.dedupe.clone())),
             config.service(),
+        );
+        let view = BroadcastView::new(config.broadcasts.max_tracked);
+        tokio::spawn(view.clone().follow(
+            config.kafka.clone(),
+            config.broadcasts.clone(),
+            shutdown.clone(),
+        ));
+        let broadcasts = BroadcastsService::new(
+            config.kafka.producer_config(&[]).create()?,
+            auth.clone(),
+            view,
+            config.broadcasts.clone(),
+            config.ack_timeout,
         );
         // The HTTP webhook listener publishes through the same service.
         let http = http_listener.map(|listener| {
@@ -170,6 +185,9 @@ impl Broker {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(IngestServer::new(service).max_decoding_message_size(max_request_bytes))
+            .add_service(
+                BroadcastsServer::new(broadcasts).max_decoding_message_size(max_request_bytes),
+            )
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
                 stopping.cancelled().await;
                 health

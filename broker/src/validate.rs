@@ -87,6 +87,26 @@ pub fn normalize(
                 _ => {}
             }
         }
+        Some(Content::Link(link)) => {
+            use switchboard_proto::v1::customer_link::Action;
+            if link.action() == Action::Unspecified {
+                violations.push(FieldViolation::new(
+                    format!("{path}.link.action"),
+                    "must be LINK or UNLINK",
+                ));
+            }
+            if !link.other_conversation_id.is_empty()
+                && link.other_channel() == switchboard_proto::v1::Channel::Unspecified
+            {
+                violations.push(FieldViolation::new(
+                    format!("{path}.link.other_channel"),
+                    "is required with other_conversation_id",
+                ));
+            }
+        }
+        Some(Content::Subscription(change)) if change.topic.trim().is_empty() => violations.push(
+            FieldViolation::new(format!("{path}.subscription.topic"), "is required"),
+        ),
         Some(_) => {}
     }
     for (field, ts) in [
@@ -202,6 +222,48 @@ mod tests {
                 "envelope.channel",
                 "envelope.sent_at"
             ]
+        );
+    }
+
+    #[test]
+    fn subscription_changes_and_customer_links_are_checked() {
+        use switchboard_proto::v1::{CustomerLink, SubscriptionChange, customer_link::Action};
+        let with = |content| Envelope {
+            content: Some(content),
+            ..valid()
+        };
+        let empty_topic = with(Content::Subscription(SubscriptionChange::default()));
+        assert_eq!(
+            fields(normalize("envelope", empty_topic, SystemTime::now(), SKEW).unwrap_err()),
+            ["envelope.subscription.topic"]
+        );
+        let link = |action: Action, other: &str| {
+            with(Content::Link(CustomerLink {
+                action: action as i32,
+                other_conversation_id: other.into(),
+                ..Default::default()
+            }))
+        };
+        assert_eq!(
+            fields(
+                normalize(
+                    "envelope",
+                    link(Action::Unspecified, "wa-1"),
+                    SystemTime::now(),
+                    SKEW
+                )
+                .unwrap_err()
+            ),
+            ["envelope.link.action", "envelope.link.other_channel"]
+        );
+        assert!(
+            normalize(
+                "envelope",
+                link(Action::Unlink, ""),
+                SystemTime::now(),
+                SKEW
+            )
+            .is_ok()
         );
     }
 

@@ -68,6 +68,26 @@ impl v1::Channel {
     }
 }
 
+impl v1::BroadcastCounts {
+    /// Adds another part's counts (another partition's) into these.
+    pub fn add(&mut self, part: &Self) {
+        self.sent += part.sent;
+        self.failed += part.failed;
+        self.delivered += part.delivered;
+        self.read += part.read;
+        for (reason, n) in &part.refused {
+            *self.refused.entry(reason.clone()).or_default() += n;
+        }
+        if let Some(at) = part.updated_at
+            && self
+                .updated_at
+                .is_none_or(|s| (s.seconds, s.nanos) < (at.seconds, at.nanos))
+        {
+            self.updated_at = Some(at);
+        }
+    }
+}
+
 impl v1::envelope::Content {
     /// The content type's name, as used in rules and metric labels.
     pub fn kind(&self) -> &'static str {
@@ -88,6 +108,8 @@ impl v1::envelope::Content {
             Content::Deletion(_) => "deletion",
             Content::Attachments(_) => "attachments",
             Content::Handover(_) => "handover",
+            Content::Subscription(_) => "subscription",
+            Content::Link(_) => "link",
             Content::Control(_) => "control",
         }
     }

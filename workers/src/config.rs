@@ -16,6 +16,8 @@ use switchboard_runtime::{config::load_layered, kafka::KafkaConfig};
 
 use crate::{
     agents::config::AgentsConfig,
+    broadcast::config::BroadcastsConfig,
+    customers::config::CustomersConfig,
     destinations::{
         bot::BotConfig,
         topics::{self, QUEUE_SNAPSHOT_MAX_BYTES, TopicsConfig},
@@ -148,6 +150,10 @@ pub struct WorkersConfig {
     pub agents: AgentsConfig,
     /// The sender stage: providers, credentials and its own bounds.
     pub senders: SendersConfig,
+    /// Broadcasts (fan-out, progress, report) and subscription keywords.
+    pub broadcasts: BroadcastsConfig,
+    /// One customer across channels: links, matching rules.
+    pub customers: CustomersConfig,
 }
 
 /// Where a consumer group with no committed offset starts (librdkafka's
@@ -208,6 +214,8 @@ impl Default for WorkersConfig {
             shutdown_grace: Duration::from_secs(10),
             agents: AgentsConfig::default(),
             senders: SendersConfig::default(),
+            broadcasts: BroadcastsConfig::default(),
+            customers: CustomersConfig::default(),
         }
     }
 }
@@ -248,6 +256,12 @@ impl WorkersConfig {
             self.agents.queue_state_topic.clone(),
         ];
         topics.extend(Channel::KNOWN.map(|c| self.outbound_topic(c)));
+        topics.extend([
+            self.broadcasts.commands_topic.clone(),
+            self.broadcasts.progress_topic.clone(),
+            self.broadcasts.tallies_topic.clone(),
+            self.customers.topic.clone(),
+        ]);
         topics
     }
 
@@ -255,7 +269,13 @@ impl WorkersConfig {
     /// checks that the state topic is partitioned like the messages topic.
     pub async fn ensure_topics(&self) -> anyhow::Result<()> {
         let topics = self.topics();
-        let compacted = [&self.state_topic, &self.agents.queue_state_topic];
+        let compacted = [
+            &self.state_topic,
+            &self.agents.queue_state_topic,
+            &self.broadcasts.progress_topic,
+            &self.broadcasts.tallies_topic,
+            &self.customers.topic,
+        ];
         let plain: Vec<&str> = topics
             .iter()
             .filter(|t| !compacted.contains(t))
@@ -263,7 +283,15 @@ impl WorkersConfig {
             .collect();
         self.kafka.ensure_topics(&plain).await?;
         self.kafka
-            .ensure_topics_with(&[&self.state_topic], &[("cleanup.policy", "compact")])
+            .ensure_topics_with(
+                &[
+                    &self.state_topic,
+                    &self.broadcasts.progress_topic,
+                    &self.broadcasts.tallies_topic,
+                    &self.customers.topic,
+                ],
+                &[("cleanup.policy", "compact")],
+            )
             .await?;
         self.kafka
             .ensure_topics_with(
@@ -377,6 +405,8 @@ impl WorkersConfig {
         }
         config.agents.validate()?;
         config.senders.validate()?;
+        config.broadcasts.validate()?;
+        config.customers.validate()?;
         Ok(config)
     }
 }

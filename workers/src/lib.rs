@@ -28,6 +28,10 @@
 //!   consumer group and calls each channel's provider API (WhatsApp Cloud
 //!   API, Messenger and Instagram Send API, Twilio, web chat), at least
 //!   once and in order per conversation.
+//! - [`broadcast`]: broadcasts to a topic's subscribers or a list of
+//!   conversations: the fan-out stage (progress in Kafka) and the report stage.
+//! - [`customers`]: one customer across channels: links in the
+//!   conversations' states and in a compacted topic keyed by customer.
 //! - [`compacted`]: reading a compacted topic to its end, to rebuild state.
 //! - [`metrics`]: the workers' metric names and help texts (the queue
 //!   stage's handles are in `agents::metrics`).
@@ -39,9 +43,11 @@
 #![forbid(unsafe_code)]
 
 pub mod agents;
+pub mod broadcast;
 pub mod compacted;
 pub mod config;
 pub mod consume;
+pub mod customers;
 pub mod destinations;
 pub mod metrics;
 pub mod replay;

@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 use switchboard_runtime::{config::Overrides, shutdown, telemetry};
 use switchboard_workers::{
     agents::service::QueueStage,
+    broadcast::{report::ReportStage, service::BroadcastStage},
     config::WorkersConfig,
     consume::Worker,
     replay::{self, ReplayRequest},
@@ -16,7 +17,9 @@ use switchboard_workers::{
 /// Switchboard routing worker: consumes envelopes from Kafka and routes
 /// them to bots, agent queues and analytics, at least once; assigns agent
 /// queues' conversations to agents (unless `agents.enabled = false`); and
-/// sends replies to the channels' providers (with `senders.enabled = true`).
+/// sends replies to the channels' providers (with `senders.enabled = true`);
+/// publishes broadcasts and counts their reports (unless
+/// `broadcasts.enabled = false`).
 ///
 /// Settings are layered: defaults, then --config FILE, then
 /// SWITCHBOARD_WORKERS_* environment variables, then these flags.
@@ -181,10 +184,28 @@ async fn main() -> anyhow::Result<()> {
             None => Ok(()),
         }
     };
-    let (routed, assigned, sent) = tokio::join!(
+    let broadcasts = if config.broadcasts.enabled {
+        Some((BroadcastStage::new(&config)?, ReportStage::new(&config)?))
+    } else {
+        None
+    };
+    let broadcast = async {
+        match broadcasts {
+            Some((fanout, report)) => {
+                let (published, counted) = tokio::join!(
+                    async { stopping(fanout.run(shutdown.clone()).await) },
+                    async { stopping(report.run(shutdown.clone()).await) },
+                );
+                published.and(counted)
+            }
+            None => Ok(()),
+        }
+    };
+    let (routed, assigned, sent, broadcast) = tokio::join!(
         async { stopping(worker.run(shutdown.clone()).await) },
         assign,
         send,
+        broadcast,
     );
-    routed.and(assigned).and(sent)
+    routed.and(assigned).and(sent).and(broadcast)
 }

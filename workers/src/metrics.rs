@@ -162,6 +162,8 @@ pub fn describe() {
     );
     zero_known_series();
     crate::senders::metrics::describe();
+    crate::broadcast::metrics::describe();
+    crate::customers::metrics::describe();
 }
 
 fn zero_known_series() {

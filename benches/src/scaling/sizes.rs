@@ -12,7 +12,9 @@ use rdkafka::{
     message::Headers as _,
 };
 use serde::Serialize;
-use switchboard_proto::v1::{ConversationState, Envelope, Owner, Referral};
+use switchboard_proto::v1::{
+    ConversationState, Envelope, Owner, Referral, Subscription, SubscriptionSource,
+};
 use switchboard_runtime::kafka::KafkaConfig;
 
 /// One record's parts, in bytes.
@@ -100,6 +102,23 @@ pub fn full_state() -> ConversationState {
         updated_at: Some(now),
         recent_message_offsets: (0..20).map(|i| 1_234_567_890 + i).collect(),
         last_outbound_at: Some(now),
+        subscriptions: ["news", "offers", "restock-alerts"]
+            .map(|topic| Subscription {
+                topic: topic.into(),
+                subscribed: true,
+                changed_at: Some(now),
+                source: SubscriptionSource::Keyword as i32,
+                detail: "JOIN NEWS".into(),
+            })
+            .into(),
+        customer_id: "15551234567".into(),
+        linked_customer: "cus-0190d3f2-8c1b-7d2e-9f4a-3b5c6d7e8f90".into(),
+        customer_attributes: [("tier".to_owned(), "vip".to_owned())].into(),
+        customer_conversations: vec![
+            "acme/instagram/17841400000000001".into(),
+            "acme/sms/+15551234567".into(),
+        ],
+        customer_unlinked: false,
     }
 }
 

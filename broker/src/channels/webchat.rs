@@ -90,6 +90,8 @@ fn not_from_visitors(content: &Content) -> Option<&'static str> {
         Content::Template(_) => Some("template"),
         Content::System(_) => Some("system"),
         Content::Handover(_) => Some("handover"),
+        Content::Subscription(_) => Some("subscription"),
+        Content::Link(_) => Some("link"),
         Content::Text(_)
         | Content::Media(_)
         | Content::Location(_)

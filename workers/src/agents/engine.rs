@@ -327,6 +327,7 @@ impl QueueBook {
             .iter_mut()
             .find(|w| w.conversation_key == key)
         {
+            waiting.customer = customer_of(&envelope);
             trimmed += push_bounded(&mut waiting.messages, envelope, keep, max_bytes);
             self.metrics.trimmed.increment(trimmed as u64);
             return;
@@ -371,6 +372,7 @@ impl QueueBook {
             })
             .unwrap_or_default();
         let channel = envelope.channel().slug().to_owned();
+        let customer = customer_of(&envelope);
         let mut messages = Vec::new();
         trimmed += push_bounded(&mut messages, envelope, keep, max_bytes);
         self.metrics.trimmed.increment(trimmed as u64);
@@ -381,6 +383,7 @@ impl QueueBook {
             channel,
             skills,
             messages,
+            customer,
             ..Default::default()
         };
         self.enqueue(waiting, now);
@@ -528,6 +531,7 @@ impl QueueBook {
         let waiting = held.conversation.unwrap_or_default();
         let key = waiting.conversation_key.clone();
         self.unassigned(&key, &held.agent_id, &held.assignment_id, reason, now);
+        let sticky = sticky_key(&waiting);
         if reason == UnassignReason::Released {
             let release = ConversationControl {
                 action: Control::Release as i32,
@@ -539,9 +543,9 @@ impl QueueBook {
             });
         }
         let last = &mut self.snapshot.last_agents;
-        last.retain(|l| l.conversation_key != key);
+        last.retain(|l| l.conversation_key != sticky);
         last.push(LastAgent {
-            conversation_key: key,
+            conversation_key: sticky,
             agent_id: held.agent_id,
             at_unix_ms: now,
         });
@@ -682,7 +686,7 @@ impl QueueBook {
                 AssignmentOutcome::Assigned
             };
             let mut agent = None;
-            if let Some(last) = self.last_agent(&waiting.conversation_key) {
+            if let Some(last) = self.last_agent(&sticky_key(waiting)) {
                 if self.can_take(last, waiting) {
                     agent = Some(last.agent_id.clone());
                     outcome = AssignmentOutcome::StickyHit;
@@ -763,6 +767,26 @@ fn conversation_key(held: &HeldConversation) -> &str {
     held.conversation
         .as_ref()
         .map_or("", |c| c.conversation_key.as_str())
+}
+
+/// The customer a task's conversation is linked to, if any.
+fn customer_of(envelope: &Envelope) -> String {
+    envelope
+        .attributes
+        .get(crate::customers::CUSTOMER_ATTRIBUTE)
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// What the sticky agent is remembered by: the conversation's customer
+/// when it is linked to one (so it holds across the customer's channels),
+/// else the conversation.
+fn sticky_key(waiting: &WaitingConversation) -> String {
+    if waiting.customer.is_empty() {
+        waiting.conversation_key.clone()
+    } else {
+        format!("customer:{}", waiting.customer)
+    }
 }
 
 /// Appends `envelope`, then drops the oldest messages beyond `keep`, or

@@ -196,7 +196,7 @@ impl<'a> InFlight<'a> {
                         .await
                 });
                 let letter = Box::pin(letter.instrument(span));
-                self.push((offset, None), Settle::retrying(router, stop, letter));
+                self.push((offset, None), Settle::wrapping(router, stop, letter));
                 return Now::Routed;
             }
         };

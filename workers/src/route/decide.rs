@@ -3,7 +3,7 @@
 //!
 //! Routing a message whose destinations are all Kafka topics is one
 //! synchronous step ([`Router::begin`]): its records are enqueued in the
-//! conversation's order and the returned [`Routed::settling`] waits for
+//! conversation's order and the returned [`Routed::settle`] waits for
 //! Kafka's answers. A message for a bot comes back as [`Begun::Bots`]: the
 //! bots' answers are awaited (the conversation's next message waits; other
 //! conversations go on), then [`Router::finish`] completes it the same way.
@@ -24,9 +24,10 @@ use super::{
     settle::{Outputs, Settle},
 };
 use crate::{
+    customers,
     destinations::{DestinationError, DestinationKind as Kind, topics::Source},
     rules::DestinationSpec,
-    state::{consent::Refusal, effects},
+    state::{consent::Refusal, effects, subscriptions},
 };
 
 /// A future borrowed from the router for the rest of a message's routing.
@@ -76,7 +77,11 @@ impl Router {
     /// Starts routing `envelope` read from `source`, of conversation `key`
     /// in `state`, which it changes in place:
     /// - A control event changes the conversation's owner and goes to
-    ///   analytics only.
+    ///   analytics only; so do subscription changes and customer links
+    ///   (whose records and events for the customer's other conversations
+    ///   are written before the message completes).
+    /// - Keywords change subscriptions; a linked conversation's messages
+    ///   carry its customer (`crate::customers`).
     /// - An `OUTBOUND` message is checked against consent: refused, it goes
     ///   to the rejections topic (and analytics) only; allowed, to the
     ///   channel's outbound topic and the matching rule's destinations.
@@ -84,13 +89,18 @@ impl Router {
     ///   by the owner's agent queue.
     pub fn begin<'a>(
         &'a self,
-        envelope: Box<Envelope>,
+        mut envelope: Box<Envelope>,
         key: &str,
         state: &mut ConversationState,
         source: Source<'a>,
         stop: &'a CancellationToken,
     ) -> Begun<'a> {
         let mut changed = effects::apply_message(state, &envelope, &self.handoff_queue);
+        changed |= self.keywords.apply(state, &envelope);
+        let linked = customers::link::apply(&self.customers, state, &envelope);
+        changed |= linked.changed;
+        subscriptions::address(&mut envelope, state);
+        customers::link::annotate(&mut envelope, state);
         if !state.queue.is_empty() {
             let queue = self.queue_for(&state.queue);
             if queue != state.queue {
@@ -111,6 +121,15 @@ impl Router {
             route.rule_id = "control".into();
             route.reason = control_reason(control, state);
             self.metrics.ownership(control.action());
+        } else if let Some(Content::Subscription(change)) = &envelope.content {
+            route.rule_id = "subscription".into();
+            route.reason = subscriptions::reason(change);
+        } else if let Some(Content::Link(_)) = &envelope.content {
+            route.rule_id = "customer".into();
+            route.reason = linked
+                .reason
+                .clone()
+                .unwrap_or_else(|| "customer link without an action".into());
         } else if envelope.direction() == Direction::Outbound
             && let Err(refusal) = self.consent.check(&envelope, state, now_of(&envelope))
         {
@@ -151,6 +170,12 @@ impl Router {
                 }
             }
         }
+        if !matches!(envelope.content, Some(Content::Link(_)))
+            && let Some(reason) = &linked.reason
+        {
+            route.reason.push_str("; ");
+            route.reason.push_str(reason);
+        }
         route.destinations = targets.iter().map(to_proto).collect();
         let routing = Routing {
             envelope,
@@ -164,14 +189,45 @@ impl Router {
             source,
             stop,
         };
+        if !linked.effects.is_empty() {
+            // The customer's records are in Kafka before the message completes.
+            let links = self.customer_writer.write(linked.effects, stop);
+            return match self.begin_routing(routing, bots, state) {
+                Begun::Routed(routed) => Begun::Routed(Routed {
+                    changed: routed.changed,
+                    settle: Settle::wrapping(
+                        self,
+                        stop,
+                        Box::pin(async move {
+                            links.await?;
+                            routed.settle.await
+                        }),
+                    ),
+                }),
+                Begun::Bots(pending) => Begun::Bots(Box::pin(async move {
+                    links.await?;
+                    pending.await
+                })),
+            };
+        }
+        self.begin_routing(routing, bots, state)
+    }
+
+    /// Emits a decided message, or calls its bots first.
+    fn begin_routing<'a>(
+        &'a self,
+        routing: Routing<'a>,
+        bots: Vec<String>,
+        state: &mut ConversationState,
+    ) -> Begun<'a> {
         if bots.is_empty() {
             return Begun::Routed(self.emit(routing, state));
         }
+        let (stop, trace) = (routing.stop, routing.source.trace);
         let request = BotRequest {
             envelope: Some((*routing.envelope).clone()),
             decision: Some(routing.route.clone()),
         };
-        let trace = source.trace;
         Begun::Bots(Box::pin(async move {
             let calls = bots
                 .iter()

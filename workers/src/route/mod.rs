@@ -31,13 +31,14 @@ use arc_swap::ArcSwap;
 
 use crate::{
     config::WorkersConfig,
+    customers::{config::CustomersConfig, writer::CustomerWriter},
     destinations::{
         DestinationError, DestinationKind as Kind,
         bot::BotDestination,
         topics::{Enqueued, TopicOutputs},
     },
     rules::RuleSet,
-    state::consent::ConsentPolicy,
+    state::{consent::ConsentPolicy, subscriptions::Keywords},
 };
 
 mod dead_letter;
@@ -90,6 +91,11 @@ pub struct Router {
     /// rules' own are known too.
     known_queues: HashSet<String>,
     recent_message_ids: usize,
+    /// Subscription keywords, by tenant and channel.
+    keywords: Keywords,
+    /// Customer links: settings, and the writer of their records.
+    customers: CustomersConfig,
+    customer_writer: CustomerWriter,
     metrics: metrics::RouterMetrics,
 }
 
@@ -126,6 +132,13 @@ impl Router {
                 .map(str::to_owned)
                 .collect(),
             recent_message_ids: config.recent_message_ids,
+            keywords: Keywords::new(&config.broadcasts.keywords)?,
+            customers: config.customers.clone(),
+            customer_writer: CustomerWriter::new(
+                &config.kafka,
+                &config.messages_topic,
+                &config.customers.topic,
+            )?,
             metrics: metrics::RouterMetrics::new(),
         })
     }

@@ -70,8 +70,10 @@ impl<'a> Settle<'a> {
         }
     }
 
-    /// Work that is all on the retrying path (a poison record's letter).
-    pub fn retrying(
+    /// Settling that is a future of its own, all on the slow path: a
+    /// poison record's dead letter, or a message whose customer links are
+    /// written first.
+    pub fn wrapping(
         router: &'a Router,
         stop: &'a CancellationToken,
         work: Pending<'a, Result<(), Interrupted>>,

@@ -19,6 +19,7 @@
 //! regex = ["(?i)order #\\d+"]        # any of, on the text
 //! languages = ["en"]                # the `language` attribute; `en` matches `en-US`
 //! referral_sources = ["ADS"]        # the referral's source
+//! customer = { tier = "vip" }       # attributes of the linked customer
 //! owner = "bot"                     # bot | human: who owns the conversation
 //! when_open = "support"             # or when_closed: a calendar below
 //! destinations = [{ bot = "echo" }, { agent = "sales" }, "analytics"]
@@ -116,6 +117,10 @@ pub struct Rule {
     /// Referral sources (`ADS`, `SHORTLINK`, ...; case-insensitive); empty matches all.
     #[serde(default)]
     pub referral_sources: Vec<String>,
+    /// Customer attributes (of a conversation linked to a customer, e.g.
+    /// `{ tier = "vip" }`); all must match. Empty matches all.
+    #[serde(default)]
+    pub customer: BTreeMap<String, String>,
     /// `bot` or `human`: who owns the conversation (a conversation no one
     /// handed off is bot-owned); absent matches both.
     #[serde(default)]
@@ -593,6 +598,11 @@ impl Compiled {
                         .iter()
                         .any(|s| s.eq_ignore_ascii_case(&r.source))
                 }))
+            && self
+                .rule
+                .customer
+                .iter()
+                .all(|(k, v)| envelope.attributes.get(&format!("customer.{k}")) == Some(v))
             && self
                 .hours
                 .as_ref()

@@ -495,3 +495,36 @@ mod index_agrees_with_linear {
         }
     }
 }
+
+#[test]
+fn customer_attributes_of_linked_conversations_match() {
+    let rules = RuleSet::parse(
+        r#"
+default = ["analytics"]
+
+[[rules]]
+id = "vip"
+customer = { tier = "vip", region = "eu" }
+destinations = [{ agent = "vip" }]
+"#,
+        &bots(),
+    )
+    .unwrap();
+    let mut message = text("acme", Channel::Whatsapp, "hello");
+    message
+        .attributes
+        .insert("customer.tier".into(), "vip".into());
+    assert_eq!(
+        rules.decide(&message, false).rule_id,
+        "default",
+        "every one must match"
+    );
+    message
+        .attributes
+        .insert("customer.region".into(), "eu".into());
+    assert_eq!(rules.decide(&message, false).rule_id, "vip");
+    message
+        .attributes
+        .insert("customer.tier".into(), "basic".into());
+    assert_eq!(rules.decide(&message, false).rule_id, "default");
+}

@@ -1,6 +1,8 @@
 //! Consent and the messaging window, enforced on every outbound message.
 //!
 //! - An opted-out customer (SMS STOP) receives nothing until they opt back in.
+//! - A broadcast to a topic (the envelope's `broadcast_topic` attribute)
+//!   reaches only conversations subscribed to it.
 //! - On WhatsApp, Messenger and Instagram a free-form message may be sent
 //!   only within `service_window` (24 h) of the customer's last inbound
 //!   message. On Messenger and Instagram the window is `extended_window`
@@ -37,14 +39,20 @@ pub struct Refusal {
 impl Refusal {
     /// The metric label of the reason.
     pub fn label(&self) -> &'static str {
-        match self.reason {
-            RejectionReason::OutsideWindow => "outside_window",
-            RejectionReason::NoInbound => "no_inbound",
-            RejectionReason::OptedOut => "opted_out",
-            RejectionReason::ProviderRefused => "provider_refused",
-            RejectionReason::Unsendable => "unsendable",
-            RejectionReason::Unspecified => "unspecified",
-        }
+        reason_label(self.reason)
+    }
+}
+
+/// The metric (and report) label of a rejection reason.
+pub fn reason_label(reason: RejectionReason) -> &'static str {
+    match reason {
+        RejectionReason::OutsideWindow => "outside_window",
+        RejectionReason::NoInbound => "no_inbound",
+        RejectionReason::OptedOut => "opted_out",
+        RejectionReason::ProviderRefused => "provider_refused",
+        RejectionReason::Unsendable => "unsendable",
+        RejectionReason::NotSubscribed => "not_subscribed",
+        RejectionReason::Unspecified => "unspecified",
     }
 }
 
@@ -75,6 +83,16 @@ impl ConsentPolicy {
             return Err(Refusal {
                 reason: RejectionReason::OptedOut,
                 detail: "the customer opted out and has not opted back in".into(),
+            });
+        }
+        if let Some(topic) = envelope.attributes.get(crate::broadcast::TOPIC_ATTRIBUTE)
+            && !super::subscriptions::is_subscribed(state, topic)
+        {
+            return Err(Refusal {
+                reason: RejectionReason::NotSubscribed,
+                detail: format!(
+                    "broadcast to topic {topic}, which the conversation is not subscribed to"
+                ),
             });
         }
         let channel = envelope.channel();

@@ -40,6 +40,8 @@ fn is_customer_message(envelope: &Envelope) -> bool {
                     | Content::Control(_)
                     | Content::Handover(_)
                     | Content::Deletion(_)
+                    | Content::Subscription(_)
+                    | Content::Link(_)
             )
         )
 }

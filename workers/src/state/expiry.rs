@@ -11,6 +11,10 @@
 //! - an opt-out is a customer's instruction, kept until they opt back in:
 //!   an opted-out conversation keeps a minimal state, `opted_out` alone
 //!   (a few bytes), and never expires further;
+//! - so are a broadcast subscription and a customer link: a conversation
+//!   subscribed to a topic, or linked to a customer, keeps a minimal state
+//!   (its subscriptions, its link, its customer id) until it unsubscribes
+//!   or is unlinked;
 //! - everything else (window, referral, recent message ids, a bot owner)
 //!   is forgotten: the state topic gets a tombstone, and the next message
 //!   starts from a fresh state, exactly as a new conversation would.
@@ -29,7 +33,7 @@ pub enum Verdict {
     Keep,
     /// Forgotten: written as a tombstone.
     Forget,
-    /// Shrunk to what must survive: [`opted_out_only`].
+    /// Shrunk to what must survive: [`minimal`].
     Minimize,
 }
 
@@ -60,10 +64,29 @@ fn last_active(state: &ConversationState) -> Option<SystemTime> {
     switchboard_proto::system_time(&last)
 }
 
-/// The minimal state of an opted-out conversation.
-pub fn opted_out_only() -> ConversationState {
+/// What of `state` survives expiry: the opt-out, the subscriptions still
+/// on, and the customer link (with the customer id they are sent to, or
+/// linked by). The default state when nothing does.
+pub fn minimal(state: &ConversationState) -> ConversationState {
+    let subscriptions: Vec<_> = state
+        .subscriptions
+        .iter()
+        .filter(|s| s.subscribed)
+        .cloned()
+        .collect();
+    let linked = !state.linked_customer.is_empty();
     ConversationState {
-        opted_out: true,
+        opted_out: state.opted_out,
+        customer_id: if subscriptions.is_empty() && !linked {
+            String::new()
+        } else {
+            state.customer_id.clone()
+        },
+        subscriptions,
+        linked_customer: state.linked_customer.clone(),
+        customer_attributes: state.customer_attributes.clone(),
+        customer_conversations: state.customer_conversations.clone(),
+        customer_unlinked: state.customer_unlinked,
         ..Default::default()
     }
 }
@@ -80,14 +103,14 @@ impl ExpiryPolicy {
         {
             return Verdict::Keep;
         }
-        if state.opted_out {
-            return if *state == opted_out_only() {
-                Verdict::Keep
-            } else {
-                Verdict::Minimize
-            };
+        let minimal = minimal(state);
+        if minimal == ConversationState::default() {
+            Verdict::Forget
+        } else if *state == minimal {
+            Verdict::Keep
+        } else {
+            Verdict::Minimize
         }
-        Verdict::Forget
     }
 }
 
@@ -130,7 +153,10 @@ mod tests {
             Verdict::Minimize,
             "an opt-out survives"
         );
-        let minimal = opted_out_only();
+        let minimal = ConversationState {
+            opted_out: true,
+            ..Default::default()
+        };
         assert_eq!(
             policy.verdict(&minimal, now),
             Verdict::Keep,
@@ -145,5 +171,48 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(policy.verdict(&unstamped, now), Verdict::Forget);
+    }
+
+    #[test]
+    fn subscriptions_survive_expiry_with_their_customer_id() {
+        use switchboard_proto::v1::Subscription;
+        let policy = ExpiryPolicy { idle: 8 * DAY };
+        let now = SystemTime::now();
+        let topic = |topic: &str, subscribed| Subscription {
+            topic: topic.into(),
+            subscribed,
+            ..Default::default()
+        };
+        let state = ConversationState {
+            owner: Owner::Bot as i32,
+            updated_at: at(now - 9 * DAY),
+            customer_id: "15551230000".into(),
+            subscriptions: vec![topic("news", true), topic("offers", false)],
+            ..Default::default()
+        };
+        assert_eq!(policy.verdict(&state, now), Verdict::Minimize);
+        let kept = minimal(&state);
+        assert_eq!(kept.subscriptions, vec![topic("news", true)]);
+        assert_eq!(kept.customer_id, "15551230000");
+        assert_eq!(policy.verdict(&kept, now), Verdict::Keep, "already minimal");
+        let unsubscribed = ConversationState {
+            subscriptions: vec![topic("offers", false)],
+            customer_id: "15551230000".into(),
+            ..state
+        };
+        assert_eq!(policy.verdict(&unsubscribed, now), Verdict::Forget);
+        let linked = ConversationState {
+            linked_customer: "cus-kim".into(),
+            customer_conversations: vec!["acme/instagram/ig-1".into()],
+            ..unsubscribed
+        };
+        assert_eq!(policy.verdict(&linked, now), Verdict::Minimize);
+        let kept = minimal(&linked);
+        assert_eq!(
+            (kept.linked_customer.as_str(), kept.customer_id.as_str()),
+            ("cus-kim", "15551230000"),
+            "a link survives"
+        );
+        assert_eq!(kept.customer_conversations, linked.customer_conversations);
     }
 }

@@ -16,6 +16,8 @@
 //!   them: one record per conversation per flush.
 //! - [`effects`]: how a message changes its conversation's state.
 //! - [`consent`]: whether an outbound message may be sent.
+//! - [`subscriptions`]: broadcast subscriptions per topic (keywords, SMS
+//!   STOP, subscription changes) and the customer's id.
 //!
 //! A conversation's messages run one after another, so its state has one
 //! writer at a time. A state is written (and acknowledged) before the
@@ -30,6 +32,9 @@ mod disk;
 pub mod effects;
 pub mod expiry;
 mod store;
+pub mod subscriptions;
+#[cfg(test)]
+mod subscriptions_tests;
 #[cfg(test)]
 mod tests;
 pub mod write_behind;

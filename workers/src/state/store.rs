@@ -320,17 +320,20 @@ impl PartitionStates {
             if busy(&key) || self.unflushed.contains_key(&key) {
                 continue; // changed lately: not idle
             }
-            let verdict = match self.cache.peek(&key) {
-                Some(state) => policy.verdict(state, now),
+            let judged = |state: &ConversationState| match policy.verdict(state, now) {
+                Verdict::Keep => None,
+                Verdict::Forget => Some(("forgotten", ConversationState::default())),
+                Verdict::Minimize => Some(("minimized", super::expiry::minimal(state))),
+            };
+            let judgement = match self.cache.peek(&key) {
+                Some(state) => judged(state),
                 None => match ConversationState::decode(bytes.as_slice()) {
-                    Ok(state) => policy.verdict(&state, now),
-                    Err(_) => Verdict::Forget,
+                    Ok(state) => judged(&state),
+                    Err(_) => Some(("forgotten", ConversationState::default())),
                 },
             };
-            let (outcome, replacement) = match verdict {
-                Verdict::Keep => continue,
-                Verdict::Forget => ("forgotten", ConversationState::default()),
-                Verdict::Minimize => ("minimized", super::expiry::opted_out_only()),
+            let Some((outcome, replacement)) = judgement else {
+                continue;
             };
             metrics::counter!("switchboard_worker_state_expired_total", "outcome" => outcome)
                 .increment(1);

@@ -6,7 +6,8 @@ use std::{sync::Arc, time::Duration};
 use switchboard_runtime::shutdown::Shutdown;
 use switchboard_testkit as testkit;
 use switchboard_workers::{
-    agents::config::AgentsConfig, config::WorkersConfig, consume::Worker, route::Router,
+    agents::config::AgentsConfig, broadcast::config::BroadcastsConfig, config::WorkersConfig,
+    consume::Worker, customers::config::CustomersConfig, route::Router,
 };
 use tokio::task::JoinHandle;
 
@@ -33,6 +34,16 @@ pub fn isolated(prefix: &str, partitions: i32) -> WorkersConfig {
             queue_state_topic: unique("queue-state"),
             assignments_topic: unique("assignments"),
             ..AgentsConfig::default()
+        },
+        broadcasts: BroadcastsConfig {
+            commands_topic: unique("broadcast-commands"),
+            progress_topic: unique("broadcast-progress"),
+            tallies_topic: unique("broadcast-tallies"),
+            ..BroadcastsConfig::default()
+        },
+        customers: CustomersConfig {
+            topic: unique("customers"),
+            ..CustomersConfig::default()
         },
         ..WorkersConfig::default()
     }
