@@ -5,49 +5,28 @@
 //! keeps one out, the provider's status webhooks come back, and
 //! `Broadcasts.Get` reports targeted, sent, delivered and read.
 
-use std::{
-    net::SocketAddr,
-    time::{Duration, Instant, SystemTime},
-};
+use std::time::{Duration, Instant};
 
 use serde_json::json;
-use switchboard_benches::{
-    embedded::{DEMO_RULES, DEMO_TENANTS, demo_providers, demo_secrets},
-    pipeline::{Pipeline, PipelineConfig},
-};
-use switchboard_broker::http::signature::{meta_signature, twilio_signature};
+use switchboard_benches::embedded::demo_secrets;
 use switchboard_proto::v1::{
     BroadcastReport, BroadcastSpec, BroadcastStatus, GetBroadcastRequest, StartBroadcastRequest,
     Template, broadcasts_client::BroadcastsClient,
 };
 use switchboard_testkit::{self as testkit, providers::StandIn};
-use switchboard_workers::{destinations::bot::echo::EchoBot, state::subscriptions::KeywordConfig};
+use switchboard_workers::state::subscriptions::KeywordConfig;
 
 const WA_ID: &str = "16505551234";
 const PHONES: [&str; 2] = ["+15551230001", "+15551230002"];
 
-struct Demo {
-    pipeline: Pipeline,
-    providers: Vec<StandIn>,
-    http: SocketAddr,
-    client: reqwest::Client,
-    files: Vec<std::path::PathBuf>,
-}
+mod demo_loop;
 
-impl Demo {
-    async fn start() -> Self {
-        let prefix = "test.broadcast-loop";
-        let bootstrap = testkit::real_kafka();
-        let mut config =
-            PipelineConfig::isolated(testkit::kafka_config(&bootstrap, 2), prefix).from_start();
-        let dir = std::env::temp_dir();
-        let rules = dir.join(format!("{}.rules.toml", testkit::random_topic(prefix)));
-        let tenants = dir.join(format!("{}.tenants.toml", testkit::random_topic(prefix)));
-        std::fs::write(&rules, DEMO_RULES).unwrap();
-        std::fs::write(&tenants, DEMO_TENANTS).unwrap();
-        config.rules_file = Some(rules.clone());
-        config.auth_file = Some(tenants.clone());
-        config.http_addr = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+use demo_loop::{DemoLoop, unix_now};
+
+/// The demo pipeline with broadcasts on, and `JOIN NEWS` subscribing to
+/// topic `news` on every channel.
+async fn start() -> DemoLoop {
+    DemoLoop::start("test.broadcast-loop", |config| {
         config.broadcasts.enabled = true;
         config.broadcasts.keywords = vec![KeywordConfig {
             tenant: demo_secrets::TENANT.into(),
@@ -56,113 +35,31 @@ impl Demo {
             topic: "news".into(),
             subscribe: true,
         }];
-        let providers = demo_providers::start(&mut config.senders).await;
-        config.create_topics().await.unwrap();
-        let pipeline = Pipeline::start(&config, EchoBot).await.unwrap();
-        let http = pipeline.http_addr.expect("the HTTP listener is on");
-        Self {
-            pipeline,
-            providers,
-            http,
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(30))
-                .build()
-                .unwrap(),
-            files: vec![rules, tenants],
-        }
-    }
-
-    fn url(&self, channel: &str) -> String {
-        format!(
-            "http://{}/webhooks/{}/{channel}",
-            self.http,
-            demo_secrets::TENANT
-        )
-    }
-
-    async fn whatsapp(&self, value: serde_json::Value) {
-        let body = json!({
-            "object": "whatsapp_business_account",
-            "entry": [{ "id": "102290129340398", "changes": [{ "field": "messages", "value": value }] }]
-        })
-        .to_string();
-        let signature = meta_signature(demo_secrets::APP_SECRET.as_bytes(), body.as_bytes());
-        let response = self
-            .client
-            .post(self.url("whatsapp"))
-            .header("content-type", "application/json")
-            .header("x-hub-signature-256", signature)
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), reqwest::StatusCode::OK);
-    }
-
-    async fn whatsapp_text(&self, id: &str, body: &str) {
-        self.whatsapp(json!({
-            "messaging_product": "whatsapp",
-            "metadata": { "display_phone_number": "15550000000", "phone_number_id": "demo-phone-number-id" },
-            "contacts": [{ "wa_id": WA_ID, "profile": { "name": "Kim" } }],
-            "messages": [{ "from": WA_ID, "id": id, "timestamp": unix_now(),
-                           "type": "text", "text": { "body": body } }]
-        }))
-        .await;
-    }
-
-    async fn whatsapp_status(&self, wamid: &str, status: &str) {
-        self.whatsapp(json!({
-            "messaging_product": "whatsapp",
-            "metadata": { "display_phone_number": "15550000000", "phone_number_id": "demo-phone-number-id" },
-            "statuses": [{ "id": wamid, "status": status, "timestamp": unix_now(),
-                           "recipient_id": WA_ID }]
-        }))
-        .await;
-    }
-
-    async fn sms(&self, from: &str, sid: &str, body: &str) {
-        let form: String = form_urlencoded::Serializer::new(String::new())
-            .extend_pairs([
-                ("MessageSid", sid),
-                ("AccountSid", "ACdemo"),
-                ("From", from),
-                ("To", "+15550000000"),
-                ("Body", body),
-                ("NumMedia", "0"),
-            ])
-            .finish();
-        let url = self.url("sms");
-        let signature = twilio_signature(
-            demo_secrets::TWILIO_AUTH_TOKEN.as_bytes(),
-            &url,
-            form.as_bytes(),
-        );
-        let response = self
-            .client
-            .post(url)
-            .header("content-type", "application/x-www-form-urlencoded")
-            .header("x-twilio-signature", signature)
-            .body(form)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), reqwest::StatusCode::OK);
-    }
-
-    async fn stop(self) {
-        self.pipeline.stop().await.unwrap();
-        for file in self.files {
-            let _ = std::fs::remove_file(file);
-        }
-    }
+    })
+    .await
 }
 
-fn unix_now() -> String {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        .to_string()
+/// A signed WhatsApp text from the customer.
+async fn whatsapp_text(demo: &DemoLoop, id: &str, body: &str) {
+    demo.whatsapp(json!({
+        "messaging_product": "whatsapp",
+        "metadata": { "display_phone_number": "15550000000", "phone_number_id": "demo-phone-number-id" },
+        "contacts": [{ "wa_id": WA_ID, "profile": { "name": "Kim" } }],
+        "messages": [{ "from": WA_ID, "id": id, "timestamp": unix_now(),
+                       "type": "text", "text": { "body": body } }]
+    }))
+    .await;
+}
+
+/// A signed WhatsApp status webhook for a message sent to the customer.
+async fn whatsapp_status(demo: &DemoLoop, wamid: &str, status: &str) {
+    demo.whatsapp(json!({
+        "messaging_product": "whatsapp",
+        "metadata": { "display_phone_number": "15550000000", "phone_number_id": "demo-phone-number-id" },
+        "statuses": [{ "id": wamid, "status": status, "timestamp": unix_now(),
+                       "recipient_id": WA_ID }]
+    }))
+    .await;
 }
 
 /// Calls to `stand_in` that sent a template, once there are `n` (90 s at most).
@@ -187,8 +84,8 @@ async fn templates(stand_in: &StandIn, n: usize) -> Vec<testkit::providers::Rece
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the real local Kafka: run deploy/test.sh"]
 async fn a_broadcast_reaches_the_subscribers_and_reports_deliveries_and_reads() {
-    let demo = Demo::start().await;
-    demo.whatsapp_text("wamid.join-1", "join news").await;
+    let demo = start().await;
+    whatsapp_text(&demo, "wamid.join-1", "join news").await;
     demo.sms(PHONES[0], "SM00000000000000000000000000000011", "JOIN NEWS")
         .await;
     demo.sms(PHONES[1], "SM00000000000000000000000000000012", "JOIN NEWS")
@@ -250,8 +147,8 @@ async fn a_broadcast_reaches_the_subscribers_and_reports_deliveries_and_reads() 
     assert_eq!(sms[0].field("To"), Some(PHONES[0]));
     assert_eq!(sms[0].field("ContentSid"), Some("spring_sale"));
 
-    demo.whatsapp_status(&wamid, "delivered").await;
-    demo.whatsapp_status(&wamid, "read").await;
+    whatsapp_status(&demo, &wamid, "delivered").await;
+    whatsapp_status(&demo, &wamid, "read").await;
     let request = GetBroadcastRequest {
         tenant_id: demo_secrets::TENANT.into(),
         broadcast_id: id.clone(),

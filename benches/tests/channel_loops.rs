@@ -6,145 +6,30 @@
 //! analytics. The tenant is the demo's (`deploy/config/tenants.demo.toml`),
 //! with its rules (`deploy/rules/demo.toml`: text goes to the echo bot).
 
-use std::{
-    net::SocketAddr,
-    time::{Duration, SystemTime},
-};
+use std::time::Duration;
 
 use rdkafka::Message as _;
 use serde_json::json;
-use switchboard_benches::{
-    embedded::{DEMO_RULES, DEMO_TENANTS, demo_providers, demo_secrets},
-    pipeline::{Pipeline, PipelineConfig},
-};
-use switchboard_broker::http::signature::{meta_signature, twilio_signature};
 use switchboard_proto::v1::{
     AnalyticsRecord, Rejection, RejectionReason, envelope::Content,
     send_outcome::Status as SendStatus, status_receipt::State as Receipt,
 };
 use switchboard_testkit::{self as testkit, providers::StandIn};
-use switchboard_workers::destinations::bot::echo::EchoBot;
 
-/// The demo pipeline on real Kafka, with its HTTP edge and its senders
-/// pointed at the stand-ins.
-struct Loop {
-    pipeline: Pipeline,
-    config: PipelineConfig,
-    /// WhatsApp, Messenger, Instagram, Twilio, web chat.
-    providers: Vec<StandIn>,
-    http: SocketAddr,
-    client: reqwest::Client,
-    files: Vec<std::path::PathBuf>,
-}
+mod demo_loop;
 
-impl Loop {
-    async fn start(prefix: &str) -> Self {
-        let bootstrap = testkit::real_kafka();
-        let mut config =
-            PipelineConfig::isolated(testkit::kafka_config(&bootstrap, 2), prefix).from_start();
-        let dir = std::env::temp_dir();
-        let rules = dir.join(format!("{}.rules.toml", testkit::random_topic(prefix)));
-        let tenants = dir.join(format!("{}.tenants.toml", testkit::random_topic(prefix)));
-        std::fs::write(&rules, DEMO_RULES).unwrap();
-        std::fs::write(&tenants, DEMO_TENANTS).unwrap();
-        config.rules_file = Some(rules.clone());
-        config.auth_file = Some(tenants.clone());
-        config.http_addr = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
-        let providers = demo_providers::start(&mut config.senders).await;
-        config.create_topics().await.unwrap();
-        let pipeline = Pipeline::start(&config, EchoBot).await.unwrap();
-        let http = pipeline.http_addr.expect("the HTTP listener is on");
-        Self {
-            pipeline,
-            config,
-            providers,
-            http,
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(30))
-                .build()
-                .unwrap(),
-            files: vec![rules, tenants],
-        }
-    }
+use demo_loop::{DemoLoop, unix_now};
 
-    fn url(&self, channel: &str) -> String {
-        format!(
-            "http://{}/webhooks/{}/{channel}",
-            self.http,
-            demo_secrets::TENANT
-        )
-    }
-
-    /// POSTs a WhatsApp webhook signed with the demo app secret; 200 once
-    /// Kafka has it.
-    async fn whatsapp(&self, value: serde_json::Value) {
-        let body = json!({
-            "object": "whatsapp_business_account",
-            "entry": [{ "id": "102290129340398", "changes": [{ "field": "messages", "value": value }] }]
-        })
-        .to_string();
-        let signature = meta_signature(demo_secrets::APP_SECRET.as_bytes(), body.as_bytes());
-        let response = self
-            .client
-            .post(self.url("whatsapp"))
-            .header("content-type", "application/json")
-            .header("x-hub-signature-256", signature)
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), reqwest::StatusCode::OK);
-    }
-
-    /// POSTs a Twilio inbound SMS signed with the demo auth token; 200 once
-    /// Kafka has it.
-    async fn sms(&self, sid: &str, body: &str) {
-        let form: String = form_urlencoded::Serializer::new(String::new())
-            .extend_pairs([
-                ("MessageSid", sid),
-                ("AccountSid", "ACdemo"),
-                ("From", CUSTOMER_PHONE),
-                ("To", "+15550000000"),
-                ("Body", body),
-                ("NumMedia", "0"),
-            ])
-            .finish();
-        let url = self.url("sms");
-        let signature = twilio_signature(
-            demo_secrets::TWILIO_AUTH_TOKEN.as_bytes(),
-            &url,
-            form.as_bytes(),
-        );
-        let response = self
-            .client
-            .post(url)
-            .header("content-type", "application/x-www-form-urlencoded")
-            .header("x-twilio-signature", signature)
-            .body(form)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), reqwest::StatusCode::OK);
-    }
-
-    /// Analytics records, read from the start until `done` says enough.
-    async fn analytics(
-        &self,
-        done: impl Fn(&[AnalyticsRecord]) -> bool + Send + 'static,
-    ) -> Vec<AnalyticsRecord> {
-        let records = read(&self.config.analytics_topic, move |records| {
-            done(&decode_all::<AnalyticsRecord>(records))
-        })
-        .await;
-        decode_all(&records)
-    }
-
-    async fn stop(self) {
-        self.pipeline.stop().await.unwrap();
-        for file in self.files {
-            let _ = std::fs::remove_file(file);
-        }
-    }
+/// Analytics records of `demo`, read from the start until `done` says enough.
+async fn analytics(
+    demo: &DemoLoop,
+    done: impl Fn(&[AnalyticsRecord]) -> bool + Send + 'static,
+) -> Vec<AnalyticsRecord> {
+    let records = read(&demo.config.analytics_topic, move |records| {
+        done(&decode_all::<AnalyticsRecord>(records))
+    })
+    .await;
+    decode_all(&records)
 }
 
 const CUSTOMER_WA_ID: &str = "16505551234";
@@ -168,14 +53,6 @@ fn send_of(record: &AnalyticsRecord) -> Option<&switchboard_proto::v1::SendOutco
     record.decision.as_ref()?.send.as_ref()
 }
 
-fn unix_now() -> String {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        .to_string()
-}
-
 /// Waits until `stand_in` has received `n` calls.
 async fn received(stand_in: &StandIn, n: usize) -> Vec<testkit::providers::Received> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
@@ -195,7 +72,7 @@ async fn received(stand_in: &StandIn, n: usize) -> Vec<testkit::providers::Recei
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the real local Kafka: run deploy/test.sh"]
 async fn a_whatsapp_message_is_answered_through_the_cloud_api_and_its_delivery_joined() {
-    let demo = Loop::start("test.loop.whatsapp").await;
+    let demo = DemoLoop::start("test.loop.whatsapp", |_| {}).await;
     let inbound_id = "wamid.HBgLMTY1MDU1NTEyMzQVAgASGBQzQUZFQTEyMw==";
     demo.whatsapp(json!({
         "messaging_product": "whatsapp",
@@ -237,14 +114,13 @@ async fn a_whatsapp_message_is_answered_through_the_cloud_api_and_its_delivery_j
     }))
     .await;
     let id = wamid.clone();
-    let records = demo
-        .analytics(move |records| {
-            records.iter().any(|r| delivered(r) == Some(id.as_str()))
-                && records
-                    .iter()
-                    .any(|r| send_of(r).is_some_and(|s| s.provider_message_id == id))
-        })
-        .await;
+    let records = analytics(&demo, move |records| {
+        records.iter().any(|r| delivered(r) == Some(id.as_str()))
+            && records
+                .iter()
+                .any(|r| send_of(r).is_some_and(|s| s.provider_message_id == id))
+    })
+    .await;
     let send = records
         .iter()
         .find(|r| send_of(r).is_some_and(|s| s.provider_message_id == wamid))
@@ -295,9 +171,10 @@ fn delivered(record: &AnalyticsRecord) -> Option<&str> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the real local Kafka: run deploy/test.sh"]
 async fn an_sms_is_answered_through_twilio_until_the_customer_sends_stop() {
-    let demo = Loop::start("test.loop.sms").await;
+    let demo = DemoLoop::start("test.loop.sms", |_| {}).await;
     let twilio = &demo.providers[3];
-    demo.sms("SM00000000000000000000000000000001", "hi").await;
+    demo.sms(CUSTOMER_PHONE, "SM00000000000000000000000000000001", "hi")
+        .await;
     let calls = received(twilio, 1).await;
     assert_eq!(calls.len(), 1, "one reply sent");
     let call = &calls[0];
@@ -309,9 +186,10 @@ async fn an_sms_is_answered_through_twilio_until_the_customer_sends_stop() {
     assert_eq!(call.field("From"), Some("+15550000000"));
     assert_eq!(call.text().as_deref(), Some("echo: hi"));
 
-    demo.sms("SM00000000000000000000000000000002", "STOP").await;
+    demo.sms(CUSTOMER_PHONE, "SM00000000000000000000000000000002", "STOP")
+        .await;
     let after_stop = "SM00000000000000000000000000000003";
-    demo.sms(after_stop, "are you there?").await;
+    demo.sms(CUSTOMER_PHONE, after_stop, "are you there?").await;
     // The bot still answers, but consent refuses the reply.
     let rejections = read(&demo.config.rejections_topic, move |records| {
         decode_all::<Rejection>(records).iter().any(|r| {
@@ -338,16 +216,15 @@ async fn an_sms_is_answered_through_twilio_until_the_customer_sends_stop() {
         "{refused:?}"
     );
     // Analytics has the refused reply, decided by consent.
-    let records = demo
-        .analytics(move |records| {
-            records.iter().any(|r| {
-                r.envelope
-                    .as_ref()
-                    .is_some_and(|e| e.reply_to == after_stop)
-                    && r.decision.as_ref().is_some_and(|d| d.rule_id == "consent")
-            })
+    let records = analytics(&demo, move |records| {
+        records.iter().any(|r| {
+            r.envelope
+                .as_ref()
+                .is_some_and(|e| e.reply_to == after_stop)
+                && r.decision.as_ref().is_some_and(|d| d.rule_id == "consent")
         })
-        .await;
+    })
+    .await;
     assert!(records.iter().any(|r| matches!(
         r.envelope.as_ref().and_then(|e| e.content.as_ref()),
         Some(Content::Consent(_))
