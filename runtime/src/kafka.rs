@@ -7,13 +7,57 @@ use std::{
 };
 
 use rdkafka::{
-    ClientConfig, ClientContext,
+    ClientConfig, ClientContext, TopicPartitionList,
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
     config::RDKafkaLogLevel,
+    consumer::{BaseConsumer, ConsumerContext, Rebalance},
     error::KafkaError,
     types::RDKafkaErrorCode,
 };
 use serde::{Deserialize, Serialize};
+
+/// A consumer context that records the partitions each rebalance assigns
+/// or revokes, for the stage's loop to act on after its next poll
+/// ([`Self::take`]).
+#[derive(Default)]
+pub struct PartitionChanges {
+    changes: Mutex<Vec<PartitionChange>>,
+}
+
+/// Partitions assigned to or revoked from this consumer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PartitionChange {
+    Assigned(Vec<i32>),
+    Revoked(Vec<i32>),
+}
+
+impl PartitionChanges {
+    /// The changes since the last call, in order.
+    pub fn take(&self) -> Vec<PartitionChange> {
+        std::mem::take(&mut *self.changes.lock().expect("partition changes lock"))
+    }
+}
+
+impl ClientContext for PartitionChanges {}
+
+impl ConsumerContext for PartitionChanges {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let partitions =
+            |tpl: &TopicPartitionList| tpl.elements().iter().map(|e| e.partition()).collect();
+        let change = match rebalance {
+            Rebalance::Assign(tpl) => PartitionChange::Assigned(partitions(tpl)),
+            Rebalance::Revoke(tpl) => PartitionChange::Revoked(partitions(tpl)),
+            Rebalance::Error(e) => {
+                tracing::warn!(error = %e, "rebalance error");
+                return;
+            }
+        };
+        self.changes
+            .lock()
+            .expect("partition changes lock")
+            .push(change);
+    }
+}
 
 /// What a consume loop does with the errors its consumer hands it.
 ///

@@ -26,7 +26,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, SystemTime},
 };
 
@@ -34,12 +34,12 @@ use futures::{FutureExt, future::try_join_all};
 use prost::Message as _;
 use rdkafka::{
     Message, TopicPartitionList,
-    consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer},
+    consumer::{CommitMode, Consumer, StreamConsumer},
     message::OwnedMessage,
 };
 use switchboard_proto::v1::{QueueEvent, QueueOutput, QueueSnapshot, queue_output::Output};
 use switchboard_runtime::{
-    kafka::{ConsumerErrors, KafkaConfig},
+    kafka::{ConsumerErrors, KafkaConfig, PartitionChange, PartitionChanges},
     retry::{self, Backoff},
     shutdown::Shutdown,
 };
@@ -64,42 +64,13 @@ const BATCH: usize = 500;
 /// batch adds to a snapshot's outbox stays well under its budget.
 const BATCH_BYTES: usize = 2 * 1024 * 1024;
 
-/// Partition changes, recorded by the rebalance callback for the loop.
-#[derive(Default)]
-struct QueueContext {
-    changes: Mutex<Vec<Change>>,
-}
-
-enum Change {
-    Assigned(Vec<i32>),
-    Revoked(Vec<i32>),
-}
-
-impl rdkafka::ClientContext for QueueContext {}
-
-impl ConsumerContext for QueueContext {
-    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let partitions =
-            |tpl: &TopicPartitionList| tpl.elements().iter().map(|e| e.partition()).collect();
-        let change = match rebalance {
-            Rebalance::Assign(tpl) => Change::Assigned(partitions(tpl)),
-            Rebalance::Revoke(tpl) => Change::Revoked(partitions(tpl)),
-            Rebalance::Error(e) => {
-                tracing::warn!(error = %e, "queue stage rebalance error");
-                return;
-            }
-        };
-        self.changes.lock().expect("changes lock").push(change);
-    }
-}
-
 /// The queues of the partitions this worker owns.
 type Owned = HashMap<i32, HashMap<String, QueueBook>>;
 
 /// The queue stage of one worker: a member of `<group_id>.queues` on the
 /// agent-queue topic.
 pub struct QueueStage {
-    consumer: StreamConsumer<QueueContext>,
+    consumer: StreamConsumer<PartitionChanges>,
     outputs: TopicOutputs,
     agents: AgentsConfig,
     kafka: KafkaConfig,
@@ -156,7 +127,7 @@ impl QueueStage {
     /// Creates the consumer and the producer; topics must exist.
     pub fn new(config: &WorkersConfig) -> anyhow::Result<Self> {
         let group = format!("{}.queues", config.group_id);
-        let consumer: StreamConsumer<QueueContext> = config
+        let consumer: StreamConsumer<PartitionChanges> = config
             .kafka
             .client_config(&[
                 ("group.id", &group),
@@ -170,7 +141,7 @@ impl QueueStage {
                 // Eager: a partition never has two owners at once.
                 ("partition.assignment.strategy", "range"),
             ])
-            .create_with_context(QueueContext::default())?;
+            .create_with_context(PartitionChanges::default())?;
         consumer.subscribe(&[&config.agent_queue_topic])?;
         Ok(Self {
             consumer,
@@ -283,11 +254,11 @@ impl QueueStage {
         owned: &mut Owned,
         shutdown: &Shutdown,
     ) -> anyhow::Result<HashSet<(i32, String)>> {
-        let changes = std::mem::take(&mut *self.consumer.context().changes.lock().expect("lock"));
+        let changes = self.consumer.context().take();
         let mut assigned = HashSet::new();
         for change in changes {
             match change {
-                Change::Revoked(partitions) => {
+                PartitionChange::Revoked(partitions) => {
                     metrics::counter!("switchboard_agent_queue_rebalances_total", "event" => "revoke")
                         .increment(1);
                     for p in partitions {
@@ -297,7 +268,7 @@ impl QueueStage {
                         }
                     }
                 }
-                Change::Assigned(partitions) => {
+                PartitionChange::Assigned(partitions) => {
                     metrics::counter!("switchboard_agent_queue_rebalances_total", "event" => "assign")
                         .increment(1);
                     assigned.extend(partitions);

@@ -11,22 +11,18 @@
 //! more: the next owner resumes them. Assignment is eager (`range`), so a
 //! broadcast never has two publishers at once.
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use prost::Message as _;
 use rdkafka::{
     Message, TopicPartitionList,
-    consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer},
+    consumer::{CommitMode, Consumer, StreamConsumer},
 };
 use switchboard_proto::v1::{
     BroadcastCommand, BroadcastProgress, BroadcastStatus, broadcast_command::Command,
 };
 use switchboard_runtime::{
-    kafka::{ConsumerErrors, KafkaConfig},
+    kafka::{ConsumerErrors, KafkaConfig, PartitionChange, PartitionChanges},
     shutdown::Shutdown,
 };
 use tokio::task::JoinSet;
@@ -34,34 +30,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::fanout::{Fanout, FanoutError};
 use crate::{compacted, config::WorkersConfig};
-
-#[derive(Default)]
-struct StageContext {
-    changes: Mutex<Vec<Change>>,
-}
-
-enum Change {
-    Assigned(Vec<i32>),
-    Revoked(Vec<i32>),
-}
-
-impl rdkafka::ClientContext for StageContext {}
-
-impl ConsumerContext for StageContext {
-    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let partitions =
-            |tpl: &TopicPartitionList| tpl.elements().iter().map(|e| e.partition()).collect();
-        let change = match rebalance {
-            Rebalance::Assign(tpl) => Change::Assigned(partitions(tpl)),
-            Rebalance::Revoke(tpl) => Change::Revoked(partitions(tpl)),
-            Rebalance::Error(e) => {
-                tracing::warn!(error = %e, "broadcast stage rebalance error");
-                return;
-            }
-        };
-        self.changes.lock().expect("changes lock").push(change);
-    }
-}
 
 /// A broadcast this worker publishes.
 struct Running {
@@ -75,7 +43,7 @@ struct Running {
 /// The broadcast stage of one worker: a member of `<group_id>.broadcasts`
 /// on the commands topic.
 pub struct BroadcastStage {
-    consumer: StreamConsumer<StageContext>,
+    consumer: StreamConsumer<PartitionChanges>,
     fanout: Arc<Fanout>,
     kafka: KafkaConfig,
     progress_topic: String,
@@ -85,7 +53,7 @@ impl BroadcastStage {
     /// Creates the consumer and the producer; topics must exist.
     pub fn new(config: &WorkersConfig) -> anyhow::Result<Self> {
         let group = format!("{}.broadcasts", config.group_id);
-        let consumer: StreamConsumer<StageContext> = config
+        let consumer: StreamConsumer<PartitionChanges> = config
             .kafka
             .client_config(&[
                 ("group.id", &group),
@@ -95,7 +63,7 @@ impl BroadcastStage {
                 ("heartbeat.interval.ms", "1000"),
                 ("partition.assignment.strategy", "range"),
             ])
-            .create_with_context(StageContext::default())?;
+            .create_with_context(PartitionChanges::default())?;
         consumer.subscribe(&[&config.broadcasts.commands_topic])?;
         Ok(Self {
             consumer,
@@ -195,10 +163,10 @@ impl BroadcastStage {
         running: &mut HashMap<String, Running>,
         tasks: &mut JoinSet<(String, Result<BroadcastProgress, FanoutError>)>,
     ) -> anyhow::Result<()> {
-        let changes = std::mem::take(&mut *self.consumer.context().changes.lock().expect("lock"));
+        let changes = self.consumer.context().take();
         for change in changes {
             match change {
-                Change::Revoked(partitions) => {
+                PartitionChange::Revoked(partitions) => {
                     running.retain(|_, r| {
                         let lost = partitions.contains(&r.partition);
                         if lost {
@@ -207,7 +175,7 @@ impl BroadcastStage {
                         !lost
                     });
                 }
-                Change::Assigned(partitions) => {
+                PartitionChange::Assigned(partitions) => {
                     for partition in partitions {
                         let found = self.read_progress(partition).await?;
                         for (id, progress) in found {
