@@ -54,8 +54,10 @@ fi
 [[ "$profile" == release || "$profile" == debug ]] || { echo "faults: FAULTS_PROFILE is release or debug" >&2; exit 2; }
 mkdir -p "$out"
 
-cluster() { KAFKA_PORT="$cluster_port" KAFKA_DATA_DIR="$cluster_dir" "$@"; }
-single() { KAFKA_PORT="$single_port" KAFKA_DATA_DIR="$single_dir" "$@"; }
+# Each Kafka's controller port follows its broker's, whatever the caller's
+# environment says (a KAFKA_CONTROLLER_PORT meant for the shared Kafka).
+cluster() { KAFKA_PORT="$cluster_port" KAFKA_CONTROLLER_PORT=$((cluster_port + 1)) KAFKA_DATA_DIR="$cluster_dir" "$@"; }
+single() { KAFKA_PORT="$single_port" KAFKA_CONTROLLER_PORT=$((single_port + 1)) KAFKA_DATA_DIR="$single_dir" "$@"; }
 cleanup() {
   echo "faults: stopping the scenarios' Kafkas" >&2
   cluster deploy/kafka/stop.sh --clean >/dev/null 2>&1 || true
