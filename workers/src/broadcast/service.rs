@@ -23,6 +23,7 @@ use switchboard_proto::v1::{
 };
 use switchboard_runtime::{
     kafka::{ConsumerErrors, KafkaConfig, PartitionChange, PartitionChanges},
+    retry::{self, Backoff},
     shutdown::Shutdown,
 };
 use tokio::task::JoinSet;
@@ -118,7 +119,8 @@ impl BroadcastStage {
                     }
                 },
             };
-            self.rebalance(&mut known, &mut running, &mut tasks).await?;
+            self.rebalance(&mut known, &mut running, &mut tasks, &shutdown)
+                .await;
             super::metrics::running(running.len());
             let Some(record) = record else { continue };
             let partition = record.partition();
@@ -157,12 +159,17 @@ impl BroadcastStage {
         Ok(())
     }
 
+    /// Stops the broadcasts of revoked partitions and resumes those of
+    /// assigned ones. Reading an assigned partition's progress is retried
+    /// (a broker may be away, its metadata not there yet) until it succeeds
+    /// or `shutdown` fires: a stage that exited would take the worker down.
     async fn rebalance(
         &self,
         known: &mut HashMap<String, BroadcastProgress>,
         running: &mut HashMap<String, Running>,
         tasks: &mut JoinSet<(String, Result<BroadcastProgress, FanoutError>)>,
-    ) -> anyhow::Result<()> {
+        shutdown: &Shutdown,
+    ) {
         let changes = self.consumer.context().take();
         for change in changes {
             match change {
@@ -177,7 +184,20 @@ impl BroadcastStage {
                 }
                 PartitionChange::Assigned(partitions) => {
                     for partition in partitions {
-                        let found = self.read_progress(partition).await?;
+                        let read = retry::retry(
+                            Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
+                            shutdown,
+                            |_: &anyhow::Error| true,
+                            |error, _, wait| {
+                                tracing::warn!(%error, partition, retry_in = ?wait, "cannot read the broadcasts' progress; retrying");
+                            },
+                            || self.read_progress(partition),
+                        )
+                        .await;
+                        let found = match read {
+                            Ok(Ok(found)) => found,
+                            Ok(Err(_)) | Err(retry::Cancelled) => return, // stopping
+                        };
                         for (id, progress) in found {
                             if progress.status() == BroadcastStatus::Running
                                 && !running.contains_key(&id)
@@ -191,7 +211,6 @@ impl BroadcastStage {
                 }
             }
         }
-        Ok(())
     }
 
     fn spawn(
