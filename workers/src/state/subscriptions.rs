@@ -63,10 +63,15 @@ struct Meaning {
     subscribe: bool,
 }
 
+/// Normalized keywords by tenant, then channel (`*` for any): looked up
+/// by `&str`, so a message's lookup allocates nothing but its normalized
+/// text.
+type ByScope = HashMap<String, HashMap<String, HashMap<String, Meaning>>>;
+
 /// The keywords, by tenant and channel (`*` for any), each normalized.
 #[derive(Debug, Default)]
 pub struct Keywords {
-    by_scope: HashMap<(String, String), HashMap<String, Meaning>>,
+    by_scope: ByScope,
 }
 
 /// Upper case, single spaces, no spaces around.
@@ -87,20 +92,21 @@ const MAX_KEYWORD_BYTES: usize = 64;
 impl Keywords {
     /// Compiles the configured keywords, refusing empty and duplicate ones.
     pub fn new(config: &[KeywordConfig]) -> Result<Self, KeywordError> {
-        let mut by_scope: HashMap<(String, String), HashMap<String, Meaning>> = HashMap::new();
+        let mut by_scope = ByScope::new();
         for k in config {
             let keyword = normalize(&k.keyword);
             if keyword.is_empty() || k.topic.trim().is_empty() || keyword.len() > MAX_KEYWORD_BYTES
             {
                 return Err(KeywordError::Empty(k.keyword.clone()));
             }
-            let scope = (k.tenant.clone(), k.channel.to_lowercase());
             let meaning = Meaning {
                 topic: k.topic.trim().to_owned(),
                 subscribe: k.subscribe,
             };
             if by_scope
-                .entry(scope)
+                .entry(k.tenant.clone())
+                .or_default()
+                .entry(k.channel.to_lowercase())
                 .or_default()
                 .insert(keyword, meaning)
                 .is_some()
@@ -123,11 +129,7 @@ impl Keywords {
         let keyword = normalize(text);
         [(tenant, channel), (tenant, "*"), ("*", channel), ("*", "*")]
             .into_iter()
-            .find_map(|(t, c)| {
-                self.by_scope
-                    .get(&(t.to_owned(), c.to_owned()))?
-                    .get(&keyword)
-            })
+            .find_map(|(t, c)| self.by_scope.get(t)?.get(c)?.get(&keyword))
             .map(|meaning| (meaning, keyword))
     }
 
