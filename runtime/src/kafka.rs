@@ -128,6 +128,24 @@ impl Default for KafkaConfig {
 }
 
 impl KafkaConfig {
+    /// The consumer of a stage that rebuilds its state from a compacted
+    /// topic on assignment (the queue stage, the broadcast stages), in
+    /// consumer group `group`: it commits its own offsets; a new group
+    /// starts at the earliest record whatever the routing group's setting
+    /// (a record below the committed offset must be in the stage's
+    /// snapshot, so none may be skipped); assignment is eager, so a
+    /// partition never has two owners at once.
+    pub fn stage_consumer_config(&self, group: &str) -> ClientConfig {
+        self.client_config(&[
+            ("group.id", group),
+            ("enable.auto.commit", "false"),
+            ("auto.offset.reset", "earliest"),
+            ("session.timeout.ms", "10000"),
+            ("heartbeat.interval.ms", "1000"),
+            ("partition.assignment.strategy", "range"),
+        ])
+    }
+
     /// A client config with the bootstrap servers and pass-through properties.
     /// `base` settings are applied first, so pass-through properties win.
     pub fn client_config(&self, base: &[(&str, &str)]) -> ClientConfig {

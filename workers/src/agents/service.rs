@@ -129,18 +129,7 @@ impl QueueStage {
         let group = format!("{}.queues", config.group_id);
         let consumer: StreamConsumer<PartitionChanges> = config
             .kafka
-            .client_config(&[
-                ("group.id", &group),
-                ("enable.auto.commit", "false"),
-                // Always earliest, whatever the routing group's setting:
-                // an event below the committed offset must be in its
-                // queue's snapshot, so a new group must not skip any.
-                ("auto.offset.reset", "earliest"),
-                ("session.timeout.ms", "10000"),
-                ("heartbeat.interval.ms", "1000"),
-                // Eager: a partition never has two owners at once.
-                ("partition.assignment.strategy", "range"),
-            ])
+            .stage_consumer_config(&group)
             .create_with_context(PartitionChanges::default())?;
         consumer.subscribe(&[&config.agent_queue_topic])?;
         Ok(Self {

@@ -251,14 +251,7 @@ impl ReportStage {
         };
         let consumer: StreamConsumer<ReportContext> = config
             .kafka
-            .client_config(&[
-                ("group.id", &group),
-                ("enable.auto.commit", "false"),
-                ("auto.offset.reset", "earliest"),
-                ("session.timeout.ms", "10000"),
-                ("heartbeat.interval.ms", "1000"),
-                ("partition.assignment.strategy", "range"),
-            ])
+            .stage_consumer_config(&group)
             .create_with_context(context)?;
         consumer.subscribe(&[&config.analytics_topic, &config.rejections_topic])?;
         Ok(Self {

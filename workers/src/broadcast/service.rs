@@ -56,14 +56,7 @@ impl BroadcastStage {
         let group = format!("{}.broadcasts", config.group_id);
         let consumer: StreamConsumer<PartitionChanges> = config
             .kafka
-            .client_config(&[
-                ("group.id", &group),
-                ("enable.auto.commit", "false"),
-                ("auto.offset.reset", "earliest"),
-                ("session.timeout.ms", "10000"),
-                ("heartbeat.interval.ms", "1000"),
-                ("partition.assignment.strategy", "range"),
-            ])
+            .stage_consumer_config(&group)
             .create_with_context(PartitionChanges::default())?;
         consumer.subscribe(&[&config.broadcasts.commands_topic])?;
         Ok(Self {
