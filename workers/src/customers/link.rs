@@ -67,6 +67,34 @@ fn unlinked(customer: &str, envelope: &Envelope) -> Effect {
 }
 
 /// An event for conversation `key` (of `like`'s tenant).
+/// Conversation `me` (of `envelope`) leaves customer `old`, whose link was
+/// taken out of `state`: its identity record is unlinked, the customer's
+/// other conversations are told, and the customer's attributes go.
+fn leave(
+    state: &mut ConversationState,
+    envelope: &Envelope,
+    me: &str,
+    old: &str,
+    source: &str,
+    effects: &mut Vec<Effect>,
+) {
+    effects.push(unlinked(old, envelope));
+    for other in std::mem::take(&mut state.customer_conversations) {
+        effects.extend(notify(
+            envelope,
+            &other,
+            CustomerLink {
+                action: Action::Left as i32,
+                customer_id: old.to_owned(),
+                source: source.to_owned(),
+                conversations: vec![me.to_owned()],
+                ..Default::default()
+            },
+        ));
+    }
+    state.customer_attributes.clear();
+}
+
 fn notify(like: &Envelope, key: &str, link: CustomerLink) -> Option<Effect> {
     let mut parts = key.splitn(3, '/');
     let (tenant, slug, conversation) = (parts.next()?, parts.next()?, parts.next()?);
@@ -147,20 +175,7 @@ fn link_to(
     if !state.linked_customer.is_empty() && state.linked_customer != customer {
         // Moving to another customer: the old one's conversations forget it.
         let old = std::mem::take(&mut state.linked_customer);
-        applied.effects.push(unlinked(&old, envelope));
-        for other in std::mem::take(&mut state.customer_conversations) {
-            applied.effects.extend(notify(
-                envelope,
-                &other,
-                CustomerLink {
-                    action: Action::Left as i32,
-                    customer_id: old.clone(),
-                    conversations: vec![me.clone()],
-                    ..Default::default()
-                },
-            ));
-        }
-        state.customer_attributes.clear();
+        leave(state, envelope, &me, &old, "", &mut applied.effects);
     }
     if state.linked_customer != customer {
         state.linked_customer.clone_from(&customer);
@@ -295,21 +310,14 @@ fn unlink(state: &mut ConversationState, envelope: &Envelope, link: &CustomerLin
     }
     let me = envelope.conversation_key();
     let customer = std::mem::take(&mut state.linked_customer);
-    applied.effects.push(unlinked(&customer, envelope));
-    for other in std::mem::take(&mut state.customer_conversations) {
-        applied.effects.extend(notify(
-            envelope,
-            &other,
-            CustomerLink {
-                action: Action::Left as i32,
-                customer_id: customer.clone(),
-                source: link.source.clone(),
-                conversations: vec![me.clone()],
-                ..Default::default()
-            },
-        ));
-    }
-    state.customer_attributes.clear();
+    leave(
+        state,
+        envelope,
+        &me,
+        &customer,
+        &link.source,
+        &mut applied.effects,
+    );
     applied.changed = true;
     applied.reason = Some(format!(
         "unlinked from customer {customer}{}",
