@@ -234,7 +234,6 @@ impl WorkersConfig {
             analytics_topic: self.analytics_topic.clone(),
             dlq_topic: self.dlq_topic.clone(),
             outbound_topic_prefix: self.outbound_topic_prefix.clone(),
-            state_topic: self.state_topic.clone(),
             rejections_topic: self.rejections_topic.clone(),
             messages_topic: self.messages_topic.clone(),
             assignments_topic: self.agents.assignments_topic.clone(),

@@ -56,6 +56,10 @@ pub fn describe() {
         "Conversation-state flushes acknowledged: each writes every conversation of a partition changed since the previous one."
     );
     describe_counter!(
+        crate::state::TRANSACTIONS,
+        "Conversation-state flush transactions, by outcome: committed, retried (aborted and written again), fenced (another worker took the partition over), failed (for good)."
+    );
+    describe_counter!(
         "switchboard_worker_state_write_failures_total",
         "Conversation states Kafka refused for good (e.g. too large for the state topic); the conversation goes on from memory."
     );
@@ -173,6 +177,9 @@ fn zero_known_series() {
     for kind in DestinationKind::ALL.map(DestinationKind::label) {
         metrics::counter!("switchboard_destination_errors_total", "kind" => kind).absolute(0);
         metrics::counter!("switchboard_destination_deliveries_total", "kind" => kind).absolute(0);
+    }
+    for outcome in ["committed", "retried", "fenced", "failed"] {
+        metrics::counter!(crate::state::TRANSACTIONS, "outcome" => outcome).absolute(0);
     }
     for reason in ["poison", "destination"] {
         metrics::counter!("switchboard_dlq_records_total", "reason" => reason).absolute(0);

@@ -81,6 +81,8 @@ pub struct Worker {
     router: Arc<Router>,
     kafka: KafkaConfig,
     state_topic: String,
+    /// The consumer group, for the state writers' transactional ids.
+    group_id: String,
     /// Messages handed to a partition's task and not yet taken: room for a
     /// whole fetch of the partition (a fetch returns one partition's records
     /// in a run), so that its bursts do not pause it. Pausing drops what
@@ -137,6 +139,7 @@ impl Worker {
             router,
             kafka: config.kafka.clone(),
             state_topic: config.state_topic.clone(),
+            group_id: config.group_id.clone(),
             queue_len: config
                 .max_in_flight_per_partition
                 .max(config.max_unacknowledged_per_partition),
@@ -288,6 +291,11 @@ impl Worker {
                         router: self.router.clone(),
                         kafka: self.kafka.clone(),
                         state_topic: self.state_topic.clone(),
+                        state_transactional_id: crate::state::transactional_id(
+                            &self.group_id,
+                            topic,
+                            partition,
+                        ),
                         topic: topic.clone(),
                         partition,
                         max_in_flight: self.max_in_flight,

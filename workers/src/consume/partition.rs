@@ -35,12 +35,15 @@ use super::{
     batch::{Batch, Tag},
     offsets::OffsetTracker,
     record::{Body, Decoded},
-    startup::{done_by_previous_owner, rebuild_states},
+    startup::{done_by_previous_owner, open_state_writer, rebuild_states, stop_writing},
 };
 use crate::{
-    destinations::topics::{Enqueued, Source},
+    destinations::topics::Source,
     route::{Answered, Begun, Interrupted, Pending, Routed, Router, Settle},
-    state::{DiskError, Encoded, PartitionStates, WriteBehind, effects, expiry::ExpiryPolicy},
+    state::{
+        DiskError, Encoded, PartitionStates, StateWriteError, StateWriter, WriteBehind, effects,
+        expiry::ExpiryPolicy,
+    },
 };
 
 /// Messages waiting for a flush that start one before the interval ends.
@@ -57,6 +60,8 @@ pub(super) struct PartitionContext {
     pub router: Arc<Router>,
     pub kafka: KafkaConfig,
     pub state_topic: String,
+    /// The transactional id of this partition's state writes.
+    pub state_transactional_id: String,
     pub topic: String,
     pub partition: i32,
     /// Most messages of this partition being routed at once (calling bots,
@@ -119,8 +124,9 @@ impl<T, Tag: Unpin> Future for Tagged<'_, T, Tag> {
     }
 }
 
-/// A flush acknowledged: its number and the states it wrote.
-type Flushed = (u64, Vec<(String, Encoded)>);
+/// A flush committed (its number and the states it wrote), or state
+/// writes stopped for good.
+type Flushed = Result<(u64, Vec<(String, Encoded)>), StateWriteError>;
 /// A message waiting for bots: its offset and conversation key.
 type Calling<'a> = Tagged<'a, Result<Answered<'a>, Interrupted>, (i64, String)>;
 
@@ -132,6 +138,7 @@ struct InFlight<'a> {
     stop: &'a CancellationToken,
     states: PartitionStates,
     write_behind: WriteBehind,
+    writer: &'a StateWriter,
     /// Messages whose records are with the producer, routed since the
     /// last batch was sealed.
     batch: Batch<'a>,
@@ -293,7 +300,7 @@ impl<'a> InFlight<'a> {
         self.router.finish(answered, state)
     }
 
-    /// Hands every changed state to the producer, if no flush is being
+    /// Hands every changed state to the state writer, if no flush is being
     /// written; returns the flush's future, which gives back its number and
     /// what it wrote, for the disk.
     fn flush(&mut self) -> Option<Pending<'a, Flushed>> {
@@ -306,24 +313,17 @@ impl<'a> InFlight<'a> {
                 Some((key, encoded))
             })
             .collect();
-        let writes: Vec<Enqueued<'a>> = written
-            .iter()
-            .map(|(key, encoded)| self.router.enqueue_state(key, encoded.clone()))
-            .collect();
-        let (router, stop, partition) = (self.router, self.stop, self.partition);
+        let (writer, stop, partition) = (self.writer, self.stop, self.partition);
         Some(Box::pin(async move {
-            let settled = written
-                .iter()
-                .zip(writes)
-                .map(|((key, _), enqueued)| router.settle_state(key, enqueued, stop));
-            for result in futures::future::join_all(settled).await {
-                if result.is_err() {
-                    // Stopped: never acknowledged, so nothing waiting is stored.
-                    std::future::pending::<()>().await;
+            match writer.write(&written, stop).await {
+                Ok(()) => {
+                    tracing::trace!(partition, "conversation states flushed");
+                    Ok((flush.number, written))
                 }
+                // Stopped: never committed, so nothing waiting is stored.
+                Err(StateWriteError::Stopped) => std::future::pending().await,
+                Err(error) => Err(error),
             }
-            tracing::trace!(partition, "conversation states flushed");
-            (flush.number, written)
         }))
     }
 
@@ -356,6 +356,9 @@ pub(super) async fn route_partition(
     let held_back = metrics::counter!("switchboard_worker_partition_held_back_total");
     let flushes = metrics::counter!("switchboard_worker_state_flushes_total");
     let partition = cx.partition;
+    let Some(writer) = open_state_writer(&cx, &abort).await else {
+        return abort.cancelled().await;
+    };
     let Some(states) = rebuild_states(&cx, &abort).await else {
         return;
     };
@@ -369,6 +372,7 @@ pub(super) async fn route_partition(
         stop: &abort,
         states,
         write_behind: WriteBehind::default(),
+        writer: &writer,
         batch: Batch::default(),
         settling: FuturesUnordered::new(),
         unacknowledged: 0,
@@ -488,8 +492,15 @@ pub(super) async fn route_partition(
                     ended_now(&mut work, offset, now);
                 }
             }
-            Some((number, written)) = OptionFuture::from(flushing.as_mut()), if flushing.is_some() => {
+            Some(flushed) = OptionFuture::from(flushing.as_mut()), if flushing.is_some() => {
                 flushing = None;
+                let (number, written) = match flushed {
+                    Ok(flushed) => flushed,
+                    Err(error) => {
+                        stop_writing(partition, &error);
+                        return abort.cancelled().await;
+                    }
+                };
                 flushes.increment(1);
                 if let Err(e) = work.states.flushed(number, &written) {
                     disk_failed(partition, &e);

@@ -1,6 +1,7 @@
-//! What a partition needs before its first message: its conversation
-//! states, rebuilt from the state topic, and the messages its previous
-//! owner finished above the committed offset.
+//! What a partition needs before its first message: its state writer
+//! (which fences the previous owner's), its conversation states, rebuilt
+//! from the state topic, and the messages its previous owner finished
+//! above the committed offset.
 
 use std::{
     collections::BTreeSet,
@@ -13,7 +14,7 @@ use switchboard_runtime::retry::{self, Backoff};
 use tokio_util::sync::CancellationToken;
 
 use super::{offsets::parse_skip_metadata, partition::PartitionContext};
-use crate::state::{PartitionStates, RebuildError};
+use crate::state::{PartitionStates, RebuildError, StateWriteError, StateWriter};
 
 /// The messages of the partition that its previous owner finished above the
 /// committed offset, from the commit's metadata. Without them (no metadata,
@@ -53,6 +54,39 @@ pub(super) async fn done_by_previous_owner(
         },
         _ = abort.cancelled() => None,
     }
+}
+
+/// The partition's state writer, opened before its states are rebuilt: a
+/// previous owner's open transaction is resolved by then, and its later
+/// writes are refused. `None` once `abort` fires, or when the writer can
+/// never be opened (logged): the partition then waits for its revocation.
+pub(super) async fn open_state_writer(
+    cx: &PartitionContext,
+    abort: &CancellationToken,
+) -> Option<StateWriter> {
+    let opened = StateWriter::open_retrying(
+        &cx.kafka,
+        &cx.state_transactional_id,
+        &cx.state_topic,
+        cx.partition,
+        abort,
+    )
+    .await?;
+    match opened {
+        Ok(writer) => Some(writer),
+        Err(error) => {
+            stop_writing(cx.partition, &error);
+            None
+        }
+    }
+}
+
+/// The partition's state writes stopped for good: another worker took the
+/// partition over (this one has not heard of its revocation yet) or the
+/// producer failed for good. Nothing unfinished was stored; the partition
+/// waits, paused once its queue is full, for the revocation.
+pub(super) fn stop_writing(partition: i32, error: &StateWriteError) {
+    tracing::error!(%error, partition, "conversation-state writes stopped; routing of the partition stops until it is revoked");
 }
 
 /// The partition's conversation states: its local file opened and brought

@@ -18,19 +18,17 @@ pub enum DestinationKind {
     Analytics,
     Outbound,
     Dlq,
-    State,
     Rejections,
 }
 
 impl DestinationKind {
     /// Every kind, for metric labels.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 6] = [
         Self::Bot,
         Self::Agent,
         Self::Analytics,
         Self::Outbound,
         Self::Dlq,
-        Self::State,
         Self::Rejections,
     ];
 
@@ -42,7 +40,6 @@ impl DestinationKind {
             Self::Analytics => "analytics",
             Self::Outbound => "outbound",
             Self::Dlq => "dlq",
-            Self::State => "state",
             Self::Rejections => "rejections",
         }
     }

@@ -1,6 +1,7 @@
 //! Kafka-topic outputs: the agent-queue topic, the analytics topic, the
-//! per-channel outbound topics, the dead-letter and rejections topics, and
-//! the conversation state topic.
+//! per-channel outbound topics, the dead-letter and rejections topics, the
+//! agents' topics. (Conversation states have a writer of their own,
+//! [`crate::state::StateWriter`].)
 //!
 //! All are written with the ingestion node's producer settings
 //! ([`KafkaConfig::producer_config`](switchboard_runtime::kafka::KafkaConfig::producer_config)),
@@ -176,8 +177,6 @@ pub struct TopicsConfig {
     pub dlq_topic: String,
     /// Outbound messages go to `<prefix>.<channel>`.
     pub outbound_topic_prefix: String,
-    /// Compacted conversation states.
-    pub state_topic: String,
     /// Outbound messages refused by consent rules.
     pub rejections_topic: String,
     /// Canonical envelopes (agents' replies enter here).
@@ -206,16 +205,6 @@ pub struct Outgoing<'a> {
     pub payload: Vec<u8>,
     /// The trace context for its header, if any.
     pub trace: Option<TraceParent>,
-}
-
-/// The kind of conversation-state records.
-const STATE: &str = "state";
-
-impl Outgoing<'_> {
-    /// The record's value: none for a state tombstone.
-    pub fn value(&self) -> Option<&[u8]> {
-        (self.kind != STATE || !self.payload.is_empty()).then_some(self.payload.as_slice())
-    }
 }
 
 impl<'a> Outgoing<'a> {
@@ -286,7 +275,6 @@ pub struct TopicOutputs {
     dlq_topic: String,
     /// One per channel, indexed by the channel's value.
     outbound_topics: Vec<String>,
-    state_topic: String,
     rejections_topic: String,
     messages_topic: String,
     assignments_topic: String,
@@ -320,7 +308,6 @@ impl TopicOutputs {
                 .iter()
                 .map(|c| outbound_topic(&config.outbound_topic_prefix, *c))
                 .collect(),
-            state_topic: config.state_topic.clone(),
             rejections_topic: config.rejections_topic.clone(),
             messages_topic: config.messages_topic.clone(),
             assignments_topic: config.assignments_topic.clone(),
@@ -414,19 +401,6 @@ impl TopicOutputs {
         )
     }
 
-    /// A conversation's encoded state for the compacted state topic;
-    /// `None` (a state with nothing in it, the same as none) is written as
-    /// a tombstone, so compaction removes the conversation.
-    pub fn state(&self, key: &str, state: Option<Vec<u8>>) -> Outgoing<'_> {
-        Outgoing {
-            kind: STATE,
-            topic: &self.state_topic,
-            key: key.to_owned(),
-            payload: state.unwrap_or_default(),
-            trace: None,
-        }
-    }
-
     /// An agent task or queue event, keyed by its queue so one queue's
     /// events stay in order.
     pub fn queue_task(&self, event: &QueueEvent, trace: &TraceParent) -> Outgoing<'_> {
@@ -442,10 +416,9 @@ impl TopicOutputs {
     /// with [`Enqueued::acknowledged`]. The producer keeps one partition's
     /// records in the order they were enqueued.
     pub fn enqueue<'a>(&self, record: Outgoing<'a>) -> Enqueued<'a> {
-        let mut future = FutureRecord::to(record.topic).key(&record.key);
-        if let Some(value) = record.value() {
-            future = future.payload(value);
-        }
+        let mut future = FutureRecord::to(record.topic)
+            .key(&record.key)
+            .payload(&record.payload);
         if let Some(trace) = &record.trace {
             future = future.headers(traced(trace));
         }
@@ -464,7 +437,7 @@ impl TopicOutputs {
             record.kind,
             record.topic,
             &record.key,
-            record.value(),
+            Some(record.payload.as_slice()),
             headers,
         )
         .await
@@ -552,7 +525,6 @@ mod tests {
             analytics_topic: "a".into(),
             dlq_topic: "d".into(),
             outbound_topic_prefix: "o".into(),
-            state_topic: "s".into(),
             rejections_topic: "r".into(),
             messages_topic: "m".into(),
             assignments_topic: "as".into(),

@@ -20,7 +20,7 @@
 //!
 //! The conversation's state is not written here: the consume loop writes
 //! changed states behind, once per conversation per flush
-//! ([`crate::state::WriteBehind`]).
+//! ([`crate::state::WriteBehind`], [`crate::state::StateWriter`]).
 
 use std::{
     borrow::Cow,
@@ -154,34 +154,5 @@ impl Router {
         tracing::debug!(queue = name, default = %self.handoff_queue, "unknown agent queue; the default queue instead");
         ::metrics::counter!("switchboard_agent_queue_unknown_total").increment(1);
         self.handoff_queue.clone()
-    }
-
-    /// Hands a conversation's state to the producer, for the compacted
-    /// state topic.
-    pub fn enqueue_state<'a>(&'a self, key: &str, state: crate::state::Encoded) -> Enqueued<'a> {
-        self.outputs.enqueue(self.outputs.state(key, state))
-    }
-
-    /// Waits for a state record's acknowledgement, sending it again while
-    /// Kafka's errors are retryable. One Kafka refuses for good (too large
-    /// for the topic) is logged and counted: the conversation goes on from
-    /// memory, and a later change may fit.
-    pub async fn settle_state(
-        &self,
-        key: &str,
-        enqueued: Enqueued<'_>,
-        stop: &tokio_util::sync::CancellationToken,
-    ) -> Result<(), Interrupted> {
-        let write = Write {
-            kind: Kind::State,
-            max_attempts: 0,
-            destination: Cow::Borrowed(Kind::State.label()),
-            enqueued,
-        };
-        if let Some(failure) = self.settle(write, stop).await? {
-            tracing::error!(error = %failure.error, key, "conversation state refused for good; it lives in memory only");
-            ::metrics::counter!("switchboard_worker_state_write_failures_total").increment(1);
-        }
-        Ok(())
     }
 }

@@ -38,7 +38,9 @@ mod subscriptions_tests;
 #[cfg(test)]
 mod tests;
 pub mod write_behind;
+mod writer;
 
 pub use disk::DiskError;
 pub use store::{DISK_CACHE_BYTES, Encoded, PartitionStates, RebuildError, Rebuilt};
 pub use write_behind::WriteBehind;
+pub use writer::{StateWriteError, StateWriter, TRANSACTIONS, transactional_id};

@@ -1,0 +1,342 @@
+//! One partition's conversation-state writes, fenced against a zombie
+//! owner.
+//!
+//! A worker frozen past its group session (a long pause, a VM stall,
+//! SIGSTOP) loses its partitions while it does not know it. Whatever state
+//! records its producer still held go out when it resumes, after the new
+//! owner's, and the compacted topic would keep the older state: a sticky
+//! agent forgotten, an opt-out undone at the next rebuild. An idempotent
+//! producer does not prevent that; a fence does.
+//!
+//! So each partition's states are written by a transactional producer of
+//! its own, one transaction per flush, under a transactional id that names
+//! the partition ([`transactional_id`]). A new owner's `init_transactions`
+//! bumps that id's epoch before it rebuilds the partition's states: the
+//! previous owner's open transaction is aborted (its records stay invisible
+//! to `read_committed` readers, the rebuild among them, and compaction
+//! drops them), and every later write of the previous owner is refused by
+//! the brokers as fenced. A fenced writer stops for good; its partition
+//! waits for the revocation the consumer learns of next.
+//!
+//! One producer per owned partition costs a few librdkafka threads each;
+//! it is what makes the fence per partition, without a transaction across
+//! the worker's partitions or a consumer-group round trip per flush.
+
+use std::{collections::BTreeSet, sync::Arc, time::Duration};
+
+use rdkafka::{
+    error::{KafkaError, RDKafkaErrorCode},
+    producer::{FutureProducer, FutureRecord, Producer as _},
+};
+use switchboard_runtime::{
+    kafka::KafkaConfig,
+    retry::{self, Backoff},
+};
+use tokio_util::sync::CancellationToken;
+
+use super::Encoded;
+use crate::destinations::topics::{WriteRetry, classify};
+
+/// Longest a transaction may stay open. A flush's transaction lasts as
+/// long as Kafka takes to acknowledge it, longer while a partition leader
+/// moves; past this, the coordinator aborts it and the flush is written
+/// again.
+const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest one blocking call (init, commit, abort) waits.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Counts state transactions by outcome.
+pub const TRANSACTIONS: &str = "switchboard_worker_state_transactions_total";
+
+/// The transactional id of the state writes of `partition` of the messages
+/// topic `topic`, routed by consumer group `group`: one per partition, the
+/// same whichever worker owns it.
+pub fn transactional_id(group: &str, topic: &str, partition: i32) -> String {
+    format!("switchboard-state.{group}.{topic}.{partition}")
+}
+
+/// Why state writes stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum StateWriteError {
+    /// Another worker opened this partition's writer since: this one is a
+    /// zombie (or two deployments share a consumer group).
+    #[error("partition {partition}'s state writes were taken over by another worker")]
+    Fenced { partition: i32 },
+    /// An error no retry can clear (not authorized, say).
+    #[error("partition {partition}'s state writes failed for good: {error}")]
+    Fatal { partition: i32, error: KafkaError },
+    /// The worker is stopping, or lost the partition.
+    #[error("stopped")]
+    Stopped,
+}
+
+/// One attempt at a flush, failed.
+enum Failed {
+    /// Kafka refused these records for good (too large for the topic, say).
+    Refused(Vec<(usize, KafkaError)>),
+    /// May clear up: the flush is written again.
+    Retry(KafkaError),
+    Fatal(KafkaError),
+}
+
+/// The state writer of one partition.
+pub struct StateWriter {
+    /// An `Option` only to hand it to a thread on drop.
+    producer: Option<Arc<FutureProducer>>,
+    topic: String,
+    partition: i32,
+}
+
+impl StateWriter {
+    /// Creates the partition's producer and fences every earlier one of the
+    /// same `transactional_id`. Returns once the previous owner's open
+    /// transaction is resolved, so a rebuild that follows reads all it will
+    /// ever commit. Blocking: run it off the async runtime.
+    pub fn open(
+        kafka: &KafkaConfig,
+        transactional_id: &str,
+        state_topic: &str,
+        partition: i32,
+    ) -> Result<Self, KafkaError> {
+        let timeout = TRANSACTION_TIMEOUT.as_millis().to_string();
+        let producer: FutureProducer = kafka
+            .producer_config(&[
+                ("transactional.id", transactional_id),
+                ("transaction.timeout.ms", &timeout),
+                // A record undelivered by then fails its transaction,
+                // which is then written again.
+                ("message.timeout.ms", &timeout),
+                ("linger.ms", "5"),
+            ])
+            .create()?;
+        producer.init_transactions(CALL_TIMEOUT)?;
+        Ok(Self {
+            producer: Some(Arc::new(producer)),
+            topic: state_topic.to_owned(),
+            partition,
+        })
+    }
+
+    /// Opens the writer, retrying what may clear up until it succeeds or
+    /// `stop` fires (`None`).
+    pub async fn open_retrying(
+        kafka: &KafkaConfig,
+        transactional_id: &str,
+        state_topic: &str,
+        partition: i32,
+        stop: &CancellationToken,
+    ) -> Option<Result<Self, StateWriteError>> {
+        let opened = retry::retry(
+            Backoff::new(Duration::from_millis(200), Duration::from_secs(5)),
+            stop,
+            |e: &KafkaError| !is_fatal(e),
+            |error, attempts, wait| {
+                tracing::warn!(%error, partition, attempts, retry_in = ?wait, "cannot open the conversation-state writer; retrying")
+            },
+            || {
+                let (kafka, id, topic) = (
+                    kafka.clone(),
+                    transactional_id.to_owned(),
+                    state_topic.to_owned(),
+                );
+                async move {
+                    tokio::task::spawn_blocking(move || Self::open(&kafka, &id, &topic, partition))
+                        .await
+                        .unwrap_or(Err(KafkaError::Canceled))
+                }
+            },
+        )
+        .await;
+        match opened {
+            Ok(Ok(writer)) => Some(Ok(writer)),
+            Ok(Err((error, _))) => Some(Err(fatal(partition, error))),
+            Err(retry::Cancelled) => None,
+        }
+    }
+
+    fn producer(&self) -> &Arc<FutureProducer> {
+        self.producer.as_ref().expect("present until dropped")
+    }
+
+    /// Writes one flush's states (a tombstone for `None`) as one
+    /// transaction, again and again while its errors may clear up. A state
+    /// Kafka refuses for good is logged, counted and left out: its
+    /// conversation goes on from memory, and a later change may fit.
+    pub async fn write(
+        &self,
+        states: &[(String, Encoded)],
+        stop: &CancellationToken,
+    ) -> Result<(), StateWriteError> {
+        let mut left_out = BTreeSet::new();
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let failed = tokio::select! {
+                result = self.attempt(states, &left_out) => match result {
+                    Ok(()) => {
+                        metrics::counter!(TRANSACTIONS, "outcome" => "committed").increment(1);
+                        return Ok(());
+                    }
+                    Err(failed) => failed,
+                },
+                _ = stop.cancelled() => return Err(StateWriteError::Stopped),
+            };
+            match failed {
+                Failed::Fatal(error) => {
+                    let error = fatal(self.partition, error);
+                    let outcome = match error {
+                        StateWriteError::Fenced { .. } => "fenced",
+                        _ => "failed",
+                    };
+                    metrics::counter!(TRANSACTIONS, "outcome" => outcome).increment(1);
+                    return Err(error);
+                }
+                Failed::Refused(refused) => {
+                    for (index, error) in refused {
+                        let key = &states[index].0;
+                        tracing::error!(%error, key, "conversation state refused for good; it lives in memory only");
+                        metrics::counter!("switchboard_worker_state_write_failures_total")
+                            .increment(1);
+                        left_out.insert(index);
+                    }
+                }
+                Failed::Retry(error) => {
+                    metrics::counter!(TRANSACTIONS, "outcome" => "retried").increment(1);
+                    tracing::warn!(%error, partition = self.partition, retry_in = ?backoff, "conversation-state flush failed; writing it again");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = stop.cancelled() => return Err(StateWriteError::Stopped),
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// One transaction: begin, hand every record over, commit. A failure
+    /// aborts it (its records never become visible).
+    async fn attempt(
+        &self,
+        states: &[(String, Encoded)],
+        left_out: &BTreeSet<usize>,
+    ) -> Result<(), Failed> {
+        let producer = self.producer();
+        if let Err(error) = producer.begin_transaction() {
+            return Err(self.abort(error).await);
+        }
+        let mut deliveries = Vec::with_capacity(states.len());
+        for (index, (key, state)) in states.iter().enumerate() {
+            if left_out.contains(&index) {
+                continue;
+            }
+            let mut record = FutureRecord::to(&self.topic)
+                .partition(self.partition)
+                .key(key.as_str());
+            if let Some(value) = state {
+                record = record.payload(value.as_slice());
+            }
+            loop {
+                match producer.send_result(record) {
+                    Ok(delivery) => {
+                        deliveries.push((index, delivery));
+                        break;
+                    }
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        record = back;
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    Err((error, _)) => return Err(self.abort(error).await),
+                }
+            }
+        }
+        let committing = producer.clone();
+        let committed =
+            tokio::task::spawn_blocking(move || committing.commit_transaction(CALL_TIMEOUT))
+                .await
+                .unwrap_or(Err(KafkaError::Canceled));
+        let Err(error) = committed else {
+            return Ok(());
+        };
+        let failed = self.abort(error).await;
+        if matches!(failed, Failed::Fatal(_)) {
+            return Err(failed);
+        }
+        // Which records failed, and whether any can never succeed.
+        let mut refused = Vec::new();
+        for (index, delivery) in deliveries {
+            if let Ok(Err((error, _))) = delivery.await
+                && classify(&error) == WriteRetry::Fatal
+            {
+                refused.push((index, error));
+            }
+        }
+        if refused.is_empty() {
+            Err(failed)
+        } else {
+            Err(Failed::Refused(refused))
+        }
+    }
+
+    /// After `error`, aborts the open transaction (if any) so the next
+    /// attempt starts clean.
+    async fn abort(&self, error: KafkaError) -> Failed {
+        if is_fatal(&error) {
+            return Failed::Fatal(error);
+        }
+        let aborting = self.producer().clone();
+        let aborted = tokio::task::spawn_blocking(move || {
+            let mut result = aborting.abort_transaction(CALL_TIMEOUT);
+            // Not in a transaction: nothing to abort.
+            if matches!(&result, Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::State))
+            {
+                result = Ok(());
+            }
+            result
+        })
+        .await
+        .unwrap_or(Err(KafkaError::Canceled));
+        match aborted {
+            Err(abort_error) if is_fatal(&abort_error) => Failed::Fatal(abort_error),
+            // A timed-out abort is called again by the next attempt's.
+            _ => Failed::Retry(error),
+        }
+    }
+}
+
+impl Drop for StateWriter {
+    /// Dropping a producer purges what it still holds and joins its
+    /// threads; with a broker away that can take a while, so it happens on
+    /// a thread of its own, never on the async runtime.
+    fn drop(&mut self) {
+        if let Some(producer) = self.producer.take() {
+            std::thread::spawn(move || drop(producer));
+        }
+    }
+}
+
+/// A producer error after which this producer can never write again.
+fn is_fatal(error: &KafkaError) -> bool {
+    match error {
+        KafkaError::Transaction(e) => e.is_fatal(),
+        other => matches!(
+            other.rdkafka_error_code(),
+            Some(
+                RDKafkaErrorCode::Fatal
+                    | RDKafkaErrorCode::Fenced
+                    | RDKafkaErrorCode::ProducerFenced
+                    | RDKafkaErrorCode::TransactionalIdAuthorizationFailed
+                    | RDKafkaErrorCode::ClusterAuthorizationFailed
+            )
+        ),
+    }
+}
+
+fn fatal(partition: i32, error: KafkaError) -> StateWriteError {
+    match error.rdkafka_error_code() {
+        Some(
+            RDKafkaErrorCode::Fenced
+            | RDKafkaErrorCode::ProducerFenced
+            | RDKafkaErrorCode::InvalidProducerEpoch,
+        ) => StateWriteError::Fenced { partition },
+        _ => StateWriteError::Fatal { partition, error },
+    }
+}

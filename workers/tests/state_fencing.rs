@@ -1,0 +1,128 @@
+//! A partition's conversation states are written under a transactional id
+//! of its own: once a new owner opens its writer, nothing the previous
+//! owner wrote later, or held in an open transaction, becomes visible.
+//!
+//! Run with `deploy/test.sh` (it starts Kafka and sets `SWITCHBOARD_TEST_KAFKA`).
+
+use std::time::Duration;
+
+use rdkafka::{
+    Message as _,
+    message::OwnedMessage,
+    producer::{FutureProducer, FutureRecord, Producer as _},
+};
+use switchboard_runtime::kafka::KafkaConfig;
+use switchboard_testkit as testkit;
+use switchboard_workers::state::{StateWriteError, StateWriter, transactional_id};
+use tokio_util::sync::CancellationToken;
+
+mod common;
+
+async fn open(kafka: &KafkaConfig, id: &str, topic: &str) -> StateWriter {
+    let (kafka, id, topic) = (kafka.clone(), id.to_owned(), topic.to_owned());
+    tokio::task::spawn_blocking(move || StateWriter::open(&kafka, &id, &topic, 0))
+        .await
+        .unwrap()
+        .expect("state writer opens")
+}
+
+fn state(key: &str, value: &str) -> (String, Option<Vec<u8>>) {
+    (key.to_owned(), Some(value.as_bytes().to_vec()))
+}
+
+/// The values of the records of `topic`, read with `isolation`, until
+/// `expected` are there (or 15 s).
+fn values(bootstrap: &str, topic: &str, isolation: &str, expected: usize) -> Vec<String> {
+    use rdkafka::consumer::{BaseConsumer, Consumer as _};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", testkit::random_topic("fencing-reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", isolation)
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let mut records: Vec<OwnedMessage> = Vec::new();
+    while records.len() < expected && std::time::Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            records.push(m.detach());
+        }
+    }
+    // A little longer, for anything that should not be there.
+    let settle = std::time::Instant::now() + Duration::from_secs(2);
+    while std::time::Instant::now() < settle {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            records.push(m.detach());
+        }
+    }
+    records
+        .iter()
+        .map(|r| String::from_utf8(r.payload().unwrap_or_default().to_vec()).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_previous_owners_state_writes_never_land_after_the_new_owners() {
+    let config = common::isolated("fencing", 1);
+    config.ensure_topics().await.unwrap();
+    let (kafka, topic) = (&config.kafka, &config.state_topic);
+    let id = transactional_id(&config.group_id, &config.messages_topic, 0);
+    let stop = CancellationToken::new();
+
+    // The first owner writes a flush.
+    let first = open(kafka, &id, topic).await;
+    first.write(&[state("c1", "first")], &stop).await.unwrap();
+
+    // A second owner froze with a flush's transaction open: its record is in
+    // the log, not yet committed.
+    let frozen: FutureProducer = kafka
+        .producer_config(&[("transactional.id", &id)])
+        .create()
+        .unwrap();
+    frozen.init_transactions(Duration::from_secs(30)).unwrap();
+    frozen.begin_transaction().unwrap();
+    frozen
+        .send(
+            FutureRecord::to(topic)
+                .partition(0)
+                .key("c1")
+                .payload("frozen"),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("the frozen owner's record reaches the log");
+
+    // The partition's new owner opens its writer and writes.
+    let new = open(kafka, &id, topic).await;
+    new.write(&[state("c1", "new"), state("c2", "new")], &stop)
+        .await
+        .unwrap();
+
+    // The frozen owner wakes up and commits; the first one writes again.
+    let committed =
+        tokio::task::spawn_blocking(move || frozen.commit_transaction(Duration::from_secs(10)))
+            .await
+            .unwrap();
+    assert!(committed.is_err(), "the frozen owner's commit is refused");
+    let again = first.write(&[state("c1", "first-again")], &stop).await;
+    assert!(
+        matches!(again, Err(StateWriteError::Fenced { partition: 0 })),
+        "the first owner is fenced: {again:?}"
+    );
+
+    let bootstrap = &kafka.bootstrap_servers;
+    let committed = values(bootstrap, topic, "read_committed", 3);
+    assert_eq!(
+        committed,
+        ["first", "new", "new"],
+        "only committed flushes, in order"
+    );
+    let everything = values(bootstrap, topic, "read_uncommitted", 4);
+    assert!(
+        everything.contains(&"frozen".to_owned()),
+        "the frozen owner's record did reach the log (aborted): {everything:?}"
+    );
+    assert!(!everything.contains(&"first-again".to_owned()));
+}
