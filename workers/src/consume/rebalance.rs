@@ -61,6 +61,17 @@ impl WorkerContext {
         if tpl.count() == 0 {
             return;
         }
+        if consumer.assignment_lost() {
+            // The group went on without this worker (its session expired,
+            // Kafka away): the commit would be refused, after blocking
+            // this callback, and with it the consume loop, until Kafka
+            // answered. The next owner redoes from the last commit.
+            tracing::info!(
+                partitions = tpl.count(),
+                "partitions lost, not revoked: nothing committed"
+            );
+            return;
+        }
         // Stored too, or the automatic commit on revoke would drop the metadata.
         if let Err(e) = consumer.store_offsets(&tpl) {
             tracing::debug!(error = %e, "storing offsets on revoke");
