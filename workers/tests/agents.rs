@@ -353,6 +353,8 @@ async fn capacity_limits_what_an_agent_holds() {
         .await
         .unwrap();
     assert_eq!(q.assigned("c3", 1).await[0].0, "alice");
+    // c1's events are keyed apart from c3's: they may be read later.
+    wait_for("c1's close", || !q.unassigned("c1").is_empty()).await;
     assert_eq!(
         q.unassigned("c1"),
         [("alice".into(), UnassignReason::Closed)]
