@@ -15,8 +15,6 @@
 #   FAULTS_PROFILE      release or debug build (default release; quick debug),
 #                       from CARGO_TARGET_DIR if set
 #   FAULTS_RUST_LOG     RUST_LOG of the nodes and workers (default info)
-#   FAULTS_STRICT=1     also fail on findings (acknowledged messages missing from
-#                       analytics, conversation states written over newer ones)
 # Both Kafkas are started here, on their own ports and data folders (never
 # the shared one on 9092), and stopped and deleted at the end.
 set -euo pipefail
@@ -28,7 +26,7 @@ scenarios=()
 for arg in "$@"; do
   case "$arg" in
     --quick) quick=1 ;;
-    -h | --help) sed -n '2,19p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,17p' "$0"; exit 0 ;;
     ingest-kill | worker-kill | worker-stop | broker-kill | kafka-restart | bot-outage) scenarios+=("$arg") ;;
     *) echo "faults: unknown argument $arg" >&2; exit 2 ;;
   esac
@@ -87,7 +85,6 @@ if ((need_single)); then
 fi
 
 common=(--out "$out" --rate "$rate" --duration "$duration" --freeze "$freeze" --kafka-scripts "$root/deploy/kafka")
-if [[ "${FAULTS_STRICT:-0}" == 1 ]]; then common+=(--strict); fi
 results="$out/results.md"
 status=0
 : >"$results"

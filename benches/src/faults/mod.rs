@@ -102,11 +102,6 @@ pub struct FaultOptions {
     /// How long `worker-stop` keeps the worker stopped.
     #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
     pub freeze: Duration,
-    /// Fail on findings too: acknowledged messages missing from analytics
-    /// (while delivered elsewhere) and conversation states written over
-    /// newer ones. Without it they are reported, not failed on.
-    #[arg(long)]
-    pub strict: bool,
 }
 
 /// Routing workers per scenario.
@@ -387,7 +382,7 @@ pub async fn run(scenario: Scenario, options: &FaultOptions) -> anyhow::Result<F
             event(format!("node-{name} did not stop cleanly"));
         }
     }
-    let (mut failures, mut findings) = (Vec::new(), Vec::new());
+    let mut failures = Vec::new();
     if reconciliation.lost > 0 {
         failures.push(format!(
             "{} acknowledged messages lost",
@@ -401,19 +396,16 @@ pub async fn run(scenario: Scenario, options: &FaultOptions) -> anyhow::Result<F
         ));
     }
     if reconciliation.missing_from_analytics > 0 {
-        findings.push(format!(
+        failures.push(format!(
             "{} acknowledged messages never reached the analytics topic (though delivered elsewhere)",
             reconciliation.missing_from_analytics
         ));
     }
     if reconciliation.state_regressions > 0 {
-        findings.push(format!(
+        failures.push(format!(
             "{} conversation states written over newer ones",
             reconciliation.state_regressions
         ));
-    }
-    if options.strict {
-        failures.append(&mut findings);
     }
     if load.acked == 0 {
         failures.push("nothing was acknowledged".into());
@@ -457,7 +449,6 @@ pub async fn run(scenario: Scenario, options: &FaultOptions) -> anyhow::Result<F
         reconciliation,
         throughput,
         failures,
-        findings,
     };
     std::fs::write(dir.join("report.md"), report.markdown())?;
     std::fs::write(
