@@ -248,13 +248,21 @@ impl StateWriter {
                 }
             }
         }
-        let committing = producer.clone();
-        let committed =
-            tokio::task::spawn_blocking(move || committing.commit_transaction(CALL_TIMEOUT))
-                .await
-                .unwrap_or(Err(KafkaError::Canceled));
-        let Err(error) = committed else {
-            return Ok(());
+        // A retriable failure (a timeout, Kafka away) leaves the commit
+        // under way: it is asked again, as librdkafka documents.
+        let error = loop {
+            let committing = producer.clone();
+            let committed =
+                tokio::task::spawn_blocking(move || committing.commit_transaction(CALL_TIMEOUT))
+                    .await
+                    .unwrap_or(Err(KafkaError::Canceled));
+            match committed {
+                Ok(()) => return Ok(()),
+                Err(KafkaError::Transaction(e)) if e.is_retriable() => {
+                    tracing::debug!(error = %e, partition = self.partition, "conversation-state commit not answered yet; asking again");
+                }
+                Err(error) => break error,
+            }
         };
         let failed = self.abort(error).await;
         if matches!(failed, Failed::Fatal(_)) {
