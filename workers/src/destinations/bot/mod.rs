@@ -12,6 +12,8 @@ pub mod echo;
 mod grpc;
 mod http;
 
+use std::time::Duration;
+
 use switchboard_proto::v1::{BotRequest, BotResponse};
 use switchboard_runtime::trace::TraceParent;
 
@@ -31,10 +33,24 @@ enum Client {
     Http(http::HttpBot),
 }
 
+/// How late past its timeout a failed call may end and still count
+/// against the bot. A running process's timers fire within milliseconds;
+/// a call that ends seconds past its timeout waited on this process, not
+/// on the bot: the process was paused (a VM stall, `SIGSTOP`) and every
+/// call in flight timed out at once when it resumed.
+const PAUSE: Duration = Duration::from_secs(2);
+
+/// Whether a failed call that took `elapsed` says anything about a bot
+/// with timeout `timeout`.
+fn says_something(elapsed: Duration, timeout: Duration) -> bool {
+    elapsed <= timeout + PAUSE
+}
+
 /// One configured bot.
 pub struct BotDestination {
     name: String,
     client: Client,
+    timeout: Duration,
     breaker: breaker::Breaker,
 }
 
@@ -54,6 +70,7 @@ impl BotDestination {
         Ok(Self {
             name: name.to_owned(),
             client,
+            timeout: config.timeout,
             breaker: breaker::Breaker::new(
                 format!("bot:{name}"),
                 config.circuit_failures,
@@ -78,16 +95,44 @@ impl BotDestination {
                 retryable: true,
             });
         };
+        let started = tokio::time::Instant::now();
         let result = match &self.client {
             Client::Grpc(bot) => bot.call(request, trace).await,
             Client::Http(bot) => bot.call(&request, trace).await,
         };
-        call.record(!matches!(&result, Err(e) if e.retryable));
+        match &result {
+            Err(e) if e.retryable && !says_something(started.elapsed(), self.timeout) => {
+                // Not the bot's doing: its circuit stays as it was (a
+                // trial call dropped counts as failed, as always).
+                tracing::info!(destination = %self.name, elapsed = ?started.elapsed(), "bot call ended long past its timeout (this process was paused); not held against the bot");
+                drop(call);
+            }
+            _ => call.record(!matches!(&result, Err(e) if e.retryable)),
+        }
         result.map_err(|e| DestinationError {
             kind: "bot",
             name: self.name.clone(),
             message: e.message,
             retryable: e.retryable,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_call_that_ends_long_past_its_timeout_says_nothing_about_the_bot() {
+        let timeout = Duration::from_secs(5);
+        assert!(says_something(Duration::from_millis(10), timeout));
+        assert!(
+            says_something(Duration::from_millis(5_050), timeout),
+            "a timeout on time"
+        );
+        assert!(
+            !says_something(Duration::from_secs(25), timeout),
+            "frozen for 20 s"
+        );
     }
 }
