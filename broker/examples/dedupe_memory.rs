@@ -1,13 +1,11 @@
 //! Measures what the dedupe cache costs per remembered id: the resident
-//! memory (`/proc/self/statm`) this process gains while 1,000,000 channel
-//! message ids are published once through [`Dedupe::publish_once`] and
-//! acknowledged, with the node's allocator (mimalloc), up to the cache's
-//! ceiling (`max_entries` = the ids: two full generations of half each).
-//! Resident memory also holds what the allocator kept of the maps'
-//! smaller tables, outgrown on the way, so it reads a little above the
-//! maps' own size.
+//! memory (`/proc/self/statm`) this process gains while channel message ids
+//! are published once through [`Dedupe::publish_once`] and acknowledged,
+//! with the node's allocator (mimalloc), until the cache of `max_entries`
+//! (default 1,000,000) is at its ceiling: both generations full, just
+//! before the next rotation.
 //!
-//!     cargo run --release -p switchboard-broker --example dedupe_memory [-- IDS]
+//!     cargo run --release -p switchboard-broker --example dedupe_memory [-- MAX_ENTRIES]
 //!
 //! Ids look like WhatsApp's (`wamid.` and 56 more characters), the tenant
 //! is short, and message ids are node-assigned UUIDv7s, as in production.
@@ -36,14 +34,17 @@ fn rss() -> usize {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    let ids: usize = std::env::args()
+    let max_entries: usize = std::env::args()
         .nth(1)
         .map_or(1_000_000, |n| n.parse().expect("a number of ids"));
-    let dedupe = Dedupe::new(DedupeConfig {
+    let config = DedupeConfig {
         window: Duration::from_secs(3_600),
-        max_entries: ids,
-    });
+        max_entries,
+    };
+    let ids = 2 * config.generation_capacity();
+    // Before the cache exists: its tables are sized when it starts.
     let before = rss();
+    let dedupe = Dedupe::new(config);
     for i in 0..ids {
         let channel_message_id = format!("wamid.HBgLMTY1MDUwNzY1MjAVAgARGBI5QUNBNDM2{i:020}");
         let (outcome, duplicate) = dedupe
@@ -65,10 +66,12 @@ async fn main() {
         outcome.await.expect("published");
     }
     let after = rss();
-    assert_eq!(dedupe.len(), ids);
+    assert_eq!(dedupe.len(), ids, "both generations full");
+    let grown = (after - before) as f64;
     println!(
-        "{ids} ids: resident memory grew by {:.1} MiB, {:.0} bytes per id",
-        (after - before) as f64 / f64::from(1 << 20),
-        (after - before) as f64 / ids as f64
+        "max_entries {max_entries}, {ids} ids remembered at the ceiling: resident memory grew by {:.1} MiB, {:.0} bytes per remembered id ({:.0} per max_entries)",
+        grown / f64::from(1 << 20),
+        grown / ids as f64,
+        grown / max_entries as f64
     );
 }

@@ -9,9 +9,13 @@
 //! outcome; if the first fails, the next copy publishes.
 //!
 //! **Window and bound.** Entries live in two generations of maps that
-//! rotate every `window / 2`, or as soon as the current one holds
-//! `max_entries / 2`: a message is remembered for between `window / 2` and
-//! `window`, or less under a very high rate, and memory stays bounded.
+//! rotate every `window / 2`, or as soon as the current one is full
+//! ([`DedupeConfig::generation_capacity`], at most `max_entries / 2`): a
+//! message is remembered for between `window / 2` and `window`, or less
+//! under a very high rate, and memory stays bounded. A generation's table
+//! is sized once, when it starts, to hold a full generation at 85% load:
+//! it never doubles (hashbrown doubles past 7/8), so a remembered id costs
+//! its entry over that load, not over a table doubled to under half full.
 //! Past the window, or for copies that reach *another* node, the workers'
 //! check at the partition owner catches the duplicate, since every copy of
 //! a conversation's message lands in the same partition.
@@ -23,11 +27,13 @@
 //! shrinks to what a copy's answer needs: the message id (16 bytes when it
 //! is a UUID in canonical form, as the node assigns them; a caller's other
 //! ids are kept as a string), the partition and the offset. An entry is 48
-//! bytes, so with the table's load a remembered id costs about 100 bytes in
-//! the maps; `cargo run --release -p switchboard-broker --example
-//! dedupe_memory` measured 122 bytes of resident memory per id at the
-//! 1,000,000 ceiling (554 bytes when the maps kept the strings and the
-//! shared outcome). A publish whose caller went away before Kafka answered
+//! bytes, so at the tables' 85% load a remembered id costs about 58 bytes
+//! in the maps; `cargo run --release -p switchboard-broker --example
+//! dedupe_memory` measured 65 bytes of resident memory per remembered id
+//! with both generations full (891,288 ids for `max_entries` 1,000,000:
+//! 55.5 MiB). It was 112–122 bytes while each generation's table doubled
+//! to under half full, and 554 bytes when the maps kept the strings and
+//! the shared outcome. A publish whose caller went away before Kafka answered
 //! stays pending (its outcome is driven by whoever waits for it) until a
 //! copy looks it up or its generation rotates out.
 //!
@@ -61,11 +67,38 @@ pub struct DedupeConfig {
     /// How long a channel message id is remembered at most.
     #[serde(with = "humantime_serde")]
     pub window: Duration,
-    /// Most ids remembered at once, over both generations: about 100 bytes
-    /// each once published (122 bytes of resident memory per id measured by
-    /// the `dedupe_memory` example at 1,000,000), so the default is about
-    /// 120 MB at most.
+    /// Most ids remembered at once, over both generations. Each generation
+    /// holds [`Self::generation_capacity`] (891,288 of the default
+    /// 1,000,000 together), at about 60 bytes each once published (the
+    /// `dedupe_memory` example measures it), so the default is about 60 MB
+    /// at most.
     pub max_entries: usize,
+}
+
+/// How full a generation's table gets: below hashbrown's 7/8, with room
+/// for the map's shards filling a few percent unevenly.
+const LOAD_PERCENT: usize = 85;
+
+impl DedupeConfig {
+    /// Ids one generation holds before the cache rotates: as many as fit a
+    /// power-of-two table at [`LOAD_PERCENT`], the largest such table whose
+    /// full load is at most `max_entries / 2`.
+    pub fn generation_capacity(&self) -> usize {
+        let half = (self.max_entries / 2).max(1);
+        let mut buckets = (half * 100 / LOAD_PERCENT).max(1).next_power_of_two();
+        if buckets * LOAD_PERCENT / 100 > half {
+            buckets /= 2;
+        }
+        (buckets * LOAD_PERCENT / 100).max(1)
+    }
+
+    /// A new generation's map, sized for a full generation.
+    fn generation(&self) -> Generation {
+        Arc::new(DashMap::with_capacity_and_hasher(
+            self.generation_capacity(),
+            foldhash::fast::RandomState::default(),
+        ))
+    }
 }
 
 impl Default for DedupeConfig {
@@ -200,8 +233,8 @@ impl Dedupe {
     /// An empty cache.
     pub fn new(config: DedupeConfig) -> Self {
         Self {
+            generations: RwLock::new((config.generation(), config.generation())),
             config,
-            generations: RwLock::default(),
             rotated: Mutex::new(Instant::now()),
             next_id: AtomicU64::new(0),
             hash_key: rand::random(),
@@ -288,12 +321,13 @@ impl Dedupe {
     }
 
     fn maybe_rotate(&self) {
-        let full =
-            self.generations.read().expect("dedupe lock").0.len() >= self.config.max_entries / 2;
+        let full = self.generations.read().expect("dedupe lock").0.len()
+            >= self.config.generation_capacity();
         let mut rotated = self.rotated.lock().expect("dedupe lock");
         if full || rotated.elapsed() >= self.config.window / 2 {
+            let fresh = self.config.generation();
             let mut generations = self.generations.write().expect("dedupe lock");
-            generations.1 = std::mem::take(&mut generations.0);
+            generations.1 = std::mem::replace(&mut generations.0, fresh);
             *rotated = Instant::now();
         }
     }
@@ -528,19 +562,40 @@ mod tests {
     }
 
     /// What a remembered id costs in the maps: its entry (key and slot) and
-    /// hashbrown's control byte, over the table's load at the `max_entries`
-    /// ceiling (each generation holds half, in a power-of-two table at most
-    /// 7/8 full). The `dedupe_memory` example measures the process's
-    /// resident memory instead.
+    /// hashbrown's control byte, over the table's load when both
+    /// generations are full (each in a power-of-two table sized for it at
+    /// 85%). The `dedupe_memory` example measures the process's resident
+    /// memory instead.
     #[test]
-    fn a_remembered_id_costs_about_100_bytes() {
+    fn a_remembered_id_costs_about_60_bytes() {
         let entry = size_of::<(Key, Slot)>();
         assert!(entry <= 48, "{entry} bytes an entry");
-        let max_entries = DedupeConfig::default().max_entries;
-        let per_generation = max_entries / 2;
+        let config = DedupeConfig::default();
+        let per_generation = config.generation_capacity();
+        assert_eq!(per_generation, 445_644);
+        assert!(2 * per_generation <= config.max_entries);
         let buckets = (per_generation * 8).div_ceil(7).next_power_of_two();
-        let bytes = 2 * buckets * (entry + 1);
-        let per_id = bytes / max_entries;
-        assert!(per_id <= 110, "{per_id} bytes per id");
+        assert_eq!(buckets, 524_288, "the table is never doubled");
+        let per_id = 2 * buckets * (entry + 1) / (2 * per_generation);
+        assert!(per_id <= 60, "{per_id} bytes per id");
+    }
+
+    #[test]
+    fn a_generation_fits_its_table_at_most_85_percent_full() {
+        for max_entries in [1, 2, 10, 1_000, 999_999, 1_000_000, 10_000_000] {
+            let config = DedupeConfig {
+                max_entries,
+                ..DedupeConfig::default()
+            };
+            let capacity = config.generation_capacity();
+            assert!(capacity >= 1);
+            assert!(2 * capacity <= max_entries.max(2), "{max_entries}");
+            let buckets = (capacity * 100).div_ceil(LOAD_PERCENT).next_power_of_two();
+            // Not smaller than it could be: twice the table would overflow.
+            assert!(
+                2 * buckets * LOAD_PERCENT / 100 > max_entries / 2,
+                "{max_entries}"
+            );
+        }
     }
 }
