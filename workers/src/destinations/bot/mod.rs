@@ -120,7 +120,49 @@ impl BotDestination {
 
 #[cfg(test)]
 mod tests {
+    use std::pin::pin;
+
+    use futures::poll;
+
     use super::*;
+
+    /// An HTTP bot that accepts connections and never answers, with a
+    /// circuit that opens after one failure.
+    async fn silent_bot() -> (BotDestination, tokio::net::TcpListener) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let config = BotConfig {
+            timeout: Duration::from_millis(100),
+            circuit_failures: 1,
+            ..BotConfig::new(
+                BotProtocol::Http,
+                format!("http://{}/bot", listener.local_addr().unwrap()),
+            )
+        };
+        (BotDestination::new("silent", &config).unwrap(), listener)
+    }
+
+    fn circuit_open(result: &Result<BotResponse, DestinationError>) -> bool {
+        matches!(result, Err(e) if e.message.contains("circuit open"))
+    }
+
+    /// A paused process, simulated by blocking the runtime's only thread
+    /// while a call waits: its timeout fires seconds late, and the bot's
+    /// circuit stays closed. The same timeout on time opens it.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_call_timed_out_by_a_pause_leaves_the_circuit_closed() {
+        let (bot, _listener) = silent_bot().await;
+        let trace = TraceParent::root();
+        let mut call = pin!(bot.handle(BotRequest::default(), &trace));
+        assert!(poll!(call.as_mut()).is_pending());
+        std::thread::sleep(PAUSE + Duration::from_millis(500));
+        let paused = call.await;
+        assert!(paused.is_err() && !circuit_open(&paused), "{paused:?}");
+        let next = bot.handle(BotRequest::default(), &trace).await;
+        assert!(!circuit_open(&next), "called again: {next:?}");
+        // That one timed out on time: it counts.
+        let after = bot.handle(BotRequest::default(), &trace).await;
+        assert!(circuit_open(&after), "{after:?}");
+    }
 
     #[test]
     fn a_call_that_ends_long_past_its_timeout_says_nothing_about_the_bot() {
