@@ -1,6 +1,7 @@
 //! A partition's conversation states are written under a transactional id
 //! of its own: once a new owner opens its writer, nothing the previous
-//! owner wrote later, or held in an open transaction, becomes visible.
+//! owner wrote later, or held in an open transaction, becomes visible; and
+//! a writer fenced while its partition stays its own opens again.
 //!
 //! Run with `deploy/test.sh` (it starts Kafka and sets `SWITCHBOARD_TEST_KAFKA`).
 
@@ -13,18 +14,27 @@ use rdkafka::{
 };
 use switchboard_runtime::kafka::KafkaConfig;
 use switchboard_testkit as testkit;
-use switchboard_workers::state::{StateWriteError, StateWriter, transactional_id};
+use switchboard_workers::state::{StateWriteError, StateWriter, WriterConfig, transactional_id};
 use tokio_util::sync::CancellationToken;
 
 mod common;
 
-async fn open(kafka: &KafkaConfig, id: &str, topic: &str) -> StateWriter {
-    let (kafka, id, topic) = (kafka.clone(), id.to_owned(), topic.to_owned());
-    tokio::task::spawn_blocking(move || StateWriter::open(&kafka, &id, &topic, 0))
+async fn open(kafka: &KafkaConfig, id: &str, topic: &str, reopen_after: Duration) -> StateWriter {
+    let config = WriterConfig {
+        kafka: kafka.clone(),
+        transactional_id: id.to_owned(),
+        topic: topic.to_owned(),
+        partition: 0,
+        reopen_after,
+    };
+    tokio::task::spawn_blocking(move || StateWriter::open(config))
         .await
         .unwrap()
         .expect("state writer opens")
 }
+
+/// Longer than any test here: a fenced writer in them never opens again.
+const NEVER: Duration = Duration::from_secs(600);
 
 fn state(key: &str, value: &str) -> (String, Option<Vec<u8>>) {
     (key.to_owned(), Some(value.as_bytes().to_vec()))
@@ -72,7 +82,7 @@ async fn a_previous_owners_state_writes_never_land_after_the_new_owners() {
     let stop = CancellationToken::new();
 
     // The first owner writes a flush.
-    let first = open(kafka, &id, topic).await;
+    let first = open(kafka, &id, topic, NEVER).await;
     first.write(&[state("c1", "first")], &stop).await.unwrap();
 
     // A second owner froze with a flush's transaction open: its record is in
@@ -95,7 +105,7 @@ async fn a_previous_owners_state_writes_never_land_after_the_new_owners() {
         .expect("the frozen owner's record reaches the log");
 
     // The partition's new owner opens its writer and writes.
-    let new = open(kafka, &id, topic).await;
+    let new = open(kafka, &id, topic, NEVER).await;
     new.write(&[state("c1", "new"), state("c2", "new")], &stop)
         .await
         .unwrap();
@@ -106,10 +116,18 @@ async fn a_previous_owners_state_writes_never_land_after_the_new_owners() {
             .await
             .unwrap();
     assert!(committed.is_err(), "the frozen owner's commit is refused");
-    let again = first.write(&[state("c1", "first-again")], &stop).await;
+    // Fenced, it waits to open again; its partition's revocation (here:
+    // the worker stopping) ends that before it does.
+    let revoked = CancellationToken::new();
+    let revoke = revoked.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        revoke.cancel();
+    });
+    let again = first.write(&[state("c1", "first-again")], &revoked).await;
     assert!(
-        matches!(again, Err(StateWriteError::Fenced { partition: 0 })),
-        "the first owner is fenced: {again:?}"
+        matches!(again, Err(StateWriteError::Stopped)),
+        "the first owner is fenced and waits: {again:?}"
     );
 
     let bootstrap = &kafka.bootstrap_servers;
@@ -125,4 +143,34 @@ async fn a_previous_owners_state_writes_never_land_after_the_new_owners() {
         "the frozen owner's record did reach the log (aborted): {everything:?}"
     );
     assert!(!everything.contains(&"first-again".to_owned()));
+}
+
+/// An earlier owner's open answered late, after the partition had moved
+/// on, fences the current owner's writer. The current owner still owns
+/// the partition after `reopen_after`, so it opens again and its flush is
+/// written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_fenced_by_a_late_open_opens_again_and_writes() {
+    let config = common::isolated("refencing", 1);
+    config.ensure_topics().await.unwrap();
+    let (kafka, topic) = (&config.kafka, &config.state_topic);
+    let id = transactional_id(&config.group_id, &config.messages_topic, 0);
+    let stop = CancellationToken::new();
+
+    let owner = open(kafka, &id, topic, Duration::from_secs(1)).await;
+    owner.write(&[state("c1", "one")], &stop).await.unwrap();
+    let late = open(kafka, &id, topic, NEVER).await;
+    drop(late); // the earlier owner's writer, dropped with its task
+
+    let started = std::time::Instant::now();
+    owner
+        .write(&[state("c1", "two")], &stop)
+        .await
+        .expect("written after opening again");
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "it waited first"
+    );
+    let committed = values(&kafka.bootstrap_servers, topic, "read_committed", 2);
+    assert_eq!(committed, ["one", "two"]);
 }

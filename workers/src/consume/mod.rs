@@ -115,7 +115,10 @@ impl Worker {
                 ("auto.commit.interval.ms", "1000"),
                 ("enable.auto.offset.store", "false"),
                 ("auto.offset.reset", config.auto_offset_reset.as_str()),
-                ("session.timeout.ms", "10000"),
+                (
+                    "session.timeout.ms",
+                    &SESSION_TIMEOUT.as_millis().to_string(),
+                ),
                 // Incremental rebalances: only the partitions that move stop;
                 // the others keep routing, with their state cached.
                 ("partition.assignment.strategy", "cooperative-sticky"),
@@ -296,6 +299,7 @@ impl Worker {
                             topic,
                             partition,
                         ),
+                        state_reopen_after: SESSION_TIMEOUT + Duration::from_secs(5),
                         topic: topic.clone(),
                         partition,
                         max_in_flight: self.max_in_flight,
@@ -358,6 +362,10 @@ impl Worker {
 fn key_of(message: &impl Message) -> (String, i32) {
     (message.topic().to_owned(), message.partition())
 }
+
+/// The group session: a worker that has not heartbeated for this long
+/// loses its partitions (and its consumer knows it by then, too).
+const SESSION_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Messages a partition may hold, at least, before it is paused: pausing
 /// and resuming costs a new fetch, so it should not happen every message.

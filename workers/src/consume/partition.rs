@@ -62,6 +62,8 @@ pub(super) struct PartitionContext {
     pub state_topic: String,
     /// The transactional id of this partition's state writes.
     pub state_transactional_id: String,
+    /// How long a fenced state writer waits before it opens again.
+    pub state_reopen_after: Duration,
     pub topic: String,
     pub partition: i32,
     /// Most messages of this partition being routed at once (calling bots,

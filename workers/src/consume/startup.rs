@@ -14,7 +14,7 @@ use switchboard_runtime::retry::{self, Backoff};
 use tokio_util::sync::CancellationToken;
 
 use super::{offsets::parse_skip_metadata, partition::PartitionContext};
-use crate::state::{PartitionStates, RebuildError, StateWriteError, StateWriter};
+use crate::state::{PartitionStates, RebuildError, StateWriteError, StateWriter, WriterConfig};
 
 /// The messages of the partition that its previous owner finished above the
 /// committed offset, from the commit's metadata. Without them (no metadata,
@@ -64,14 +64,14 @@ pub(super) async fn open_state_writer(
     cx: &PartitionContext,
     abort: &CancellationToken,
 ) -> Option<StateWriter> {
-    let opened = StateWriter::open_retrying(
-        &cx.kafka,
-        &cx.state_transactional_id,
-        &cx.state_topic,
-        cx.partition,
-        abort,
-    )
-    .await?;
+    let config = WriterConfig {
+        kafka: cx.kafka.clone(),
+        transactional_id: cx.state_transactional_id.clone(),
+        topic: cx.state_topic.clone(),
+        partition: cx.partition,
+        reopen_after: cx.state_reopen_after,
+    };
+    let opened = StateWriter::open_retrying(config, abort).await?;
     match opened {
         Ok(writer) => Some(writer),
         Err(error) => {
@@ -81,12 +81,12 @@ pub(super) async fn open_state_writer(
     }
 }
 
-/// The partition's state writes stopped for good: another worker took the
-/// partition over (this one has not heard of its revocation yet) or the
-/// producer failed for good. Nothing unfinished was stored; the partition
-/// waits, paused once its queue is full, for the revocation.
+/// The partition's state writes stopped for good: the producer failed in a
+/// way no retry clears (not authorized, say). Nothing unfinished was
+/// stored; the partition waits, paused once its queue is full, until it is
+/// revoked or the worker restarts.
 pub(super) fn stop_writing(partition: i32, error: &StateWriteError) {
-    tracing::error!(%error, partition, "conversation-state writes stopped; routing of the partition stops until it is revoked");
+    tracing::error!(%error, partition, "conversation-state writes stopped; routing of the partition stops until it is revoked or the worker restarts");
 }
 
 /// The partition's conversation states: its local file opened and brought

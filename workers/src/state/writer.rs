@@ -15,14 +15,25 @@
 //! previous owner's open transaction is aborted (its records stay invisible
 //! to `read_committed` readers, the rebuild among them, and compaction
 //! drops them), and every later write of the previous owner is refused by
-//! the brokers as fenced. A fenced writer stops for good; its partition
-//! waits for the revocation the consumer learns of next.
+//! the brokers as fenced.
+//!
+//! A fenced writer waits: a zombie's partition is revoked within a second
+//! or two of its resuming (its consumer finds its session gone), which
+//! drops the writer with its flush. Only if the partition is still this
+//! worker's after `reopen_after` (longer than the group session) was the
+//! fence not a successor's but a late open of an earlier owner (its
+//! `init_transactions` answered after the partition had moved on): then
+//! the writer opens again, fencing that one, and writes the flush.
 //!
 //! One producer per owned partition costs a few librdkafka threads each;
 //! it is what makes the fence per partition, without a transaction across
 //! the worker's partitions or a consumer-group round trip per flush.
 
-use std::{collections::BTreeSet, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeSet,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use rdkafka::{
     error::{KafkaError, RDKafkaErrorCode},
@@ -58,10 +69,6 @@ pub fn transactional_id(group: &str, topic: &str, partition: i32) -> String {
 /// Why state writes stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum StateWriteError {
-    /// Another worker opened this partition's writer since: this one is a
-    /// zombie (or two deployments share a consumer group).
-    #[error("partition {partition}'s state writes were taken over by another worker")]
-    Fenced { partition: i32 },
     /// An error no retry can clear (not authorized, say).
     #[error("partition {partition}'s state writes failed for good: {error}")]
     Fatal { partition: i32, error: KafkaError },
@@ -79,29 +86,49 @@ enum Failed {
     Fatal(KafkaError),
 }
 
+/// What a partition's state writer is built from.
+#[derive(Debug, Clone)]
+pub struct WriterConfig {
+    pub kafka: KafkaConfig,
+    /// See [`transactional_id`].
+    pub transactional_id: String,
+    /// The compacted state topic.
+    pub topic: String,
+    pub partition: i32,
+    /// How long a fenced writer waits, its partition still this worker's,
+    /// before it opens again (see the module's documentation): longer than
+    /// the group session.
+    pub reopen_after: Duration,
+}
+
 /// The state writer of one partition.
 pub struct StateWriter {
-    /// An `Option` only to hand it to a thread on drop.
-    producer: Option<Arc<FutureProducer>>,
-    topic: String,
-    partition: i32,
+    config: WriterConfig,
+    /// Replaced when the writer opens again; an `Option` only to hand it to
+    /// a thread on drop.
+    producer: Mutex<Option<Arc<FutureProducer>>>,
 }
 
 impl StateWriter {
     /// Creates the partition's producer and fences every earlier one of the
-    /// same `transactional_id`. Returns once the previous owner's open
+    /// same transactional id. Returns once the previous owner's open
     /// transaction is resolved, so a rebuild that follows reads all it will
     /// ever commit. Blocking: run it off the async runtime.
-    pub fn open(
-        kafka: &KafkaConfig,
-        transactional_id: &str,
-        state_topic: &str,
-        partition: i32,
-    ) -> Result<Self, KafkaError> {
+    pub fn open(config: WriterConfig) -> Result<Self, KafkaError> {
+        let producer = Self::create(&config)?;
+        Ok(Self {
+            config,
+            producer: Mutex::new(Some(Arc::new(producer))),
+        })
+    }
+
+    /// Blocking.
+    fn create(config: &WriterConfig) -> Result<FutureProducer, KafkaError> {
         let timeout = TRANSACTION_TIMEOUT.as_millis().to_string();
-        let producer: FutureProducer = kafka
+        let producer: FutureProducer = config
+            .kafka
             .producer_config(&[
-                ("transactional.id", transactional_id),
+                ("transactional.id", &config.transactional_id),
                 ("transaction.timeout.ms", &timeout),
                 // A record undelivered by then fails its transaction,
                 // which is then written again.
@@ -110,23 +137,31 @@ impl StateWriter {
             ])
             .create()?;
         producer.init_transactions(CALL_TIMEOUT)?;
-        Ok(Self {
-            producer: Some(Arc::new(producer)),
-            topic: state_topic.to_owned(),
-            partition,
-        })
+        Ok(producer)
     }
 
     /// Opens the writer, retrying what may clear up until it succeeds or
     /// `stop` fires (`None`).
     pub async fn open_retrying(
-        kafka: &KafkaConfig,
-        transactional_id: &str,
-        state_topic: &str,
-        partition: i32,
+        config: WriterConfig,
         stop: &CancellationToken,
     ) -> Option<Result<Self, StateWriteError>> {
-        let opened = retry::retry(
+        Some(
+            Self::create_retrying(&config, stop)
+                .await?
+                .map(|producer| Self {
+                    config,
+                    producer: Mutex::new(Some(Arc::new(producer))),
+                }),
+        )
+    }
+
+    async fn create_retrying(
+        config: &WriterConfig,
+        stop: &CancellationToken,
+    ) -> Option<Result<FutureProducer, StateWriteError>> {
+        let partition = config.partition;
+        let created = retry::retry(
             Backoff::new(Duration::from_millis(200), Duration::from_secs(5)),
             stop,
             |e: &KafkaError| !is_fatal(e),
@@ -134,28 +169,51 @@ impl StateWriter {
                 tracing::warn!(%error, partition, attempts, retry_in = ?wait, "cannot open the conversation-state writer; retrying")
             },
             || {
-                let (kafka, id, topic) = (
-                    kafka.clone(),
-                    transactional_id.to_owned(),
-                    state_topic.to_owned(),
-                );
+                let config = config.clone();
                 async move {
-                    tokio::task::spawn_blocking(move || Self::open(&kafka, &id, &topic, partition))
+                    tokio::task::spawn_blocking(move || Self::create(&config))
                         .await
                         .unwrap_or(Err(KafkaError::Canceled))
                 }
             },
         )
         .await;
-        match opened {
-            Ok(Ok(writer)) => Some(Ok(writer)),
-            Ok(Err((error, _))) => Some(Err(fatal(partition, error))),
+        match created {
+            Ok(Ok(producer)) => Some(Ok(producer)),
+            Ok(Err((error, _))) => Some(Err(StateWriteError::Fatal { partition, error })),
             Err(retry::Cancelled) => None,
         }
     }
 
-    fn producer(&self) -> &Arc<FutureProducer> {
-        self.producer.as_ref().expect("present until dropped")
+    fn producer(&self) -> Arc<FutureProducer> {
+        let producer = self.producer.lock().expect("producer lock");
+        producer.clone().expect("present until dropped")
+    }
+
+    /// Fenced: waits `reopen_after` (the partition's revocation drops this
+    /// future meanwhile if it moved on), then opens again.
+    async fn reopen(
+        &self,
+        error: &KafkaError,
+        stop: &CancellationToken,
+    ) -> Result<(), StateWriteError> {
+        let partition = self.config.partition;
+        tracing::warn!(%error, partition, reopen_after = ?self.config.reopen_after, "conversation-state writes fenced by another writer; opening again if the partition is still this worker's by then");
+        tokio::select! {
+            _ = tokio::time::sleep(self.config.reopen_after) => {}
+            _ = stop.cancelled() => return Err(StateWriteError::Stopped),
+        }
+        let producer = Self::create_retrying(&self.config, stop)
+            .await
+            .ok_or(StateWriteError::Stopped)??;
+        let old = self
+            .producer
+            .lock()
+            .expect("producer lock")
+            .replace(Arc::new(producer));
+        drop_on_a_thread(old);
+        tracing::info!(partition, "conversation-state writer opened again");
+        Ok(())
     }
 
     /// Writes one flush's states (a tombstone for `None`) as one
@@ -181,14 +239,14 @@ impl StateWriter {
                 _ = stop.cancelled() => return Err(StateWriteError::Stopped),
             };
             match failed {
+                Failed::Fatal(error) if is_fenced(&error) => {
+                    metrics::counter!(TRANSACTIONS, "outcome" => "fenced").increment(1);
+                    self.reopen(&error, stop).await?;
+                }
                 Failed::Fatal(error) => {
-                    let error = fatal(self.partition, error);
-                    let outcome = match error {
-                        StateWriteError::Fenced { .. } => "fenced",
-                        _ => "failed",
-                    };
-                    metrics::counter!(TRANSACTIONS, "outcome" => outcome).increment(1);
-                    return Err(error);
+                    metrics::counter!(TRANSACTIONS, "outcome" => "failed").increment(1);
+                    let partition = self.config.partition;
+                    return Err(StateWriteError::Fatal { partition, error });
                 }
                 Failed::Refused(refused) => {
                     for (index, error) in refused {
@@ -201,7 +259,7 @@ impl StateWriter {
                 }
                 Failed::Retry(error) => {
                     metrics::counter!(TRANSACTIONS, "outcome" => "retried").increment(1);
-                    tracing::warn!(%error, partition = self.partition, retry_in = ?backoff, "conversation-state flush failed; writing it again");
+                    tracing::warn!(%error, partition = self.config.partition, retry_in = ?backoff, "conversation-state flush failed; writing it again");
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = stop.cancelled() => return Err(StateWriteError::Stopped),
@@ -220,6 +278,7 @@ impl StateWriter {
         left_out: &BTreeSet<usize>,
     ) -> Result<(), Failed> {
         let producer = self.producer();
+        let (topic, partition) = (&self.config.topic, self.config.partition);
         if let Err(error) = producer.begin_transaction() {
             return Err(self.abort(error).await);
         }
@@ -228,8 +287,8 @@ impl StateWriter {
             if left_out.contains(&index) {
                 continue;
             }
-            let mut record = FutureRecord::to(&self.topic)
-                .partition(self.partition)
+            let mut record = FutureRecord::to(topic)
+                .partition(partition)
                 .key(key.as_str());
             if let Some(value) = state {
                 record = record.payload(value.as_slice());
@@ -259,7 +318,7 @@ impl StateWriter {
             match committed {
                 Ok(()) => return Ok(()),
                 Err(KafkaError::Transaction(e)) if e.is_retriable() => {
-                    tracing::debug!(error = %e, partition = self.partition, "conversation-state commit not answered yet; asking again");
+                    tracing::debug!(error = %e, partition, "conversation-state commit not answered yet; asking again");
                 }
                 Err(error) => break error,
             }
@@ -290,7 +349,7 @@ impl StateWriter {
         if is_fatal(&error) {
             return Failed::Fatal(error);
         }
-        let aborting = self.producer().clone();
+        let aborting = self.producer();
         let aborted = tokio::task::spawn_blocking(move || {
             let mut result = aborting.abort_transaction(CALL_TIMEOUT);
             // Not in a transaction: nothing to abort.
@@ -311,13 +370,17 @@ impl StateWriter {
 }
 
 impl Drop for StateWriter {
-    /// Dropping a producer purges what it still holds and joins its
-    /// threads; with a broker away that can take a while, so it happens on
-    /// a thread of its own, never on the async runtime.
     fn drop(&mut self) {
-        if let Some(producer) = self.producer.take() {
-            std::thread::spawn(move || drop(producer));
-        }
+        drop_on_a_thread(self.producer.lock().expect("producer lock").take());
+    }
+}
+
+/// Dropping a producer purges what it still holds and joins its threads;
+/// with a broker away that can take a while, so it happens on a thread of
+/// its own, never on the async runtime.
+fn drop_on_a_thread(producer: Option<Arc<FutureProducer>>) {
+    if let Some(producer) = producer {
+        std::thread::spawn(move || drop(producer));
     }
 }
 
@@ -338,13 +401,14 @@ fn is_fatal(error: &KafkaError) -> bool {
     }
 }
 
-fn fatal(partition: i32, error: KafkaError) -> StateWriteError {
-    match error.rdkafka_error_code() {
+/// Another writer opened this partition's transactional id since.
+fn is_fenced(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
         Some(
             RDKafkaErrorCode::Fenced
-            | RDKafkaErrorCode::ProducerFenced
-            | RDKafkaErrorCode::InvalidProducerEpoch,
-        ) => StateWriteError::Fenced { partition },
-        _ => StateWriteError::Fatal { partition, error },
-    }
+                | RDKafkaErrorCode::ProducerFenced
+                | RDKafkaErrorCode::InvalidProducerEpoch
+        )
+    )
 }
