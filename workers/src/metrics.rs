@@ -56,7 +56,7 @@ pub fn describe() {
         "Conversation-state flushes acknowledged: each writes every conversation of a partition changed since the previous one."
     );
     describe_counter!(
-        crate::state::TRANSACTIONS,
+        "switchboard_worker_state_transactions_total",
         "Conversation-state flush transactions, by outcome: committed, retried (aborted and written again), fenced (another worker took the partition over), failed (for good)."
     );
     describe_counter!(
