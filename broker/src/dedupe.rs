@@ -222,6 +222,8 @@ type Generation = Arc<DashMap<Key, Slot, foldhash::fast::RandomState>>;
 /// The node's bounded, time-windowed dedupe cache.
 pub struct Dedupe {
     config: DedupeConfig,
+    /// `config.generation_capacity()`, worked out once.
+    capacity: usize,
     generations: RwLock<(Generation, Generation)>,
     rotated: Mutex<Instant>,
     next_id: AtomicU64,
@@ -234,6 +236,7 @@ impl Dedupe {
     pub fn new(config: DedupeConfig) -> Self {
         Self {
             generations: RwLock::new((config.generation(), config.generation())),
+            capacity: config.generation_capacity(),
             config,
             rotated: Mutex::new(Instant::now()),
             next_id: AtomicU64::new(0),
@@ -321,8 +324,7 @@ impl Dedupe {
     }
 
     fn maybe_rotate(&self) {
-        let full = self.generations.read().expect("dedupe lock").0.len()
-            >= self.config.generation_capacity();
+        let full = self.generations.read().expect("dedupe lock").0.len() >= self.capacity;
         let mut rotated = self.rotated.lock().expect("dedupe lock");
         if full || rotated.elapsed() >= self.config.window / 2 {
             let fresh = self.config.generation();

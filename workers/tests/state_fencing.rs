@@ -33,6 +33,15 @@ async fn open(kafka: &KafkaConfig, id: &str, topic: &str, reopen_after: Duration
         .expect("state writer opens")
 }
 
+/// A worker configuration of its own, its topics created, and the
+/// transactional id of its partition 0's state writes.
+async fn partition_zero(prefix: &str) -> (switchboard_workers::config::WorkersConfig, String) {
+    let config = common::isolated(prefix, 1);
+    config.ensure_topics().await.unwrap();
+    let id = transactional_id(&config.group_id, &config.messages_topic, 0);
+    (config, id)
+}
+
 /// Longer than any test here: a fenced writer in them never opens again.
 const NEVER: Duration = Duration::from_secs(600);
 
@@ -75,10 +84,8 @@ fn values(bootstrap: &str, topic: &str, isolation: &str, expected: usize) -> Vec
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_previous_owners_state_writes_never_land_after_the_new_owners() {
-    let config = common::isolated("fencing", 1);
-    config.ensure_topics().await.unwrap();
+    let (config, id) = partition_zero("fencing").await;
     let (kafka, topic) = (&config.kafka, &config.state_topic);
-    let id = transactional_id(&config.group_id, &config.messages_topic, 0);
     let stop = CancellationToken::new();
 
     // The first owner writes a flush.
@@ -151,10 +158,8 @@ async fn a_previous_owners_state_writes_never_land_after_the_new_owners() {
 /// written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_writer_fenced_by_a_late_open_opens_again_and_writes() {
-    let config = common::isolated("refencing", 1);
-    config.ensure_topics().await.unwrap();
+    let (config, id) = partition_zero("refencing").await;
     let (kafka, topic) = (&config.kafka, &config.state_topic);
-    let id = transactional_id(&config.group_id, &config.messages_topic, 0);
     let stop = CancellationToken::new();
 
     let owner = open(kafka, &id, topic, Duration::from_secs(1)).await;
