@@ -49,19 +49,6 @@ pub fn init(service: &'static str) -> Telemetry {
         std::env::var("SWITCHBOARD_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
         && std::env::var_os("NO_COLOR").is_none();
-    let logs = if json {
-        tracing_subscriber::fmt::layer()
-            .json()
-            .with_writer(std::io::stderr)
-            .with_filter(filter)
-            .boxed()
-    } else {
-        tracing_subscriber::fmt::layer()
-            .with_ansi(ansi)
-            .with_writer(std::io::stderr)
-            .with_filter(filter)
-            .boxed()
-    };
     let provider =
         std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").and_then(|_| {
             match otlp_provider(service) {
@@ -72,20 +59,52 @@ pub fn init(service: &'static str) -> Telemetry {
                 }
             }
         });
-    let spans = provider.as_ref().map(|provider| {
-        use opentelemetry::trace::TracerProvider as _;
-        // Spans are exported whatever RUST_LOG says about logs.
-        tracing_opentelemetry::layer()
-            .with_tracer(provider.tracer(service))
-            .with_filter(tracing_subscriber::filter::LevelFilter::INFO)
-    });
-    let installed = tracing_subscriber::registry()
-        .with(logs)
-        .with(spans)
-        .try_init()
-        .is_ok();
+    let installed = match &provider {
+        // One filter for the whole stack. A filter per layer loses events:
+        // its thread-local state is left stale by `log` records (librdkafka's)
+        // that are filtered out, and the next event on that thread is
+        // dropped with them (tracing issue #2704); rebalances went missing
+        // from the workers' logs that way.
+        None => tracing_subscriber::registry()
+            .with(filter)
+            .with(log_layer(json, ansi))
+            .try_init()
+            .is_ok(),
+        Some(provider) => {
+            use opentelemetry::trace::TracerProvider as _;
+            // Spans are exported whatever RUST_LOG says about logs, which
+            // needs a filter per layer.
+            let spans = tracing_opentelemetry::layer()
+                .with_tracer(provider.tracer(service))
+                .with_filter(tracing_subscriber::filter::LevelFilter::INFO);
+            tracing_subscriber::registry()
+                .with(log_layer(json, ansi).with_filter(filter))
+                .with(spans)
+                .try_init()
+                .is_ok()
+        }
+    };
     let _ = OTLP.set(installed && provider.is_some());
     Telemetry { provider }
+}
+
+/// Logs on stderr, as text or JSON lines.
+fn log_layer<S>(json: bool, ansi: bool) -> Box<dyn tracing_subscriber::Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    use tracing_subscriber::Layer as _;
+    if json {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+            .boxed()
+    } else {
+        tracing_subscriber::fmt::layer()
+            .with_ansi(ansi)
+            .with_writer(std::io::stderr)
+            .boxed()
+    }
 }
 
 fn otlp_provider(
