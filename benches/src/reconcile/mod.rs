@@ -127,7 +127,7 @@ pub async fn reconcile(
 /// Every partition of every existing topic of `topics`, from the first
 /// offset at or after `since_unix_ms` less [`LOOKBACK_MS`]; and the topics
 /// that do not exist.
-async fn assignment(
+pub async fn assignment(
     kafka: &KafkaConfig,
     topics: &TopicNames,
     since_unix_ms: u64,
@@ -157,15 +157,19 @@ async fn assignment(
                 _ => missing.push(topic.clone()),
             }
         }
-        // Offsets by time: a partition with nothing that recent starts at its end.
+        // Offsets by time. A partition with nothing that recent starts at
+        // its end as it is now, by number: `Offset::End` would be looked up
+        // only when fetching starts, past whatever a worker wrote meanwhile
+        // (the first records of a partition whose routing began just then).
         let by_time = probe.offsets_for_times(times, timeout)?;
         let mut assignment = TopicPartitionList::new();
         for element in by_time.elements() {
+            let (topic, partition) = (element.topic(), element.partition());
             let offset = match element.offset() {
-                Offset::Offset(o) if o >= 0 => Offset::Offset(o),
-                _ => Offset::End,
+                Offset::Offset(o) if o >= 0 => o,
+                _ => probe.fetch_watermarks(topic, partition, timeout)?.1,
             };
-            assignment.add_partition_offset(element.topic(), element.partition(), offset)?;
+            assignment.add_partition_offset(topic, partition, Offset::Offset(offset))?;
         }
         Ok((assignment, missing))
     })
