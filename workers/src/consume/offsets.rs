@@ -34,17 +34,20 @@ pub struct OffsetTracker {
 
 impl OffsetTracker {
     /// A message at `offset` starts (offsets start in increasing order).
-    pub fn start(&mut self, offset: i64) {
+    /// True for the partition's first.
+    pub fn start(&mut self, offset: i64) -> bool {
         debug_assert!(
             self.highest.is_none_or(|h| offset > h),
             "offsets start in order"
         );
-        if self.highest.is_none() {
+        let first = self.highest.is_none();
+        if first {
             // Everything before the first message is someone else's business.
             self.reported = Some(offset - 1);
         }
         self.in_flight.insert(offset);
         self.highest = Some(offset);
+        first
     }
 
     /// A message at `offset` is done (routed, dropped as a copy, or skipped

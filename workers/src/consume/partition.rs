@@ -569,7 +569,9 @@ fn take(
     message: Decoded,
 ) -> Now {
     let offset = message.offset;
-    tracker.lock().expect("tracker lock").start(offset);
+    if tracker.lock().expect("tracker lock").start(offset) {
+        tracing::info!(partition = work.partition, offset, "first message taken");
+    }
     if skip.remove(&offset) {
         return Now::Skipped;
     }

@@ -120,7 +120,7 @@ impl ConsumerContext for WorkerContext {
             Rebalance::Revoke(tpl) => {
                 metrics::counter!("switchboard_worker_rebalances_total", "event" => "revoke")
                     .increment(1);
-                tracing::info!(partitions = tpl.count(), "partitions revoked");
+                tracing::info!(partitions = ?numbers(tpl), lost = consumer.assignment_lost(), "partitions revoked");
                 self.stop_and_commit(consumer, tpl);
                 let mut revoked = self.revoked.lock().expect("revoked list lock");
                 revoked.extend(
@@ -132,7 +132,7 @@ impl ConsumerContext for WorkerContext {
             Rebalance::Assign(tpl) => {
                 metrics::counter!("switchboard_worker_rebalances_total", "event" => "assign")
                     .increment(1);
-                tracing::info!(partitions = tpl.count(), "partitions assigned");
+                tracing::info!(partitions = ?numbers(tpl), "partitions assigned");
                 self.assigned.lock().expect("assigned lock").extend(
                     tpl.elements()
                         .iter()
@@ -142,4 +142,9 @@ impl ConsumerContext for WorkerContext {
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
         }
     }
+}
+
+/// The partition numbers of a list, for the log.
+fn numbers(tpl: &TopicPartitionList) -> Vec<i32> {
+    tpl.elements().iter().map(|e| e.partition()).collect()
 }

@@ -32,19 +32,17 @@ pub(super) async fn done_by_previous_owner(
         // hangs while one is.
         let found = committed
             .find_partition(&topic, partition)
-            .and_then(|e| match e.offset() {
-                Offset::Offset(o) => Some(parse_skip_metadata(o, e.metadata())),
-                _ => None,
+            .map(|e| match e.offset() {
+                Offset::Offset(o) => (Some(o), parse_skip_metadata(o, e.metadata())),
+                _ => (None, BTreeSet::new()),
             });
         drop(committed);
         KafkaResult::Ok(found.unwrap_or_default())
     });
     tokio::select! {
         result = lookup => match result {
-            Ok(Ok(done)) => {
-                if !done.is_empty() {
-                    tracing::info!(partition = cx.partition, done = done.len(), "skipping messages the previous owner finished");
-                }
+            Ok(Ok((committed, done))) => {
+                tracing::info!(partition = cx.partition, ?committed, skipping = done.len(), "partition ready: routing from its committed offset, skipping what the previous owner finished above it");
                 Some(done)
             }
             other => {
