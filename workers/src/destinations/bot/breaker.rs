@@ -3,9 +3,8 @@
 //! After `failures` consecutive failed calls the circuit opens: calls fail
 //! at once, without reaching the bot, for `open_for`. Then one trial call
 //! is let through; it closes the circuit if it succeeds and opens it again
-//! if it fails. A trial call that never reports (its future was dropped,
-//! e.g. because its partition was revoked) counts as failed, so the circuit
-//! cannot stay half-open for good. Only failures that say the bot is unwell count (timeouts,
+//! if it fails. A trial call that never reports (dropped before it ended)
+//! counts as failed, so the circuit cannot stay half-open for good. Only failures that say the bot is unwell count (timeouts,
 //! unavailable, 5xx): a bot refusing one bad request is not down.
 //!
 //! Small enough to own: the circuit-breaker crates on crates.io are young,
@@ -13,7 +12,7 @@
 //! everywhere else.
 
 use std::{
-    sync::Mutex,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -57,7 +56,7 @@ impl Breaker {
     /// Lets a call go ahead now, or not. The call reports how it went with
     /// [`Call::record`]; the circuit's trial call that is dropped without
     /// reporting counts as a failure.
-    pub fn permit(&self) -> Option<Call<'_>> {
+    pub fn permit(self: &Arc<Self>) -> Option<Call> {
         let mut state = self.state.lock().expect("breaker lock");
         let trial = match *state {
             State::Closed { .. } => false,
@@ -68,7 +67,7 @@ impl Breaker {
             State::Open { .. } | State::HalfOpen => return None,
         };
         Some(Call {
-            breaker: self,
+            breaker: self.clone(),
             trial,
             recorded: false,
         })
@@ -109,13 +108,13 @@ impl Breaker {
 /// trial call counts as a failure (the circuit opens again for
 /// `open_for`); an ordinary call says nothing about the bot.
 #[must_use = "record how the call went"]
-pub struct Call<'a> {
-    breaker: &'a Breaker,
+pub struct Call {
+    breaker: Arc<Breaker>,
     trial: bool,
     recorded: bool,
 }
 
-impl Call<'_> {
+impl Call {
     /// Records how the call went: `healthy` unless it failed in a way that
     /// says the bot is unwell.
     pub fn record(mut self, healthy: bool) {
@@ -124,7 +123,7 @@ impl Call<'_> {
     }
 }
 
-impl Drop for Call<'_> {
+impl Drop for Call {
     fn drop(&mut self) {
         if self.trial && !self.recorded {
             tracing::debug!(destination = %self.breaker.name, "trial call dropped; counted as failed");
@@ -139,7 +138,11 @@ mod tests {
 
     #[test]
     fn opens_after_consecutive_failures_and_closes_after_a_good_trial() {
-        let breaker = Breaker::new("bot:test".into(), 3, Duration::from_millis(50));
+        let breaker = Arc::new(Breaker::new(
+            "bot:test".into(),
+            3,
+            Duration::from_millis(50),
+        ));
         for _ in 0..2 {
             breaker.permit().unwrap().record(false);
         }
@@ -166,7 +169,11 @@ mod tests {
 
     #[test]
     fn a_dropped_trial_counts_as_a_failure() {
-        let breaker = Breaker::new("bot:dropped".into(), 1, Duration::from_millis(50));
+        let breaker = Arc::new(Breaker::new(
+            "bot:dropped".into(),
+            1,
+            Duration::from_millis(50),
+        ));
         breaker.permit().unwrap().record(false);
         std::thread::sleep(Duration::from_millis(60));
         // The trial call's future is dropped (its partition was revoked):
@@ -182,14 +189,18 @@ mod tests {
 
     #[test]
     fn a_dropped_ordinary_call_changes_nothing() {
-        let breaker = Breaker::new("bot:ordinary".into(), 1, Duration::from_secs(60));
+        let breaker = Arc::new(Breaker::new(
+            "bot:ordinary".into(),
+            1,
+            Duration::from_secs(60),
+        ));
         drop(breaker.permit().unwrap());
         assert!(breaker.permit().is_some(), "still closed");
     }
 
     #[test]
     fn zero_failures_never_opens() {
-        let breaker = Breaker::new("bot:off".into(), 0, Duration::from_secs(60));
+        let breaker = Arc::new(Breaker::new("bot:off".into(), 0, Duration::from_secs(60)));
         for _ in 0..100 {
             breaker.permit().unwrap().record(false);
         }

@@ -4,6 +4,16 @@
 //! - `config`: a bot's protocol, endpoint, timeout and circuit settings.
 //! - `grpc`, `http`: the two clients; the set is closed, so an enum picks.
 //! - `breaker`: stops calling a bot that keeps failing, for a while.
+//!
+//! A call runs to its end (answer, error or timeout) on a task of its own,
+//! even when the routing that asked for it is dropped (its partition
+//! revoked, the worker shutting down): cancelling it would reset its
+//! HTTP/2 stream, and a revoke that resets many at once looks like the
+//! rapid-reset attack to the bot's server. Servers built on hyper close the
+//! whole connection then (after 20 resets of streams not yet accepted),
+//! failing the other partitions' calls on it too and opening the bot's
+//! circuit. The answer of a call no one waits for any more is dropped; its
+//! outcome still counts for the circuit.
 //! - [`echo`]: the built-in demo bot, which echoes text back.
 
 mod breaker;
@@ -12,10 +22,11 @@ pub mod echo;
 mod grpc;
 mod http;
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use switchboard_proto::v1::{BotRequest, BotResponse};
 use switchboard_runtime::trace::TraceParent;
+use tracing::Instrument as _;
 
 pub use config::{BotConfig, BotProtocol};
 
@@ -28,6 +39,7 @@ pub struct CallError {
     retryable: bool,
 }
 
+#[derive(Clone)]
 enum Client {
     Grpc(grpc::GrpcBot),
     Http(http::HttpBot),
@@ -51,7 +63,7 @@ pub struct BotDestination {
     name: String,
     client: Client,
     timeout: Duration,
-    breaker: breaker::Breaker,
+    breaker: Arc<breaker::Breaker>,
 }
 
 impl BotDestination {
@@ -71,23 +83,22 @@ impl BotDestination {
             name: name.to_owned(),
             client,
             timeout: config.timeout,
-            breaker: breaker::Breaker::new(
+            breaker: Arc::new(breaker::Breaker::new(
                 format!("bot:{name}"),
                 config.circuit_failures,
                 config.circuit_open_for,
-            ),
+            )),
         })
     }
 
-    /// Delivers one message, unless the bot's circuit is open.
+    /// Delivers one message, unless the bot's circuit is open. The call
+    /// itself runs on a task of its own (see the module's documentation).
     pub async fn handle(
         &self,
         request: BotRequest,
         trace: &TraceParent,
     ) -> Result<BotResponse, DestinationError> {
-        // Dropped with this future (its partition revoked), a trial call
-        // counts as failed, so the circuit cannot stay half-open.
-        let Some(call) = self.breaker.permit() else {
+        let Some(permit) = self.breaker.permit() else {
             return Err(DestinationError {
                 kind: "bot",
                 name: self.name.clone(),
@@ -95,20 +106,36 @@ impl BotDestination {
                 retryable: true,
             });
         };
+        // Asked for now: a pause of this process before the task runs
+        // counts as time past the timeout, as it does during the call.
         let started = tokio::time::Instant::now();
-        let result = match &self.client {
-            Client::Grpc(bot) => bot.call(request, trace).await,
-            Client::Http(bot) => bot.call(&request, trace).await,
-        };
-        match &result {
-            Err(e) if e.retryable && !says_something(started.elapsed(), self.timeout) => {
-                // Not the bot's doing: its circuit stays as it was (a
-                // trial call dropped counts as failed, as always).
-                tracing::info!(destination = %self.name, elapsed = ?started.elapsed(), "bot call ended long past its timeout (this process was paused); not held against the bot");
-                drop(call);
+        let (client, name, timeout, trace) =
+            (self.client.clone(), self.name.clone(), self.timeout, *trace);
+        let call = tokio::spawn(
+            async move {
+                let result = match &client {
+                    Client::Grpc(bot) => bot.call(request, &trace).await,
+                    Client::Http(bot) => bot.call(&request, &trace).await,
+                };
+                match &result {
+                    Err(e) if e.retryable && !says_something(started.elapsed(), timeout) => {
+                        // Not the bot's doing: its circuit stays as it was (a
+                        // trial call unrecorded counts as failed, as always).
+                        tracing::info!(destination = %name, elapsed = ?started.elapsed(), "bot call ended long past its timeout (this process was paused); not held against the bot");
+                        drop(permit);
+                    }
+                    _ => permit.record(!matches!(&result, Err(e) if e.retryable)),
+                }
+                result
             }
-            _ => call.record(!matches!(&result, Err(e) if e.retryable)),
-        }
+            .in_current_span(),
+        );
+        let result = call.await.unwrap_or_else(|e| {
+            Err(CallError {
+                message: format!("bot call task ended: {e}"),
+                retryable: true,
+            })
+        });
         result.map_err(|e| DestinationError {
             kind: "bot",
             name: self.name.clone(),
@@ -162,6 +189,81 @@ mod tests {
         // That one timed out on time: it counts.
         let after = bot.handle(BotRequest::default(), &trace).await;
         assert!(circuit_open(&after), "{after:?}");
+    }
+
+    /// A gRPC bot that answers after `delay`, counting the calls it began
+    /// and those it finished (a call reset by the client is dropped
+    /// unfinished by its server).
+    #[derive(Clone, Default)]
+    struct CountingBot {
+        began: Arc<std::sync::atomic::AtomicUsize>,
+        finished: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    #[tonic::async_trait]
+    impl switchboard_proto::v1::bot_server::Bot for CountingBot {
+        async fn handle(
+            &self,
+            _: tonic::Request<BotRequest>,
+        ) -> Result<tonic::Response<BotResponse>, tonic::Status> {
+            use std::sync::atomic::Ordering::SeqCst;
+            self.began.fetch_add(1, SeqCst);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            self.finished.fetch_add(1, SeqCst);
+            Ok(tonic::Response::new(BotResponse::default()))
+        }
+    }
+
+    /// Routing dropped mid-call (a revoke) leaves its calls to finish:
+    /// none is reset, so the bot's server never sees a burst of resets
+    /// (hyper closes the connection after 20), and the circuit hears how
+    /// they went.
+    #[tokio::test]
+    async fn calls_whose_routing_is_dropped_run_to_their_end() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let server = CountingBot::default();
+        tokio::spawn(echo::serve(
+            server.clone(),
+            listener,
+            std::future::pending::<()>(),
+        ));
+        let config = BotConfig {
+            circuit_failures: 1,
+            ..BotConfig::new(BotProtocol::Grpc, endpoint)
+        };
+        let bot = BotDestination::new("counting", &config).unwrap();
+        let trace = TraceParent::root();
+        const CALLS: usize = 40;
+        let mut calls: Vec<_> = (0..CALLS)
+            .map(|_| Box::pin(bot.handle(BotRequest::default(), &trace)))
+            .collect();
+        for call in &mut calls {
+            assert!(poll!(call.as_mut()).is_pending());
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while server.began.load(SeqCst) < CALLS {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "calls never reached the bot"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        drop(calls);
+        while server.finished.load(SeqCst) < CALLS && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            server.finished.load(SeqCst),
+            CALLS,
+            "every call answered, none reset"
+        );
+        let next = bot.handle(BotRequest::default(), &trace).await;
+        assert!(
+            next.is_ok(),
+            "the connection and the circuit are fine: {next:?}"
+        );
     }
 
     #[test]
