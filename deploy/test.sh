@@ -6,7 +6,8 @@
 #   4. runs the operations checks (a real Prometheus scraping both binaries, alert
 #      rules and their unit tests, dashboards, Kubernetes and compose validation),
 #   5. runs the quick fault scenarios (benches/faults/run.sh --quick: a node killed,
-#      a Kafka broker killed, Kafka restarted, on Kafkas of their own),
+#      a worker killed, a worker frozen past its session, a Kafka broker killed,
+#      Kafka restarted, on Kafkas of their own),
 #   6. stops Kafka again if this script started it.
 # Extra arguments go to `cargo test`, e.g. `deploy/test.sh -p switchboard-workers`.
 set -euo pipefail

@@ -5,8 +5,8 @@
 # Usage: benches/faults/run.sh [--quick] [SCENARIO ...]
 #   SCENARIO: ingest-kill worker-kill worker-stop broker-kill kafka-restart bot-outage
 #             (default: all of them)
-#   --quick   shorter runs at a lower rate, on a debug build: ingest-kill,
-#             broker-kill and kafka-restart unless scenarios are named (CI)
+#   --quick   shorter runs at a lower rate, on a debug build: every scenario
+#             but bot-outage unless scenarios are named (CI)
 # Env:
 #   FAULTS_KAFKA_PORT   first port of the 3-broker cluster (default 19092; uses 6 ports)
 #   FAULTS_SINGLE_PORT  port of the one-broker Kafka of kafka-restart (default 19192)
@@ -33,7 +33,7 @@ for arg in "$@"; do
 done
 if ((${#scenarios[@]} == 0)); then
   if ((quick)); then
-    scenarios=(ingest-kill broker-kill kafka-restart)
+    scenarios=(ingest-kill worker-kill worker-stop broker-kill kafka-restart)
   else
     scenarios=(ingest-kill worker-kill worker-stop broker-kill kafka-restart bot-outage)
   fi
