@@ -70,6 +70,14 @@ impl OffsetTracker {
         Some(safe)
     }
 
+    /// [`complete`](Self::complete) for several messages: the highest
+    /// offset now safe to store, if it moved, so that it is stored once.
+    pub fn complete_all(&mut self, offsets: impl IntoIterator<Item = i64>) -> Option<i64> {
+        offsets
+            .into_iter()
+            .fold(None, |safe, offset| self.complete(offset).or(safe))
+    }
+
     /// Messages started and not yet done.
     pub fn in_flight(&self) -> usize {
         self.in_flight.len()
@@ -151,6 +159,12 @@ mod tests {
         assert_eq!(t.in_flight(), 0);
         t.start(15);
         assert_eq!(t.complete(15), Some(15));
+        for o in 16..21 {
+            t.start(o);
+        }
+        assert_eq!(t.complete_all([17, 19]), None, "16 still runs");
+        assert_eq!(t.complete_all([16, 20]), Some(17), "18 still runs");
+        assert_eq!(t.complete_all([18]), Some(20));
     }
 
     #[test]

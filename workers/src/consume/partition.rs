@@ -390,7 +390,17 @@ pub(super) async fn route_partition(
             tracing::debug!(error = %e, partition, "offset not stored");
         }
     };
-    let complete = |offset: i64| store(cx.tracker.lock().expect("tracker lock").complete(offset));
+    // Offsets are stored once per batch of messages done: each store is a
+    // topic lookup and a lock in librdkafka.
+    let complete_all = |offsets: &mut dyn Iterator<Item = i64>| {
+        let safe = cx
+            .tracker
+            .lock()
+            .expect("tracker lock")
+            .complete_all(offsets);
+        store(safe);
+    };
+    let complete = |offset: i64| complete_all(&mut std::iter::once(offset));
     // A message taken that needs no routing is done at once.
     // A message's work is over once its records are with the producer: its
     // permit goes back (what is left is Kafka's answer, bounded apart). One
@@ -467,15 +477,14 @@ pub(super) async fn route_partition(
             biased;
             Some(settled) = work.settling.next(), if !work.settling.is_empty() => {
                 work.unacknowledged -= settled.len();
-                for ((offset, flush), result) in settled {
-                    if result.is_err() {
-                        continue; // interrupted: not done, redone by the next owner
-                    }
-                    routed.increment(1);
-                    if work.write_behind.outputs_done(flush, offset) {
-                        complete(offset);
-                    }
-                }
+                let mut count = 0;
+                // Interrupted ones are not done: the next owner redoes them.
+                let mut done = settled.into_iter().filter(|(_, result)| result.is_ok()).filter_map(|((offset, flush), _)| {
+                    count += 1;
+                    work.write_behind.outputs_done(flush, offset).then_some(offset)
+                });
+                complete_all(&mut done);
+                routed.increment(count);
             }
             Some(((offset, key), result)) = work.calling.next(), if !work.calling.is_empty() => {
                 let Ok(answered) = result else {
@@ -507,9 +516,7 @@ pub(super) async fn route_partition(
                 if let Err(e) = work.states.flushed(number, &written) {
                     disk_failed(partition, &e);
                 }
-                for offset in work.write_behind.acknowledged(number) {
-                    complete(offset);
-                }
+                complete_all(&mut work.write_behind.acknowledged(number).into_iter());
             }
             _ = tick.tick(), if flushing.is_none() => {
                 flushing = work.flush();
