@@ -60,11 +60,11 @@ pub fn init(service: &'static str) -> Telemetry {
             }
         });
     let installed = match &provider {
-        // One filter for the whole stack. A filter per layer loses events:
-        // its thread-local state is left stale by `log` records (librdkafka's)
-        // that are filtered out, and the next event on that thread is
-        // dropped with them (tracing issue #2704); rebalances went missing
-        // from the workers' logs that way.
+        // One filter for the whole stack. With the filter on the log layer
+        // alone, a RUST_LOG naming a module (`switchboard_workers::consume=debug,info`)
+        // lost some info lines every time (`routing worker started`,
+        // `rebuilding conversation state`, rebalances); with one filter,
+        // none is lost.
         None => tracing_subscriber::registry()
             .with(filter)
             .with(log_layer(json, ansi))

@@ -479,10 +479,13 @@ pub(super) async fn route_partition(
                 work.unacknowledged -= settled.len();
                 let mut count = 0;
                 // Interrupted ones are not done: the next owner redoes them.
-                let mut done = settled.into_iter().filter(|(_, result)| result.is_ok()).filter_map(|((offset, flush), _)| {
-                    count += 1;
-                    work.write_behind.outputs_done(flush, offset).then_some(offset)
-                });
+                let mut done = settled
+                    .into_iter()
+                    .filter(|(_, result)| result.is_ok())
+                    .filter_map(|((offset, flush), _)| {
+                        count += 1;
+                        work.write_behind.outputs_done(flush, offset).then_some(offset)
+                    });
                 complete_all(&mut done);
                 routed.increment(count);
             }
