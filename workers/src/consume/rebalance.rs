@@ -38,7 +38,14 @@ impl WorkerContext {
     /// not done, with the messages done above it in the commit metadata, so
     /// the next owner skips them instead of routing them again. Only what
     /// was in flight (at most one message per conversation) is redone.
-    fn stop_and_commit(&self, consumer: &BaseConsumer<Self>, revoked: &TopicPartitionList) {
+    /// `lost`: the group went on without this worker (its session expired,
+    /// Kafka away).
+    fn stop_and_commit(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        revoked: &TopicPartitionList,
+        lost: bool,
+    ) {
         let mut partitions = self.partitions.lock().expect("partitions lock");
         let mut assigned = self.assigned.lock().expect("assigned lock");
         let mut tpl = TopicPartitionList::new();
@@ -61,9 +68,8 @@ impl WorkerContext {
         if tpl.count() == 0 {
             return;
         }
-        if consumer.assignment_lost() {
-            // The group went on without this worker (its session expired,
-            // Kafka away): the commit would be refused, after blocking
+        if lost {
+            // The commit would be refused, after blocking
             // this callback, and with it the consume loop, until Kafka
             // answered. The next owner redoes from the last commit.
             tracing::info!(
@@ -120,8 +126,9 @@ impl ConsumerContext for WorkerContext {
             Rebalance::Revoke(tpl) => {
                 metrics::counter!("switchboard_worker_rebalances_total", "event" => "revoke")
                     .increment(1);
-                tracing::info!(partitions = ?numbers(tpl), lost = consumer.assignment_lost(), "partitions revoked");
-                self.stop_and_commit(consumer, tpl);
+                let lost = consumer.assignment_lost();
+                tracing::info!(partitions = ?numbers(tpl), lost, "partitions revoked");
+                self.stop_and_commit(consumer, tpl, lost);
                 let mut revoked = self.revoked.lock().expect("revoked list lock");
                 revoked.extend(
                     tpl.elements()

@@ -116,10 +116,14 @@ impl StateWriter {
     /// ever commit. Blocking: run it off the async runtime.
     pub fn open(config: WriterConfig) -> Result<Self, KafkaError> {
         let producer = Self::create(&config)?;
-        Ok(Self {
+        Ok(Self::with(config, producer))
+    }
+
+    fn with(config: WriterConfig, producer: FutureProducer) -> Self {
+        Self {
             config,
             producer: Mutex::new(Some(Arc::new(producer))),
-        })
+        }
     }
 
     /// Blocking.
@@ -149,10 +153,7 @@ impl StateWriter {
         Some(
             Self::create_retrying(&config, stop)
                 .await?
-                .map(|producer| Self {
-                    config,
-                    producer: Mutex::new(Some(Arc::new(producer))),
-                }),
+                .map(|producer| Self::with(config, producer)),
         )
     }
 

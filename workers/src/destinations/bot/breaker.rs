@@ -121,6 +121,13 @@ impl Call {
         self.recorded = true;
         self.breaker.record(healthy);
     }
+
+    /// The call failed `elapsed` after it was asked for, long past its
+    /// timeout: this process was paused, not the bot unwell. The circuit
+    /// stays as it was (a trial call unrecorded counts as failed, as always).
+    pub fn ended_by_a_pause(self, elapsed: Duration) {
+        tracing::info!(destination = %self.breaker.name, ?elapsed, "bot call ended long past its timeout (this process was paused); not held against the bot");
+    }
 }
 
 impl Drop for Call {

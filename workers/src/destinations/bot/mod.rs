@@ -39,7 +39,6 @@ pub struct CallError {
     retryable: bool,
 }
 
-#[derive(Clone)]
 enum Client {
     Grpc(grpc::GrpcBot),
     Http(http::HttpBot),
@@ -61,7 +60,8 @@ fn says_something(elapsed: Duration, timeout: Duration) -> bool {
 /// One configured bot.
 pub struct BotDestination {
     name: String,
-    client: Client,
+    /// Shared with the task of each call: one reference count per call.
+    client: Arc<Client>,
     timeout: Duration,
     breaker: Arc<breaker::Breaker>,
 }
@@ -81,7 +81,7 @@ impl BotDestination {
         .map_err(|e| anyhow::anyhow!("bot {name:?}: {e}"))?;
         Ok(Self {
             name: name.to_owned(),
-            client,
+            client: Arc::new(client),
             timeout: config.timeout,
             breaker: Arc::new(breaker::Breaker::new(
                 format!("bot:{name}"),
@@ -109,20 +109,16 @@ impl BotDestination {
         // Asked for now: a pause of this process before the task runs
         // counts as time past the timeout, as it does during the call.
         let started = tokio::time::Instant::now();
-        let (client, name, timeout, trace) =
-            (self.client.clone(), self.name.clone(), self.timeout, *trace);
+        let (client, timeout, trace) = (self.client.clone(), self.timeout, *trace);
         let call = tokio::spawn(
             async move {
-                let result = match &client {
+                let result = match &*client {
                     Client::Grpc(bot) => bot.call(request, &trace).await,
                     Client::Http(bot) => bot.call(&request, &trace).await,
                 };
                 match &result {
                     Err(e) if e.retryable && !says_something(started.elapsed(), timeout) => {
-                        // Not the bot's doing: its circuit stays as it was (a
-                        // trial call unrecorded counts as failed, as always).
-                        tracing::info!(destination = %name, elapsed = ?started.elapsed(), "bot call ended long past its timeout (this process was paused); not held against the bot");
-                        drop(permit);
+                        permit.ended_by_a_pause(started.elapsed());
                     }
                     _ => permit.record(!matches!(&result, Err(e) if e.retryable)),
                 }
