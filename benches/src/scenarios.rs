@@ -7,8 +7,9 @@
 //!   `Publish` through an ingestion node in a process of its own, at
 //!   saturation and at a steady rate, with CPU time per message.
 //! - [`routing`]: the raw rdkafka consumer and the raw pipe (consume,
-//!   produce one record per message, store after delivery) against workers
-//!   routing every message to analytics, with CPU time per message.
+//!   produce one record per message, store after delivery) against a worker
+//!   (its own process) routing every message to analytics, with CPU time
+//!   per message.
 //! - [`slow_destination`]: a 20 ms bot behind key-level concurrent routing
 //!   against a partition-serial consumer (one message at a time per
 //!   partition), with order violations counted.
@@ -614,9 +615,10 @@ async fn raw_pipe(
 }
 
 /// Routing: the raw consumer and the raw pipe reading the preloaded topic,
-/// then workers routing the same records to analytics. Each reports its
-/// rate and its CPU time per message (this process's, from `/proc`); the
-/// workers' ratios are taken against the raw pipe.
+/// then a worker routing the same records to analytics. Each reports its
+/// rate and its CPU time per message (from `/proc`: this process's for the
+/// raw clients, the worker process's for the worker); the worker's ratios
+/// are taken against the raw pipe.
 pub async fn routing(kafka: &KafkaConfig, messages: usize) -> anyhow::Result<ScenarioReport> {
     let conversations = (messages / 10).max(1);
     let envelopes = workload(conversations, messages.div_ceil(conversations), 200);
@@ -682,11 +684,28 @@ pub async fn routing(kafka: &KafkaConfig, messages: usize) -> anyhow::Result<Sce
         &[("cpu_us_per_message", pipe_cpu)],
     );
 
-    tracing::info!("routing workers");
-    // Workers: everything to analytics (no rules file).
+    tracing::info!("routing worker");
+    // The worker runs as a process of its own (`switchboard-workers`,
+    // beside this binary), so the CPU read from /proc is the routing
+    // stage's alone: not this process's driver and raw clients, nor the idle
+    // ingestion node, bot and queue stage of an in-process pipeline (as
+    // until 2026-12-01). Everything goes to analytics (no rules file); the
+    // queue stage, which this job never feeds, is off.
+    let dir = tempfile::tempdir()?;
+    let mut workers_config = config.workers_config(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+    workers_config.bots.clear();
+    workers_config.agents.enabled = false;
+    let config_file = dir.path().join("worker.toml");
+    std::fs::write(&config_file, toml::to_string(&workers_config)?)?;
+    let mut worker = crate::faults::processes::Worker::spawn(
+        &crate::faults::processes::binaries(None),
+        "worker",
+        dir.path(),
+        &config_file,
+    )?;
+    let pid = worker.pid()?.to_string();
     let counter = Arc::new(TopicCounter::new(kafka, &config.analytics_topic)?);
-    // Counting asks each partition's leader: off the runtime's threads,
-    // which route.
+    // Counting asks each partition's leader: off the runtime's threads.
     let routed = || {
         let counter = counter.clone();
         async move {
@@ -695,32 +714,41 @@ pub async fn routing(kafka: &KafkaConfig, messages: usize) -> anyhow::Result<Sce
                 .unwrap_or_default()
         }
     };
-    let pipeline = Pipeline::start(&config, RecordingBot::default()).await?;
+    let log = dir.path().join("worker.log");
+    let gave_up = |what: &str| {
+        let log = std::fs::read_to_string(&log).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(20).collect();
+        anyhow::anyhow!(
+            "timed out waiting for {what}; the worker's last log lines, newest first:\n{}",
+            tail.join("\n")
+        )
+    };
     // Time and CPU from the first analytics record to all of them, as for
     // the raw pipe (start-up and the state rebuild are not per message).
     let deadline = Instant::now() + Duration::from_secs(120);
     while routed().await == 0 {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "timed out waiting for the first routed message"
-        );
+        if Instant::now() >= deadline {
+            return Err(gave_up("the first routed message"));
+        }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let (started, cpu) = (Instant::now(), process_cpu());
+    let (started, cpu) = (Instant::now(), cpu_of(&pid));
     let deadline = started + Duration::from_secs(600);
     while routed().await < messages as i64 {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "timed out waiting for every message routed"
-        );
+        if Instant::now() >= deadline {
+            return Err(gave_up("every message routed"));
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let elapsed = started.elapsed();
-    let worker_cpu = cpu_per_message(cpu, messages);
-    pipeline.stop().await?;
+    let worker_cpu = cpu_of(&pid).saturating_sub(cpu).as_secs_f64() * 1e6 / messages as f64;
+    anyhow::ensure!(
+        worker.stop(Duration::from_secs(15)).await?,
+        "the worker did not stop cleanly"
+    );
     let worker_rate = messages as f64 / elapsed.as_secs_f64().max(1e-9);
     report.push(
-        "workers routing to analytics",
+        "worker routing to analytics (its own process)",
         messages,
         elapsed,
         &[
