@@ -21,7 +21,8 @@
 //! - [`dedupe`]: the node's bounded, time-windowed dedupe of retried webhooks.
 //! - [`publisher`]: the bounded Kafka producer behind every RPC, and Kafka's
 //!   health as the node sees it.
-//! - [`shed`]: the per-connection call limit, whose refusals are counted.
+//! - [`calls`]: calls per client connection, bounded by HTTP/2 and counted
+//!   when a connection fills.
 //! - [`error`]: typed errors, sorted into retryable and fatal, mapped to gRPC codes.
 //! - [`metrics`]: the node's metric names and help texts.
 //! - [`config`]: the node's configuration, from which each component takes
@@ -31,6 +32,7 @@
 
 pub mod auth;
 pub mod broadcasts;
+pub mod calls;
 pub mod channels;
 pub mod config;
 pub mod dedupe;
@@ -40,5 +42,4 @@ pub mod metrics;
 pub mod publisher;
 pub mod server;
 pub mod service;
-pub mod shed;
 pub mod validate;

@@ -8,8 +8,8 @@ use metrics::{describe_counter, describe_gauge, describe_histogram};
 /// service itself, one handle per label set).
 pub fn describe() {
     describe_counter!(
-        "switchboard_ingest_calls_shed_total",
-        "Calls refused with RESOURCE_EXHAUSTED before they were read, because their client connection already had max_calls_per_connection calls in flight."
+        "switchboard_ingest_connection_full_total",
+        "Calls that took the last of their client connection's max_calls_per_connection HTTP/2 streams; until one of them ends, that client's next calls wait for a stream."
     );
     describe_counter!(
         "switchboard_ingest_requests_total",
@@ -42,7 +42,7 @@ pub fn describe() {
     );
     crate::http::metrics::describe();
     metrics::counter!("switchboard_ingest_kafka_errors_total").absolute(0);
-    metrics::counter!("switchboard_ingest_calls_shed_total").absolute(0);
+    metrics::counter!("switchboard_ingest_connection_full_total").absolute(0);
     metrics::counter!("switchboard_ingest_dedupe_hits_total").absolute(0);
     metrics::counter!("switchboard_ingest_producer_replaced_total").absolute(0);
 }

@@ -12,13 +12,13 @@ use switchboard_runtime::shutdown::Shutdown;
 use crate::{
     auth::Auth,
     broadcasts::{service::BroadcastsService, view::BroadcastView},
+    calls::ConnectionCallsLayer,
     config::BrokerConfig,
     dedupe::Dedupe,
     error::limits,
     http::{metrics::HttpMetrics, routes::AppState},
     publisher::{KafkaState, Publisher},
     service::IngestService,
-    shed::CallLimitLayer,
 };
 
 /// A bound, not yet serving, ingestion node.
@@ -158,13 +158,12 @@ impl Broker {
         let addr = listener.local_addr()?;
         tracing::info!(%addr, topic = %config.messages_topic, "ingestion node serving gRPC");
         let stopping = shutdown.clone();
-        // Calls past the per-connection limit are refused before they are
-        // read into memory, and counted (see `shed`); HTTP/2 caps the
-        // streams a client may open.
+        // HTTP/2 bounds the calls of a connection: past the bound, clients
+        // wait for a stream instead of sending calls to refuse (`calls`).
         let calls = config.max_calls_per_connection;
         let max_request_bytes = config.max_request_bytes();
         let mut builder = tonic::transport::Server::builder()
-            .max_concurrent_streams(u32::try_from(calls * 2).unwrap_or(u32::MAX));
+            .max_concurrent_streams(u32::try_from(calls).unwrap_or(u32::MAX));
         if let Some(tls) = &config.tls {
             builder = builder.tls_config(server_tls(tls)?)?;
         }
@@ -175,7 +174,7 @@ impl Broker {
             shutdown.clone(),
         ));
         let server = builder
-            .layer(CallLimitLayer::new(calls))
+            .layer(ConnectionCallsLayer::new(calls))
             .layer(tower::util::MapResponseLayer::new(
                 move |response: http::Response<tonic::body::Body>| {
                     limits::too_large_is_invalid(response, max_request_bytes)

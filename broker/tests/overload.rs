@@ -182,11 +182,13 @@ async fn fails_fast_when_no_kafka_broker_is_reachable() {
 }
 
 #[tokio::test]
-async fn sheds_calls_past_the_per_connection_bound() {
+async fn calls_past_the_per_connection_bound_wait_in_the_client() {
     let (kafka, silent) = silent_kafka().await;
     let (client, shutdown, server, addr) = node(kafka.to_string(), 100, 2).await;
+    let full_before = counter("switchboard_ingest_connection_full_total", "");
 
-    // Two publishes on one connection wait for Kafka...
+    // Two publishes on one connection wait for Kafka, and the second takes
+    // the connection's last stream (counted)...
     let waiting: Vec<_> = (0..2)
         .map(|_| {
             let mut client = client.clone();
@@ -194,24 +196,31 @@ async fn sheds_calls_past_the_per_connection_bound() {
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        counter("switchboard_ingest_connection_full_total", ""),
+        full_before + 1
+    );
 
-    // ...so a third on the same connection is refused before it is read,
-    // and counted, though the Ingest service never saw it.
-    let shed_before = counter("switchboard_ingest_calls_shed_total", "");
+    // ...so a third on the same connection is not sent: the node advertises
+    // two streams, and the client waits for one (nothing refused, nothing
+    // read by the node).
     let started = std::time::Instant::now();
-    let shed = client.clone().publish(request()).await.unwrap_err();
-    assert_eq!(shed.code(), tonic::Code::ResourceExhausted, "{shed:?}");
-    assert!(started.elapsed() < Duration::from_millis(500));
+    let mut third = {
+        let mut client = client.clone();
+        tokio::spawn(async move { client.publish(request()).await })
+    };
+    let early = tokio::time::timeout(Duration::from_millis(300), &mut third).await;
     assert!(
-        shed.message().contains("max_calls_per_connection"),
-        "{shed:?}"
+        early.is_err(),
+        "answered while the connection was full: {early:?}"
     );
     assert_eq!(
-        counter("switchboard_ingest_calls_shed_total", ""),
-        shed_before + 1
+        counter("switchboard_ingest_connection_full_total", ""),
+        full_before + 1,
+        "the node took a third call on a connection of two streams"
     );
 
-    // Another connection has its own bound: its call is admitted and waits.
+    // Another connection has its own streams: its call is admitted and waits.
     let mut other = IngestClient::connect(format!("http://{addr}"))
         .await
         .unwrap();
@@ -221,12 +230,14 @@ async fn sheds_calls_past_the_per_connection_bound() {
         let status = call.await.unwrap().unwrap_err();
         assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
     }
-    // Their slots are back: the first connection is served again.
-    let again = client.clone().publish(request()).await.unwrap_err();
-    assert_eq!(again.code(), tonic::Code::Unavailable, "{again:?}");
-    assert_eq!(
-        counter("switchboard_ingest_calls_shed_total", ""),
-        shed_before + 1
+    // Their streams are free again (1.5 s, ack_timeout, after they began):
+    // only then is the third call sent, and it waits for Kafka as long.
+    let status = third.await.unwrap().unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(2500),
+        "sent before a stream was free: {:?}",
+        started.elapsed()
     );
 
     stop(shutdown, server).await;

@@ -88,8 +88,8 @@ b.panel("stat", "Accepted publishes/s", "Envelopes acked by Kafka per second (co
 b.panel("stat", "Server error ratio", "Share of envelopes that failed with unavailable, failed_precondition or other (alert: SwitchboardIngestErrorRatioHigh, 5%).",
         [(f'sum(rate(switchboard_ingest_requests_total{{code=~"unavailable|failed_precondition|other",{I}}}[{RI}])) / sum(rate(switchboard_ingest_requests_total{{{I}}}[{RI}]))', "errors")],
         unit="percentunit", w=4, h=4, defaults=thresholds((None, "green"), (0.01, "orange"), (0.05, "red")))
-b.panel("stat", "Shed ratio", "Share of envelopes answered RESOURCE_EXHAUSTED: node at max_in_flight, tenant over its rate limit, or connection at max_calls_per_connection (those calls are refused before the service and count one each) (alert: SwitchboardIngestShedding, 1%).",
-        [(f'sum(rate(switchboard_ingest_requests_total{{code="resource_exhausted",{I}}}[{RI}]) or rate(switchboard_ingest_calls_shed_total{{{I}}}[{RI}])) / sum(rate(switchboard_ingest_requests_total{{{I}}}[{RI}]) or rate(switchboard_ingest_calls_shed_total{{{I}}}[{RI}]))', "shed")],
+b.panel("stat", "Shed ratio", "Share of envelopes answered RESOURCE_EXHAUSTED: node at max_in_flight or tenant over its rate limit (alert: SwitchboardIngestShedding, 1%).",
+        [(f'sum(rate(switchboard_ingest_requests_total{{code="resource_exhausted",{I}}}[{RI}])) / sum(rate(switchboard_ingest_requests_total{{{I}}}[{RI}]))', "shed")],
         unit="percentunit", w=4, h=4, defaults=thresholds((None, "green"), (0.01, "red")))
 b.panel("stat", "Kafka ack p99", "99th percentile of the time from handing an envelope to the producer until Kafka acked it (alert budget: 250 ms).",
         [(f'histogram_quantile(0.99, sum by (le) (rate(switchboard_ingest_kafka_ack_duration_seconds_bucket{{{I}}}[{RI}])))', "p99")],
@@ -105,8 +105,8 @@ b.panel("timeseries", "Envelopes by RPC", "switchboard_ingest_requests_total by 
         [(f'sum by (rpc) (rate(switchboard_ingest_requests_total{{{I}}}[{RI}]))', "{{rpc}}")], unit="reqps")
 b.panel("timeseries", "Envelopes by channel", "switchboard_ingest_requests_total by channel (unspecified: refused before the channel was known).",
         [(f'sum by (channel) (rate(switchboard_ingest_requests_total{{{I}}}[{RI}]))', "{{channel}}")], unit="reqps")
-b.panel("timeseries", "Calls shed per connection", "Calls refused with RESOURCE_EXHAUSTED before they were read because their client connection already had max_calls_per_connection (1024) calls in flight, per node (switchboard_ingest_calls_shed_total). These never reach the Ingest service, so they are not in the panels above: a client floods one connection faster than the node answers.",
-        [(f'sum by (instance) (rate(switchboard_ingest_calls_shed_total{{{I}}}[{RI}]))', "{{instance}}")], unit="reqps")
+b.panel("timeseries", "Calls filling their connection", "Calls that took the last of their client connection's max_calls_per_connection (1024) HTTP/2 streams, per node (switchboard_ingest_connection_full_total). Until one of them ends, that client's next calls wait for a stream in the client: nothing is refused, and the node holds nothing for them (alert: SwitchboardIngestConnectionsFull, 10 minutes).",
+        [(f'sum by (instance) (rate(switchboard_ingest_connection_full_total{{{I}}}[{RI}]))', "{{instance}}")], unit="reqps")
 b.row("HTTP webhooks")
 b.panel("timeseries", "HTTP webhooks by status", "Requests to the HTTP webhook listener (POST /webhooks/{tenant}/{channel}, Meta's GET handshake, CORS preflight) by the status answered: 200 once Kafka acked every event; 400 bad body; 401 bad signature or key, or no secrets for that tenant and channel (fail closed); 403 refused origin or verify token; 404 no such channel; 413 over webhook_limits.max_body_bytes; 429 tenant over its rate limit; 503 Kafka unavailable or the listener at http.max_concurrent_requests or http.request_timeout (providers redeliver).",
         [(f'sum by (status) (rate(switchboard_ingest_http_requests_total{{{I}}}[{RI}]))', "{{status}}")], unit="reqps", w=8)
