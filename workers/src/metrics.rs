@@ -59,6 +59,11 @@ pub fn describe() {
         "switchboard_worker_state_transactions_total",
         "Conversation-state flush transactions, by outcome: committed, retried (aborted and written again), fenced (another worker took the partition over), failed (for good)."
     );
+    describe_histogram!(
+        "switchboard_worker_state_flush_duration_seconds",
+        metrics::Unit::Seconds,
+        "Time a conversation-state flush took, from its transaction's start to its commit (retries included); a partition's messages wait for it before their offsets are committed."
+    );
     describe_counter!(
         "switchboard_worker_state_write_failures_total",
         "Conversation states Kafka refused for good (e.g. too large for the state topic); the conversation goes on from memory."

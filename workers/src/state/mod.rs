@@ -43,4 +43,6 @@ mod writer;
 pub use disk::DiskError;
 pub use store::{DISK_CACHE_BYTES, Encoded, PartitionStates, RebuildError, Rebuilt};
 pub use write_behind::WriteBehind;
-pub use writer::{StateWriteError, StateWriter, TRANSACTIONS, WriterConfig, transactional_id};
+pub use writer::{
+    FLUSH_DURATION, StateWriteError, StateWriter, TRANSACTIONS, WriterConfig, transactional_id,
+};

@@ -58,6 +58,8 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Counts state transactions by outcome.
 pub const TRANSACTIONS: &str = "switchboard_worker_state_transactions_total";
+/// Times a flush from its transaction's start to its commit, retries included.
+pub const FLUSH_DURATION: &str = "switchboard_worker_state_flush_duration_seconds";
 
 /// The transactional id of the state writes of `partition` of the messages
 /// topic `topic`, routed by consumer group `group`: one per partition, the
@@ -228,11 +230,13 @@ impl StateWriter {
     ) -> Result<(), StateWriteError> {
         let mut left_out = BTreeSet::new();
         let mut backoff = Duration::from_millis(100);
+        let started = std::time::Instant::now();
         loop {
             let failed = tokio::select! {
                 result = self.attempt(states, &left_out) => match result {
                     Ok(()) => {
                         metrics::counter!(TRANSACTIONS, "outcome" => "committed").increment(1);
+                        metrics::histogram!(FLUSH_DURATION).record(started.elapsed().as_secs_f64());
                         return Ok(());
                     }
                     Err(failed) => failed,
