@@ -151,7 +151,9 @@ enum Scenario {
         #[arg(long, default_value_t = 50_000)]
         cached: usize,
     },
-    /// The raw rdkafka consumer against workers routing to analytics.
+    /// The raw rdkafka consumer and the raw pipe against a worker
+    /// (`switchboard-workers` beside this binary, its own process) routing
+    /// to analytics.
     Routing {
         #[command(flatten)]
         common: ScenarioArgs,
