@@ -559,6 +559,8 @@ async fn raw_pipe(
             ("group.id", "switchboard-bench-pipe"),
             ("enable.auto.commit", "true"),
             ("enable.auto.offset.store", "false"),
+            // The worker's consumer setting (workers/src/consume/mod.rs).
+            ("fetch.queue.backoff.ms", "10"),
         ])
         .create()?;
     let mut partitions = rdkafka::TopicPartitionList::new();
@@ -644,6 +646,7 @@ pub async fn routing(kafka: &KafkaConfig, messages: usize) -> anyhow::Result<Sce
         .client_config(&[
             ("group.id", "switchboard-bench-raw"),
             ("enable.auto.commit", "false"),
+            ("fetch.queue.backoff.ms", "10"),
         ])
         .create()?;
     let mut partitions = rdkafka::TopicPartitionList::new();
