@@ -234,7 +234,7 @@ pub async fn log_traffic(
 
     let consumer: StreamConsumer = config
         .kafka
-        .client_config(&[
+        .consumer_config(&[
             ("group.id", "switchboard-embedded-traffic-log"),
             ("auto.offset.reset", "latest"),
         ])

@@ -555,12 +555,10 @@ async fn raw_pipe(
     use switchboard_proto::v1::{AnalyticsRecord, RouteDecision};
 
     let consumer: StreamConsumer = kafka
-        .client_config(&[
+        .consumer_config(&[
             ("group.id", "switchboard-bench-pipe"),
             ("enable.auto.commit", "true"),
             ("enable.auto.offset.store", "false"),
-            // The worker's consumer setting (workers/src/consume/mod.rs).
-            ("fetch.queue.backoff.ms", "10"),
         ])
         .create()?;
     let mut partitions = rdkafka::TopicPartitionList::new();
@@ -643,10 +641,9 @@ pub async fn routing(kafka: &KafkaConfig, messages: usize) -> anyhow::Result<Sce
     // The read limit: every record read (and decoded) with librdkafka. The
     // partitions are assigned, not subscribed: no group to join or leave.
     let consumer: StreamConsumer = kafka
-        .client_config(&[
+        .consumer_config(&[
             ("group.id", "switchboard-bench-raw"),
             ("enable.auto.commit", "false"),
-            ("fetch.queue.backoff.ms", "10"),
         ])
         .create()?;
     let mut partitions = rdkafka::TopicPartitionList::new();

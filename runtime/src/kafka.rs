@@ -136,7 +136,7 @@ impl KafkaConfig {
     /// snapshot, so none may be skipped); assignment is eager, so a
     /// partition never has two owners at once.
     pub fn stage_consumer_config(&self, group: &str) -> ClientConfig {
-        self.client_config(&[
+        self.consumer_config(&[
             ("group.id", group),
             ("enable.auto.commit", "false"),
             ("auto.offset.reset", "earliest"),
@@ -144,6 +144,21 @@ impl KafkaConfig {
             ("heartbeat.interval.ms", "1000"),
             ("partition.assignment.strategy", "range"),
         ])
+    }
+
+    /// A consumer config: [`Self::client_config`] with the settings every
+    /// Switchboard consumer shares, then `extra`. librdkafka postpones a
+    /// partition's next fetch by `fetch.queue.backoff.ms` (1 s by default)
+    /// once its prefetch queue is past `queued.min.messages` or
+    /// `queued.max.messages.kbytes`; a consumer working through a backlog
+    /// drains that queue long before, then waits: the routing worker came
+    /// in bursts with half a second of nothing between, and the raw
+    /// consumer read a fifth of its speed (benches/README.md, routing,
+    /// 2026-12-01). 10 ms keeps the prefetch bounded all the same.
+    pub fn consumer_config(&self, extra: &[(&str, &str)]) -> ClientConfig {
+        let mut base = vec![("fetch.queue.backoff.ms", "10")];
+        base.extend_from_slice(extra);
+        self.client_config(&base)
     }
 
     /// A client config with the bootstrap servers and pass-through properties.

@@ -82,7 +82,7 @@ pub fn read_range(
 
 fn reader(kafka: &KafkaConfig) -> KafkaResult<BaseConsumer> {
     kafka
-        .client_config(&[
+        .consumer_config(&[
             ("group.id", "switchboard-workers-state-rebuild"),
             ("enable.auto.commit", "false"),
             ("enable.partition.eof", "true"),

@@ -117,7 +117,7 @@ pub async fn replay(
     let consumer: Arc<StreamConsumer> = Arc::new(
         config
             .kafka
-            .client_config(&[
+            .consumer_config(&[
                 ("group.id", "switchboard-replay"),
                 ("enable.auto.commit", "false"),
             ])

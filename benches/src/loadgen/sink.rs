@@ -74,7 +74,7 @@ impl Sink {
         started: Instant,
     ) -> anyhow::Result<Self> {
         let consumer: StreamConsumer = kafka
-            .client_config(&[
+            .consumer_config(&[
                 ("group.id", "switchboard-bench-sink"),
                 ("enable.auto.commit", "false"),
                 ("fetch.wait.max.ms", "5"),

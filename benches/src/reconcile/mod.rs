@@ -76,7 +76,7 @@ pub async fn reconcile(
 ) -> anyhow::Result<Reconciliation> {
     let started = Instant::now();
     let consumer: StreamConsumer = kafka
-        .client_config(&[
+        .consumer_config(&[
             ("group.id", "switchboard-reconcile"),
             ("enable.auto.commit", "false"),
             ("enable.partition.eof", "false"),

@@ -82,7 +82,7 @@ impl BroadcastView {
     /// beginning, waiting for them to exist.
     pub async fn follow(self, kafka: KafkaConfig, config: BroadcastsConfig, shutdown: Shutdown) {
         let consumer: StreamConsumer = match kafka
-            .client_config(&[
+            .consumer_config(&[
                 ("group.id", "switchboard-broker-broadcast-view"),
                 ("enable.auto.commit", "false"),
             ])

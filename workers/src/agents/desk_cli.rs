@@ -260,7 +260,7 @@ async fn watch(
     );
     let consumer: StreamConsumer = config
         .kafka
-        .client_config(&[
+        .consumer_config(&[
             ("group.id", &group),
             ("enable.auto.commit", "false"),
             ("auto.offset.reset", "latest"),

@@ -109,7 +109,7 @@ impl Worker {
     pub fn new(config: &WorkersConfig, router: Arc<Router>) -> anyhow::Result<Self> {
         let consumer: Consumer_ = config
             .kafka
-            .client_config(&[
+            .consumer_config(&[
                 ("group.id", &config.group_id),
                 ("enable.auto.commit", "true"),
                 ("auto.commit.interval.ms", "1000"),
@@ -124,7 +124,6 @@ impl Worker {
                 ("partition.assignment.strategy", "cooperative-sticky"),
                 ("heartbeat.interval.ms", "1000"),
                 ("statistics.interval.ms", "5000"),
-                ("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS),
             ])
             .create_with_context(WorkerContext::default())?;
         consumer.subscribe(&[&config.messages_topic])?;
@@ -367,14 +366,6 @@ fn key_of(message: &impl Message) -> (String, i32) {
 /// The group session: a worker that has not heartbeated for this long
 /// loses its partitions (and its consumer knows it by then, too).
 const SESSION_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// How long librdkafka waits before fetching a partition again after its
-/// prefetch queue passed `queued.min.messages` or
-/// `queued.max.messages.kbytes`. Its default, 1 s, starved the worker on a
-/// backlog: the loop hands records over faster than a second's wait
-/// refills them, so routing came in bursts of ~100k messages with half a
-/// second of nothing between (benches/README.md, routing, 2026-12-01).
-const FETCH_QUEUE_BACKOFF_MS: &str = "10";
 
 /// Messages a partition may hold, at least, before it is paused: pausing
 /// and resuming costs a new fetch, so it should not happen every message.

@@ -629,7 +629,7 @@ impl SenderStage {
         let group = format!("{}.senders", config.group_id);
         let consumer: SenderConsumer = config
             .kafka
-            .client_config(&[
+            .consumer_config(&[
                 ("group.id", &group),
                 ("enable.auto.commit", "true"),
                 ("auto.commit.interval.ms", "1000"),
