@@ -714,9 +714,8 @@ pub async fn routing(kafka: &KafkaConfig, messages: usize) -> anyhow::Result<Sce
                 .unwrap_or_default()
         }
     };
-    let log = dir.path().join("worker.log");
     let gave_up = |what: &str| {
-        let log = std::fs::read_to_string(&log).unwrap_or_default();
+        let log = std::fs::read_to_string(worker.log()).unwrap_or_default();
         let tail: Vec<&str> = log.lines().rev().take(20).collect();
         anyhow::anyhow!(
             "timed out waiting for {what}; the worker's last log lines, newest first:\n{}",

@@ -86,6 +86,11 @@ impl Proc {
         Ok(())
     }
 
+    /// Where its output goes.
+    pub fn log(&self) -> &Path {
+        &self.spec.log
+    }
+
     /// Its process id, while it runs.
     pub fn pid(&self) -> anyhow::Result<u32> {
         self.child
