@@ -114,11 +114,22 @@ async fn a_whatsapp_message_is_answered_through_the_cloud_api_and_its_delivery_j
     }))
     .await;
     let id = wamid.clone();
+    // The reply's own record (the worker's) and the send's (the sender
+    // stage's) come from different producers: wait for all three.
     let records = analytics(&demo, move |records| {
+        let Some(send) = records
+            .iter()
+            .find(|r| send_of(r).is_some_and(|s| s.provider_message_id == id))
+        else {
+            return false;
+        };
+        let reply_id = &send.envelope.as_ref().unwrap().message_id;
         records.iter().any(|r| delivered(r) == Some(id.as_str()))
-            && records
-                .iter()
-                .any(|r| send_of(r).is_some_and(|s| s.provider_message_id == id))
+            && records.iter().any(|r| {
+                r.decision
+                    .as_ref()
+                    .is_some_and(|d| d.rule_id == "bot-reply" && &d.message_id == reply_id)
+            })
     })
     .await;
     let send = records
