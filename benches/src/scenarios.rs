@@ -614,6 +614,32 @@ async fn raw_pipe(
     ))
 }
 
+/// `envelopes` as the ingestion node writes channel messages: each with a
+/// channel message id, a send time and the node's `message_id` and
+/// `received_at` (`switchboard_broker::validate::normalize`). So every
+/// message changes its conversation's state, as real traffic does: the
+/// customer's last message time and the ids remembered for dedupe. (Until
+/// 2026-12-01 the routing workload had neither, and only a conversation's
+/// first messages changed its state.)
+fn as_ingested(envelopes: Vec<Envelope>) -> anyhow::Result<Vec<Envelope>> {
+    let now = std::time::SystemTime::now();
+    // Send times an hour ago, a microsecond apart in preload order, so each
+    // conversation's messages are newer than its last one.
+    let first = now - Duration::from_secs(3600);
+    envelopes
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut envelope)| {
+            envelope.channel_message_id = format!("wamid.bench-{i}");
+            envelope.sent_at = Some(switchboard_proto::timestamp(
+                first + Duration::from_micros(i as u64),
+            ));
+            switchboard_broker::validate::normalize("envelope", envelope, now, Duration::ZERO)
+                .map_err(|e| anyhow::anyhow!("bench envelope {i} refused: {e}"))
+        })
+        .collect()
+}
+
 /// Routing: the raw consumer and the raw pipe reading the preloaded topic,
 /// then a worker routing the same records to analytics. Each reports its
 /// rate and its CPU time per message (from `/proc`: this process's for the
@@ -621,8 +647,9 @@ async fn raw_pipe(
 /// are taken against the raw pipe.
 pub async fn routing(kafka: &KafkaConfig, messages: usize) -> anyhow::Result<ScenarioReport> {
     let conversations = (messages / 10).max(1);
-    let envelopes = workload(conversations, messages.div_ceil(conversations), 200);
-    let envelopes = &envelopes[..messages];
+    let mut envelopes = workload(conversations, messages.div_ceil(conversations), 200);
+    envelopes.truncate(messages);
+    let envelopes = as_ingested(envelopes)?;
     let mut report = ScenarioReport::new(
         "routing vs the raw consumer and the raw pipe",
         &[
@@ -630,12 +657,16 @@ pub async fn routing(kafka: &KafkaConfig, messages: usize) -> anyhow::Result<Sce
             ("conversations", conversations.to_string()),
             ("partitions", kafka.topic_partitions.to_string()),
             ("destination", "analytics (a Kafka topic)".into()),
+            (
+                "workload",
+                "as ingested: every message changes its conversation's state".into(),
+            ),
         ],
     );
     let config = PipelineConfig::isolated(kafka.clone(), "bench.routing");
     config.create_topics().await?;
     tracing::info!(messages, "preloading the messages topic");
-    config.preload(envelopes).await?;
+    config.preload(&envelopes).await?;
     tracing::info!("raw consumer");
 
     // The read limit: every record read (and decoded) with librdkafka. The
