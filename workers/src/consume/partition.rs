@@ -46,8 +46,6 @@ use crate::{
     },
 };
 
-/// Messages waiting for a flush that start one before the interval ends.
-const FLUSH_EARLY: usize = 4096;
 /// How often the idle sweep runs, and how many conversations it looks at
 /// each time: a million conversations are all looked at in about 17
 /// minutes, a few milliseconds of the loop's time per second.
@@ -455,7 +453,9 @@ pub(super) async fn route_partition(
         let full =
             cx.tracker.lock().expect("tracker lock").done_ahead() + waiting + work.unacknowledged
                 >= cx.max_finished_ahead;
-        if flushing.is_none() && (!open || full || waiting >= FLUSH_EARLY) {
+        // Half the bound waiting for a flush starts one before the interval
+        // ends, so the next messages find room while it is written.
+        if flushing.is_none() && (!open || full || waiting >= cx.max_finished_ahead / 2) {
             flushing = work.flush();
         }
         if full && !was_full {
