@@ -772,6 +772,9 @@ pub async fn routing(kafka: &KafkaConfig, messages: usize) -> anyhow::Result<Sce
     }
     let elapsed = started.elapsed();
     let worker_cpu = cpu_of(&pid).saturating_sub(cpu).as_secs_f64() * 1e6 / messages as f64;
+    // What the write-behind cost while routing: the state topic's offsets
+    // (its records, and one commit marker per partition per flush).
+    let state_offsets = TopicCounter::new(kafka, &config.state_topic)?.count();
     anyhow::ensure!(
         worker.stop(Duration::from_secs(15)).await?,
         "the worker did not stop cleanly"
@@ -785,6 +788,10 @@ pub async fn routing(kafka: &KafkaConfig, messages: usize) -> anyhow::Result<Sce
             ("cpu_us_per_message", worker_cpu),
             ("rate_ratio_to_raw_pipe", worker_rate / pipe_rate),
             ("cpu_ratio_to_raw_pipe", worker_cpu / pipe_cpu),
+            (
+                "state_offsets_per_message",
+                state_offsets as f64 / messages as f64,
+            ),
         ],
     );
     Ok(report)
