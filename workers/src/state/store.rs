@@ -273,11 +273,11 @@ impl PartitionStates {
     /// the state topic.
     pub fn encode_unflushed(&self, key: &str) -> Option<Encoded> {
         let state = self.cache.peek(key).or_else(|| self.unwritten.get(key))?;
-        Some(if *state == ConversationState::default() {
-            None
-        } else {
-            Some(state.encode_to_vec())
-        })
+        // A state equal to the default encodes to nothing (proto3 writes no
+        // default field): that is the tombstone, found without comparing
+        // the whole state with a default one.
+        let encoded = state.encode_to_vec();
+        Some((!encoded.is_empty()).then_some(encoded))
     }
 
     /// Flush `number`, holding `written`, is acknowledged: writes them to

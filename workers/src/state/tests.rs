@@ -348,3 +348,29 @@ fn an_outbound_message_moves_the_last_outbound_time_forward_only() {
         assert!(!sent(&mut ConversationState::default(), &not_a_send));
     }
 }
+
+#[test]
+fn a_state_back_to_the_default_is_flushed_as_a_tombstone() {
+    let dir = tempfile::tempdir().unwrap();
+    let cap = std::num::NonZeroUsize::new(10).unwrap();
+    let mut states = super::PartitionStates::open(dir.path(), "t", 0, cap).unwrap();
+    *states.get_mut("never-changed").unwrap() = ConversationState::default();
+    assert_eq!(states.encode_unflushed("never-changed"), Some(None));
+    // A message field set to its own default is not the default state.
+    let stamped = states.get_mut("stamped").unwrap();
+    stamped.updated_at = Some(switchboard_proto::Timestamp::default());
+    assert!(matches!(states.encode_unflushed("stamped"), Some(Some(bytes)) if !bytes.is_empty()));
+    let agent = states.get_mut("agent").unwrap();
+    agent.queue = "vip".into();
+    let Some(Some(bytes)) = states.encode_unflushed("agent") else {
+        panic!("a changed state is written");
+    };
+    assert_eq!(
+        <ConversationState as prost::Message>::decode(bytes.as_slice()).unwrap(),
+        ConversationState {
+            queue: "vip".into(),
+            ..Default::default()
+        }
+    );
+    assert_eq!(states.encode_unflushed("unknown"), None);
+}
