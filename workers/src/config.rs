@@ -94,7 +94,9 @@ pub struct WorkersConfig {
     /// one. Past it the partition takes no new messages until that one
     /// finishes, so a message retried for a long time (or forever, with
     /// `max_attempts = 0`) holds its partition back instead of growing the
-    /// set of finished offsets without bound.
+    /// set of finished offsets without bound. Messages waiting for their
+    /// state's flush count too: half of this many start a flush before
+    /// `state_flush_interval` ends.
     pub max_finished_ahead_per_partition: usize,
     /// How often changed conversation states are written to the state
     /// topic: once per conversation per flush, not once per message. A
