@@ -317,3 +317,60 @@ async fn a_rebuild_resumes_from_its_checkpoint_and_a_stale_file_starts_over() {
     assert_eq!((rebuilt.from, rebuilt.applied), (0, 25_050));
     assert_eq!(states.on_disk().unwrap(), 25_000 - 50);
 }
+
+/// Each acknowledged flush moves the local file's checkpoint past its
+/// records: a worker restarted on the same directory resumes after its
+/// last flush instead of re-reading every state it wrote since the
+/// partition was assigned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the real local Kafka: run deploy/test.sh"]
+async fn a_restarted_worker_resumes_after_its_last_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = WorkersConfig {
+        state_dir: Some(dir.path().to_owned()),
+        ..isolated("resume")
+    };
+    config.ensure_topics().await.unwrap();
+    let conversations = 20;
+    for round in 0..2 {
+        let messages: Vec<Envelope> = (0..conversations)
+            .map(|i| {
+                let id = format!("c{i}-{round}");
+                text(&format!("c{i}"), &id, &format!("sms-{id}"))
+            })
+            .collect();
+        testkit::publish_envelopes(&config.kafka, &config.messages_topic, &messages).await;
+        let (shutdown, worker) = start(&config);
+        read(
+            &config,
+            &config.analytics_topic,
+            Duration::from_secs(40),
+            move |r| testkit::analytics_message_ids(r).len() >= (round + 1) * conversations,
+        )
+        .await;
+        shutdown.cancel();
+        worker.await.unwrap().unwrap();
+    }
+    let (kafka, topic, dir) = (
+        config.kafka.clone(),
+        config.state_topic.clone(),
+        dir.path().to_owned(),
+    );
+    let rebuilt = tokio::task::spawn_blocking(move || {
+        let mut states =
+            PartitionStates::open(&dir, &topic, 0, NonZeroUsize::new(100).unwrap()).unwrap();
+        states
+            .catch_up(&kafka, &topic, 0, Duration::from_secs(86_400))
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    // Two workers' flushes wrote at least a state per conversation each.
+    assert!(
+        rebuilt.from >= 2 * conversations as i64,
+        "the checkpoint stayed at {} (state topic end {})",
+        rebuilt.from,
+        rebuilt.to
+    );
+    assert_eq!(rebuilt.applied, 0, "nothing was left to read");
+}

@@ -163,15 +163,19 @@ async fn a_writer_fenced_by_a_late_open_opens_again_and_writes() {
     let stop = CancellationToken::new();
 
     let owner = open(kafka, &id, topic, Duration::from_secs(1)).await;
-    owner.write(&[state("c1", "one")], &stop).await.unwrap();
+    // The partition's first record: the owner knows all below offset 1.
+    let next = owner.write(&[state("c1", "one")], &stop).await.unwrap();
+    assert_eq!(next, Some(1));
     let late = open(kafka, &id, topic, NEVER).await;
     drop(late); // the earlier owner's writer, dropped with its task
 
     let started = std::time::Instant::now();
-    owner
+    let next = owner
         .write(&[state("c1", "two")], &stop)
         .await
         .expect("written after opening again");
+    // Another writer was let in meanwhile: what lies below is not known.
+    assert_eq!(next, None);
     assert!(
         started.elapsed() >= Duration::from_secs(1),
         "it waited first"

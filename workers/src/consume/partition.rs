@@ -124,9 +124,9 @@ impl<T, Tag: Unpin> Future for Tagged<'_, T, Tag> {
     }
 }
 
-/// A flush committed (its number and the states it wrote), or state
-/// writes stopped for good.
-type Flushed = Result<(u64, Vec<(String, Encoded)>), StateWriteError>;
+/// A flush committed (its number, the states it wrote and the state-topic
+/// offset after them, if known), or state writes stopped for good.
+type Flushed = Result<(u64, Vec<(String, Encoded)>, Option<i64>), StateWriteError>;
 /// A message waiting for bots: its offset and conversation key.
 type Calling<'a> = Tagged<'a, Result<Answered<'a>, Interrupted>, (i64, String)>;
 
@@ -316,9 +316,9 @@ impl<'a> InFlight<'a> {
         let (writer, stop, partition) = (self.writer, self.stop, self.partition);
         Some(Box::pin(async move {
             match writer.write(&written, stop).await {
-                Ok(()) => {
+                Ok(next_offset) => {
                     tracing::trace!(partition, "conversation states flushed");
-                    Ok((flush.number, written))
+                    Ok((flush.number, written, next_offset))
                 }
                 // Stopped: never committed, so nothing waiting is stored.
                 Err(StateWriteError::Stopped) => std::future::pending().await,
@@ -508,7 +508,7 @@ pub(super) async fn route_partition(
             }
             Some(flushed) = OptionFuture::from(flushing.as_mut()), if flushing.is_some() => {
                 flushing = None;
-                let (number, written) = match flushed {
+                let (number, written, next_offset) = match flushed {
                     Ok(flushed) => flushed,
                     Err(error) => {
                         stop_writing(partition, &error);
@@ -516,7 +516,7 @@ pub(super) async fn route_partition(
                     }
                 };
                 flushes.increment(1);
-                if let Err(e) = work.states.flushed(number, &written) {
+                if let Err(e) = work.states.flushed(number, &written, next_offset) {
                     disk_failed(partition, &e);
                 }
                 complete_all(&mut work.write_behind.acknowledged(number).into_iter());

@@ -282,10 +282,19 @@ impl PartitionStates {
 
     /// Flush `number`, holding `written`, is acknowledged: writes them to
     /// disk, and lets the states that did not change since be evicted.
-    pub fn flushed(&mut self, number: u64, written: &[(String, Encoded)]) -> Result<(), DiskError> {
+    /// `next_offset`, the state-topic offset after the flush when the
+    /// writer knows every record below it was read or written here, moves
+    /// the checkpoint: a restart resumes from there instead of re-reading
+    /// every state written since the partition was assigned.
+    pub fn flushed(
+        &mut self,
+        number: u64,
+        written: &[(String, Encoded)],
+        next_offset: Option<i64>,
+    ) -> Result<(), DiskError> {
         self.disk.apply(
             written.iter().map(|(k, v)| (k.as_str(), v.as_deref())),
-            None,
+            next_offset,
             true,
         )?;
         self.unflushed.retain(|key, flush| {

@@ -31,7 +31,10 @@
 
 use std::{
     collections::BTreeSet,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -109,6 +112,10 @@ pub struct StateWriter {
     /// Replaced when the writer opens again; an `Option` only to hand it to
     /// a thread on drop.
     producer: Mutex<Option<Arc<FutureProducer>>>,
+    /// Set once the writer was fenced and opened again: another writer's
+    /// records may then lie between this one's, so a flush no longer says
+    /// what the partition holds below it (see [`Self::write`]).
+    reopened: AtomicBool,
 }
 
 impl StateWriter {
@@ -125,6 +132,7 @@ impl StateWriter {
         Self {
             config,
             producer: Mutex::new(Some(Arc::new(producer))),
+            reopened: AtomicBool::new(false),
         }
     }
 
@@ -215,6 +223,7 @@ impl StateWriter {
             .expect("producer lock")
             .replace(Arc::new(producer));
         drop_on_a_thread(old);
+        self.reopened.store(true, Ordering::Relaxed);
         tracing::info!(partition, "conversation-state writer opened again");
         Ok(())
     }
@@ -223,21 +232,28 @@ impl StateWriter {
     /// transaction, again and again while its errors may clear up. A state
     /// Kafka refuses for good is logged, counted and left out: its
     /// conversation goes on from memory, and a later change may fit.
+    ///
+    /// Returns the state-topic offset after the flush's last record: once
+    /// the owner has rebuilt the partition's states, and while no other
+    /// writer was let in (the writer never opened again), every record
+    /// below it is one the owner read or wrote, so a local copy holding
+    /// the flush may resume from there. `None` when that is not known.
     pub async fn write(
         &self,
         states: &[(String, Encoded)],
         stop: &CancellationToken,
-    ) -> Result<(), StateWriteError> {
+    ) -> Result<Option<i64>, StateWriteError> {
         let mut left_out = BTreeSet::new();
         let mut backoff = Duration::from_millis(100);
         let started = std::time::Instant::now();
         loop {
             let failed = tokio::select! {
                 result = self.attempt(states, &left_out) => match result {
-                    Ok(()) => {
+                    Ok(last) => {
                         metrics::counter!(TRANSACTIONS, "outcome" => "committed").increment(1);
                         metrics::histogram!(FLUSH_DURATION).record(started.elapsed().as_secs_f64());
-                        return Ok(());
+                        let known = !self.reopened.load(Ordering::Relaxed);
+                        return Ok(last.filter(|_| known).map(|last| last + 1));
                     }
                     Err(failed) => failed,
                 },
@@ -276,12 +292,13 @@ impl StateWriter {
     }
 
     /// One transaction: begin, hand every record over, commit. A failure
-    /// aborts it (its records never become visible).
+    /// aborts it (its records never become visible). Committed, returns the
+    /// offset of its last record (none if it had none).
     async fn attempt(
         &self,
         states: &[(String, Encoded)],
         left_out: &BTreeSet<usize>,
-    ) -> Result<(), Failed> {
+    ) -> Result<Option<i64>, Failed> {
         let producer = self.producer();
         let (topic, partition) = (&self.config.topic, self.config.partition);
         if let Err(error) = producer.begin_transaction() {
@@ -321,7 +338,16 @@ impl StateWriter {
                     .await
                     .unwrap_or(Err(KafkaError::Canceled));
             match committed {
-                Ok(()) => return Ok(()),
+                // Committed: every delivery report is in.
+                Ok(()) => {
+                    let mut last = None;
+                    for (_, delivery) in deliveries {
+                        if let Ok(Ok(delivery)) = delivery.await {
+                            last = last.max(Some(delivery.offset));
+                        }
+                    }
+                    return Ok(last);
+                }
                 Err(KafkaError::Transaction(e)) if e.is_retriable() => {
                     tracing::debug!(error = %e, partition, "conversation-state commit not answered yet; asking again");
                 }
