@@ -9,8 +9,9 @@
 //! outcome; if the first fails, the next copy publishes.
 //!
 //! **Window and bound.** Entries live in two generations of maps that
-//! rotate every `window / 2`, or as soon as the current one is full
-//! ([`DedupeConfig::generation_capacity`], at most `max_entries / 2`): a
+//! rotate every `window / 2`, or as soon as the current one has taken
+//! its capacity of ids ([`DedupeConfig::generation_capacity`], at most
+//! `max_entries / 2`): a
 //! message is remembered for between `window / 2` and `window`, or less
 //! under a very high rate, and memory stays bounded. A generation's table
 //! is sized once, when it starts, to hold a full generation at 85% load:
@@ -45,7 +46,7 @@ use std::{
     hash::Hasher as _,
     sync::{
         Arc, Mutex, RwLock, Weak,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -225,7 +226,15 @@ pub struct Dedupe {
     /// `config.generation_capacity()`, worked out once.
     capacity: usize,
     generations: RwLock<(Generation, Generation)>,
+    /// Ids inserted into the current generation. Counted here because a
+    /// map's `len()` locks each of its shards in turn, per publish.
+    inserted: AtomicUsize,
+    /// When the current generation started; taken only to rotate.
     rotated: Mutex<Instant>,
+    /// When the next rotation is due, in milliseconds from `epoch`: a
+    /// publish reads it without taking the lock above.
+    due_ms: AtomicU64,
+    epoch: Instant,
     next_id: AtomicU64,
     /// SipHash key, random per process.
     hash_key: [u8; 16],
@@ -237,8 +246,11 @@ impl Dedupe {
         Self {
             generations: RwLock::new((config.generation(), config.generation())),
             capacity: config.generation_capacity(),
-            config,
+            inserted: AtomicUsize::new(0),
             rotated: Mutex::new(Instant::now()),
+            due_ms: AtomicU64::new(millis(config.window / 2)),
+            epoch: Instant::now(),
+            config,
             next_id: AtomicU64::new(0),
             hash_key: rand::random(),
         }
@@ -318,19 +330,29 @@ impl Dedupe {
                     id,
                     outcome: outcome.clone(),
                 });
+                self.inserted.fetch_add(1, Ordering::Relaxed);
                 Ok((outcome, false))
             }
         }
     }
 
+    /// Rotates when the current generation is full or half a window old.
+    /// A publish only reads two atomics; the lock is taken to rotate.
     fn maybe_rotate(&self) {
-        let full = self.generations.read().expect("dedupe lock").0.len() >= self.capacity;
+        let full = || self.inserted.load(Ordering::Relaxed) >= self.capacity;
+        if !full() && millis(self.epoch.elapsed()) < self.due_ms.load(Ordering::Relaxed) {
+            return;
+        }
         let mut rotated = self.rotated.lock().expect("dedupe lock");
-        if full || rotated.elapsed() >= self.config.window / 2 {
+        // Asked again under the lock: another publish may have just rotated.
+        if full() || rotated.elapsed() >= self.config.window / 2 {
             let fresh = self.config.generation();
             let mut generations = self.generations.write().expect("dedupe lock");
             generations.1 = std::mem::replace(&mut generations.0, fresh);
+            self.inserted.store(0, Ordering::Relaxed);
             *rotated = Instant::now();
+            let due = millis(rotated.duration_since(self.epoch) + self.config.window / 2);
+            self.due_ms.store(due, Ordering::Relaxed);
         }
     }
 
@@ -358,6 +380,10 @@ impl Dedupe {
             })
             .sum()
     }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// A publish finished: a failure is forgotten, so the next copy publishes
