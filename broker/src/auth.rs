@@ -158,7 +158,12 @@ impl Caller {
     /// A request with more messages than the tenant's burst (a channel
     /// webhook cannot be split) takes the whole burst: it waits for a full
     /// bucket instead of being refused forever.
-    pub fn admit(&self, field: &str, tenant_id: &str, messages: u32) -> Result<(), IngestError> {
+    pub fn admit(
+        &self,
+        field: impl std::fmt::Display,
+        tenant_id: &str,
+        messages: u32,
+    ) -> Result<(), IngestError> {
         let Self::Tenant {
             id, limiter, burst, ..
         } = self

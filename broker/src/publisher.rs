@@ -299,7 +299,7 @@ impl Publisher {
             .try_acquire_many_owned(u32::try_from(payload.len().max(1)).unwrap_or(u32::MAX))
             .map_err(|_| IngestError::Overloaded("too many bytes in flight"))?;
         let key = envelope.conversation_key();
-        let traceparent = trace.to_string();
+        let traceparent = trace.encode();
         let headers = OwnedHeaders::new_with_capacity(3)
             .insert(Header {
                 key: "content-type",
@@ -311,7 +311,7 @@ impl Publisher {
             })
             .insert(Header {
                 key: TRACEPARENT,
-                value: Some(traceparent.as_str()),
+                value: Some(traceparent.as_slice()),
             });
         let (answer, ack) = oneshot::channel();
         let in_flight = Box::new(InFlight {

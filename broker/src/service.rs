@@ -223,9 +223,9 @@ impl IngestService {
             self.publisher.try_permit()
         }
         .inspect_err(|_| *out_of_permits = true)?;
-        let path = format!("envelopes[{index}]");
+        // Paths are formatted only into errors.
         let envelope = validate::normalize(
-            &path,
+            format_args!("envelopes[{index}]"),
             envelope,
             SystemTime::now(),
             self.config.max_clock_skew,
@@ -233,11 +233,15 @@ impl IngestService {
         let (bytes, max) = (envelope.encoded_len(), self.config.max_envelope_bytes);
         if bytes > max {
             return Err(IngestError::invalid(
-                path,
+                format!("envelopes[{index}]"),
                 format!("encodes to {bytes} bytes, over the {max} byte limit (max_envelope_bytes)"),
             ));
         }
-        caller.admit(&format!("{path}.tenant_id"), &envelope.tenant_id, 1)?;
+        caller.admit(
+            format_args!("envelopes[{index}].tenant_id"),
+            &envelope.tenant_id,
+            1,
+        )?;
         self.enqueue(envelope, trace, permit)
     }
 
@@ -341,7 +345,7 @@ impl IngestService {
         let mut admitted = Vec::with_capacity(envelopes.len());
         for (i, envelope) in envelopes.into_iter().enumerate() {
             let envelope = validate::normalize(
-                &format!("payload[{i}]"),
+                format_args!("payload[{i}]"),
                 envelope,
                 SystemTime::now(),
                 self.config.max_clock_skew,
