@@ -9,11 +9,10 @@
 //! outcome; if the first fails, the next copy publishes.
 //!
 //! **Window and bound.** Entries live in two generations of maps that
-//! rotate every `window / 2`, or as soon as the current one has taken
-//! its capacity of ids ([`DedupeConfig::generation_capacity`], at most
-//! `max_entries / 2`): a
-//! message is remembered for between `window / 2` and `window`, or less
-//! under a very high rate, and memory stays bounded. A generation's table
+//! rotate every `window / 2`, or as soon as the current one has taken its
+//! capacity of ids ([`DedupeConfig::generation_capacity`], at most
+//! `max_entries / 2`): a message is remembered for between `window / 2`
+//! and `window`, or less under a very high rate, and memory stays bounded. A generation's table
 //! is sized once, when it starts, to hold a full generation at 85% load:
 //! it never doubles (hashbrown doubles past 7/8), so a remembered id costs
 //! its entry over that load, not over a table doubled to under half full.
