@@ -12,8 +12,9 @@
 //! rotate every `window / 2`, or as soon as the current one has taken its
 //! capacity of ids ([`DedupeConfig::generation_capacity`], at most
 //! `max_entries / 2`): a message is remembered for between `window / 2`
-//! and `window`, or less under a very high rate, and memory stays bounded. A generation's table
-//! is sized once, when it starts, to hold a full generation at 85% load:
+//! and `window`, or less under a very high rate, and memory stays bounded.
+//! A generation's table is sized once, when it starts, to hold a full
+//! generation at 85% load:
 //! it never doubles (hashbrown doubles past 7/8), so a remembered id costs
 //! its entry over that load, not over a table doubled to under half full.
 //! Past the window, or for copies that reach *another* node, the workers'
@@ -226,14 +227,15 @@ pub struct Dedupe {
     capacity: usize,
     generations: RwLock<(Generation, Generation)>,
     /// Ids inserted into the current generation. Counted here because a
-    /// map's `len()` locks each of its shards in turn, per publish.
+    /// map's `len()` locks each of its shards in turn, per publish. An
+    /// insert racing a rotation may count in the new generation: a few ids
+    /// early, never a missed bound.
     inserted: AtomicUsize,
-    /// When the current generation started; taken only to rotate.
-    rotated: Mutex<Instant>,
-    /// When the next rotation is due, in milliseconds from `epoch`: a
-    /// publish reads it without taking the lock above.
+    /// When the next rotation is due, in milliseconds from `epoch`.
     due_ms: AtomicU64,
     epoch: Instant,
+    /// Taken only to rotate, so that one publish rotates, not several.
+    rotating: Mutex<()>,
     next_id: AtomicU64,
     /// SipHash key, random per process.
     hash_key: [u8; 16],
@@ -246,9 +248,9 @@ impl Dedupe {
             generations: RwLock::new((config.generation(), config.generation())),
             capacity: config.generation_capacity(),
             inserted: AtomicUsize::new(0),
-            rotated: Mutex::new(Instant::now()),
             due_ms: AtomicU64::new(millis(config.window / 2)),
             epoch: Instant::now(),
+            rotating: Mutex::new(()),
             config,
             next_id: AtomicU64::new(0),
             hash_key: rand::random(),
@@ -338,20 +340,22 @@ impl Dedupe {
     /// Rotates when the current generation is full or half a window old.
     /// A publish only reads two atomics; the lock is taken to rotate.
     fn maybe_rotate(&self) {
-        let full = || self.inserted.load(Ordering::Relaxed) >= self.capacity;
-        if !full() && millis(self.epoch.elapsed()) < self.due_ms.load(Ordering::Relaxed) {
+        let due = || {
+            self.inserted.load(Ordering::Relaxed) >= self.capacity
+                || millis(self.epoch.elapsed()) >= self.due_ms.load(Ordering::Relaxed)
+        };
+        if !due() {
             return;
         }
-        let mut rotated = self.rotated.lock().expect("dedupe lock");
+        let _rotating = self.rotating.lock().expect("dedupe lock");
         // Asked again under the lock: another publish may have just rotated.
-        if full() || rotated.elapsed() >= self.config.window / 2 {
+        if due() {
             let fresh = self.config.generation();
             let mut generations = self.generations.write().expect("dedupe lock");
             generations.1 = std::mem::replace(&mut generations.0, fresh);
             self.inserted.store(0, Ordering::Relaxed);
-            *rotated = Instant::now();
-            let due = millis(rotated.duration_since(self.epoch) + self.config.window / 2);
-            self.due_ms.store(due, Ordering::Relaxed);
+            let next = self.epoch.elapsed() + self.config.window / 2;
+            self.due_ms.store(millis(next), Ordering::Relaxed);
         }
     }
 
