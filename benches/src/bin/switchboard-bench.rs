@@ -160,6 +160,12 @@ enum Scenario {
         /// Messages per variant.
         #[arg(long, default_value_t = 100_000)]
         messages: usize,
+        /// Messages each variant handles before its measured window, so
+        /// that the window shows a process past its start-up (its memory
+        /// grown, its caches filled), as a long-running worker is; the
+        /// worker's figure over every message is reported too (`cold_`).
+        #[arg(long, default_value_t = 0)]
+        warmup: usize,
     },
     /// A slow bot: key-level concurrency against a partition-serial consumer.
     SlowDestination {
@@ -324,9 +330,11 @@ async fn run_scenario(scenario: Scenario, output: &Output) -> anyhow::Result<()>
             output.write(&markdown, &json)?;
             return Ok(());
         }
-        Scenario::Routing { common, messages } => {
-            scenarios::routing(&common.kafka(), messages).await?
-        }
+        Scenario::Routing {
+            common,
+            messages,
+            warmup,
+        } => scenarios::routing(&common.kafka(), messages, warmup).await?,
         Scenario::SlowDestination {
             common,
             conversations,
