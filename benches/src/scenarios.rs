@@ -778,10 +778,10 @@ pub async fn routing(
     // Time and CPU from the end of the warm-up to the last analytics
     // record, as for the raw pipe; start-up and the state rebuild are not
     // per message. The cold figure runs from the first record.
-    let wait_for = |what: &'static str, count: usize, every: Duration| {
+    let wait_for = |what: &'static str, count: usize, every: Duration, within: Duration| {
         let (routed, gave_up) = (&routed, &gave_up);
         async move {
-            let deadline = Instant::now() + Duration::from_secs(600);
+            let deadline = Instant::now() + within;
             loop {
                 let now = routed().await;
                 if now >= count.max(1) as i64 {
@@ -794,14 +794,27 @@ pub async fn routing(
             }
         }
     };
-    wait_for("the first routed message", 1, Duration::from_millis(5)).await?;
+    let (fast, slow) = (Duration::from_millis(5), Duration::from_millis(20));
+    wait_for(
+        "the first routed message",
+        1,
+        fast,
+        Duration::from_secs(120),
+    )
+    .await?;
     let cold_cpu = cpu_of(&pid);
-    let warm = wait_for("the warm-up routed", warmup, Duration::from_millis(5)).await?;
+    let warm = wait_for("the warm-up routed", warmup, fast, Duration::from_secs(600)).await?;
     let (started, cpu) = (Instant::now(), cpu_of(&pid));
     // What the window holds: the counter may pass the warm-up mark a
     // little before it is read.
     let measured = usize::try_from(total as i64 - warm).unwrap_or(0).max(1);
-    wait_for("every message routed", total, Duration::from_millis(20)).await?;
+    wait_for(
+        "every message routed",
+        total,
+        slow,
+        Duration::from_secs(600),
+    )
+    .await?;
     let elapsed = started.elapsed();
     let end_cpu = cpu_of(&pid);
     let per_message = |cpu: Duration, count: usize| cpu.as_secs_f64() * 1e6 / count as f64;
