@@ -300,19 +300,12 @@ impl Publisher {
             .map_err(|_| IngestError::Overloaded("too many bytes in flight"))?;
         let key = envelope.conversation_key();
         let traceparent = trace.encode();
-        let headers = OwnedHeaders::new_with_capacity(3)
-            .insert(Header {
-                key: "content-type",
-                value: Some(switchboard_proto::ENVELOPE_CONTENT_TYPE),
-            })
-            .insert(Header {
-                key: "message-id",
-                value: Some(envelope.message_id.as_str()),
-            })
-            .insert(Header {
-                key: TRACEPARENT,
-                value: Some(traceparent.as_slice()),
-            });
+        // The trace context is the record's only header: the payload says
+        // the rest (README, "Records on Kafka").
+        let headers = OwnedHeaders::new_with_capacity(1).insert(Header {
+            key: TRACEPARENT,
+            value: Some(traceparent.as_slice()),
+        });
         let (answer, ack) = oneshot::channel();
         let in_flight = Box::new(InFlight {
             _permit: permit,

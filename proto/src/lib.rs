@@ -16,11 +16,6 @@
 
 pub mod partition;
 
-/// The `content-type` header of every envelope record Switchboard writes to
-/// Kafka (the payload is the binary protobuf `Envelope`).
-pub const ENVELOPE_CONTENT_TYPE: &str =
-    "application/x-protobuf; messageType=switchboard.v1.Envelope";
-
 /// The `switchboard.v1` package.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
 pub mod v1 {

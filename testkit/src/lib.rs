@@ -72,35 +72,20 @@ pub fn text_of(envelope: &Envelope) -> &str {
 }
 
 /// Writes `envelopes` to `topic` in order, as the ingestion node does
-/// (keyed by conversation, with the `content-type` and `message-id`
-/// headers), and waits until Kafka has them all: a backlog for a worker
-/// test, without an ingestion node.
+/// (keyed by conversation; the node adds a `traceparent` header), and
+/// waits until Kafka has them all: a backlog for a worker test, without an
+/// ingestion node.
 pub async fn publish_envelopes(kafka: &KafkaConfig, topic: &str, envelopes: &[Envelope]) {
     use prost::Message as _;
-    use rdkafka::{
-        message::{Header, OwnedHeaders},
-        producer::{FutureProducer, FutureRecord},
-    };
+    use rdkafka::producer::{FutureProducer, FutureRecord};
     let producer: FutureProducer = kafka
         .producer_config(&[("linger.ms", "5")])
         .create()
         .expect("test producer");
     let mut acks = Vec::with_capacity(envelopes.len());
     for envelope in envelopes {
-        let headers = OwnedHeaders::new()
-            .insert(Header {
-                key: "content-type",
-                value: Some(switchboard_proto::ENVELOPE_CONTENT_TYPE),
-            })
-            .insert(Header {
-                key: "message-id",
-                value: Some(envelope.message_id.as_str()),
-            });
         let (key, payload) = (envelope.conversation_key(), envelope.encode_to_vec());
-        let record = FutureRecord::to(topic)
-            .key(&key)
-            .payload(&payload)
-            .headers(headers);
+        let record = FutureRecord::to(topic).key(&key).payload(&payload);
         acks.push(
             producer
                 .send_result(record)
