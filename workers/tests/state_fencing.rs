@@ -183,3 +183,42 @@ async fn a_writer_fenced_by_a_late_open_opens_again_and_writes() {
     let committed = values(&kafka.bootstrap_servers, topic, "read_committed", 2);
     assert_eq!(committed, ["one", "two"]);
 }
+
+/// A state larger than the topic takes is refused for good: its flush
+/// leaves it out and ends (nothing retries it forever), and the writer
+/// goes on to write the next flush.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_kafka_refuses_for_good_is_left_out_and_the_writer_goes_on() {
+    let (config, id) = partition_zero("refused").await;
+    let kafka = &config.kafka;
+    let topic = testkit::random_topic("small-states");
+    kafka
+        .ensure_topics_with(&[&topic], &[("max.message.bytes", "1024")])
+        .await
+        .unwrap();
+    let stop = CancellationToken::new();
+    let writer = open(kafka, &id, &topic, NEVER).await;
+
+    // Random bytes: lz4 cannot shrink them under the topic's limit.
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    let noise = (0..4096)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed.to_le_bytes()[0]
+        })
+        .collect();
+    let huge = ("c1".to_owned(), Some(noise));
+    let written = tokio::time::timeout(Duration::from_secs(60), writer.write(&[huge], &stop))
+        .await
+        .expect("a refused state ends its flush");
+    assert!(written.is_ok(), "the flush ends without it: {written:?}");
+    writer
+        .write(&[state("c2", "small")], &stop)
+        .await
+        .expect("the next flush is written");
+
+    let committed = values(&kafka.bootstrap_servers, &topic, "read_committed", 1);
+    assert_eq!(committed, ["small"], "only the state the topic takes");
+}

@@ -28,6 +28,11 @@
 //! One producer per owned partition costs a few librdkafka threads each;
 //! it is what makes the fence per partition, without a transaction across
 //! the worker's partitions or a consumer-group round trip per flush.
+//!
+//! A transaction needs of its records' delivery reports only the last
+//! offset and which records Kafka refused, so the reports are gathered in
+//! the producer's context ([`Reports`]) as they arrive, not handed out as
+//! a future per record.
 
 use std::{
     collections::BTreeSet,
@@ -39,8 +44,9 @@ use std::{
 };
 
 use rdkafka::{
+    ClientContext, Message as _,
     error::{KafkaError, RDKafkaErrorCode},
-    producer::{FutureProducer, FutureRecord, Producer as _},
+    producer::{BaseRecord, DeliveryResult, Producer as _, ProducerContext, ThreadedProducer},
 };
 use switchboard_runtime::{
     kafka::KafkaConfig,
@@ -82,6 +88,68 @@ pub enum StateWriteError {
     Stopped,
 }
 
+/// A partition's state producer.
+type StateProducer = ThreadedProducer<Reports>;
+
+/// The delivery reports of the transaction being written, gathered where
+/// librdkafka serves them.
+///
+/// A record's opaque is its attempt's number in the high half and its index
+/// in the flush in the low half, so a late report of an aborted attempt is
+/// told apart and ignored.
+#[derive(Default)]
+struct Reports {
+    gathered: Mutex<Gathered>,
+}
+
+#[derive(Default)]
+struct Gathered {
+    attempt: u32,
+    /// The highest offset acknowledged.
+    last: Option<i64>,
+    /// The records that failed, by index.
+    failed: Vec<(usize, KafkaError)>,
+}
+
+// The opaque holds two 32-bit halves.
+const _: () = assert!(usize::BITS == 64, "a 64-bit target");
+
+impl Reports {
+    /// Starts gathering the reports of attempt `attempt`.
+    fn start(&self, attempt: u32) {
+        *self.gathered.lock().expect("reports lock") = Gathered {
+            attempt,
+            ..Gathered::default()
+        };
+    }
+
+    fn take(&self) -> Gathered {
+        std::mem::take(&mut *self.gathered.lock().expect("reports lock"))
+    }
+
+    fn opaque(attempt: u32, index: usize) -> usize {
+        (attempt as usize) << 32 | (index & 0xffff_ffff)
+    }
+}
+
+impl ClientContext for Reports {}
+
+impl ProducerContext for Reports {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
+        let (attempt, index) = ((opaque >> 32) as u32, opaque & 0xffff_ffff);
+        let mut gathered = self.gathered.lock().expect("reports lock");
+        if attempt != gathered.attempt {
+            return;
+        }
+        match result {
+            Ok(message) => gathered.last = gathered.last.max(Some(message.offset())),
+            Err((error, _)) => gathered.failed.push((index, error.clone())),
+        }
+    }
+}
+
 /// One attempt at a flush, failed.
 enum Failed {
     /// Kafka refused these records for good (too large for the topic, say).
@@ -111,11 +179,13 @@ pub struct StateWriter {
     config: WriterConfig,
     /// Replaced when the writer opens again; an `Option` only to hand it to
     /// a thread on drop.
-    producer: Mutex<Option<Arc<FutureProducer>>>,
+    producer: Mutex<Option<Arc<StateProducer>>>,
     /// Set once the writer was fenced and opened again: another writer's
     /// records may then lie between this one's, so a flush no longer says
     /// what the partition holds below it (see [`Self::write`]).
     reopened: AtomicBool,
+    /// Numbers the attempts, for [`Reports`].
+    attempts: std::sync::atomic::AtomicU32,
 }
 
 impl StateWriter {
@@ -128,18 +198,19 @@ impl StateWriter {
         Ok(Self::with(config, producer))
     }
 
-    fn with(config: WriterConfig, producer: FutureProducer) -> Self {
+    fn with(config: WriterConfig, producer: StateProducer) -> Self {
         Self {
             config,
             producer: Mutex::new(Some(Arc::new(producer))),
             reopened: AtomicBool::new(false),
+            attempts: std::sync::atomic::AtomicU32::new(0),
         }
     }
 
     /// Blocking.
-    fn create(config: &WriterConfig) -> Result<FutureProducer, KafkaError> {
+    fn create(config: &WriterConfig) -> Result<StateProducer, KafkaError> {
         let timeout = TRANSACTION_TIMEOUT.as_millis().to_string();
-        let producer: FutureProducer = config
+        let producer: StateProducer = config
             .kafka
             .producer_config(&[
                 ("transactional.id", &config.transactional_id),
@@ -149,7 +220,7 @@ impl StateWriter {
                 ("message.timeout.ms", &timeout),
                 ("linger.ms", "5"),
             ])
-            .create()?;
+            .create_with_context(Reports::default())?;
         producer.init_transactions(CALL_TIMEOUT)?;
         Ok(producer)
     }
@@ -170,7 +241,7 @@ impl StateWriter {
     async fn create_retrying(
         config: &WriterConfig,
         stop: &CancellationToken,
-    ) -> Option<Result<FutureProducer, StateWriteError>> {
+    ) -> Option<Result<StateProducer, StateWriteError>> {
         let partition = config.partition;
         let created = retry::retry(
             Backoff::new(Duration::from_millis(200), Duration::from_secs(5)),
@@ -196,7 +267,7 @@ impl StateWriter {
         }
     }
 
-    fn producer(&self) -> Arc<FutureProducer> {
+    fn producer(&self) -> Arc<StateProducer> {
         let producer = self.producer.lock().expect("producer lock");
         producer.clone().expect("present until dropped")
     }
@@ -301,26 +372,27 @@ impl StateWriter {
     ) -> Result<Option<i64>, Failed> {
         let producer = self.producer();
         let (topic, partition) = (&self.config.topic, self.config.partition);
+        let attempt = self
+            .attempts
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_add(1);
+        producer.context().start(attempt);
         if let Err(error) = producer.begin_transaction() {
             return Err(self.abort(error).await);
         }
-        let mut deliveries = Vec::with_capacity(states.len());
         for (index, (key, state)) in states.iter().enumerate() {
             if left_out.contains(&index) {
                 continue;
             }
-            let mut record = FutureRecord::to(topic)
+            let mut record = BaseRecord::with_opaque_to(topic, Reports::opaque(attempt, index))
                 .partition(partition)
                 .key(key.as_str());
             if let Some(value) = state {
                 record = record.payload(value.as_slice());
             }
             loop {
-                match producer.send_result(record) {
-                    Ok(delivery) => {
-                        deliveries.push((index, delivery));
-                        break;
-                    }
+                match producer.send(record) {
+                    Ok(()) => break,
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                         record = back;
                         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -338,16 +410,9 @@ impl StateWriter {
                     .await
                     .unwrap_or(Err(KafkaError::Canceled));
             match committed {
-                // Committed: every delivery report is in.
-                Ok(()) => {
-                    let mut last = None;
-                    for (_, delivery) in deliveries {
-                        if let Ok(Ok(delivery)) = delivery.await {
-                            last = last.max(Some(delivery.offset));
-                        }
-                    }
-                    return Ok(last);
-                }
+                // Committed: the commit flushed every record, and a flush
+                // returns only once every delivery report has been served.
+                Ok(()) => return Ok(producer.context().take().last),
                 Err(KafkaError::Transaction(e)) if e.is_retriable() => {
                     tracing::debug!(error = %e, partition, "conversation-state commit not answered yet; asking again");
                 }
@@ -359,14 +424,13 @@ impl StateWriter {
             return Err(failed);
         }
         // Which records failed, and whether any can never succeed.
-        let mut refused = Vec::new();
-        for (index, delivery) in deliveries {
-            if let Ok(Err((error, _))) = delivery.await
-                && classify(&error) == WriteRetry::Fatal
-            {
-                refused.push((index, error));
-            }
-        }
+        let refused: Vec<_> = producer
+            .context()
+            .take()
+            .failed
+            .into_iter()
+            .filter(|(_, error)| classify(error) == WriteRetry::Fatal)
+            .collect();
         if refused.is_empty() {
             Err(failed)
         } else {
@@ -409,7 +473,7 @@ impl Drop for StateWriter {
 /// Dropping a producer purges what it still holds and joins its threads;
 /// with a broker away that can take a while, so it happens on a thread of
 /// its own, never on the async runtime.
-fn drop_on_a_thread(producer: Option<Arc<FutureProducer>>) {
+fn drop_on_a_thread(producer: Option<Arc<StateProducer>>) {
     if let Some(producer) = producer {
         std::thread::spawn(move || drop(producer));
     }
