@@ -38,7 +38,7 @@ use std::{
     collections::BTreeSet,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU32, Ordering},
     },
     time::Duration,
 };
@@ -185,7 +185,7 @@ pub struct StateWriter {
     /// what the partition holds below it (see [`Self::write`]).
     reopened: AtomicBool,
     /// Numbers the attempts, for [`Reports`].
-    attempts: std::sync::atomic::AtomicU32,
+    attempts: AtomicU32,
 }
 
 impl StateWriter {
@@ -203,7 +203,7 @@ impl StateWriter {
             config,
             producer: Mutex::new(Some(Arc::new(producer))),
             reopened: AtomicBool::new(false),
-            attempts: std::sync::atomic::AtomicU32::new(0),
+            attempts: AtomicU32::new(0),
         }
     }
 
