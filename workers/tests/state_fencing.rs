@@ -184,9 +184,9 @@ async fn a_writer_fenced_by_a_late_open_opens_again_and_writes() {
     assert_eq!(committed, ["one", "two"]);
 }
 
-/// A state larger than the topic takes is refused for good: its flush
-/// leaves it out and ends (nothing retries it forever), and the writer
-/// goes on to write the next flush.
+/// A state larger than the topic takes, or than the client sends, is
+/// refused for good: its flush leaves it out and ends (nothing retries it
+/// forever), and the flush's other states and the next flush are written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_state_kafka_refuses_for_good_is_left_out_and_the_writer_goes_on() {
     let (config, id) = partition_zero("refused").await;
@@ -201,24 +201,43 @@ async fn a_state_kafka_refuses_for_good_is_left_out_and_the_writer_goes_on() {
 
     // Random bytes: lz4 cannot shrink them under the topic's limit.
     let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
-    let noise = (0..4096)
-        .map(|_| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed.to_le_bytes()[0]
-        })
-        .collect();
-    let huge = ("c1".to_owned(), Some(noise));
-    let written = tokio::time::timeout(Duration::from_secs(60), writer.write(&[huge], &stop))
-        .await
-        .expect("a refused state ends its flush");
+    let mut noise = |len: usize| -> Vec<u8> {
+        (0..len)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed.to_le_bytes()[0]
+            })
+            .collect()
+    };
+    // Kafka refuses it (the topic's limit): its delivery report says so.
+    let for_the_topic = ("c1".to_owned(), Some(noise(4096)));
+    let written = tokio::time::timeout(
+        Duration::from_secs(60),
+        writer.write(&[for_the_topic], &stop),
+    )
+    .await
+    .expect("a refused state ends its flush");
     assert!(written.is_ok(), "the flush ends without it: {written:?}");
     writer
         .write(&[state("c2", "small")], &stop)
         .await
         .expect("the next flush is written");
+    // The client refuses it before it leaves (over `message.max.bytes`).
+    let for_the_client = ("c4".to_owned(), Some(noise(1_100_000)));
+    let written = tokio::time::timeout(
+        Duration::from_secs(60),
+        writer.write(&[state("c3", "also small"), for_the_client], &stop),
+    )
+    .await
+    .expect("a state the client refuses ends its flush");
+    assert!(written.is_ok(), "the flush ends without it: {written:?}");
 
-    let committed = values(&kafka.bootstrap_servers, &topic, "read_committed", 1);
-    assert_eq!(committed, ["small"], "only the state the topic takes");
+    let committed = values(&kafka.bootstrap_servers, &topic, "read_committed", 2);
+    assert_eq!(
+        committed,
+        ["small", "also small"],
+        "only the states the topic takes"
+    );
 }

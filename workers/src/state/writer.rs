@@ -397,7 +397,17 @@ impl StateWriter {
                         record = back;
                         tokio::time::sleep(Duration::from_millis(5)).await;
                     }
-                    Err((error, _)) => return Err(self.abort(error).await),
+                    // Refused before it left (larger than the client
+                    // takes, say): the same every time, so it is left out.
+                    Err((error, _)) => {
+                        let refused = classify(&error) == WriteRetry::Fatal;
+                        return Err(match self.abort(error).await {
+                            Failed::Retry(error) if refused => {
+                                Failed::Refused(vec![(index, error)])
+                            }
+                            failed => failed,
+                        });
+                    }
                 }
             }
         }
