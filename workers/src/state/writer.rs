@@ -38,7 +38,7 @@ use std::{
     collections::BTreeSet,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, AtomicU32, Ordering},
+        atomic::{AtomicBool, Ordering},
     },
     time::Duration,
 };
@@ -115,16 +115,30 @@ struct Gathered {
 const _: () = assert!(usize::BITS == 64, "a 64-bit target");
 
 impl Reports {
-    /// Starts gathering the reports of attempt `attempt`.
-    fn start(&self, attempt: u32) {
-        *self.gathered.lock().expect("reports lock") = Gathered {
+    /// Starts gathering the reports of a new attempt, and returns its
+    /// number.
+    fn start(&self) -> u32 {
+        let mut gathered = self.gathered.lock().expect("reports lock");
+        let attempt = gathered.attempt.wrapping_add(1);
+        *gathered = Gathered {
             attempt,
             ..Gathered::default()
         };
+        attempt
     }
 
+    /// What the current attempt gathered; later reports of it are
+    /// ignored.
     fn take(&self) -> Gathered {
-        std::mem::take(&mut *self.gathered.lock().expect("reports lock"))
+        let mut gathered = self.gathered.lock().expect("reports lock");
+        let attempt = gathered.attempt;
+        std::mem::replace(
+            &mut *gathered,
+            Gathered {
+                attempt: attempt.wrapping_add(1),
+                ..Gathered::default()
+            },
+        )
     }
 
     fn opaque(attempt: u32, index: usize) -> usize {
@@ -184,8 +198,6 @@ pub struct StateWriter {
     /// records may then lie between this one's, so a flush no longer says
     /// what the partition holds below it (see [`Self::write`]).
     reopened: AtomicBool,
-    /// Numbers the attempts, for [`Reports`].
-    attempts: AtomicU32,
 }
 
 impl StateWriter {
@@ -203,7 +215,6 @@ impl StateWriter {
             config,
             producer: Mutex::new(Some(Arc::new(producer))),
             reopened: AtomicBool::new(false),
-            attempts: AtomicU32::new(0),
         }
     }
 
@@ -372,11 +383,7 @@ impl StateWriter {
     ) -> Result<Option<i64>, Failed> {
         let producer = self.producer();
         let (topic, partition) = (&self.config.topic, self.config.partition);
-        let attempt = self
-            .attempts
-            .fetch_add(1, Ordering::Relaxed)
-            .wrapping_add(1);
-        producer.context().start(attempt);
+        let attempt = producer.context().start();
         if let Err(error) = producer.begin_transaction() {
             return Err(self.abort(error).await);
         }
