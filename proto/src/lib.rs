@@ -8,13 +8,18 @@
 //! - [`partition`]: the conversation key and Kafka's Java `murmur2`
 //!   partitioner, so every component (and any Java client) agrees on which
 //!   partition a conversation lives in.
+//! - [`message_id_hash`]: how a conversation state remembers a channel
+//!   message id.
 //!
 //! The `.proto` sources live in `proto/switchboard/v1/`; other languages
 //! generate their clients from there.
 
 #![forbid(unsafe_code)]
 
+mod message_id;
 pub mod partition;
+
+pub use message_id::message_id_hash;
 
 /// The `switchboard.v1` package.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
