@@ -152,12 +152,13 @@ async fn idle_states_expire_as_tombstones_opt_outs_survive_and_a_later_message_s
         &config,
         &config.state_topic,
         Duration::from_secs(20),
-        move |r| matches!(last_state(r, &stop_key), Some(Some(s)) if !s.recent_message_ids.is_empty()),
+        move |r| matches!(last_state(r, &stop_key), Some(Some(s)) if !s.recent_message_hashes.is_empty()),
     )
     .await;
     let stop_state = last_state(&states, &keys[1]).flatten().unwrap();
     assert!(
-        stop_state.opted_out && stop_state.recent_message_ids == ["sms-b-2"],
+        stop_state.opted_out
+            && stop_state.recent_message_hashes == [switchboard_proto::message_id_hash("sms-b-2")],
         "{stop_state:?}"
     );
     shutdown.cancel();

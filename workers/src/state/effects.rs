@@ -3,7 +3,7 @@
 use std::time::SystemTime;
 
 use switchboard_proto::{
-    Timestamp,
+    Timestamp, message_id_hash,
     v1::{
         ConversationState, Direction, Envelope, Owner, consent_event::Action as Consent,
         conversation_control::Action as Control, envelope::Content,
@@ -157,13 +157,20 @@ pub fn release_to_bot(state: &mut ConversationState) {
 /// without one never are; nor is the same record read again at `offset`
 /// (redone after a crash whose state was written before its offset).
 pub fn is_duplicate(state: &ConversationState, envelope: &Envelope, offset: i64) -> bool {
-    if envelope.channel_message_id.is_empty() {
+    let id = &envelope.channel_message_id;
+    if id.is_empty() {
         return false;
     }
+    let hash = message_id_hash(id);
+    // A state written before ids were hashed holds strings, older than any
+    // hash, and its offsets line up with both in that order (`upgrade`).
+    let legacy = state.recent_message_ids.len();
     let Some(i) = state
-        .recent_message_ids
+        .recent_message_hashes
         .iter()
-        .rposition(|id| *id == envelope.channel_message_id)
+        .rposition(|h| *h == hash)
+        .map(|i| legacy + i)
+        .or_else(|| state.recent_message_ids.iter().rposition(|x| x == id))
     else {
         return false;
     };
@@ -182,18 +189,35 @@ pub fn remember(
     if keep == 0 || envelope.channel_message_id.is_empty() {
         return false;
     }
+    upgrade(state);
     // Offsets line up with ids from the first one remembered with them.
-    if state.recent_message_offsets.len() != state.recent_message_ids.len() {
-        state.recent_message_offsets = vec![-1; state.recent_message_ids.len()];
+    if state.recent_message_offsets.len() != state.recent_message_hashes.len() {
+        state.recent_message_offsets = vec![-1; state.recent_message_hashes.len()];
     }
     state
-        .recent_message_ids
-        .push(envelope.channel_message_id.clone());
+        .recent_message_hashes
+        .push(message_id_hash(&envelope.channel_message_id));
     state.recent_message_offsets.push(offset);
-    let excess = state.recent_message_ids.len().saturating_sub(keep);
-    state.recent_message_ids.drain(..excess);
+    let excess = state.recent_message_hashes.len().saturating_sub(keep);
+    state.recent_message_hashes.drain(..excess);
     state.recent_message_offsets.drain(..excess);
     true
+}
+
+/// Hashes the ids of a state written before they were kept as hashes:
+/// older than any hash, they go first, and keep their offsets.
+fn upgrade(state: &mut ConversationState) {
+    if state.recent_message_ids.is_empty() {
+        return;
+    }
+    let ids = std::mem::take(&mut state.recent_message_ids);
+    let remembered = ids.len() + state.recent_message_hashes.len();
+    if state.recent_message_offsets.len() != remembered {
+        state.recent_message_offsets = vec![-1; remembered];
+    }
+    state
+        .recent_message_hashes
+        .splice(0..0, ids.iter().map(|id| message_id_hash(id)));
 }
 
 /// Stamps the state as written now.

@@ -1,9 +1,13 @@
 use std::time::{Duration, SystemTime};
 
-use switchboard_proto::v1::{
-    Channel, ConsentEvent, ConversationControl, ConversationState, Direction, Envelope, MessageTag,
-    Owner, Referral, RejectionReason, StatusReceipt, Template, Text,
-    consent_event::Action as Consent, conversation_control::Action as Control, envelope::Content,
+use switchboard_proto::{
+    message_id_hash,
+    v1::{
+        Channel, ConsentEvent, ConversationControl, ConversationState, Direction, Envelope,
+        MessageTag, Owner, Referral, RejectionReason, StatusReceipt, Template, Text,
+        consent_event::Action as Consent, conversation_control::Action as Control,
+        envelope::Content,
+    },
 };
 
 use super::{
@@ -252,7 +256,12 @@ fn recent_ids_are_bounded_and_spot_copies() {
         assert!(!is_duplicate(&state, &with_id(id), offset as i64));
         remember(&mut state, &with_id(id), offset as i64, 2);
     }
-    assert_eq!(state.recent_message_ids, ["b", "c"]);
+    let hashes = |ids: &[&str]| ids.iter().map(|id| message_id_hash(id)).collect::<Vec<_>>();
+    assert_eq!(state.recent_message_hashes, hashes(&["b", "c"]));
+    assert!(
+        state.recent_message_ids.is_empty(),
+        "ids are kept as hashes"
+    );
     assert_eq!(state.recent_message_offsets, [1, 2]);
     assert!(
         is_duplicate(&state, &with_id("c"), 7),
@@ -264,7 +273,11 @@ fn recent_ids_are_bounded_and_spot_copies() {
         "no id, never a copy"
     );
     remember(&mut state, &with_id("d"), 8, 0);
-    assert_eq!(state.recent_message_ids, ["b", "c"], "0 turns it off");
+    assert_eq!(
+        state.recent_message_hashes,
+        hashes(&["b", "c"]),
+        "0 turns it off"
+    );
 }
 
 /// A record redone after a crash (its state was written, its offset not
@@ -297,6 +310,40 @@ fn the_same_record_read_again_is_not_a_copy() {
         20,
     );
     assert_eq!(upgraded.recent_message_offsets, [-1, 50]);
+    assert_eq!(
+        upgraded.recent_message_hashes,
+        [message_id_hash("wamid.1"), message_id_hash("wamid.2")]
+    );
+}
+
+/// A state written while ids were kept as strings, with their offsets:
+/// read as before, and its ids hashed, oldest first, on the next message.
+#[test]
+fn a_state_with_ids_as_strings_is_read_and_upgraded() {
+    let with_id = |id: &str| Envelope {
+        channel_message_id: id.into(),
+        ..Default::default()
+    };
+    let mut state = ConversationState {
+        recent_message_ids: vec!["wamid.1".into(), "wamid.2".into()],
+        recent_message_offsets: vec![10, 11],
+        ..Default::default()
+    };
+    assert!(is_duplicate(&state, &with_id("wamid.2"), 12), "a copy");
+    assert!(
+        !is_duplicate(&state, &with_id("wamid.2"), 11),
+        "itself, redone"
+    );
+    assert!(!is_duplicate(&state, &with_id("wamid.3"), 12));
+    remember(&mut state, &with_id("wamid.3"), 12, 2);
+    assert!(state.recent_message_ids.is_empty());
+    assert_eq!(
+        state.recent_message_hashes,
+        [message_id_hash("wamid.2"), message_id_hash("wamid.3")]
+    );
+    assert_eq!(state.recent_message_offsets, [11, 12]);
+    assert!(is_duplicate(&state, &with_id("wamid.2"), 13));
+    assert!(!is_duplicate(&state, &with_id("wamid.1"), 13), "pushed out");
 }
 
 /// A caller's clock cannot keep the window open: a `sent_at` later than the
