@@ -2,7 +2,9 @@
 //! acknowledged (its [`ledger`]) with what reached every destination
 //! topic Switchboard writes (analytics, agent queue, outbound, dead
 //! letters, rejections; [`records`]), and checks the conversation-state
-//! topic for a state written over a newer one.
+//! topic for a state written over a newer one. A state remembers its
+//! messages as hashes of their ids, matched, once all was read, with the
+//! ids read on the other topics.
 //!
 //! It reports, for one run: messages acknowledged but found on no
 //! destination topic (lost: must be 0), per-topic arrivals, duplicates and
@@ -31,6 +33,7 @@ use rdkafka::{
     error::KafkaError,
     types::RDKafkaErrorCode,
 };
+use switchboard_proto::message_id_hash;
 use switchboard_runtime::kafka::KafkaConfig;
 
 use self::{
@@ -216,10 +219,12 @@ struct Tally<'a> {
     acked_in_analytics: u64,
     /// Tokens of this run whose index the ledger does not hold.
     unknown: u64,
-    /// Per conversation: the newest sequence number its state remembered.
-    state_highest: HashMap<u32, u64>,
-    state_regressions: u64,
-    state_examples: Vec<String>,
+    /// The [`message_id_hash`] of every message of the run read on a
+    /// topic other than the state topic: its index.
+    hashes: HashMap<u64, usize>,
+    /// Every state record's [`Kind::state_hashes`], in arrival order,
+    /// resolved through `hashes` by [`Tally::report`].
+    states: Vec<Vec<u64>>,
     transient_errors: u64,
 }
 
@@ -254,9 +259,8 @@ impl<'a> Tally<'a> {
             topics: BTreeMap::new(),
             acked_in_analytics: 0,
             unknown: 0,
-            state_highest: HashMap::new(),
-            state_regressions: 0,
-            state_examples: Vec::new(),
+            hashes: HashMap::new(),
+            states: Vec::new(),
             transient_errors: 0,
         }
     }
@@ -270,6 +274,7 @@ impl<'a> Tally<'a> {
     }
 
     /// The run's messages among `ids`: (index, conversation, seq, outcome).
+    /// Remembers each one's hash, to resolve the states'.
     fn ours(&mut self, ids: &[String]) -> Vec<(usize, u32, u64, Outcome)> {
         let mut found = Vec::new();
         for id in ids {
@@ -279,36 +284,38 @@ impl<'a> Tally<'a> {
             if token.run != self.ledger.run {
                 continue;
             }
-            match self.entries.get(token.index as usize).copied().flatten() {
-                Some((c, seq, outcome)) => found.push((token.index as usize, c, seq, outcome)),
+            let index = token.index as usize;
+            match self.entries.get(index).copied().flatten() {
+                Some((c, seq, outcome)) => {
+                    self.hashes.insert(message_id_hash(id), index);
+                    found.push((index, c, seq, outcome));
+                }
                 None => self.unknown += 1,
             }
         }
         found
     }
 
-    /// Counts one record; true if it held a message of the run.
+    /// Counts one record; true if it held a message of the run (for a
+    /// state: one already read on another topic).
     fn record(&mut self, topic: &str, kind: Kind, payload: &[u8]) -> bool {
+        if kind == Kind::State {
+            let hashes = Kind::state_hashes(payload);
+            // Which messages a state holds is known only once their ids
+            // were read on another topic. One known already counts as an
+            // arrival, as a state of the run did before hashes: the run's
+            // states keep the reading on while they come, and another
+            // run's (any hash at all) cannot hold it to the deadline. One
+            // whose ids come later counts when they do.
+            let ours = hashes.iter().any(|h| self.hashes.contains_key(h));
+            if !hashes.is_empty() {
+                self.states.push(hashes);
+            }
+            return ours;
+        }
         let ours = self.ours(&kind.message_ids(payload));
         if ours.is_empty() {
             return false;
-        }
-        if kind == Kind::State {
-            // The newest message the state remembers.
-            if let Some(&(_, c, seq, _)) = ours.iter().max_by_key(|(_, _, seq, _)| *seq) {
-                let highest = self.state_highest.entry(c).or_insert(seq);
-                if seq < *highest {
-                    self.state_regressions += 1;
-                    if self.state_examples.len() < EXAMPLES {
-                        let name = self.conversations[c as usize];
-                        self.state_examples
-                            .push(format!("{name}: #{seq} after #{highest}"));
-                    }
-                } else {
-                    *highest = seq;
-                }
-            }
-            return true;
         }
         let len = self.entries.len();
         let tally = self
@@ -353,7 +360,38 @@ impl<'a> Tally<'a> {
         true
     }
 
+    /// The states, in arrival order, whose newest remembered message is
+    /// older than an earlier state of the conversation remembered; and the
+    /// first few as examples. Hashes of no message read are ignored.
+    fn state_regressions(&self) -> (u64, Vec<String>) {
+        let mut highest: HashMap<u32, u64> = HashMap::new();
+        let (mut regressions, mut examples) = (0, Vec::new());
+        for hashes in &self.states {
+            // The newest message the state remembers.
+            let newest = hashes
+                .iter()
+                .filter_map(|h| self.hashes.get(h))
+                .filter_map(|&index| self.entries[index])
+                .max_by_key(|(_, seq, _)| *seq);
+            let Some((c, seq, _)) = newest else {
+                continue;
+            };
+            let highest = highest.entry(c).or_insert(seq);
+            if seq < *highest {
+                regressions += 1;
+                if examples.len() < EXAMPLES {
+                    let name = self.conversations[c as usize];
+                    examples.push(format!("{name}: #{seq} after #{highest}"));
+                }
+            } else {
+                *highest = seq;
+            }
+        }
+        (regressions, examples)
+    }
+
     fn report(self, ended: Ended, took: Duration, missing_topics: Vec<String>) -> Reconciliation {
+        let (state_regressions, state_regression_examples) = self.state_regressions();
         let seen = |index: usize| {
             self.topics
                 .values()
@@ -426,8 +464,8 @@ impl<'a> Tally<'a> {
             delivered_unacked,
             duplicates: topics.iter().map(|t| t.duplicates).sum(),
             order_violations: topics.iter().map(|t| t.order_violations).sum(),
-            state_regressions: self.state_regressions,
-            state_regression_examples: self.state_examples,
+            state_regressions,
+            state_regression_examples,
             unknown: self.unknown,
             topics,
             missing_topics,
@@ -445,18 +483,37 @@ mod tests {
 
     use super::{ledger::Entry, *};
 
+    /// Message `index` of run `run`'s channel message id.
+    fn id(run: &str, index: u64) -> String {
+        Token {
+            run,
+            index,
+            sent_us: 1,
+        }
+        .to_string()
+    }
+
     fn analytics(run: &str, index: u64) -> Vec<u8> {
         AnalyticsRecord {
             envelope: Some(Envelope {
-                channel_message_id: Token {
-                    run,
-                    index,
-                    sent_us: 1,
-                }
-                .to_string(),
+                channel_message_id: id(run, index),
                 ..Default::default()
             }),
             decision: None,
+        }
+        .encode_to_vec()
+    }
+
+    /// A state of run r1 remembering messages `legacy` by id (as older
+    /// workers wrote), then `hashed` by hash.
+    fn state(legacy: &[u64], hashed: &[u64]) -> Vec<u8> {
+        ConversationState {
+            recent_message_ids: legacy.iter().map(|i| id("r1", *i)).collect(),
+            recent_message_hashes: hashed
+                .iter()
+                .map(|i| message_id_hash(&id("r1", *i)))
+                .collect(),
+            ..Default::default()
         }
         .encode_to_vec()
     }
@@ -494,26 +551,9 @@ mod tests {
         }
         assert!(!tally.record(&topic, Kind::Analytics, &analytics("other", 3)));
         assert!(!tally.complete(), "3 is missing");
-        let state = |ids: &[u64]| {
-            ConversationState {
-                recent_message_ids: ids
-                    .iter()
-                    .map(|i| {
-                        Token {
-                            run: "r1",
-                            index: *i,
-                            sent_us: 1,
-                        }
-                        .to_string()
-                    })
-                    .collect(),
-                ..Default::default()
-            }
-            .encode_to_vec()
-        };
         // Conversation 0's state remembers 0 and 2, then only 0: regressed.
-        tally.record("t.state", Kind::State, &state(&[0, 2]));
-        tally.record("t.state", Kind::State, &state(&[0]));
+        assert!(tally.record("t.state", Kind::State, &state(&[], &[0, 2])));
+        assert!(tally.record("t.state", Kind::State, &state(&[], &[0])));
         let report = tally.report(Ended::Idle, Duration::from_secs(1), Vec::new());
         assert_eq!((report.sent, report.acked, report.failed), (6, 5, 1));
         assert_eq!(report.delivered, 4);
@@ -534,5 +574,30 @@ mod tests {
             (5, 6)
         );
         assert!(!report.clean());
+    }
+
+    #[test]
+    fn resolves_state_hashes_and_legacy_ids_once_all_was_read() {
+        let ledger = ledger();
+        let names = TopicNames::prefixed("t");
+        let mut tally = Tally::new(&ledger, &names);
+        // Conversation 1's state remembers 5 (by id, as older workers
+        // wrote) before 5 reaches analytics; then 1 and 3 (3 never
+        // arrives, so its hash tells nothing): regressed.
+        assert!(!tally.record("t.state", Kind::State, &state(&[5], &[])));
+        for index in [1, 5] {
+            assert!(tally.record(
+                &names.analytics_topic,
+                Kind::Analytics,
+                &analytics("r1", index)
+            ));
+        }
+        assert!(tally.record("t.state", Kind::State, &state(&[], &[1, 3])));
+        let report = tally.report(Ended::Idle, Duration::from_secs(1), Vec::new());
+        assert_eq!(report.state_regressions, 1);
+        assert_eq!(
+            report.state_regression_examples,
+            ["t/webchat/c1: #0 after #2"]
+        );
     }
 }

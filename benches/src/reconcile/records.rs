@@ -3,8 +3,11 @@
 
 use prost::Message as _;
 use serde::Serialize;
-use switchboard_proto::v1::{
-    AnalyticsRecord, Channel, ConversationState, Envelope, QueueEvent, Rejection, queue_event,
+use switchboard_proto::{
+    message_id_hash,
+    v1::{
+        AnalyticsRecord, Channel, ConversationState, Envelope, QueueEvent, Rejection, queue_event,
+    },
 };
 
 /// The attribute a bot's reply may carry with the channel message id of
@@ -26,14 +29,15 @@ pub enum Kind {
     Dlq,
     /// `Rejection`s: outbound messages consent refused.
     Rejections,
-    /// Compacted `ConversationState`s: their recent channel message ids.
+    /// Compacted `ConversationState`s: the hashes of their recent channel
+    /// message ids ([`Kind::state_hashes`]).
     State,
 }
 
 impl Kind {
     /// The channel message ids a record of this kind carries: the
-    /// message's own, or the one a reply answers; for a state, its recent
-    /// ids, oldest first.
+    /// message's own, or the one a reply answers; none for a state (see
+    /// [`Kind::state_hashes`]).
     pub fn message_ids(self, payload: &[u8]) -> Vec<String> {
         let envelope = match self {
             Self::Analytics => AnalyticsRecord::decode(payload)
@@ -47,11 +51,7 @@ impl Kind {
                 }),
             Self::Outbound | Self::Dlq => Envelope::decode(payload).ok(),
             Self::Rejections => Rejection::decode(payload).ok().and_then(|r| r.envelope),
-            Self::State => {
-                return ConversationState::decode(payload)
-                    .map(|s| s.recent_message_ids)
-                    .unwrap_or_default();
-            }
+            Self::State => None,
         };
         let Some(mut envelope) = envelope else {
             return Vec::new();
@@ -60,6 +60,25 @@ impl Kind {
             Some(answered) if self == Self::Outbound => vec![answered],
             _ => vec![envelope.channel_message_id],
         }
+    }
+
+    /// The [`message_id_hash`]es of the recent channel message ids a
+    /// `ConversationState` remembers, oldest first: its legacy
+    /// `recent_message_ids` hashed, then its `recent_message_hashes`.
+    pub fn state_hashes(payload: &[u8]) -> Vec<u64> {
+        let Ok(state) = ConversationState::decode(payload) else {
+            return Vec::new();
+        };
+        let mut hashes =
+            Vec::with_capacity(state.recent_message_ids.len() + state.recent_message_hashes.len());
+        hashes.extend(
+            state
+                .recent_message_ids
+                .iter()
+                .map(|id| message_id_hash(id)),
+        );
+        hashes.extend(state.recent_message_hashes);
+        hashes
     }
 }
 
@@ -165,14 +184,22 @@ mod tests {
             Kind::Rejections.message_ids(&rejection.encode_to_vec()),
             ["x"]
         );
+        assert!(Kind::Analytics.message_ids(b"\xff\xff").is_empty());
+    }
+
+    #[test]
+    fn hashes_a_states_legacy_ids_before_its_hashes() {
         let state = ConversationState {
             recent_message_ids: vec!["s1".into(), "s2".into()],
+            recent_message_hashes: vec![7],
             ..Default::default()
-        };
+        }
+        .encode_to_vec();
         assert_eq!(
-            Kind::State.message_ids(&state.encode_to_vec()),
-            ["s1", "s2"]
+            Kind::state_hashes(&state),
+            [message_id_hash("s1"), message_id_hash("s2"), 7]
         );
-        assert!(Kind::Analytics.message_ids(b"\xff\xff").is_empty());
+        assert!(Kind::State.message_ids(&state).is_empty());
+        assert!(Kind::state_hashes(b"\xff\xff").is_empty());
     }
 }
