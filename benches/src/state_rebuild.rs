@@ -38,8 +38,12 @@ fn state(i: usize, now: SystemTime) -> ConversationState {
             ..Default::default()
         }),
         referral_at: if i.is_multiple_of(10) { at } else { None },
-        recent_message_ids: (0..20)
-            .map(|m| format!("wamid.HBgLMTU1NTAxMjM0NTYVAgASGBQz{i:08}{m:02}"))
+        recent_message_hashes: (0..20)
+            .map(|m| {
+                switchboard_proto::message_id_hash(&format!(
+                    "wamid.HBgLMTU1NTAxMjM0NTYVAgASGBQz{i:08}{m:02}"
+                ))
+            })
             .collect(),
         recent_message_offsets: (0..20).map(|m| (i * 20 + m) as i64).collect(),
         updated_at: at,

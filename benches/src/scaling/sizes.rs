@@ -96,8 +96,12 @@ pub fn full_state() -> ConversationState {
             ad_id: "120210000000000000".into(),
         }),
         referral_at: Some(now),
-        recent_message_ids: (0..20)
-            .map(|i| format!("wamid.HBgLMzE2MTIzNDU2NzgVAgASGBQzQTdDMjk0RjE1QjA4NzI5RDUx{i:04}A=="))
+        recent_message_hashes: (0..20)
+            .map(|i| {
+                switchboard_proto::message_id_hash(&format!(
+                    "wamid.HBgLMzE2MTIzNDU2NzgVAgASGBQzQTdDMjk0RjE1QjA4NzI5RDUx{i:04}A=="
+                ))
+            })
             .collect(),
         updated_at: Some(now),
         recent_message_offsets: (0..20).map(|i| 1_234_567_890 + i).collect(),
@@ -119,6 +123,7 @@ pub fn full_state() -> ConversationState {
             "acme/sms/+15551234567".into(),
         ],
         customer_unlinked: false,
+        recent_message_ids: Vec::new(),
     }
 }
 
