@@ -21,7 +21,7 @@ mod tests {
 
     #[test]
     fn is_siphash_2_4_with_zero_keys() {
-        // The reference implementation's output for these inputs
+        // The reference implementation's output for the empty input
         // (github.com/veorq/SipHash, keys 0 and 0), fixed here so that a
         // change of crate or algorithm cannot pass unnoticed.
         assert_eq!(message_id_hash(""), 0x1e92_4b9d_7377_00d7);
