@@ -1,6 +1,6 @@
 //! Microbenchmarks of the per-message hot paths: webhook normalization per
-//! channel, envelope encode and decode, the partitioner, and rule
-//! evaluation with 10 and 1,000 rules.
+//! channel, envelope encode and decode, the partitioner, rule evaluation
+//! with 10 and 1,000 rules, and a conversation state's lookup.
 //!
 //! `cargo bench -p switchboard-benches --bench micro` (add `-- <filter>` to
 //! pick some). These are measurements, not tests: nothing here asserts speed.
@@ -14,7 +14,7 @@ use switchboard_proto::{
     partition::partition_for,
     v1::{Channel, Direction, Envelope, Text, envelope::Content},
 };
-use switchboard_workers::rules::RuleSet;
+use switchboard_workers::{rules::RuleSet, state::PartitionStates};
 
 /// One fixture per channel, the most common shape.
 const FIXTURES: &[(&str, Channel, &str)] = &[
@@ -183,5 +183,43 @@ fn rules(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, normalization, envelope_codec, partitioner, rules);
+/// A message's lookup of its conversation's state, in memory, among 2,500
+/// conversations (a partition's share of the routing scenario's 30k) and
+/// among 30,000 (the whole worker's, so that the states no longer fit the
+/// processor's caches), each holding 20 recent ids, looked up in turn.
+fn state_lookup(c: &mut Criterion) {
+    let cached = std::num::NonZeroUsize::new(50_000).expect("non-zero");
+    let mut group = c.benchmark_group("state");
+    for n in [2_500u64, 30_000] {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let mut states = PartitionStates::open(dir.path(), "bench.state", 0, cached).expect("open");
+        let keys: Vec<String> = (0..n)
+            .map(|i| format!("acme/whatsapp/{:012}", 15_550_000_000u64 + i))
+            .collect();
+        for key in &keys {
+            let state = states.get_mut(key).expect("state");
+            state.recent_message_hashes = (0..20).collect();
+            state.recent_message_offsets = (0..20).collect();
+        }
+        // Looked up in a scattered order, as messages of many conversations
+        // interleave: every 7,919th key (a prime), wrapping around.
+        let mut next = (0..n).cycle().map(|i| &keys[(i * 7_919 % n) as usize]);
+        group.bench_function(BenchmarkId::new("lookup_cached", n), |b| {
+            b.iter(|| {
+                let key = next.next().expect("cycle");
+                states.get_mut(black_box(key)).expect("state").owner
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    normalization,
+    envelope_codec,
+    partitioner,
+    rules,
+    state_lookup
+);
 criterion_main!(benches);
