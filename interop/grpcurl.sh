@@ -97,26 +97,38 @@ if [[ $rc -eq 0 ]] && grep -q '"messageId"' <<<"$out"; then
 else
   fail "Publish a subscription change (rc=$rc)"
 fi
-# States are written behind (200 ms by default).
-sleep 2
-g -d '{"broadcast":{"broadcastId":"interop-'"$run_id"'","tenantId":"demo",
-  "template":{"name":"spring_sale","language":"en_US","parameters":["20%"]},
-  "topic":"news","channels":["WHATSAPP"]}}' \
-  "$ADDR" switchboard.v1.Broadcasts/Start
-if [[ $rc -eq 0 ]] && grep -q "\"broadcastId\": \"interop-$run_id\"" <<<"$out"; then
+# States are written behind (`state_flush_interval`, 1 s by default), and a
+# broadcast reads its audience when it starts: until the subscription's
+# state is on the state topic, a broadcast targets nobody. So a broadcast
+# is started again, under a new id, until one targets the subscriber (at
+# most 10 tries, about 30 s).
+started=0
+completed=0
+for try in $(seq 1 10); do
+  sleep 2
+  id="interop-$run_id-$try"
+  g -d '{"broadcast":{"broadcastId":"'"$id"'","tenantId":"demo",
+    "template":{"name":"spring_sale","language":"en_US","parameters":["20%"]},
+    "topic":"news","channels":["WHATSAPP"]}}' \
+    "$ADDR" switchboard.v1.Broadcasts/Start
+  [[ $rc -eq 0 ]] && grep -q "\"broadcastId\": \"$id\"" <<<"$out" || break
+  started=1
+  completed=0
+  for _ in $(seq 1 40); do
+    g -d '{"tenantId":"demo","broadcastId":"'"$id"'"}' "$ADDR" switchboard.v1.Broadcasts/Get
+    if [[ $rc -eq 0 ]] && grep -q '"status": "COMPLETED"' <<<"$out"; then
+      completed=1
+      break
+    fi
+    sleep 0.5
+  done
+  [[ $completed -eq 1 ]] && grep -q '"targeted": "[1-9]' <<<"$out" && break
+done
+if [[ $started -eq 1 ]]; then
   ok "Broadcasts/Start to the subscribers of news"
 else
   fail "Broadcasts/Start (rc=$rc)"
 fi
-completed=0
-for _ in $(seq 1 40); do
-  g -d '{"tenantId":"demo","broadcastId":"interop-'"$run_id"'"}' "$ADDR" switchboard.v1.Broadcasts/Get
-  if [[ $rc -eq 0 ]] && grep -q '"status": "COMPLETED"' <<<"$out"; then
-    completed=1
-    break
-  fi
-  sleep 0.5
-done
 if [[ $completed -eq 1 ]] && grep -q '"targeted": "[1-9]' <<<"$out"; then
   ok "Broadcasts/Get: COMPLETED, with its subscribers targeted"
 else
