@@ -231,6 +231,41 @@ impl KafkaConfig {
         }
     }
 
+    /// The largest record batch `topic` takes: its `max.message.bytes`, as
+    /// the cluster reports it (the topic's own setting, or the brokers'
+    /// default). `None` when the cluster answers without saying (this
+    /// client may not describe the topic's configs); an error when it does
+    /// not answer. Blocking (an admin request of up to 10 s): call it off
+    /// the async runtime's hot paths.
+    pub fn topic_max_message_bytes(&self, topic: &str) -> Result<Option<usize>, KafkaError> {
+        use rdkafka::{admin::ResourceSpecifier, client::DefaultClientContext};
+        let not_authorized = |code: RDKafkaErrorCode| {
+            matches!(
+                code,
+                RDKafkaErrorCode::TopicAuthorizationFailed
+                    | RDKafkaErrorCode::ClusterAuthorizationFailed
+            )
+        };
+        let admin: AdminClient<DefaultClientContext> = self.client_config(&[]).create()?;
+        let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
+        let described = match futures::executor::block_on(
+            admin.describe_configs(&[ResourceSpecifier::Topic(topic)], &opts),
+        ) {
+            Ok(described) => described,
+            Err(KafkaError::AdminOp(code)) if not_authorized(code) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        match described.into_iter().next() {
+            Some(Ok(resource)) => Ok(resource
+                .get("max.message.bytes")
+                .and_then(|entry| entry.value.as_deref())
+                .and_then(|value| value.parse().ok())),
+            Some(Err(code)) if not_authorized(code) => Ok(None),
+            Some(Err(code)) => Err(KafkaError::AdminOp(code)),
+            None => Ok(None),
+        }
+    }
+
     /// Waits until a broker answers a metadata request, or `deadline`.
     /// While none does, the client's [`ReportingContext`] says so at once
     /// and every few seconds, with the address and librdkafka's reason.

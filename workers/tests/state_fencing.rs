@@ -49,6 +49,19 @@ fn state(key: &str, value: &str) -> (String, Option<Vec<u8>>) {
     (key.to_owned(), Some(value.as_bytes().to_vec()))
 }
 
+/// `len` random bytes: lz4 cannot shrink them under a topic's limit.
+fn noise(len: usize) -> Vec<u8> {
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64 ^ len as u64;
+    (0..len)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed.to_le_bytes()[0]
+        })
+        .collect()
+}
+
 /// The values of the records of `topic`, read with `isolation`, until
 /// `expected` are there (or 15 s).
 fn values(bootstrap: &str, topic: &str, isolation: &str, expected: usize) -> Vec<String> {
@@ -199,18 +212,6 @@ async fn a_state_kafka_refuses_for_good_is_left_out_and_the_writer_goes_on() {
     let stop = CancellationToken::new();
     let writer = open(kafka, &id, &topic, NEVER).await;
 
-    // Random bytes: lz4 cannot shrink them under the topic's limit.
-    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
-    let mut noise = |len: usize| -> Vec<u8> {
-        (0..len)
-            .map(|_| {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                seed.to_le_bytes()[0]
-            })
-            .collect()
-    };
     // Kafka refuses it (the topic's limit): its delivery report says so.
     let for_the_topic = ("c1".to_owned(), Some(noise(4096)));
     let written = tokio::time::timeout(
@@ -239,5 +240,48 @@ async fn a_state_kafka_refuses_for_good_is_left_out_and_the_writer_goes_on() {
         committed,
         ["small", "also small"],
         "only the states the topic takes"
+    );
+}
+
+/// A state too large for the topic is refused alone. librdkafka does not
+/// split a batch the broker refuses as too large, so the writer keeps its
+/// batches within the topic's `max.message.bytes`: the states written
+/// beside it in the same flush are committed, not refused with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_too_large_for_the_topic_does_not_take_its_batch_mates_down() {
+    let (config, id) = partition_zero("batch-mates").await;
+    let kafka = &config.kafka;
+    let topic = testkit::random_topic("small-states");
+    kafka
+        .ensure_topics_with(&[&topic], &[("max.message.bytes", "1024")])
+        .await
+        .unwrap();
+    let limit = {
+        let (kafka, topic) = (kafka.clone(), topic.clone());
+        tokio::task::spawn_blocking(move || kafka.topic_max_message_bytes(&topic))
+            .await
+            .unwrap()
+            .expect("Kafka answers")
+    };
+    assert_eq!(limit, Some(1024));
+    let stop = CancellationToken::new();
+    let writer = open(kafka, &id, &topic, NEVER).await;
+
+    // Handed over together, so without a bound they share one batch.
+    let flush = [
+        state("c1", "before"),
+        ("c2".to_owned(), Some(noise(4096))),
+        state("c3", "after"),
+    ];
+    let written = tokio::time::timeout(Duration::from_secs(60), writer.write(&flush, &stop))
+        .await
+        .expect("a refused state ends its flush");
+    assert!(written.is_ok(), "the flush ends without it: {written:?}");
+
+    let committed = values(&kafka.bootstrap_servers, &topic, "read_committed", 2);
+    assert_eq!(
+        committed,
+        ["before", "after"],
+        "the states beside the refused one are written"
     );
 }

@@ -221,6 +221,7 @@ impl StateWriter {
     /// Blocking.
     fn create(config: &WriterConfig) -> Result<StateProducer, KafkaError> {
         let timeout = TRANSACTION_TIMEOUT.as_millis().to_string();
+        let batch_bytes = batch_bytes(config)?.to_string();
         let producer: StateProducer = config
             .kafka
             .producer_config(&[
@@ -230,6 +231,7 @@ impl StateWriter {
                 // which is then written again.
                 ("message.timeout.ms", &timeout),
                 ("linger.ms", "5"),
+                ("batch.size", &batch_bytes),
             ])
             .create_with_context(Reports::default())?;
         producer.init_transactions(CALL_TIMEOUT)?;
@@ -485,6 +487,32 @@ impl Drop for StateWriter {
     fn drop(&mut self) {
         drop_on_a_thread(self.producer.lock().expect("producer lock").take());
     }
+}
+
+/// librdkafka's default `batch.size`.
+const DEFAULT_BATCH_BYTES: usize = 1_000_000;
+
+/// The state producer's `batch.size`: no more than the state topic takes.
+/// librdkafka does not split a batch the broker refuses as too large (Kafka's
+/// Java producer does): a batch over the topic's `max.message.bytes` would
+/// fail every state in it, and the flush would leave them all out with the
+/// one too large. Within the limit, a state too large for the topic goes in
+/// a batch of its own and is refused alone. Blocking (an admin request);
+/// an error when Kafka does not answer, so that opening is tried again.
+/// When the cluster does not say (no right to describe the topic's
+/// configs), librdkafka's default.
+fn batch_bytes(config: &WriterConfig) -> Result<usize, KafkaError> {
+    Ok(match config.kafka.topic_max_message_bytes(&config.topic)? {
+        Some(limit) => limit.min(DEFAULT_BATCH_BYTES),
+        None => {
+            tracing::warn!(
+                topic = config.topic,
+                partition = config.partition,
+                "cannot read the state topic's max.message.bytes; state batches may be up to {DEFAULT_BATCH_BYTES} bytes"
+            );
+            DEFAULT_BATCH_BYTES
+        }
+    })
 }
 
 /// Dropping a producer purges what it still holds and joins its threads;
