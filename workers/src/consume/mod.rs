@@ -1,7 +1,10 @@
 //! The at-least-once consume loop.
 //!
 //! One consumer per worker reads the messages topic. Each assigned partition
-//! gets its own task ([`partition`]) and a bounded queue. The task routes
+//! gets its own task ([`partition`]) and a bounded queue. The loop reads a
+//! record's headers and copies its bytes ([`record`]); the task decodes the
+//! envelope when it takes the message, so the queues hold records' bytes,
+//! not decoded envelopes three times their size. The task routes
 //! different conversations concurrently and each conversation (which never
 //! spans partitions) strictly in order. An offset is *stored* only when every
 //! message up to it is done, its state flushed included (the contiguous
@@ -56,7 +59,7 @@ use crate::{config::WorkersConfig, route::Router, state::expiry::ExpiryPolicy};
 use offsets::OffsetTracker;
 use partition::{PartitionContext, route_partition};
 use rebalance::{Routing, WorkerContext};
-use record::Decoded;
+use record::Fetched;
 
 mod batch;
 pub mod offsets;
@@ -68,11 +71,11 @@ mod startup;
 pub(crate) type Consumer_ = StreamConsumer<WorkerContext>;
 
 struct PartitionTask {
-    queue: mpsc::Sender<Decoded>,
+    queue: mpsc::Sender<Fetched>,
     handle: JoinHandle<()>,
     /// Messages fetched while the queue was full; the partition is paused
     /// in the consumer until they are handed over, so this stays small.
-    held: VecDeque<Decoded>,
+    held: VecDeque<Fetched>,
 }
 
 /// A routing worker: one group member on the messages topic.
@@ -259,7 +262,7 @@ impl Worker {
             // number, without a key to allocate per message.
             let partition = message.partition();
             if let Some(task) = partitions.get_mut(&partition) {
-                task.held.push_back(record::decode(&message));
+                task.held.push_back(record::read(&message));
                 if !hand_over(task) {
                     self.hold(task, &key_of(&message), &mut holding, &mut paused);
                 }
@@ -335,7 +338,7 @@ impl Worker {
                     held: VecDeque::new(),
                 }
             });
-            task.held.push_back(record::decode(&message));
+            task.held.push_back(record::read(&message));
             if !hand_over(task) {
                 self.hold(task, &key, &mut holding, &mut paused);
             }

@@ -34,7 +34,7 @@ use super::{
     Consumer_,
     batch::{Batch, Tag},
     offsets::OffsetTracker,
-    record::{Body, Decoded},
+    record::{Body, Fetched},
     startup::{done_by_previous_owner, open_state_writer, rebuild_states, stop_writing},
 };
 use crate::{
@@ -149,7 +149,7 @@ struct InFlight<'a> {
     calling: FuturesUnordered<Calling<'a>>,
     /// Conversations with a message waiting for bots, and their messages
     /// that came meanwhile, in order.
-    lanes: foldhash::HashMap<String, VecDeque<Decoded>>,
+    lanes: foldhash::HashMap<String, VecDeque<Fetched>>,
     /// One worker permit per message being routed (not once its records
     /// are with the producer).
     permits: Vec<OwnedSemaphorePermit>,
@@ -184,17 +184,17 @@ impl<'a> InFlight<'a> {
 
     /// Starts routing `message`, unless its conversation waits for a bot:
     /// then it waits in the conversation's lane.
-    fn start(&mut self, message: Decoded) -> Now {
-        let Decoded {
+    fn start(&mut self, message: Fetched) -> Now {
+        let Fetched {
             offset,
             span,
             trace,
             replayed,
             body,
         } = message;
-        let (envelope, key) = match body {
-            Body::Envelope { envelope, key } => (envelope, key),
-            Body::Poison { payload, error } => {
+        let (envelope, key) = match body.decoded() {
+            Ok(decoded) => decoded,
+            Err((payload, error)) => {
                 // Straight to the dead-letter topic, in no conversation's lane.
                 let (router, stop, source) = (self.router, self.stop, self.source(offset, trace));
                 let letter = Box::pin(async move {
@@ -208,7 +208,7 @@ impl<'a> InFlight<'a> {
             }
         };
         if let Some(lane) = self.lanes.get_mut(&key) {
-            lane.push_back(Decoded {
+            lane.push_back(Fetched {
                 offset,
                 span,
                 trace,
@@ -345,7 +345,7 @@ impl<'a> InFlight<'a> {
 /// Routes one partition; see the module's documentation.
 pub(super) async fn route_partition(
     cx: PartitionContext,
-    mut queue: mpsc::Receiver<Decoded>,
+    mut queue: mpsc::Receiver<Fetched>,
     no_new_work: CancellationToken,
     abort: CancellationToken,
 ) {
@@ -428,7 +428,7 @@ pub(super) async fn route_partition(
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut batch = Vec::with_capacity(cx.max_in_flight);
     // Messages taken while the worker had no permit for them.
-    let mut overflow: VecDeque<Decoded> = VecDeque::new();
+    let mut overflow: VecDeque<Fetched> = VecDeque::new();
     let mut spare: Option<OwnedSemaphorePermit> = None;
     let mut open = true;
     let mut was_full = false;
@@ -576,7 +576,7 @@ fn take(
     work: &mut InFlight<'_>,
     skip: &mut std::collections::BTreeSet<i64>,
     tracker: &Mutex<OffsetTracker>,
-    message: Decoded,
+    message: Fetched,
 ) -> Now {
     let offset = message.offset;
     if tracker.lock().expect("tracker lock").start(offset) {

@@ -1,4 +1,4 @@
-//! Decoding a record of the messages topic.
+//! Reading a record of the messages topic, and decoding its envelope.
 
 use prost::Message as _;
 use rdkafka::{Message, message::Headers as _};
@@ -7,8 +7,8 @@ use switchboard_runtime::trace::{self, TRACEPARENT, TraceParent};
 
 use crate::destinations::topics::headers;
 
-/// A record of the messages topic, decoded.
-pub(super) struct Decoded {
+/// A record of the messages topic, its headers read.
+pub(super) struct Fetched {
     pub offset: i64,
     /// This worker's span, continuing the trace from the record's header.
     pub span: tracing::Span,
@@ -20,10 +20,15 @@ pub(super) struct Decoded {
 
 /// What the record holds.
 pub(super) enum Body {
+    /// The record's bytes, as read. The envelope is decoded when its
+    /// partition takes it ([`Body::decoded`]): what waits in the queues
+    /// between the consume loop and the partition is then a third of the
+    /// decoded envelope's memory, and the envelope is fresh in the cache
+    /// when it is routed.
+    Encoded(Vec<u8>),
     Envelope {
-        /// Boxed: a message is handed from the consume loop to its
-        /// partition and on through routing, and each move of a whole
-        /// envelope is a copy of ~600 bytes.
+        /// Boxed: a message is handed on through routing, and each move of
+        /// a whole envelope is a copy of ~600 bytes.
         envelope: Box<Envelope>,
         key: String,
     },
@@ -31,8 +36,26 @@ pub(super) enum Body {
     Poison { payload: Vec<u8>, error: String },
 }
 
-/// Decodes `message` (reading its headers once).
-pub(super) fn decode(message: &impl Message) -> Decoded {
+impl Body {
+    /// The envelope and its conversation key, decoding the record's bytes
+    /// if not done yet; or what goes to the dead-letter topic, and why.
+    pub fn decoded(self) -> Result<(Box<Envelope>, String), (Vec<u8>, String)> {
+        match self {
+            Self::Encoded(payload) => match Envelope::decode(payload.as_slice()) {
+                Ok(envelope) => {
+                    let key = envelope.conversation_key();
+                    Ok((Box::new(envelope), key))
+                }
+                Err(e) => Err((payload, e.to_string())),
+            },
+            Self::Envelope { envelope, key } => Ok((envelope, key)),
+            Self::Poison { payload, error } => Err((payload, error)),
+        }
+    }
+}
+
+/// Reads `message`'s headers (once) and takes its bytes.
+pub(super) fn read(message: &impl Message) -> Fetched {
     let (mut traceparent, mut replayed) = (None, false);
     if let Some(headers) = message.headers() {
         for header in headers.iter() {
@@ -46,24 +69,59 @@ pub(super) fn decode(message: &impl Message) -> Decoded {
         }
     }
     let (span, trace) = trace::hop("worker.route", traceparent);
-    let body = match message.payload().map(Envelope::decode) {
-        Some(Ok(envelope)) => Body::Envelope {
-            key: envelope.conversation_key(),
-            envelope: Box::new(envelope),
-        },
-        other => Body::Poison {
-            payload: message.payload().unwrap_or_default().to_vec(),
-            error: match other {
-                Some(Err(e)) => e.to_string(),
-                _ => "no payload".to_owned(),
-            },
+    let body = match message.payload() {
+        Some(payload) => Body::Encoded(payload.to_vec()),
+        None => Body::Poison {
+            payload: Vec::new(),
+            error: "no payload".to_owned(),
         },
     };
-    Decoded {
+    Fetched {
         offset: message.offset(),
         span,
         trace,
         replayed,
         body,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use switchboard_proto::v1::Channel;
+
+    use super::*;
+
+    #[test]
+    fn an_envelopes_bytes_decode_with_its_conversation_key() {
+        let envelope = Envelope {
+            tenant_id: "acme".into(),
+            channel: Channel::Sms as i32,
+            conversation_id: "c1".into(),
+            message_id: "m1".into(),
+            ..Default::default()
+        };
+        let (decoded, key) = Body::Encoded(envelope.encode_to_vec())
+            .decoded()
+            .expect("an envelope");
+        assert_eq!(*decoded, envelope);
+        assert_eq!(key, envelope.conversation_key());
+    }
+
+    #[test]
+    fn bytes_that_are_no_envelope_go_to_the_dead_letter_topic_as_they_were() {
+        let garbage = vec![0xff, 0xff, 0xff];
+        let (payload, error) = Body::Encoded(garbage.clone())
+            .decoded()
+            .expect_err("not an envelope");
+        assert_eq!(payload, garbage);
+        assert!(!error.is_empty());
+        let (payload, error) = Body::Poison {
+            payload: Vec::new(),
+            error: "no payload".into(),
+        }
+        .decoded()
+        .expect_err("poison stays poison");
+        assert!(payload.is_empty());
+        assert_eq!(error, "no payload");
     }
 }
