@@ -34,7 +34,7 @@ use super::{
     Consumer_,
     batch::{Batch, Tag},
     offsets::OffsetTracker,
-    record::{Body, Fetched},
+    record::{Body, Decoded, Fetched},
     startup::{done_by_previous_owner, open_state_writer, rebuild_states, stop_writing},
 };
 use crate::{
@@ -192,7 +192,7 @@ impl<'a> InFlight<'a> {
             replayed,
             body,
         } = message;
-        let (envelope, key) = match body.decoded() {
+        let decoded = match body.decoded() {
             Ok(decoded) => decoded,
             Err((payload, error)) => {
                 // Straight to the dead-letter topic, in no conversation's lane.
@@ -207,16 +207,21 @@ impl<'a> InFlight<'a> {
                 return Now::Routed;
             }
         };
-        if let Some(lane) = self.lanes.get_mut(&key) {
+        if let Some(lane) = self.lanes.get_mut(&decoded.key) {
             lane.push_back(Fetched {
                 offset,
                 span,
                 trace,
                 replayed,
-                body: Body::Envelope { envelope, key },
+                body: Body::Envelope(decoded),
             });
             return Now::Waiting;
         }
+        let Decoded {
+            envelope,
+            key,
+            payload,
+        } = decoded;
         let source = self.source(offset, trace);
         let partition = self.partition;
         let state = self
@@ -233,7 +238,8 @@ impl<'a> InFlight<'a> {
         }
         let begun = {
             let _entered = span.enter();
-            self.router.begin(envelope, &key, state, source, self.stop)
+            self.router
+                .begin(envelope, payload, &key, state, source, self.stop)
         };
         match begun {
             Begun::Routed(routed) => {

@@ -26,29 +26,40 @@ pub(super) enum Body {
     /// decoded envelope's memory, and the envelope is fresh in the cache
     /// when it is routed.
     Encoded(Vec<u8>),
-    Envelope {
-        /// Boxed: a message is handed on through routing, and each move of
-        /// a whole envelope is a copy of ~600 bytes.
-        envelope: Box<Envelope>,
-        key: String,
-    },
+    /// Decoded, waiting in its conversation's lane.
+    Envelope(Decoded),
     /// Not an envelope: it goes straight to the dead-letter topic.
     Poison { payload: Vec<u8>, error: String },
 }
 
+/// A record's envelope, decoded.
+#[derive(Debug)]
+pub(super) struct Decoded {
+    /// Boxed: a message is handed on through routing, and each move of a
+    /// whole envelope is a copy of ~600 bytes.
+    pub envelope: Box<Envelope>,
+    /// Its conversation's key.
+    pub key: String,
+    /// The record's bytes, kept for a dead letter until the message is
+    /// settled: a third of the decoded envelope's memory, which goes once
+    /// the message is routed.
+    pub payload: Vec<u8>,
+}
+
 impl Body {
-    /// The envelope and its conversation key, decoding the record's bytes
-    /// if not done yet; or what goes to the dead-letter topic, and why.
-    pub fn decoded(self) -> Result<(Box<Envelope>, String), (Vec<u8>, String)> {
+    /// The envelope, decoding the record's bytes if not done yet; or what
+    /// goes to the dead-letter topic, and why.
+    pub fn decoded(self) -> Result<Decoded, (Vec<u8>, String)> {
         match self {
             Self::Encoded(payload) => match Envelope::decode(payload.as_slice()) {
-                Ok(envelope) => {
-                    let key = envelope.conversation_key();
-                    Ok((Box::new(envelope), key))
-                }
+                Ok(envelope) => Ok(Decoded {
+                    key: envelope.conversation_key(),
+                    envelope: Box::new(envelope),
+                    payload,
+                }),
                 Err(e) => Err((payload, e.to_string())),
             },
-            Self::Envelope { envelope, key } => Ok((envelope, key)),
+            Self::Envelope(decoded) => Ok(decoded),
             Self::Poison { payload, error } => Err((payload, error)),
         }
     }
@@ -100,11 +111,11 @@ mod tests {
             message_id: "m1".into(),
             ..Default::default()
         };
-        let (decoded, key) = Body::Encoded(envelope.encode_to_vec())
-            .decoded()
-            .expect("an envelope");
-        assert_eq!(*decoded, envelope);
-        assert_eq!(key, envelope.conversation_key());
+        let bytes = envelope.encode_to_vec();
+        let decoded = Body::Encoded(bytes.clone()).decoded().expect("an envelope");
+        assert_eq!(*decoded.envelope, envelope);
+        assert_eq!(decoded.key, envelope.conversation_key());
+        assert_eq!(decoded.payload, bytes, "kept for a dead letter");
     }
 
     #[test]

@@ -1,8 +1,6 @@
 //! The dead-letter topic: records that cannot be decoded, and messages a
 //! destination refused for good.
 
-use prost::Message as _;
-use switchboard_proto::v1::Envelope;
 use tokio_util::sync::CancellationToken;
 
 use super::{Failure, Interrupted, Router};
@@ -31,18 +29,19 @@ impl Router {
         self.dead_letter("poison", &letter, stop).await
     }
 
-    /// Dead-letters `envelope` for a destination that failed for good.
+    /// Dead-letters a message (`record`: its record's bytes, as read) for a
+    /// destination that failed for good.
     pub(super) async fn dead_letter_failure(
         &self,
         key: &str,
-        envelope: &Envelope,
+        record: &[u8],
         failure: &Failure,
         source: Source<'_>,
         stop: &CancellationToken,
     ) -> Result<(), Interrupted> {
         let letter = DeadLetter {
             key,
-            payload: envelope.encode_to_vec(),
+            payload: record.to_vec(),
             error: failure.error.to_string(),
             destination: &failure.destination,
             attempts: failure.attempts,

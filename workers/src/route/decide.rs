@@ -42,6 +42,10 @@ pub struct Routed<'a> {
 }
 
 /// What [`Router::begin`] led to.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "`Routed` is nearly every message's outcome, handed on at once: boxing it would allocate per message to save bytes on the stack"
+)]
 pub enum Begun<'a> {
     /// Routed: no destination needs waiting for.
     Routed(Routed<'a>),
@@ -52,6 +56,8 @@ pub enum Begun<'a> {
 /// A message in the middle of its routing.
 pub struct Routing<'a> {
     envelope: Box<Envelope>,
+    /// The record's bytes, for a dead letter.
+    record: Vec<u8>,
     key: String,
     route: RouteDecision,
     targets: Vec<DestinationSpec>,
@@ -74,8 +80,9 @@ pub struct Answered<'a> {
 }
 
 impl Router {
-    /// Starts routing `envelope` read from `source`, of conversation `key`
-    /// in `state`, which it changes in place:
+    /// Starts routing `envelope` read from `source` (`record` is the
+    /// record's bytes, for a dead letter), of conversation `key` in
+    /// `state`, which it changes in place:
     /// - A control event changes the conversation's owner and goes to
     ///   analytics only; so do subscription changes and customer links
     ///   (whose records and events for the customer's other conversations
@@ -90,6 +97,7 @@ impl Router {
     pub fn begin<'a>(
         &'a self,
         mut envelope: Box<Envelope>,
+        record: Vec<u8>,
         key: &str,
         state: &mut ConversationState,
         source: Source<'a>,
@@ -179,6 +187,7 @@ impl Router {
         route.destinations = targets.iter().map(to_proto).collect();
         let routing = Routing {
             envelope,
+            record,
             key: key.to_owned(),
             route,
             targets,
@@ -347,6 +356,7 @@ impl Router {
         }
         let Routing {
             envelope,
+            record,
             key,
             route,
             changed,
@@ -374,11 +384,13 @@ impl Router {
                 self.outputs.analytics(&key, reply, &trace),
             ));
         }
+        // The envelope goes now; its record's bytes wait for Kafka's answers.
+        drop(envelope);
         let outputs = Outputs {
             writes,
             failures,
             key,
-            envelope,
+            record,
             source,
             received,
         };

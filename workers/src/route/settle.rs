@@ -14,7 +14,6 @@ use std::{
 };
 
 use futures::future::join_all;
-use switchboard_proto::v1::Envelope;
 use tokio_util::sync::CancellationToken;
 
 use super::{Failure, Interrupted, Router, Write, decide::Pending};
@@ -28,7 +27,8 @@ pub(super) struct Outputs<'a> {
     /// Destinations that failed for good before (its bots).
     pub failures: Vec<Failure>,
     pub key: String,
-    pub envelope: Box<Envelope>,
+    /// The record's bytes, as read: what a dead letter holds.
+    pub record: Vec<u8>,
     pub source: Source<'a>,
     /// When Switchboard received the message, for the end-to-end latency.
     pub received: Option<SystemTime>,
@@ -143,7 +143,7 @@ impl Router {
             writes,
             failures,
             key,
-            envelope,
+            record,
             source,
             received,
         } = outputs;
@@ -151,11 +151,11 @@ impl Router {
         // Refused for good: the message goes to the dead-letter topic
         // instead, and the partition moves on.
         for failure in &failures {
-            Box::pin(self.dead_letter_failure(&key, &envelope, failure, source, stop)).await?;
+            Box::pin(self.dead_letter_failure(&key, &record, failure, source, stop)).await?;
         }
         for failure in settled.into_iter().collect::<Result<Vec<_>, _>>()? {
             let Some(failure) = failure else { continue };
-            Box::pin(self.dead_letter_failure(&key, &envelope, &failure, source, stop)).await?;
+            Box::pin(self.dead_letter_failure(&key, &record, &failure, source, stop)).await?;
         }
         self.metrics.routed(received);
         Ok(())
