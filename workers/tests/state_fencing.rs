@@ -42,6 +42,21 @@ async fn partition_zero(prefix: &str) -> (switchboard_workers::config::WorkersCo
     (config, id)
 }
 
+/// Like [`partition_zero`], with a state topic of its own that takes
+/// records of at most 1,024 bytes.
+async fn small_state_topic(
+    prefix: &str,
+) -> (switchboard_workers::config::WorkersConfig, String, String) {
+    let (config, id) = partition_zero(prefix).await;
+    let topic = testkit::random_topic("small-states");
+    config
+        .kafka
+        .ensure_topics_with(&[&topic], &[("max.message.bytes", "1024")])
+        .await
+        .unwrap();
+    (config, id, topic)
+}
+
 /// Longer than any test here: a fenced writer in them never opens again.
 const NEVER: Duration = Duration::from_secs(600);
 
@@ -202,13 +217,8 @@ async fn a_writer_fenced_by_a_late_open_opens_again_and_writes() {
 /// forever), and the flush's other states and the next flush are written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_state_kafka_refuses_for_good_is_left_out_and_the_writer_goes_on() {
-    let (config, id) = partition_zero("refused").await;
+    let (config, id, topic) = small_state_topic("refused").await;
     let kafka = &config.kafka;
-    let topic = testkit::random_topic("small-states");
-    kafka
-        .ensure_topics_with(&[&topic], &[("max.message.bytes", "1024")])
-        .await
-        .unwrap();
     let stop = CancellationToken::new();
     let writer = open(kafka, &id, &topic, NEVER).await;
 
@@ -249,13 +259,8 @@ async fn a_state_kafka_refuses_for_good_is_left_out_and_the_writer_goes_on() {
 /// beside it in the same flush are committed, not refused with it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_state_too_large_for_the_topic_does_not_take_its_batch_mates_down() {
-    let (config, id) = partition_zero("batch-mates").await;
+    let (config, id, topic) = small_state_topic("batch-mates").await;
     let kafka = &config.kafka;
-    let topic = testkit::random_topic("small-states");
-    kafka
-        .ensure_topics_with(&[&topic], &[("max.message.bytes", "1024")])
-        .await
-        .unwrap();
     let limit = {
         let (kafka, topic) = (kafka.clone(), topic.clone());
         tokio::task::spawn_blocking(move || kafka.topic_max_message_bytes(&topic))
