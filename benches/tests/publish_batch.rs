@@ -37,6 +37,11 @@ struct Node {
 
 impl Node {
     async fn start(config: BrokerConfig) -> Self {
+        Self::start_on(config, &[]).await
+    }
+
+    /// The same, its topic created with `topic_configs`.
+    async fn start_on(config: BrokerConfig, topic_configs: &[(&str, &str)]) -> Self {
         let bootstrap = testkit::real_kafka();
         let topic = testkit::random_topic("batch.messages");
         let config = BrokerConfig {
@@ -49,7 +54,11 @@ impl Node {
             ack_timeout: Duration::from_secs(10),
             ..config
         };
-        config.kafka.ensure_topics(&[&topic]).await.unwrap();
+        config
+            .kafka
+            .ensure_topics_with(&[&topic], topic_configs)
+            .await
+            .unwrap();
         let broker = Broker::bind(config).await.unwrap();
         let addr = broker.local_addr();
         let stop = Shutdown::new();
@@ -497,5 +506,50 @@ async fn batch_limits_and_in_flight_permits() {
         "{response:?}"
     );
     assert_eq!(node.size(), before + 3 + 3);
+    node.stop().await;
+}
+
+/// A topic that takes smaller records than librdkafka's 1 MB batches: the
+/// node keeps its batches within `max_envelope_bytes`, so the envelopes
+/// the topic takes are published, not refused together in one batch over
+/// its limit (librdkafka does not split a batch the broker refuses).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_stay_within_a_topic_that_takes_small_records() {
+    let mut node = Node::start_on(
+        BrokerConfig {
+            max_envelope_bytes: 8 << 10,
+            ..BrokerConfig::default()
+        },
+        &[("max.message.bytes", "16384")],
+    )
+    .await;
+    node.warm_up(None).await;
+    // Random letters, about 2 KB each, that lz4 cannot shrink: 60 of them
+    // over 3 partitions are about 40 KB per partition, handed over at once.
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    let mut letters = |len: usize| -> String {
+        (0..len)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                char::from(
+                    b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+                        [(seed % 62) as usize],
+                )
+            })
+            .collect()
+    };
+    let envelopes: Vec<Envelope> = (0..60)
+        .map(|i| text(&format!("small-records-{i}"), &letters(2000)))
+        .collect();
+    let response = node.publish(envelopes).await;
+    assert_eq!(
+        response.failed_count,
+        0,
+        "every envelope the topic takes is published: {:?}",
+        response.results.iter().find_map(|r| r.error.as_ref())
+    );
+    assert_eq!(node.records(61).await.len(), 61, "the warm-up and the 60");
     node.stop().await;
 }

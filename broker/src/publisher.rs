@@ -401,6 +401,14 @@ fn create_producer(config: &PublisherConfig, health: &KafkaHealth) -> anyhow::Re
     let timeout_ms = config.ack_timeout.as_millis().to_string();
     let linger_ms = config.linger.as_millis().to_string();
     let queue = (config.max_in_flight * 2).max(1_000).to_string();
+    // librdkafka does not split a batch the broker refuses as too large: a
+    // batch over the topic's `max.message.bytes` would fail every envelope
+    // in it. Within `max_envelope_bytes`, which the topic must take anyway,
+    // an envelope too large for the topic goes in a batch of its own.
+    let batch_bytes = config
+        .max_envelope_bytes
+        .min(KafkaConfig::DEFAULT_BATCH_BYTES)
+        .to_string();
     let context = PublisherContext {
         health: health.clone(),
         retired: AtomicBool::new(false),
@@ -412,6 +420,7 @@ fn create_producer(config: &PublisherConfig, health: &KafkaHealth) -> anyhow::Re
         ("linger.ms", &linger_ms),
         ("message.timeout.ms", &timeout_ms),
         ("queue.buffering.max.messages", &queue),
+        ("batch.size", &batch_bytes),
         // Notice a returning broker quickly.
         ("reconnect.backoff.max.ms", "1000"),
     ]);

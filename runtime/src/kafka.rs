@@ -231,6 +231,9 @@ impl KafkaConfig {
         }
     }
 
+    /// librdkafka's default `batch.size`, in bytes.
+    pub const DEFAULT_BATCH_BYTES: usize = 1_000_000;
+
     /// The largest record batch `topic` takes: its `max.message.bytes`, as
     /// the cluster reports it (the topic's own setting, or the brokers'
     /// default). `None` when the cluster answers without saying (this

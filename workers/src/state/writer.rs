@@ -489,9 +489,6 @@ impl Drop for StateWriter {
     }
 }
 
-/// librdkafka's default `batch.size`.
-const DEFAULT_BATCH_BYTES: usize = 1_000_000;
-
 /// The state producer's `batch.size`: no more than the state topic takes.
 /// librdkafka does not split a batch the broker refuses as too large (Kafka's
 /// Java producer does): a batch over the topic's `max.message.bytes` would
@@ -503,14 +500,15 @@ const DEFAULT_BATCH_BYTES: usize = 1_000_000;
 /// configs), librdkafka's default.
 fn batch_bytes(config: &WriterConfig) -> Result<usize, KafkaError> {
     Ok(match config.kafka.topic_max_message_bytes(&config.topic)? {
-        Some(limit) => limit.min(DEFAULT_BATCH_BYTES),
+        Some(limit) => limit.min(KafkaConfig::DEFAULT_BATCH_BYTES),
         None => {
             tracing::warn!(
                 topic = config.topic,
                 partition = config.partition,
-                "cannot read the state topic's max.message.bytes; state batches may be up to {DEFAULT_BATCH_BYTES} bytes"
+                "cannot read the state topic's max.message.bytes; state batches may be up to {} bytes",
+                KafkaConfig::DEFAULT_BATCH_BYTES
             );
-            DEFAULT_BATCH_BYTES
+            KafkaConfig::DEFAULT_BATCH_BYTES
         }
     })
 }
