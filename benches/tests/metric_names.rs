@@ -17,10 +17,16 @@ fn names(text: &str) -> BTreeSet<&str> {
     text.split('"').filter(is_name).collect()
 }
 
-/// A metric is described by the first string after a `describe_*!(`.
+/// A metric is described by the first string after a `describe_counter!(`,
+/// `describe_gauge!(` or `describe_histogram!(`.
 fn described_in(text: &str) -> Vec<&str> {
     text.split("describe_")
         .skip(1)
+        .filter(|rest| {
+            ["counter!", "gauge!", "histogram!"]
+                .iter()
+                .any(|m| rest.starts_with(m))
+        })
         .filter_map(|rest| rest.split('"').nth(1))
         .collect()
 }

@@ -238,9 +238,13 @@ impl KafkaConfig {
     /// the cluster reports it (the topic's own setting, or the brokers'
     /// default). `None` when the cluster answers without saying (this
     /// client may not describe the topic's configs); an error when it does
-    /// not answer. Blocking (an admin request of up to 10 s): call it off
-    /// the async runtime's hot paths.
-    pub fn topic_max_message_bytes(&self, topic: &str) -> Result<Option<usize>, KafkaError> {
+    /// not answer within `timeout` (librdkafka's mock cluster never does).
+    /// Blocking: call it off the async runtime's hot paths.
+    pub fn topic_max_message_bytes(
+        &self,
+        topic: &str,
+        timeout: Duration,
+    ) -> Result<Option<usize>, KafkaError> {
         use rdkafka::{admin::ResourceSpecifier, client::DefaultClientContext};
         let not_authorized = |code: RDKafkaErrorCode| {
             matches!(
@@ -250,7 +254,7 @@ impl KafkaConfig {
             )
         };
         let admin: AdminClient<DefaultClientContext> = self.client_config(&[]).create()?;
-        let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
+        let opts = AdminOptions::new().request_timeout(Some(timeout));
         let described = match futures::executor::block_on(
             admin.describe_configs(&[ResourceSpecifier::Topic(topic)], &opts),
         ) {

@@ -221,7 +221,7 @@ impl StateWriter {
     /// Blocking.
     fn create(config: &WriterConfig) -> Result<StateProducer, KafkaError> {
         let timeout = TRANSACTION_TIMEOUT.as_millis().to_string();
-        let batch_bytes = batch_bytes(config)?.to_string();
+        let batch_bytes = batch_bytes(config).to_string();
         let producer: StateProducer = config
             .kafka
             .producer_config(&[
@@ -494,24 +494,32 @@ impl Drop for StateWriter {
 /// Java producer does): a batch over the topic's `max.message.bytes` would
 /// fail every state in it, and the flush would leave them all out with the
 /// one too large. Within the limit, a state too large for the topic goes in
-/// a batch of its own and is refused alone. Blocking (an admin request);
-/// an error when Kafka does not answer, so that opening is tried again.
-/// When the cluster does not say (no right to describe the topic's
-/// configs), librdkafka's default.
-fn batch_bytes(config: &WriterConfig) -> Result<usize, KafkaError> {
-    Ok(match config.kafka.topic_max_message_bytes(&config.topic)? {
-        Some(limit) => limit.min(KafkaConfig::DEFAULT_BATCH_BYTES),
-        None => {
+/// a batch of its own and is refused alone. Blocking (an admin request of
+/// up to [`DESCRIBE_TIMEOUT`]). When the limit cannot be read (no right to
+/// describe the topic's configs, Kafka not answering, or librdkafka's mock
+/// cluster, which does not describe configs), librdkafka's default.
+fn batch_bytes(config: &WriterConfig) -> usize {
+    let limit = config
+        .kafka
+        .topic_max_message_bytes(&config.topic, DESCRIBE_TIMEOUT);
+    match limit {
+        Ok(Some(limit)) => limit.min(KafkaConfig::DEFAULT_BATCH_BYTES),
+        unknown => {
+            let error = unknown.err().map(|e| e.to_string());
             tracing::warn!(
                 topic = config.topic,
                 partition = config.partition,
+                error,
                 "cannot read the state topic's max.message.bytes; state batches may be up to {} bytes",
                 KafkaConfig::DEFAULT_BATCH_BYTES
             );
             KafkaConfig::DEFAULT_BATCH_BYTES
         }
-    })
+    }
 }
+
+/// How long a writer waits for the state topic's configs when it opens.
+const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Dropping a producer purges what it still holds and joins its threads;
 /// with a broker away that can take a while, so it happens on a thread of
