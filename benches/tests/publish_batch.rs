@@ -524,24 +524,15 @@ async fn batches_stay_within_a_topic_that_takes_small_records() {
     )
     .await;
     node.warm_up(None).await;
-    // Random letters, about 2 KB each, that lz4 cannot shrink: 60 of them
-    // over 3 partitions are about 40 KB per partition, handed over at once.
-    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
-    let mut letters = |len: usize| -> String {
-        (0..len)
-            .map(|_| {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                char::from(
-                    b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
-                        [(seed % 62) as usize],
-                )
-            })
-            .collect()
-    };
+    // About 2 KB each that lz4 cannot shrink: 60 of them over 3 partitions
+    // are about 40 KB per partition, handed over at once.
     let envelopes: Vec<Envelope> = (0..60)
-        .map(|i| text(&format!("small-records-{i}"), &letters(2000)))
+        .map(|i| {
+            text(
+                &format!("small-records-{i}"),
+                &testkit::incompressible_text(2000),
+            )
+        })
         .collect();
     let response = node.publish(envelopes).await;
     assert_eq!(

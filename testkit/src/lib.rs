@@ -103,6 +103,18 @@ pub fn random_topic(prefix: &str) -> String {
     format!("test.{prefix}.{}", uuid::Uuid::now_v7().simple())
 }
 
+/// `len` random letters and digits: text that lz4 cannot shrink (it has no
+/// entropy coding, and random text has no repeats to find), for records
+/// that must stay over a size limit once compressed.
+pub fn incompressible_text(len: usize) -> String {
+    use rand::{Rng as _, distr::Alphanumeric};
+    rand::rng()
+        .sample_iter(Alphanumeric)
+        .take(len)
+        .map(char::from)
+        .collect()
+}
+
 /// Kafka settings for `bootstrap` with test-sized topics.
 pub fn kafka_config(bootstrap: &str, partitions: i32) -> KafkaConfig {
     KafkaConfig {

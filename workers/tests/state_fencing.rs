@@ -64,17 +64,22 @@ fn state(key: &str, value: &str) -> (String, Option<Vec<u8>>) {
     (key.to_owned(), Some(value.as_bytes().to_vec()))
 }
 
-/// `len` random bytes: lz4 cannot shrink them under a topic's limit.
+/// `len` bytes that lz4 cannot shrink under a topic's limit.
 fn noise(len: usize) -> Vec<u8> {
-    let mut seed = 0x9e37_79b9_7f4a_7c15_u64 ^ len as u64;
-    (0..len)
-        .map(|_| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed.to_le_bytes()[0]
-        })
-        .collect()
+    testkit::incompressible_text(len).into_bytes()
+}
+
+/// Writes a flush holding a state Kafka refuses for good: the flush ends
+/// without it (nothing retries it forever).
+async fn write_refusing(
+    writer: &StateWriter,
+    flush: &[(String, Option<Vec<u8>>)],
+    stop: &CancellationToken,
+) {
+    let written = tokio::time::timeout(Duration::from_secs(60), writer.write(flush, stop))
+        .await
+        .expect("a refused state ends its flush");
+    assert!(written.is_ok(), "the flush ends without it: {written:?}");
 }
 
 /// The values of the records of `topic`, read with `isolation`, until
@@ -224,26 +229,14 @@ async fn a_state_kafka_refuses_for_good_is_left_out_and_the_writer_goes_on() {
 
     // Kafka refuses it (the topic's limit): its delivery report says so.
     let for_the_topic = ("c1".to_owned(), Some(noise(4096)));
-    let written = tokio::time::timeout(
-        Duration::from_secs(60),
-        writer.write(&[for_the_topic], &stop),
-    )
-    .await
-    .expect("a refused state ends its flush");
-    assert!(written.is_ok(), "the flush ends without it: {written:?}");
+    write_refusing(&writer, &[for_the_topic], &stop).await;
     writer
         .write(&[state("c2", "small")], &stop)
         .await
         .expect("the next flush is written");
     // The client refuses it before it leaves (over `message.max.bytes`).
     let for_the_client = ("c4".to_owned(), Some(noise(1_100_000)));
-    let written = tokio::time::timeout(
-        Duration::from_secs(60),
-        writer.write(&[state("c3", "also small"), for_the_client], &stop),
-    )
-    .await
-    .expect("a state the client refuses ends its flush");
-    assert!(written.is_ok(), "the flush ends without it: {written:?}");
+    write_refusing(&writer, &[state("c3", "also small"), for_the_client], &stop).await;
 
     let committed = values(&kafka.bootstrap_servers, &topic, "read_committed", 2);
     assert_eq!(
@@ -280,10 +273,7 @@ async fn a_state_too_large_for_the_topic_does_not_take_its_batch_mates_down() {
         ("c2".to_owned(), Some(noise(4096))),
         state("c3", "after"),
     ];
-    let written = tokio::time::timeout(Duration::from_secs(60), writer.write(&flush, &stop))
-        .await
-        .expect("a refused state ends its flush");
-    assert!(written.is_ok(), "the flush ends without it: {written:?}");
+    write_refusing(&writer, &flush, &stop).await;
 
     let committed = values(&kafka.bootstrap_servers, &topic, "read_committed", 2);
     assert_eq!(

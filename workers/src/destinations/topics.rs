@@ -36,7 +36,7 @@ pub struct DeadLetter<'a> {
     /// Kafka key: the conversation key, empty when unknown.
     pub key: &'a str,
     /// The original record's value.
-    pub payload: Vec<u8>,
+    pub payload: &'a [u8],
     /// Why delivery failed.
     pub error: String,
     /// The destination that failed (`bot:NAME`, `agent:QUEUE`, or `none`).
@@ -469,7 +469,7 @@ impl TopicOutputs {
             "dlq",
             &self.dlq_topic,
             letter.key,
-            Some(&letter.payload),
+            Some(letter.payload),
             headers,
         )
         .await

@@ -20,7 +20,7 @@ impl Router {
     ) -> Result<(), Interrupted> {
         let letter = DeadLetter {
             key: "",
-            payload: payload.to_vec(),
+            payload,
             error: format!("undecodable: {error}"),
             destination: "none",
             attempts: 0,
@@ -41,7 +41,7 @@ impl Router {
     ) -> Result<(), Interrupted> {
         let letter = DeadLetter {
             key,
-            payload: record.to_vec(),
+            payload: record,
             error: failure.error.to_string(),
             destination: &failure.destination,
             attempts: failure.attempts,
@@ -76,7 +76,7 @@ impl Router {
             return Ok(());
         };
         let stripped = DeadLetter {
-            payload: Vec::new(),
+            payload: &[],
             error: format!("{}; payload left out: {error}", letter.error),
             ..*letter
         };

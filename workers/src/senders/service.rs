@@ -516,7 +516,7 @@ impl Sending {
     ) -> Result<(), Interrupted> {
         let letter = DeadLetter {
             key,
-            payload: payload.to_vec(),
+            payload,
             error: error.to_owned(),
             destination,
             attempts,
