@@ -282,14 +282,15 @@ async fn the_sticky_agent_follows_a_linked_customer_across_channels_only() {
 
     // Every link and unlink is on analytics; the vip rule matched Kim.
     let decisions = wait_for("analytics", || {
-        let decisions: Vec<(String, String, String)> = analytics
+        let decisions: Vec<(String, String, String, Option<String>)> = analytics
             .lock()
             .unwrap()
             .iter()
             .map(|r| AnalyticsRecord::decode(r.as_slice()).unwrap())
             .map(|r| {
-                let d = r.decision.unwrap();
-                (r.envelope.unwrap().conversation_key(), d.rule_id, d.reason)
+                let (d, mut e) = (r.decision.unwrap(), r.envelope.unwrap());
+                let customer = e.attributes.remove("customer");
+                (e.conversation_key(), d.rule_id, d.reason, customer)
             })
             .collect();
         (decisions.iter().filter(|d| d.1 == "customer").count() >= 4).then_some(decisions)
@@ -327,6 +328,17 @@ async fn the_sticky_agent_follows_a_linked_customer_across_channels_only() {
             .collect::<Vec<_>>()
     };
     assert_eq!(rule_of(ig), ["vip"]);
+    // Analytics holds the message as routed: with its customer while linked.
+    let routed_as: Vec<(&str, Option<&str>)> = decisions
+        .iter()
+        .filter(|d| d.1 == "vip" || d.1 == "default")
+        .map(|d| (d.1.as_str(), d.3.as_deref()))
+        .collect();
+    assert!(
+        routed_as.contains(&("vip", Some("cus-kim"))),
+        "{routed_as:?}"
+    );
+    assert!(routed_as.contains(&("default", None)), "{routed_as:?}");
     assert_eq!(rule_of(other), ["default"]);
     assert_eq!(rule_of(wa), ["vip", "default"], "vip while linked only");
 

@@ -379,18 +379,18 @@ fn match_phone(
 
 /// Tells routing, the bots and the desks who the customer is: a linked
 /// conversation's messages carry `customer`, `customer.<attribute>` and
-/// `customer.conversations`.
-pub fn annotate(envelope: &mut Envelope, state: &ConversationState) {
+/// `customer.conversations`. Returns whether the envelope changed.
+pub fn annotate(envelope: &mut Envelope, state: &ConversationState) -> bool {
     let attributes = &mut envelope.attributes;
     // Only the workers say who the customer is.
-    if attributes
+    let claimed = attributes
         .keys()
-        .any(|k| k == CUSTOMER_ATTRIBUTE || k.starts_with("customer."))
-    {
+        .any(|k| k == CUSTOMER_ATTRIBUTE || k.starts_with("customer."));
+    if claimed {
         attributes.retain(|k, _| k != CUSTOMER_ATTRIBUTE && !k.starts_with("customer."));
     }
     if state.linked_customer.is_empty() {
-        return;
+        return claimed;
     }
     attributes.insert(CUSTOMER_ATTRIBUTE.to_owned(), state.linked_customer.clone());
     for (k, v) in &state.customer_attributes {
@@ -402,4 +402,5 @@ pub fn annotate(envelope: &mut Envelope, state: &ConversationState) {
             state.customer_conversations.join(","),
         );
     }
+    true
 }

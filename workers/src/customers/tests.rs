@@ -98,7 +98,7 @@ fn linking_two_conversations_tells_the_other_and_records_both() {
         "wa-1",
         Content::Text(Text { body: "hi".into() }),
     );
-    annotate(&mut message, &whatsapp);
+    assert!(annotate(&mut message, &whatsapp), "the customer was added");
     assert_eq!(message.attributes[CUSTOMER_ATTRIBUTE], "cus-kim");
     assert_eq!(message.attributes["customer.tier"], "vip");
     assert_eq!(
@@ -200,8 +200,9 @@ fn unlinking_tells_the_others_and_deletes_the_record() {
     message
         .attributes
         .insert("customer.tier".into(), "vip".into());
-    annotate(&mut message, &state);
+    assert!(annotate(&mut message, &state), "the forged customer went");
     assert!(message.attributes.is_empty());
+    assert!(!annotate(&mut message, &state), "nothing left to change");
 }
 
 #[test]

@@ -364,19 +364,32 @@ impl TopicOutputs {
 
     /// The analytics record of `envelope` routed by `decision`, keyed by
     /// conversation: encoded as an [`AnalyticsRecord`] holding both, without
-    /// building one (the envelope stays where it is).
+    /// building one (the envelope stays where it is). `encoded` is the
+    /// envelope's bytes as read, when routing changed nothing in it: they
+    /// are embedded as they are, instead of encoding the envelope again.
     pub fn analytics_of(
         &self,
         key: &str,
         envelope: &Envelope,
+        encoded: Option<&[u8]>,
         decision: &RouteDecision,
         trace: &TraceParent,
     ) -> Outgoing<'_> {
-        use prost::encoding::message;
+        use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, message};
+        let envelope_len = encoded.map_or_else(|| envelope.encoded_len(), <[u8]>::len);
         let mut payload = Vec::with_capacity(
-            message::encoded_len(1, envelope) + message::encoded_len(2, decision),
+            1 + encoded_len_varint(envelope_len as u64)
+                + envelope_len
+                + message::encoded_len(2, decision),
         );
-        message::encode(1, envelope, &mut payload);
+        match encoded {
+            Some(bytes) => {
+                encode_key(1, WireType::LengthDelimited, &mut payload);
+                encode_varint(bytes.len() as u64, &mut payload);
+                payload.extend_from_slice(bytes);
+            }
+            None => message::encode(1, envelope, &mut payload),
+        }
         message::encode(2, decision, &mut payload);
         Outgoing {
             kind: "analytics",
@@ -549,13 +562,24 @@ mod tests {
             decision: Some(decision.clone()),
         };
         let built = outputs.analytics("k", &record, &trace);
-        let in_place = outputs.analytics_of("k", &envelope, &decision, &trace);
+        let in_place = outputs.analytics_of("k", &envelope, None, &decision, &trace);
         assert_eq!(in_place.payload, built.payload);
         assert_eq!(
             AnalyticsRecord::decode(in_place.payload.as_slice()).unwrap(),
             record
         );
         assert_eq!((in_place.topic, in_place.kind), ("a", "analytics"));
+        // The bytes as read are embedded as they are: the same record, and
+        // fields this build does not know (here field 999) kept.
+        let mut read = envelope.encode_to_vec();
+        prost::encoding::string::encode(999, &"from a newer node".to_owned(), &mut read);
+        let spliced = outputs.analytics_of("k", &envelope, Some(&read), &decision, &trace);
+        assert_eq!(
+            AnalyticsRecord::decode(spliced.payload.as_slice()).unwrap(),
+            record
+        );
+        let embedded = &spliced.payload[2..2 + read.len()];
+        assert_eq!(embedded, read.as_slice());
     }
 
     #[test]

@@ -58,6 +58,9 @@ pub struct Routing<'a> {
     envelope: Box<Envelope>,
     /// The record's bytes, for a dead letter.
     record: Vec<u8>,
+    /// Whether `envelope` is still what `record` holds, so analytics can
+    /// embed the record's bytes instead of encoding the envelope again.
+    as_read: bool,
     key: String,
     route: RouteDecision,
     targets: Vec<DestinationSpec>,
@@ -107,8 +110,8 @@ impl Router {
         changed |= self.keywords.apply(state, &envelope);
         let linked = customers::link::apply(&self.customers, state, &envelope);
         changed |= linked.changed;
-        subscriptions::address(&mut envelope, state);
-        customers::link::annotate(&mut envelope, state);
+        let addressed = subscriptions::address(&mut envelope, state);
+        let annotated = customers::link::annotate(&mut envelope, state);
         if !state.queue.is_empty() {
             let queue = self.queue_for(&state.queue);
             if queue != state.queue {
@@ -188,6 +191,7 @@ impl Router {
         let routing = Routing {
             envelope,
             record,
+            as_read: !(addressed || annotated),
             key: key.to_owned(),
             route,
             targets,
@@ -357,6 +361,7 @@ impl Router {
         let Routing {
             envelope,
             record,
+            as_read,
             key,
             route,
             changed,
@@ -375,7 +380,13 @@ impl Router {
         writes.push(self.write(
             Kind::Analytics,
             0,
-            self.outputs.analytics_of(&key, &envelope, &route, &trace),
+            self.outputs.analytics_of(
+                &key,
+                &envelope,
+                as_read.then_some(record.as_slice()),
+                &route,
+                &trace,
+            ),
         ));
         for reply in &replies {
             writes.push(self.write(

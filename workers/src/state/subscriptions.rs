@@ -245,7 +245,8 @@ pub fn is_subscribed(state: &ConversationState, topic: &str) -> bool {
 
 /// An outbound message without a recipient goes to the conversation's
 /// customer (a broadcast to a list names conversations, not customers).
-pub fn address(envelope: &mut Envelope, state: &ConversationState) {
+/// Returns whether the envelope changed.
+pub fn address(envelope: &mut Envelope, state: &ConversationState) -> bool {
     if envelope.direction() == Direction::Outbound
         && !matches!(
             envelope.content,
@@ -255,7 +256,9 @@ pub fn address(envelope: &mut Envelope, state: &ConversationState) {
         && envelope.customer.as_ref().is_none_or(|c| c.id.is_empty())
     {
         envelope.customer.get_or_insert_default().id = state.customer_id.clone();
+        return true;
     }
+    false
 }
 
 /// The route decision's reason for a subscription change.

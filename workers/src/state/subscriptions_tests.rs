@@ -177,7 +177,8 @@ fn broadcasts_need_the_subscription_and_go_to_the_known_customer() {
         "news".to_owned(),
     );
     assert_eq!(policy.check(&broadcast, &state, now), Ok(()));
-    address(&mut broadcast, &state);
+    assert!(address(&mut broadcast, &state));
+    assert!(!address(&mut broadcast, &state), "addressed already");
     assert_eq!(broadcast.customer.unwrap().id, "15551230000");
 }
 
