@@ -30,6 +30,13 @@ impl<'a> Batch<'a> {
         self.waiting.push((tag, settle));
     }
 
+    /// Room for `more` messages, taken at once: a batch is as large as
+    /// what a poll returned, up to thousands of messages, and growing it
+    /// one doubling at a time copies it and touches fresh memory each time.
+    pub fn reserve(&mut self, more: usize) {
+        self.waiting.reserve(more);
+    }
+
     pub fn is_empty(&self) -> bool {
         self.waiting.is_empty()
     }
@@ -40,6 +47,9 @@ impl Future for Batch<'_> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
+        if this.settled.is_empty() {
+            this.settled.reserve_exact(this.waiting.len());
+        }
         while let Some((tag, settle)) = this.waiting.get_mut(this.settled.len()) {
             let Poll::Ready(outcome) = Pin::new(settle).poll(cx) else {
                 return Poll::Pending;

@@ -552,6 +552,7 @@ pub(super) async fn route_partition(
                     batch.clear();
                     continue;
                 }
+                work.batch.reserve(received);
                 for message in batch.drain(..) {
                     let permit = match spare.take() {
                         Some(permit) => permit,
