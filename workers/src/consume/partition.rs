@@ -405,23 +405,21 @@ pub(super) async fn route_partition(
         store(safe);
     };
     let complete = |offset: i64| complete_all(&mut std::iter::once(offset));
-    // A message taken that needs no routing is done at once.
     // A message's work is over once its records are with the producer: its
-    // permit goes back (what is left is Kafka's answer, bounded apart). One
-    // that needs no routing is done at once.
+    // permit is freed (what is left is Kafka's answer, bounded apart). One
+    // that needs no routing is done at once. Returns the freed permit, which
+    // the next message of the same poll takes without going back to the
+    // worker's semaphore.
     let ended_now = |work: &mut InFlight<'_>, offset: i64, now: Now| {
         let counter = match now {
-            Now::Waiting => return,
-            Now::Routed => {
-                work.permits.pop();
-                return;
-            }
+            Now::Waiting => return None,
+            Now::Routed => return work.permits.pop(),
             Now::Duplicate => &duplicate,
             Now::Skipped => &skipped,
         };
-        work.permits.pop();
         counter.increment(1);
         complete(offset);
+        work.permits.pop()
     };
     let mut flushing: Option<Pending<'_, Flushed>> = None;
     // The first flush one interval from now, not at once.
@@ -567,8 +565,11 @@ pub(super) async fn route_partition(
                     work.permits.push(permit);
                     let offset = message.offset;
                     let now = take(&mut work, &mut skip, &cx.tracker, message);
-                    ended_now(&mut work, offset, now);
+                    spare = ended_now(&mut work, offset, now);
                 }
+                // Not kept while the partition waits: other partitions may
+                // need it.
+                spare = None;
             }
             else => break,
         }
