@@ -1,6 +1,7 @@
 //! Microbenchmarks of the per-message hot paths: webhook normalization per
 //! channel, envelope encode and decode, the partitioner, rule evaluation
-//! with 10 and 1,000 rules, and a conversation state's lookup.
+//! with 10 and 1,000 rules, a conversation state's lookup, and a routed
+//! message's analytics record.
 //!
 //! `cargo bench -p switchboard-benches --bench micro` (add `-- <filter>` to
 //! pick some). These are measurements, not tests: nothing here asserts speed.
@@ -10,11 +11,17 @@ use std::{collections::HashSet, hint::black_box, path::PathBuf, time::SystemTime
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use prost::Message as _;
 use switchboard_broker::channels::{self, Limits};
+use switchboard_proto::v1::RouteDecision;
 use switchboard_proto::{
     partition::partition_for,
     v1::{Channel, Direction, Envelope, Text, envelope::Content},
 };
-use switchboard_workers::{rules::RuleSet, state::PartitionStates};
+use switchboard_runtime::{kafka::KafkaConfig, trace::TraceParent};
+use switchboard_workers::{
+    destinations::topics::{TopicOutputs, TopicsConfig},
+    rules::RuleSet,
+    state::PartitionStates,
+};
 
 /// One fixture per channel, the most common shape.
 const FIXTURES: &[(&str, Channel, &str)] = &[
@@ -214,12 +221,51 @@ fn state_lookup(c: &mut Criterion) {
     group.finish();
 }
 
+/// A routed message's analytics record: the envelope encoded again, or
+/// the record's bytes embedded as read (routing changed nothing in it).
+fn analytics_record(c: &mut Criterion) {
+    let outputs = TopicOutputs::new(&TopicsConfig {
+        kafka: KafkaConfig::default(),
+        agent_queue_topic: "q".into(),
+        analytics_topic: "a".into(),
+        dlq_topic: "d".into(),
+        outbound_topic_prefix: "o".into(),
+        rejections_topic: "r".into(),
+        messages_topic: "m".into(),
+        assignments_topic: "as".into(),
+        queue_state_topic: "qs".into(),
+    })
+    .expect("a producer, not connected");
+    let decision = RouteDecision {
+        message_id: "0192f1c4-7d3e-7a51-9d3c-5f0e4c1a2b3c".into(),
+        rule_id: "default".into(),
+        reason: "no rule matched".into(),
+        decided_at: Some(switchboard_proto::timestamp(SystemTime::now())),
+        ..Default::default()
+    };
+    let trace = TraceParent::root();
+    let key = "acme/whatsapp/106540352242922:16505551234";
+    let mut group = c.benchmark_group("analytics");
+    for size in [64, 1024] {
+        let envelope = sample_envelope(size);
+        let read = envelope.encode_to_vec();
+        group.bench_with_input(BenchmarkId::new("encoded", size), &envelope, |b, e| {
+            b.iter(|| outputs.analytics_of(key, black_box(e), None, &decision, &trace))
+        });
+        group.bench_with_input(BenchmarkId::new("as_read", size), &envelope, |b, e| {
+            b.iter(|| outputs.analytics_of(key, black_box(e), Some(&read), &decision, &trace))
+        });
+    }
+    group.finish();
+}
+
 criterion_group!(
     benches,
     normalization,
     envelope_codec,
     partitioner,
     rules,
-    state_lookup
+    state_lookup,
+    analytics_record
 );
 criterion_main!(benches);
