@@ -111,7 +111,12 @@ for try in $(seq 1 10); do
     "template":{"name":"spring_sale","language":"en_US","parameters":["20%"]},
     "topic":"news","channels":["WHATSAPP"]}}' \
     "$ADDR" switchboard.v1.Broadcasts/Start
-  [[ $rc -eq 0 ]] && grep -q "\"broadcastId\": \"$id\"" <<<"$out" || break
+  # Every try's Start must succeed: one that fails is reported as such,
+  # with its own answer, even after earlier tries started.
+  if ! { [[ $rc -eq 0 ]] && grep -q "\"broadcastId\": \"$id\"" <<<"$out"; }; then
+    started=0
+    break
+  fi
   started=1
   completed=0
   for _ in $(seq 1 40); do
