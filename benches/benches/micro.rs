@@ -11,15 +11,13 @@ use std::{collections::HashSet, hint::black_box, path::PathBuf, time::SystemTime
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use prost::Message as _;
 use switchboard_broker::channels::{self, Limits};
-use switchboard_proto::v1::RouteDecision;
 use switchboard_proto::{
     partition::partition_for,
-    v1::{Channel, Direction, Envelope, Text, envelope::Content},
+    v1::{Channel, Direction, Envelope, RouteDecision, Text, envelope::Content},
 };
-use switchboard_runtime::{kafka::KafkaConfig, trace::TraceParent};
+use switchboard_runtime::trace::TraceParent;
 use switchboard_workers::{
-    destinations::topics::{TopicOutputs, TopicsConfig},
-    rules::RuleSet,
+    config::WorkersConfig, destinations::topics::TopicOutputs, rules::RuleSet,
     state::PartitionStates,
 };
 
@@ -224,18 +222,8 @@ fn state_lookup(c: &mut Criterion) {
 /// A routed message's analytics record: the envelope encoded again, or
 /// the record's bytes embedded as read (routing changed nothing in it).
 fn analytics_record(c: &mut Criterion) {
-    let outputs = TopicOutputs::new(&TopicsConfig {
-        kafka: KafkaConfig::default(),
-        agent_queue_topic: "q".into(),
-        analytics_topic: "a".into(),
-        dlq_topic: "d".into(),
-        outbound_topic_prefix: "o".into(),
-        rejections_topic: "r".into(),
-        messages_topic: "m".into(),
-        assignments_topic: "as".into(),
-        queue_state_topic: "qs".into(),
-    })
-    .expect("a producer, not connected");
+    let outputs =
+        TopicOutputs::new(&WorkersConfig::default().outputs()).expect("a producer, not connected");
     let decision = RouteDecision {
         message_id: "0192f1c4-7d3e-7a51-9d3c-5f0e4c1a2b3c".into(),
         rule_id: "default".into(),
