@@ -664,6 +664,7 @@ pub async fn routing(
     kafka: &KafkaConfig,
     messages: usize,
     warmup: usize,
+    state_flush_interval: Option<Duration>,
 ) -> anyhow::Result<ScenarioReport> {
     let total = warmup + messages;
     let conversations = (total / 10).max(1);
@@ -685,6 +686,14 @@ pub async fn routing(
         ],
     );
     let config = PipelineConfig::isolated(kafka.clone(), "bench.routing");
+    let mut workers_config = config.workers_config(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+    if let Some(interval) = state_flush_interval {
+        workers_config.state_flush_interval = interval;
+    }
+    report.parameters.insert(
+        "state_flush_interval".into(),
+        humantime::format_duration(workers_config.state_flush_interval).to_string(),
+    );
     config.create_topics().await?;
     tracing::info!(messages = total, "preloading the messages topic");
     config.preload(&envelopes).await?;
@@ -745,7 +754,6 @@ pub async fn routing(
     // until 2026-12-01). Everything goes to analytics (no rules file); the
     // queue stage, which this job never feeds, is off.
     let dir = tempfile::tempdir()?;
-    let mut workers_config = config.workers_config(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
     workers_config.bots.clear();
     workers_config.agents.enabled = false;
     let config_file = dir.path().join("worker.toml");

@@ -166,6 +166,11 @@ enum Scenario {
         /// worker's figure over every message is reported too (`cold_`).
         #[arg(long, default_value_t = 0)]
         warmup: usize,
+        /// The worker's `state_flush_interval` (its default if not given):
+        /// how often each conversation's state is written, which sets the
+        /// state records per message and the redo window after a crash.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        state_flush_interval: Option<std::time::Duration>,
     },
     /// A slow bot: key-level concurrency against a partition-serial consumer.
     SlowDestination {
@@ -334,7 +339,8 @@ async fn run_scenario(scenario: Scenario, output: &Output) -> anyhow::Result<()>
             common,
             messages,
             warmup,
-        } => scenarios::routing(&common.kafka(), messages, warmup).await?,
+            state_flush_interval,
+        } => scenarios::routing(&common.kafka(), messages, warmup, state_flush_interval).await?,
         Scenario::SlowDestination {
             common,
             conversations,
