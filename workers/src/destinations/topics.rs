@@ -375,10 +375,13 @@ impl TopicOutputs {
         decision: &RouteDecision,
         trace: &TraceParent,
     ) -> Outgoing<'_> {
-        use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, message};
+        use prost::encoding::{
+            WireType, encode_key, encode_varint, encoded_len_varint, key_len, message,
+        };
         let envelope_len = encoded.map_or_else(|| envelope.encoded_len(), <[u8]>::len);
         let mut payload = Vec::with_capacity(
-            1 + encoded_len_varint(envelope_len as u64)
+            key_len(1)
+                + encoded_len_varint(envelope_len as u64)
                 + envelope_len
                 + message::encoded_len(2, decision),
         );
@@ -578,8 +581,12 @@ mod tests {
             AnalyticsRecord::decode(spliced.payload.as_slice()).unwrap(),
             record
         );
-        let embedded = &spliced.payload[2..2 + read.len()];
-        assert_eq!(embedded, read.as_slice());
+        let header =
+            prost::encoding::key_len(1) + prost::encoding::encoded_len_varint(read.len() as u64);
+        assert_eq!(
+            &spliced.payload[header..header + read.len()],
+            read.as_slice()
+        );
     }
 
     #[test]
