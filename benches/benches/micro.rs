@@ -1,7 +1,7 @@
 //! Microbenchmarks of the per-message hot paths: webhook normalization per
 //! channel, envelope encode and decode, the partitioner, rule evaluation
 //! with 10 and 1,000 rules, a conversation state's lookup, and a routed
-//! message's analytics record.
+//! message's analytics record, and the node's dedupe cache.
 //!
 //! `cargo bench -p switchboard-benches --bench micro` (add `-- <filter>` to
 //! pick some). These are measurements, not tests: nothing here asserts speed.
@@ -247,6 +247,71 @@ fn analytics_record(c: &mut Criterion) {
     group.finish();
 }
 
+/// The node's dedupe cache at its default size, filled to most of a
+/// generation: a copy of a published id, and a new id (hash, lookups, the
+/// pending entry, then its settling into the compact entry once "Kafka"
+/// answered).
+fn dedupe(c: &mut Criterion) {
+    use std::fmt::Write as _;
+
+    use futures::FutureExt as _;
+    use switchboard_broker::{
+        dedupe::{Dedupe, DedupeConfig, Published},
+        publisher::Ack,
+    };
+
+    let config = DedupeConfig::default();
+    let dedupe = Dedupe::new(config.clone());
+    let message_id = "0192f1c4-7d3e-7a51-9d3c-5f0e4c1a2b3c";
+    let mut cmid = String::new();
+    let mut publish = |n: u64| {
+        cmid.clear();
+        write!(cmid, "wamid.HBgLMTY1MDU1NTEyMzQVAgASGBQzQUZCN0Q{n}").expect("a String");
+        let (outcome, duplicate) = dedupe
+            .publish_once("acme", Channel::Whatsapp as i32, &cmid, || {
+                Ok(async move {
+                    Ok(Published {
+                        message_id: message_id.into(),
+                        ack: Ack {
+                            partition: 3,
+                            offset: n as i64,
+                        },
+                    })
+                }
+                .boxed())
+            })
+            .expect("enqueued");
+        let published = outcome
+            .now_or_never()
+            .expect("answered")
+            .expect("published");
+        (published, duplicate)
+    };
+    // Most of a generation, so lookups go to a table of its real size.
+    let fill = (config.generation_capacity() * 9 / 10) as u64;
+    for n in 0..fill {
+        publish(n);
+    }
+    let mut group = c.benchmark_group("dedupe");
+    let mut n = 0;
+    group.bench_function("duplicate", |b| {
+        b.iter(|| {
+            n += 7919;
+            black_box(publish(n % fill))
+        })
+    });
+    // New ids from here on: the cache rotates every generation, as a
+    // node's does under a steady load, and pays for its fresh tables.
+    let mut next = fill;
+    group.bench_function("new_id", |b| {
+        b.iter(|| {
+            next += 1;
+            black_box(publish(next))
+        })
+    });
+    group.finish();
+}
+
 criterion_group!(
     benches,
     normalization,
@@ -254,6 +319,7 @@ criterion_group!(
     partitioner,
     rules,
     state_lookup,
-    analytics_record
+    analytics_record,
+    dedupe
 );
 criterion_main!(benches);
