@@ -277,8 +277,7 @@ fn dedupe(c: &mut Criterion) {
                             offset: n as i64,
                         },
                     })
-                }
-                .boxed())
+                })
             })
             .expect("enqueued");
         let published = outcome

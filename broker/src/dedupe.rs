@@ -276,7 +276,7 @@ impl Dedupe {
     /// synchronously, so callers keep their publish order. Messages without
     /// a channel message id are never deduplicated. If the first copy fails,
     /// it is forgotten, so a retry publishes again.
-    pub fn publish_once<F>(
+    pub fn publish_once<F, P>(
         &self,
         tenant: &str,
         channel: i32,
@@ -284,57 +284,62 @@ impl Dedupe {
         enqueue: F,
     ) -> Result<(SharedPublish, bool), IngestError>
     where
-        F: FnOnce() -> Result<BoxFuture<'static, Result<Published, IngestError>>, IngestError>,
+        F: FnOnce() -> Result<P, IngestError>,
+        P: Future<Output = Result<Published, IngestError>> + Send + 'static,
     {
         if channel_message_id.is_empty() {
-            return Ok((enqueue()?.shared(), false));
+            return Ok((enqueue()?.boxed().shared(), false));
         }
         self.maybe_rotate();
         let key = self.key(tenant, channel, channel_message_id);
         let (current, previous) = self.generations.read().expect("dedupe lock").clone();
-        // Clone the entry out, so no map lock is held while it is checked
-        // (checking may complete the publish, which updates the map).
-        let found = previous
-            .get(&key)
-            .or_else(|| current.get(&key))
-            .map(|f| f.value().clone());
+        // Entries are cloned out, so no map lock is held while one is
+        // checked (checking may complete the publish, which updates the map).
+        let found = previous.get(&key).map(|f| f.value().clone());
         if let Some(first) = found {
             if !first.has_failed() {
                 metrics::counter!("switchboard_ingest_dedupe_hits_total").increment(1);
                 return Ok((first.outcome(), true));
             }
-            if let Slot::Pending { id, .. } = first {
-                for generation in [&previous, &current] {
-                    generation.remove_if(&key, |_, slot| slot.is_pending(id));
+            forget_failed(&previous, &key, &first);
+        }
+        // The current generation is looked up once, by the entry an insert
+        // needs; a failed first copy found there is forgotten, and looked
+        // up again, once: a copy inserted meanwhile is taken as it is.
+        for retry in [false, true] {
+            match current.entry(key) {
+                Entry::Occupied(entry) => {
+                    let first = entry.get().clone();
+                    drop(entry);
+                    if retry || !first.has_failed() {
+                        metrics::counter!("switchboard_ingest_dedupe_hits_total").increment(1);
+                        return Ok((first.outcome(), true));
+                    }
+                    forget_failed(&current, &key, &first);
+                }
+                Entry::Vacant(slot) => {
+                    let pending = enqueue()?;
+                    // Weak: a generation rotated out is freed even while a
+                    // publish nobody awaits still points at it.
+                    let generation = Arc::downgrade(&current);
+                    let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+                    let outcome = async move {
+                        let result = pending.await;
+                        settle(&generation, key, id, &result);
+                        result
+                    }
+                    .boxed()
+                    .shared();
+                    slot.insert(Slot::Pending {
+                        id,
+                        outcome: outcome.clone(),
+                    });
+                    self.inserted.fetch_add(1, Ordering::Relaxed);
+                    return Ok((outcome, false));
                 }
             }
         }
-        match current.entry(key) {
-            Entry::Occupied(first) => {
-                metrics::counter!("switchboard_ingest_dedupe_hits_total").increment(1);
-                Ok((first.get().outcome(), true))
-            }
-            Entry::Vacant(slot) => {
-                let pending = enqueue()?;
-                // Weak: a generation rotated out is freed even while a
-                // publish nobody awaits still points at it.
-                let generation = Arc::downgrade(&current);
-                let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-                let outcome = async move {
-                    let result = pending.await;
-                    settle(&generation, key, id, &result);
-                    result
-                }
-                .boxed()
-                .shared();
-                slot.insert(Slot::Pending {
-                    id,
-                    outcome: outcome.clone(),
-                });
-                self.inserted.fetch_add(1, Ordering::Relaxed);
-                Ok((outcome, false))
-            }
-        }
+        unreachable!("the second lookup answers")
     }
 
     /// Rotates when the current generation is full or half a window old.
@@ -387,6 +392,14 @@ impl Dedupe {
 
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Forgets a first copy whose publish failed, unless another copy
+/// replaced it meanwhile.
+fn forget_failed(generation: &Generation, key: &Key, first: &Slot) {
+    if let Slot::Pending { id, .. } = first {
+        generation.remove_if(key, |_, slot| slot.is_pending(*id));
+    }
 }
 
 /// A publish finished: a failure is forgotten, so the next copy publishes
@@ -495,7 +508,9 @@ mod tests {
         // An enqueue error is returned as it is and remembers nothing.
         assert!(
             dedupe
-                .publish_once("acme", 1, "mid.2", || Err(down()))
+                .publish_once("acme", 1, "mid.2", || Err::<BoxFuture<'static, _>, _>(
+                    down()
+                ))
                 .is_err()
         );
         assert!(!dedupe.publish_once("acme", 1, "mid.2", || ok(4)).unwrap().1);
@@ -575,7 +590,9 @@ mod tests {
             assert!(!dup);
             assert_eq!(outcome.await.unwrap(), first);
             let (copy, dup) = dedupe
-                .publish_once("acme", 1, cmid, || panic!("a copy is not published"))
+                .publish_once("acme", 1, cmid, || -> Result<BoxFuture<'static, _>, _> {
+                    panic!("a copy is not published")
+                })
                 .unwrap();
             assert!(dup);
             assert_eq!(copy.await.unwrap(), first, "{message_id}");

@@ -31,7 +31,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use futures::{FutureExt, Stream, StreamExt, stream::FuturesUnordered};
+use futures::{Stream, StreamExt, stream::FuturesUnordered};
 use prost::Message as _;
 use switchboard_proto::v1::{
     Channel, Envelope, PublishBatchRequest, PublishBatchResponse, PublishRequest, PublishResponse,
@@ -157,10 +157,7 @@ impl IngestService {
             || {
                 let message_id = envelope.message_id.clone();
                 let ack = self.publisher.enqueue(&envelope, trace, permit)?;
-                Ok(
-                    async move { ack.wait().await.map(|ack| Published { message_id, ack }) }
-                        .boxed(),
-                )
+                Ok(async move { ack.wait().await.map(|ack| Published { message_id, ack }) })
             },
         )?;
         Ok(Pending { outcome, duplicate })
