@@ -300,26 +300,41 @@ const WARM_UP_MESSAGES: u64 = 2_000;
 struct CpuMark {
     generator: Duration,
     node: Option<Duration>,
+    kafka: Option<Duration>,
+}
+
+/// Microseconds of CPU per message of each watched process.
+struct CpuPerMessage {
+    generator: f64,
+    node: Option<f64>,
+    kafka: Option<f64>,
 }
 
 impl CpuMark {
-    fn now(node: Option<u32>) -> Self {
+    fn now(node: Option<u32>, kafka: Option<u32>) -> Self {
+        let of = |pid: Option<u32>| pid.map(|pid| cpu_of(&pid.to_string()));
         Self {
             generator: process_cpu(),
-            node: node.map(|pid| cpu_of(&pid.to_string())),
+            node: of(node),
+            kafka: of(kafka),
         }
     }
 
-    /// Microseconds per message since `self`, for the generator and the node.
-    fn per_message(self, node: Option<u32>, messages: u64) -> (f64, Option<f64>) {
+    /// Microseconds per message since `self`, for the generator, the node
+    /// and Kafka.
+    fn per_message(self, node: Option<u32>, kafka: Option<u32>, messages: u64) -> CpuPerMessage {
         let per = |d: Duration| d.as_secs_f64() * 1e6 / messages.max(1) as f64;
-        let now = Self::now(node);
-        (
-            per(now.generator.saturating_sub(self.generator)),
-            self.node
-                .zip(now.node)
-                .map(|(before, after)| per(after.saturating_sub(before))),
-        )
+        let since = |before: Option<Duration>, after: Option<Duration>| {
+            before
+                .zip(after)
+                .map(|(before, after)| per(after.saturating_sub(before)))
+        };
+        let now = Self::now(node, kafka);
+        CpuPerMessage {
+            generator: per(now.generator.saturating_sub(self.generator)),
+            node: since(self.node, now.node),
+            kafka: since(self.kafka, now.kafka),
+        }
     }
 }
 
@@ -370,6 +385,7 @@ pub async fn ingest(
     body_bytes: usize,
     steady_rate: f64,
     steady_duration: Duration,
+    kafka_pid: Option<u32>,
 ) -> anyhow::Result<ScenarioReport> {
     let conversations = (messages / 10).max(1);
     let node_max_in_flight = 50_000;
@@ -388,6 +404,12 @@ pub async fn ingest(
                 "cpu",
                 "user + system time from /proc/<pid>/stat over the variant, per acknowledged message"
                     .into(),
+            ),
+            (
+                "kafka_pid",
+                kafka_pid.map_or("not given: Kafka's CPU is not read".into(), |p| {
+                    p.to_string()
+                }),
             ),
         ],
     );
@@ -438,11 +460,22 @@ pub async fn ingest(
             } else {
                 (Target::connect(&node.address, 4).await?, pid)
             };
-            let mark = CpuMark::now(watched);
+            let mark = CpuMark::now(watched, kafka_pid);
             // Errors (a saturated host) are reported with the run, not fatal.
             let run = loadgen::run(target, options, None).await?;
-            let (generator_cpu, node_cpu) = mark.per_message(watched, run.acked);
+            let CpuPerMessage {
+                generator: generator_cpu,
+                node: node_cpu,
+                kafka: kafka_cpu,
+            } = mark.per_message(watched, kafka_pid, run.acked);
             let mut extra = vec![("generator_cpu_us_per_msg", generator_cpu)];
+            if let Some(kafka_cpu) = kafka_cpu {
+                // What one message costs the machine, every process included:
+                // on a saturated host, the closed-loop rate follows it.
+                let total = generator_cpu + node_cpu.unwrap_or(0.0) + kafka_cpu;
+                extra.push(("kafka_cpu_us_per_msg", kafka_cpu));
+                extra.push(("total_cpu_us_per_msg", total));
+            }
             match node_cpu {
                 None => {
                     raw[mode] = (run.acked_rate, generator_cpu);

@@ -136,6 +136,11 @@ enum Scenario {
         /// this one].
         #[arg(long)]
         broker: Option<PathBuf>,
+        /// Kafka's process id (`deploy/kafka/data/kafka.pid`): each variant
+        /// then also reports Kafka's CPU per message, and the machine's
+        /// (generator, node and Kafka together).
+        #[arg(long)]
+        kafka_pid: Option<u32>,
     },
     /// A worker's conversation-state rebuild of one partition: preloads a
     /// state topic, times the rebuild (and a resume), reports rate, memory
@@ -313,6 +318,7 @@ async fn run_scenario(scenario: Scenario, output: &Output) -> anyhow::Result<()>
             steady_rate,
             steady_duration,
             broker,
+            kafka_pid,
         } => {
             let broker = broker.unwrap_or_else(scenarios::sibling_broker);
             scenarios::ingest(
@@ -322,6 +328,7 @@ async fn run_scenario(scenario: Scenario, output: &Output) -> anyhow::Result<()>
                 body_bytes,
                 steady_rate,
                 steady_duration,
+                kafka_pid,
             )
             .await?
         }
