@@ -585,7 +585,8 @@ async fn raw_pipe(
     to: &str,
     warmup: usize,
     messages: usize,
-) -> anyhow::Result<(Duration, Duration)> {
+    kafka_cpu: &dyn Fn() -> Option<Duration>,
+) -> anyhow::Result<PipeRun> {
     use futures::{StreamExt as _, stream::FuturesUnordered};
     use rdkafka::producer::{FutureProducer, FutureRecord};
     use switchboard_proto::v1::{AnalyticsRecord, RouteDecision};
@@ -608,6 +609,7 @@ async fn raw_pipe(
     let total = warmup + messages;
     let mut started = None;
     let mut cpu = Duration::ZERO;
+    let mut kafka_before = None;
     while done < total {
         tokio::select! {
             biased;
@@ -621,6 +623,7 @@ async fn raw_pipe(
                 if done == warmup {
                     started = Some(Instant::now());
                     cpu = process_cpu();
+                    kafka_before = kafka_cpu();
                 }
             }
             message = consumer.recv(), if taken < total && pending.len() < 10_000 => {
@@ -628,6 +631,7 @@ async fn raw_pipe(
                 if started.is_none() && warmup == 0 {
                     started = Some(Instant::now());
                     cpu = process_cpu();
+                    kafka_before = kafka_cpu();
                 }
                 taken += 1;
                 let envelope = Envelope::decode(message.payload().unwrap_or_default())?;
@@ -649,10 +653,21 @@ async fn raw_pipe(
             }
         }
     }
-    Ok((
-        started.map_or(Duration::ZERO, |s| s.elapsed()),
-        process_cpu().saturating_sub(cpu),
-    ))
+    Ok(PipeRun {
+        elapsed: started.map_or(Duration::ZERO, |s| s.elapsed()),
+        cpu: process_cpu().saturating_sub(cpu),
+        kafka_cpu: kafka_before
+            .zip(kafka_cpu())
+            .map(|(before, now)| now.saturating_sub(before)),
+    })
+}
+
+/// The raw pipe's measured window: its length, this process's CPU and
+/// Kafka's (when its process is known).
+struct PipeRun {
+    elapsed: Duration,
+    cpu: Duration,
+    kafka_cpu: Option<Duration>,
 }
 
 /// `envelopes` as the ingestion node writes channel messages: each with a
@@ -698,8 +713,11 @@ pub async fn routing(
     messages: usize,
     warmup: usize,
     state_flush_interval: Option<Duration>,
+    kafka_pid: Option<u32>,
 ) -> anyhow::Result<ScenarioReport> {
     let total = warmup + messages;
+    // Kafka's CPU so far, when its process is known.
+    let kafka_cpu = || kafka_pid.map(|pid| cpu_of(&pid.to_string()));
     let conversations = (total / 10).max(1);
     let mut envelopes = workload(conversations, total.div_ceil(conversations), 200);
     envelopes.truncate(total);
@@ -768,15 +786,29 @@ pub async fn routing(
 
     tracing::info!("raw pipe");
     let pipe_topic = format!("{}.pipe", config.analytics_topic);
-    let (pipe_elapsed, pipe_cpu) =
-        raw_pipe(kafka, &config.messages_topic, &pipe_topic, warmup, messages).await?;
-    let pipe_rate = messages as f64 / pipe_elapsed.as_secs_f64().max(1e-9);
-    let pipe_cpu = pipe_cpu.as_secs_f64() * 1e6 / messages as f64;
+    let pipe = raw_pipe(
+        kafka,
+        &config.messages_topic,
+        &pipe_topic,
+        warmup,
+        messages,
+        &kafka_cpu,
+    )
+    .await?;
+    let pipe_rate = messages as f64 / pipe.elapsed.as_secs_f64().max(1e-9);
+    let pipe_cpu = pipe.cpu.as_secs_f64() * 1e6 / messages as f64;
+    let mut extra = vec![("cpu_us_per_message", pipe_cpu)];
+    extra.extend(pipe.kafka_cpu.map(|c| {
+        (
+            "kafka_cpu_us_per_message",
+            c.as_secs_f64() * 1e6 / messages as f64,
+        )
+    }));
     report.push(
         "raw pipe (consume, decode, produce one record, store after delivery)",
         messages,
-        pipe_elapsed,
-        &[("cpu_us_per_message", pipe_cpu)],
+        pipe.elapsed,
+        &extra,
     );
 
     tracing::info!("routing worker");
@@ -846,7 +878,7 @@ pub async fn routing(
     .await?;
     let cold_cpu = cpu_of(&pid);
     let warm = wait_for("the warm-up routed", warmup, fast, Duration::from_secs(600)).await?;
-    let (started, cpu) = (Instant::now(), cpu_of(&pid));
+    let (started, cpu, kafka_before) = (Instant::now(), cpu_of(&pid), kafka_cpu());
     // What the window holds: the counter may pass the warm-up mark a
     // little before it is read.
     let measured = usize::try_from(total as i64 - warm).unwrap_or(0).max(1);
@@ -880,7 +912,13 @@ pub async fn routing(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let end_cpu = cpu_of(&pid);
+    // Kafka's share, over the same window as the worker's CPU (the bench's
+    // polling of the analytics topic's offsets included, a few requests a
+    // second).
     let per_message = |cpu: Duration, count: usize| cpu.as_secs_f64() * 1e6 / count as f64;
+    let worker_kafka_cpu = kafka_before
+        .zip(kafka_cpu())
+        .map(|(before, now)| per_message(now.saturating_sub(before), measured));
     let worker_cpu = per_message(end_cpu.saturating_sub(cpu), measured);
     let cold_worker_cpu = per_message(end_cpu.saturating_sub(cold_cpu), total);
     // What the write-behind cost while routing: the state topic's offsets
@@ -891,20 +929,33 @@ pub async fn routing(
         "the worker did not stop cleanly"
     );
     let worker_rate = measured as f64 / elapsed.as_secs_f64().max(1e-9);
+    let mut extra = vec![
+        ("cpu_us_per_message", worker_cpu),
+        ("rate_ratio_to_raw_pipe", worker_rate / pipe_rate),
+        ("cpu_ratio_to_raw_pipe", worker_cpu / pipe_cpu),
+        ("cold_cpu_us_per_message", cold_worker_cpu),
+        (
+            "state_offsets_per_message",
+            state_offsets as f64 / total as f64,
+        ),
+    ];
+    if let Some(kafka_cpu) = worker_kafka_cpu {
+        extra.push(("kafka_cpu_us_per_message", kafka_cpu));
+        extra.extend(pipe.kafka_cpu.map(|pipe_kafka| {
+            let pipe_kafka = pipe_kafka.as_secs_f64() * 1e6 / messages as f64;
+            // The machine's CPU per message, the stage's and Kafka's: on a
+            // saturated host the rates follow its ratio.
+            (
+                "machine_cpu_ratio_to_raw_pipe",
+                (worker_cpu + kafka_cpu) / (pipe_cpu + pipe_kafka),
+            )
+        }));
+    }
     report.push(
         "worker routing to analytics (its own process)",
         measured,
         elapsed,
-        &[
-            ("cpu_us_per_message", worker_cpu),
-            ("rate_ratio_to_raw_pipe", worker_rate / pipe_rate),
-            ("cpu_ratio_to_raw_pipe", worker_cpu / pipe_cpu),
-            ("cold_cpu_us_per_message", cold_worker_cpu),
-            (
-                "state_offsets_per_message",
-                state_offsets as f64 / total as f64,
-            ),
-        ],
+        &extra,
     );
     Ok(report)
 }

@@ -176,6 +176,10 @@ enum Scenario {
         /// state records per message and the redo window after a crash.
         #[arg(long, value_parser = humantime::parse_duration)]
         state_flush_interval: Option<std::time::Duration>,
+        /// Kafka's process id (`deploy/kafka/data/kafka.pid`): the raw pipe
+        /// and the worker then also report Kafka's CPU per message.
+        #[arg(long)]
+        kafka_pid: Option<u32>,
     },
     /// A slow bot: key-level concurrency against a partition-serial consumer.
     SlowDestination {
@@ -347,7 +351,17 @@ async fn run_scenario(scenario: Scenario, output: &Output) -> anyhow::Result<()>
             messages,
             warmup,
             state_flush_interval,
-        } => scenarios::routing(&common.kafka(), messages, warmup, state_flush_interval).await?,
+            kafka_pid,
+        } => {
+            scenarios::routing(
+                &common.kafka(),
+                messages,
+                warmup,
+                state_flush_interval,
+                kafka_pid,
+            )
+            .await?
+        }
         Scenario::SlowDestination {
             common,
             conversations,
