@@ -312,11 +312,10 @@ struct CpuPerMessage {
 
 impl CpuMark {
     fn now(node: Option<u32>, kafka: Option<u32>) -> Self {
-        let of = |pid: Option<u32>| pid.map(|pid| cpu_of(&pid.to_string()));
         Self {
             generator: process_cpu(),
-            node: of(node),
-            kafka: of(kafka),
+            node: cpu_of_pid(node),
+            kafka: cpu_of_pid(kafka),
         }
     }
 
@@ -538,6 +537,11 @@ pub fn cpu_of(pid: &str) -> Duration {
     Duration::from_millis((ticks(11) + ticks(12)) * 10)
 }
 
+/// CPU time process `pid` has used so far, if a process is given.
+fn cpu_of_pid(pid: Option<u32>) -> Option<Duration> {
+    pid.map(|pid| cpu_of(&pid.to_string()))
+}
+
 /// Microseconds of this process's CPU per message since `since`.
 fn cpu_per_message(since: Duration, messages: usize) -> f64 {
     process_cpu().saturating_sub(since).as_secs_f64() * 1e6 / messages.max(1) as f64
@@ -585,7 +589,7 @@ async fn raw_pipe(
     to: &str,
     warmup: usize,
     messages: usize,
-    kafka_cpu: &dyn Fn() -> Option<Duration>,
+    kafka_pid: Option<u32>,
 ) -> anyhow::Result<PipeRun> {
     use futures::{StreamExt as _, stream::FuturesUnordered};
     use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -623,7 +627,7 @@ async fn raw_pipe(
                 if done == warmup {
                     started = Some(Instant::now());
                     cpu = process_cpu();
-                    kafka_before = kafka_cpu();
+                    kafka_before = cpu_of_pid(kafka_pid);
                 }
             }
             message = consumer.recv(), if taken < total && pending.len() < 10_000 => {
@@ -631,7 +635,7 @@ async fn raw_pipe(
                 if started.is_none() && warmup == 0 {
                     started = Some(Instant::now());
                     cpu = process_cpu();
-                    kafka_before = kafka_cpu();
+                    kafka_before = cpu_of_pid(kafka_pid);
                 }
                 taken += 1;
                 let envelope = Envelope::decode(message.payload().unwrap_or_default())?;
@@ -657,7 +661,7 @@ async fn raw_pipe(
         elapsed: started.map_or(Duration::ZERO, |s| s.elapsed()),
         cpu: process_cpu().saturating_sub(cpu),
         kafka_cpu: kafka_before
-            .zip(kafka_cpu())
+            .zip(cpu_of_pid(kafka_pid))
             .map(|(before, now)| now.saturating_sub(before)),
     })
 }
@@ -716,8 +720,6 @@ pub async fn routing(
     kafka_pid: Option<u32>,
 ) -> anyhow::Result<ScenarioReport> {
     let total = warmup + messages;
-    // Kafka's CPU so far, when its process is known.
-    let kafka_cpu = || kafka_pid.map(|pid| cpu_of(&pid.to_string()));
     let conversations = (total / 10).max(1);
     let mut envelopes = workload(conversations, total.div_ceil(conversations), 200);
     envelopes.truncate(total);
@@ -741,6 +743,12 @@ pub async fn routing(
     if let Some(interval) = state_flush_interval {
         workers_config.state_flush_interval = interval;
     }
+    report.parameters.insert(
+        "kafka_pid".into(),
+        kafka_pid.map_or("not given: Kafka's CPU is not read".into(), |p| {
+            p.to_string()
+        }),
+    );
     report.parameters.insert(
         "state_flush_interval".into(),
         humantime::format_duration(workers_config.state_flush_interval).to_string(),
@@ -792,18 +800,15 @@ pub async fn routing(
         &pipe_topic,
         warmup,
         messages,
-        &kafka_cpu,
+        kafka_pid,
     )
     .await?;
     let pipe_rate = messages as f64 / pipe.elapsed.as_secs_f64().max(1e-9);
-    let pipe_cpu = pipe.cpu.as_secs_f64() * 1e6 / messages as f64;
+    let per_pipe_message = |cpu: Duration| cpu.as_secs_f64() * 1e6 / messages as f64;
+    let pipe_cpu = per_pipe_message(pipe.cpu);
+    let pipe_kafka_cpu = pipe.kafka_cpu.map(per_pipe_message);
     let mut extra = vec![("cpu_us_per_message", pipe_cpu)];
-    extra.extend(pipe.kafka_cpu.map(|c| {
-        (
-            "kafka_cpu_us_per_message",
-            c.as_secs_f64() * 1e6 / messages as f64,
-        )
-    }));
+    extra.extend(pipe_kafka_cpu.map(|c| ("kafka_cpu_us_per_message", c)));
     report.push(
         "raw pipe (consume, decode, produce one record, store after delivery)",
         messages,
@@ -878,7 +883,7 @@ pub async fn routing(
     .await?;
     let cold_cpu = cpu_of(&pid);
     let warm = wait_for("the warm-up routed", warmup, fast, Duration::from_secs(600)).await?;
-    let (started, cpu, kafka_before) = (Instant::now(), cpu_of(&pid), kafka_cpu());
+    let (started, cpu, kafka_before) = (Instant::now(), cpu_of(&pid), cpu_of_pid(kafka_pid));
     // What the window holds: the counter may pass the warm-up mark a
     // little before it is read.
     let measured = usize::try_from(total as i64 - warm).unwrap_or(0).max(1);
@@ -917,7 +922,7 @@ pub async fn routing(
     // second).
     let per_message = |cpu: Duration, count: usize| cpu.as_secs_f64() * 1e6 / count as f64;
     let worker_kafka_cpu = kafka_before
-        .zip(kafka_cpu())
+        .zip(cpu_of_pid(kafka_pid))
         .map(|(before, now)| per_message(now.saturating_sub(before), measured));
     let worker_cpu = per_message(end_cpu.saturating_sub(cpu), measured);
     let cold_worker_cpu = per_message(end_cpu.saturating_sub(cold_cpu), total);
@@ -941,8 +946,7 @@ pub async fn routing(
     ];
     if let Some(kafka_cpu) = worker_kafka_cpu {
         extra.push(("kafka_cpu_us_per_message", kafka_cpu));
-        extra.extend(pipe.kafka_cpu.map(|pipe_kafka| {
-            let pipe_kafka = pipe_kafka.as_secs_f64() * 1e6 / messages as f64;
+        extra.extend(pipe_kafka_cpu.map(|pipe_kafka| {
             // The machine's CPU per message, the stage's and Kafka's: on a
             // saturated host the rates follow its ratio.
             (

@@ -295,27 +295,31 @@ impl Dedupe {
         let (current, previous) = self.generations.read().expect("dedupe lock").clone();
         // Entries are cloned out, so no map lock is held while one is
         // checked (checking may complete the publish, which updates the map).
+        let hit = |first: Slot| {
+            metrics::counter!("switchboard_ingest_dedupe_hits_total").increment(1);
+            Ok((first.outcome(), true))
+        };
         let found = previous.get(&key).map(|f| f.value().clone());
         if let Some(first) = found {
             if !first.has_failed() {
-                metrics::counter!("switchboard_ingest_dedupe_hits_total").increment(1);
-                return Ok((first.outcome(), true));
+                return hit(first);
             }
             forget_failed(&previous, &key, &first);
         }
         // The current generation is looked up once, by the entry an insert
-        // needs; a failed first copy found there is forgotten, and looked
-        // up again, once: a copy inserted meanwhile is taken as it is.
-        for retry in [false, true] {
+        // needs. A failed first copy found there is forgotten and the entry
+        // looked up again, once: a copy inserted meanwhile is taken as it is.
+        let mut retried = false;
+        loop {
             match current.entry(key) {
                 Entry::Occupied(entry) => {
                     let first = entry.get().clone();
                     drop(entry);
-                    if retry || !first.has_failed() {
-                        metrics::counter!("switchboard_ingest_dedupe_hits_total").increment(1);
-                        return Ok((first.outcome(), true));
+                    if retried || !first.has_failed() {
+                        return hit(first);
                     }
                     forget_failed(&current, &key, &first);
+                    retried = true;
                 }
                 Entry::Vacant(slot) => {
                     let pending = enqueue()?;
@@ -339,7 +343,6 @@ impl Dedupe {
                 }
             }
         }
-        unreachable!("the second lookup answers")
     }
 
     /// Rotates when the current generation is full or half a window old.
