@@ -95,6 +95,8 @@ impl Embedded {
         let mock = MockCluster::new(3)?;
         let kafka = KafkaConfig {
             bootstrap_servers: mock.bootstrap_servers(),
+            // It never answers a request for its topics' configs.
+            reads_topic_limits: false,
             ..KafkaConfig::default()
         };
         let mut pipeline_config = PipelineConfig::new(kafka);

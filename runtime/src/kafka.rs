@@ -114,6 +114,13 @@ pub struct KafkaConfig {
     pub topic_partitions: i32,
     /// Replication factor for topics Switchboard creates.
     pub topic_replication: i32,
+    /// Whether producers read their topics' `max.message.bytes` to bound
+    /// their batches ([`Self::batch_bytes_within`]). Not a setting: off
+    /// only where nothing would answer the request and each producer would
+    /// wait for it: librdkafka's mock cluster (the embedded pipeline), and
+    /// tests with no Kafka.
+    #[serde(skip)]
+    pub reads_topic_limits: bool,
 }
 
 impl Default for KafkaConfig {
@@ -123,6 +130,7 @@ impl Default for KafkaConfig {
             properties: BTreeMap::new(),
             topic_partitions: 12,
             topic_replication: 1,
+            reads_topic_limits: true,
         }
     }
 }
@@ -234,15 +242,16 @@ impl KafkaConfig {
     /// librdkafka's default `batch.size`, in bytes.
     pub const DEFAULT_BATCH_BYTES: usize = 1_000_000;
 
-    /// The largest record batch `topic` takes: its `max.message.bytes`, as
-    /// the cluster reports it (the topic's own setting, or the brokers'
-    /// default). `None` when the cluster answers without saying (this
-    /// client may not describe the topic's configs); an error when it does
+    /// The largest record batch every one of `topics` takes: the smallest
+    /// of their `max.message.bytes`, as the cluster reports them (a topic's
+    /// own setting, or the brokers' default). One admin request for all.
+    /// `None` when the cluster answers without saying for any of them (this
+    /// client may not describe the topics' configs); an error when it does
     /// not answer within `timeout` (librdkafka's mock cluster never does).
     /// Blocking: call it off the async runtime's hot paths.
-    pub fn topic_max_message_bytes(
+    pub fn max_message_bytes(
         &self,
-        topic: &str,
+        topics: &[&str],
         timeout: Duration,
     ) -> Result<Option<usize>, KafkaError> {
         use rdkafka::{admin::ResourceSpecifier, client::DefaultClientContext};
@@ -255,21 +264,60 @@ impl KafkaConfig {
         };
         let admin: AdminClient<DefaultClientContext> = self.client_config(&[]).create()?;
         let opts = AdminOptions::new().request_timeout(Some(timeout));
-        let described = match futures::executor::block_on(
-            admin.describe_configs(&[ResourceSpecifier::Topic(topic)], &opts),
-        ) {
+        let resources: Vec<_> = topics.iter().map(|t| ResourceSpecifier::Topic(t)).collect();
+        let described = match futures::executor::block_on(admin.describe_configs(&resources, &opts))
+        {
             Ok(described) => described,
             Err(KafkaError::AdminOp(code)) if not_authorized(code) => return Ok(None),
             Err(e) => return Err(e),
         };
-        match described.into_iter().next() {
-            Some(Ok(resource)) => Ok(resource
-                .get("max.message.bytes")
-                .and_then(|entry| entry.value.as_deref())
-                .and_then(|value| value.parse().ok())),
-            Some(Err(code)) if not_authorized(code) => Ok(None),
-            Some(Err(code)) => Err(KafkaError::AdminOp(code)),
-            None => Ok(None),
+        let mut smallest: Option<usize> = None;
+        for resource in described {
+            let limit = match resource {
+                Ok(resource) => resource
+                    .get("max.message.bytes")
+                    .and_then(|entry| entry.value.as_deref())
+                    .and_then(|value| value.parse().ok()),
+                Err(code) if not_authorized(code) => None,
+                Err(code) => return Err(KafkaError::AdminOp(code)),
+            };
+            smallest = match (smallest, limit) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        Ok(smallest)
+    }
+
+    /// The `batch.size` for a producer writing to `topics`: no more than
+    /// the smallest of their `max.message.bytes`, nor librdkafka's default.
+    /// librdkafka does not split a batch the broker refuses as too large
+    /// (Kafka's Java producer does): a batch over its topic's limit fails
+    /// every record in it, not only a record too large on its own. Within
+    /// the bound, a record too large for its topic goes in a batch of its
+    /// own (librdkafka applies `batch.size` after a batch's first record)
+    /// and is refused alone. When the limits cannot be read (no right to
+    /// describe the topics' configs, Kafka not answering within `timeout`),
+    /// librdkafka's default, with a warning naming `producer`; without
+    /// asking where [`Self::reads_topic_limits`] is off. Blocking, like
+    /// [`Self::max_message_bytes`].
+    pub fn batch_bytes_within(&self, topics: &[&str], producer: &str, timeout: Duration) -> usize {
+        if !self.reads_topic_limits {
+            return Self::DEFAULT_BATCH_BYTES;
+        }
+        match self.max_message_bytes(topics, timeout) {
+            Ok(Some(limit)) => limit.min(Self::DEFAULT_BATCH_BYTES),
+            unknown => {
+                let error = unknown.err().map(|e| e.to_string());
+                tracing::warn!(
+                    producer,
+                    ?topics,
+                    error,
+                    "cannot read the topics' max.message.bytes; batches may be up to {} bytes",
+                    Self::DEFAULT_BATCH_BYTES
+                );
+                Self::DEFAULT_BATCH_BYTES
+            }
         }
     }
 

@@ -1,5 +1,6 @@
 //! The routing worker on the real local Kafka: where a new consumer group
-//! starts, and writes Kafka refuses for good.
+//! starts, writes Kafka refuses for good, and output batches within the
+//! topics' limits.
 //!
 //! Run with `deploy/test.sh` (it starts Kafka and sets `SWITCHBOARD_TEST_KAFKA`).
 
@@ -316,6 +317,76 @@ async fn a_write_kafka_refuses_for_good_goes_to_the_dlq_and_routing_moves_on() {
     shutdown.cancel();
     worker.await.unwrap().unwrap();
     stop_bot.cancel();
+}
+
+/// One producer writes every output topic, and librdkafka does not split a
+/// batch Kafka refuses as too large: a batch over the analytics topic's
+/// limit would fail every record in it, though each fits. The producer's
+/// batches are bounded by the smallest limit of the topics it writes, so
+/// every message reaches the small analytics topic and none is
+/// dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the real local Kafka: run deploy/test.sh"]
+async fn output_batches_stay_within_the_smallest_topic_limit() {
+    const MESSAGES: usize = 2_000;
+    let mut config = isolated("small-batches", 1);
+    config.auto_offset_reset = switchboard_workers::config::AutoOffsetReset::Earliest;
+    // 16 KiB: the analytics records of a burst of 1 KiB texts batch far
+    // past it within the producer's linger.
+    config
+        .kafka
+        .ensure_topics_with(
+            &[&config.analytics_topic],
+            &[("max.message.bytes", "16384")],
+        )
+        .await
+        .unwrap();
+    config.ensure_topics().await.unwrap();
+    let producer: FutureProducer = config.kafka.producer_config(&[]).create().unwrap();
+    let envelopes: Vec<Envelope> = (0..MESSAGES)
+        .map(|i| {
+            let id = format!("m-{i}");
+            Envelope {
+                content: Some(switchboard_proto::v1::envelope::Content::Text(
+                    switchboard_proto::v1::Text {
+                        body: testkit::incompressible_text(1024),
+                    },
+                )),
+                ..text(&format!("c-{}", i % 50), &id)
+            }
+        })
+        .collect();
+    // Preloaded before the worker starts, so it routes them in one burst.
+    futures::future::join_all(
+        envelopes
+            .iter()
+            .map(|e| publish(&producer, &config.messages_topic, e)),
+    )
+    .await;
+    let (shutdown, worker) = start(&config);
+    let routed = read(
+        &config,
+        &config.analytics_topic,
+        Duration::from_secs(90),
+        |r| r.len() >= MESSAGES,
+    )
+    .await;
+    let ids = testkit::analytics_message_ids(&routed);
+    assert_eq!(ids.len(), MESSAGES, "every message on the analytics topic");
+    let letters = read(&config, &config.dlq_topic, Duration::from_secs(3), |r| {
+        !r.is_empty()
+    })
+    .await;
+    assert!(
+        letters.is_empty(),
+        "{} dead-lettered, the first for {:?}",
+        letters.len(),
+        letters
+            .first()
+            .and_then(|m| header(m, switchboard_workers::destinations::topics::headers::ERROR))
+    );
+    shutdown.cancel();
+    worker.await.unwrap().unwrap();
 }
 
 /// Hands the conversation off to the queue its text names (`to:QUEUE`).

@@ -257,7 +257,7 @@ async fn a_state_too_large_for_the_topic_does_not_take_its_batch_mates_down() {
     let limit = {
         let (kafka, topic) = (kafka.clone(), topic.clone());
         tokio::task::spawn_blocking(move || {
-            kafka.topic_max_message_bytes(&topic, Duration::from_secs(30))
+            kafka.max_message_bytes(&[&topic], Duration::from_secs(30))
         })
         .await
         .unwrap()

@@ -97,6 +97,10 @@ pub const QUEUE_SNAPSHOT_MAX_BYTES: &str = "8388608";
 /// before they are written ([`crate::agents::engine::QueueBook::fit`]).
 pub const QUEUE_SNAPSHOT_BUDGET_BYTES: usize = 8 * 1024 * 1024 - 256 * 1024;
 
+/// How long the outputs' producer waits for the topics' limits when it is
+/// created.
+const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Whether a failed Kafka write may succeed if tried again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteRetry {
@@ -282,12 +286,36 @@ pub struct TopicOutputs {
 }
 
 impl TopicOutputs {
-    /// Creates the producer.
+    /// Creates the producer. Blocking: it reads the topics' limits from
+    /// Kafka (up to [`DESCRIBE_TIMEOUT`]) to bound its batches.
     pub fn new(config: &TopicsConfig) -> anyhow::Result<Self> {
+        let outbound_topics: Vec<String> = Channel::ALL
+            .iter()
+            .map(|c| outbound_topic(&config.outbound_topic_prefix, *c))
+            .collect();
+        let mut topics = vec![
+            config.agent_queue_topic.as_str(),
+            config.analytics_topic.as_str(),
+            config.dlq_topic.as_str(),
+            config.rejections_topic.as_str(),
+            config.messages_topic.as_str(),
+            config.assignments_topic.as_str(),
+            config.queue_state_topic.as_str(),
+        ];
+        topics.extend(outbound_topics.iter().map(String::as_str));
+        // One producer writes every topic, and a batch over its topic's
+        // limit would fail every record in it: an analytics topic that takes
+        // 64 KiB would otherwise dead-letter whole batches of messages that
+        // each fit. The smallest limit bounds them all.
+        let batch_bytes = config
+            .kafka
+            .batch_bytes_within(&topics, "outputs", DESCRIBE_TIMEOUT)
+            .to_string();
         let producer = config
             .kafka
             .producer_config(&[
                 ("linger.ms", "2"),
+                ("batch.size", &batch_bytes),
                 // librdkafka retries a record in order, behind the records
                 // enqueued before it, for this long: long enough to ride out
                 // a partition leader moving to another broker or a Kafka
@@ -304,10 +332,7 @@ impl TopicOutputs {
             agent_queue_topic: config.agent_queue_topic.clone(),
             analytics_topic: config.analytics_topic.clone(),
             dlq_topic: config.dlq_topic.clone(),
-            outbound_topics: Channel::ALL
-                .iter()
-                .map(|c| outbound_topic(&config.outbound_topic_prefix, *c))
-                .collect(),
+            outbound_topics,
             rejections_topic: config.rejections_topic.clone(),
             messages_topic: config.messages_topic.clone(),
             assignments_topic: config.assignments_topic.clone(),
@@ -536,7 +561,10 @@ mod tests {
     #[test]
     fn an_analytics_record_is_encoded_in_place_as_the_message_would_be() {
         let outputs = TopicOutputs::new(&TopicsConfig {
-            kafka: KafkaConfig::default(),
+            kafka: KafkaConfig {
+                reads_topic_limits: false, // no Kafka to ask
+                ..KafkaConfig::default()
+            },
             agent_queue_topic: "q".into(),
             analytics_topic: "a".into(),
             dlq_topic: "d".into(),

@@ -7,6 +7,7 @@ use crate::rules::DestinationSpec;
 #[test]
 fn an_agent_queue_nobody_configured_is_the_default_queue() {
     let mut config = WorkersConfig::default();
+    config.kafka.reads_topic_limits = false; // no Kafka to ask
     config.agents.queues.insert(
         "vip".into(),
         crate::agents::config::QueueConfig {

@@ -221,7 +221,12 @@ impl StateWriter {
     /// Blocking.
     fn create(config: &WriterConfig) -> Result<StateProducer, KafkaError> {
         let timeout = TRANSACTION_TIMEOUT.as_millis().to_string();
-        let batch_bytes = batch_bytes(config).to_string();
+        // A flush's batch over the topic's limit would fail every state in
+        // it, and the flush would leave them all out with the one too large.
+        let batch_bytes = config
+            .kafka
+            .batch_bytes_within(&[&config.topic], "state", DESCRIBE_TIMEOUT)
+            .to_string();
         let producer: StateProducer = config
             .kafka
             .producer_config(&[
@@ -486,35 +491,6 @@ impl StateWriter {
 impl Drop for StateWriter {
     fn drop(&mut self) {
         drop_on_a_thread(self.producer.lock().expect("producer lock").take());
-    }
-}
-
-/// The state producer's `batch.size`: no more than the state topic takes.
-/// librdkafka does not split a batch the broker refuses as too large (Kafka's
-/// Java producer does): a batch over the topic's `max.message.bytes` would
-/// fail every state in it, and the flush would leave them all out with the
-/// one too large. Within the limit, a state too large for the topic goes in
-/// a batch of its own and is refused alone. Blocking (an admin request of
-/// up to [`DESCRIBE_TIMEOUT`]). When the limit cannot be read (no right to
-/// describe the topic's configs, Kafka not answering, or librdkafka's mock
-/// cluster, which does not describe configs), librdkafka's default.
-fn batch_bytes(config: &WriterConfig) -> usize {
-    let limit = config
-        .kafka
-        .topic_max_message_bytes(&config.topic, DESCRIBE_TIMEOUT);
-    match limit {
-        Ok(Some(limit)) => limit.min(KafkaConfig::DEFAULT_BATCH_BYTES),
-        unknown => {
-            let error = unknown.err().map(|e| e.to_string());
-            tracing::warn!(
-                topic = config.topic,
-                partition = config.partition,
-                error,
-                "cannot read the state topic's max.message.bytes; state batches may be up to {} bytes",
-                KafkaConfig::DEFAULT_BATCH_BYTES
-            );
-            KafkaConfig::DEFAULT_BATCH_BYTES
-        }
     }
 }
 
