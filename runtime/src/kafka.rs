@@ -574,6 +574,19 @@ mod tests {
         }
     }
 
+    /// A config read from a file reads the topics' limits: the field is
+    /// not a setting, and is on unless the code turns it off.
+    #[test]
+    fn a_config_from_a_file_reads_the_topics_limits() {
+        let config: KafkaConfig =
+            serde_json::from_str(r#"{"bootstrap_servers": "kafka:9092"}"#).unwrap();
+        assert!(config.reads_topic_limits);
+        assert!(
+            serde_json::from_str::<KafkaConfig>(r#"{"reads_topic_limits": false}"#).is_err(),
+            "not a setting"
+        );
+    }
+
     /// Security settings pass through to librdkafka, which is built with TLS.
     #[test]
     fn sasl_ssl_settings_pass_through() {
