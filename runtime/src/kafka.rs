@@ -242,18 +242,21 @@ impl KafkaConfig {
     /// librdkafka's default `batch.size`, in bytes.
     pub const DEFAULT_BATCH_BYTES: usize = 1_000_000;
 
-    /// The largest record batch every one of `topics` takes: the smallest
-    /// of their `max.message.bytes`, as the cluster reports them (a topic's
-    /// own setting, or the brokers' default). One admin request for all.
-    /// `None` when the cluster answers without saying for any of them (this
-    /// client may not describe the topics' configs); an error when it does
-    /// not answer within `timeout` (librdkafka's mock cluster never does).
-    /// Blocking: call it off the async runtime's hot paths.
+    /// How long [`Self::batch_bytes_within`] waits for the topics' limits.
+    pub const TOPIC_LIMITS_TIMEOUT: Duration = Duration::from_secs(5);
+
+    /// The largest record batch each of `topics` takes, in their order:
+    /// its `max.message.bytes` as the cluster reports it (the topic's own
+    /// setting, or the brokers' default), `None` where the cluster answers
+    /// without saying (this client may not describe that topic's configs).
+    /// One admin request for all; an error when the cluster does not answer
+    /// within `timeout` (librdkafka's mock cluster never does). Blocking:
+    /// call it off the async runtime's hot paths.
     pub fn max_message_bytes(
         &self,
         topics: &[&str],
         timeout: Duration,
-    ) -> Result<Option<usize>, KafkaError> {
+    ) -> Result<Vec<Option<usize>>, KafkaError> {
         use rdkafka::{admin::ResourceSpecifier, client::DefaultClientContext};
         let not_authorized = |code: RDKafkaErrorCode| {
             matches!(
@@ -268,25 +271,22 @@ impl KafkaConfig {
         let described = match futures::executor::block_on(admin.describe_configs(&resources, &opts))
         {
             Ok(described) => described,
-            Err(KafkaError::AdminOp(code)) if not_authorized(code) => return Ok(None),
+            Err(KafkaError::AdminOp(code)) if not_authorized(code) => {
+                return Ok(vec![None; topics.len()]);
+            }
             Err(e) => return Err(e),
         };
-        let mut smallest: Option<usize> = None;
-        for resource in described {
-            let limit = match resource {
-                Ok(resource) => resource
+        described
+            .into_iter()
+            .map(|resource| match resource {
+                Ok(resource) => Ok(resource
                     .get("max.message.bytes")
                     .and_then(|entry| entry.value.as_deref())
-                    .and_then(|value| value.parse().ok()),
-                Err(code) if not_authorized(code) => None,
-                Err(code) => return Err(KafkaError::AdminOp(code)),
-            };
-            smallest = match (smallest, limit) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-        }
-        Ok(smallest)
+                    .and_then(|value| value.parse().ok())),
+                Err(code) if not_authorized(code) => Ok(None),
+                Err(code) => Err(KafkaError::AdminOp(code)),
+            })
+            .collect()
     }
 
     /// The `batch.size` for a producer writing to `topics`: no more than
@@ -296,29 +296,38 @@ impl KafkaConfig {
     /// every record in it, not only a record too large on its own. Within
     /// the bound, a record too large for its topic goes in a batch of its
     /// own (librdkafka applies `batch.size` after a batch's first record)
-    /// and is refused alone. When the limits cannot be read (no right to
-    /// describe the topics' configs, Kafka not answering within `timeout`),
-    /// librdkafka's default, with a warning naming `producer`; without
-    /// asking where [`Self::reads_topic_limits`] is off. Blocking, like
+    /// and is refused alone. A topic whose limit cannot be read (no right
+    /// to describe its configs, Kafka not answering within
+    /// [`Self::TOPIC_LIMITS_TIMEOUT`]) is left out of the bound, with a
+    /// warning naming it and `producer`; nothing is asked where
+    /// [`Self::reads_topic_limits`] is off. Blocking, like
     /// [`Self::max_message_bytes`].
-    pub fn batch_bytes_within(&self, topics: &[&str], producer: &str, timeout: Duration) -> usize {
+    pub fn batch_bytes_within(&self, topics: &[&str], producer: &str) -> usize {
         if !self.reads_topic_limits {
             return Self::DEFAULT_BATCH_BYTES;
         }
-        match self.max_message_bytes(topics, timeout) {
-            Ok(Some(limit)) => limit.min(Self::DEFAULT_BATCH_BYTES),
-            unknown => {
-                let error = unknown.err().map(|e| e.to_string());
-                tracing::warn!(
-                    producer,
-                    ?topics,
-                    error,
-                    "cannot read the topics' max.message.bytes; batches may be up to {} bytes",
-                    Self::DEFAULT_BATCH_BYTES
-                );
+        let (limits, error) = match self.max_message_bytes(topics, Self::TOPIC_LIMITS_TIMEOUT) {
+            Ok(limits) => (limits, None),
+            Err(e) => (vec![None; topics.len()], Some(e.to_string())),
+        };
+        let unknown: Vec<&str> = topics
+            .iter()
+            .zip(&limits)
+            .filter_map(|(topic, limit)| limit.is_none().then_some(*topic))
+            .collect();
+        if !unknown.is_empty() {
+            tracing::warn!(
+                producer,
+                ?unknown,
+                error,
+                "cannot read these topics' max.message.bytes; keep them at {} bytes or more",
                 Self::DEFAULT_BATCH_BYTES
-            }
+            );
         }
+        limits
+            .into_iter()
+            .flatten()
+            .fold(Self::DEFAULT_BATCH_BYTES, usize::min)
     }
 
     /// Waits until a broker answers a metadata request, or `deadline`.

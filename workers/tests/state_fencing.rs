@@ -263,7 +263,7 @@ async fn a_state_too_large_for_the_topic_does_not_take_its_batch_mates_down() {
         .unwrap()
         .expect("Kafka answers")
     };
-    assert_eq!(limit, Some(1024));
+    assert_eq!(limit, [Some(1024)]);
     let stop = CancellationToken::new();
     let writer = open(kafka, &id, &topic, NEVER).await;
 

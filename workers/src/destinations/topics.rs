@@ -97,10 +97,6 @@ pub const QUEUE_SNAPSHOT_MAX_BYTES: &str = "8388608";
 /// before they are written ([`crate::agents::engine::QueueBook::fit`]).
 pub const QUEUE_SNAPSHOT_BUDGET_BYTES: usize = 8 * 1024 * 1024 - 256 * 1024;
 
-/// How long the outputs' producer waits for the topics' limits when it is
-/// created.
-const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// Whether a failed Kafka write may succeed if tried again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteRetry {
@@ -287,7 +283,7 @@ pub struct TopicOutputs {
 
 impl TopicOutputs {
     /// Creates the producer. Blocking: it reads the topics' limits from
-    /// Kafka (up to [`DESCRIBE_TIMEOUT`]) to bound its batches.
+    /// Kafka (up to [`KafkaConfig::TOPIC_LIMITS_TIMEOUT`]) to bound its batches.
     pub fn new(config: &TopicsConfig) -> anyhow::Result<Self> {
         let outbound_topics: Vec<String> = Channel::ALL
             .iter()
@@ -309,7 +305,7 @@ impl TopicOutputs {
         // each fit. The smallest limit bounds them all.
         let batch_bytes = config
             .kafka
-            .batch_bytes_within(&topics, "outputs", DESCRIBE_TIMEOUT)
+            .batch_bytes_within(&topics, "outputs")
             .to_string();
         let producer = config
             .kafka

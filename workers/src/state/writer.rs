@@ -225,7 +225,7 @@ impl StateWriter {
         // it, and the flush would leave them all out with the one too large.
         let batch_bytes = config
             .kafka
-            .batch_bytes_within(&[&config.topic], "state", DESCRIBE_TIMEOUT)
+            .batch_bytes_within(&[&config.topic], "state")
             .to_string();
         let producer: StateProducer = config
             .kafka
@@ -493,9 +493,6 @@ impl Drop for StateWriter {
         drop_on_a_thread(self.producer.lock().expect("producer lock").take());
     }
 }
-
-/// How long a writer waits for the state topic's configs when it opens.
-const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Dropping a producer purges what it still holds and joins its threads;
 /// with a broker away that can take a while, so it happens on a thread of
