@@ -110,6 +110,10 @@ pub struct KafkaConfig {
     /// `security.protocol`, `sasl.mechanisms`, `ssl.ca.location`. They are
     /// applied last, so they may override Switchboard's own settings.
     pub properties: BTreeMap<String, String>,
+    /// librdkafka properties for consumers only, applied after
+    /// `properties`: consumer tuning such as `fetch.min.bytes` and
+    /// `fetch.wait.max.ms`, which producers would warn about and ignore.
+    pub consumer_properties: BTreeMap<String, String>,
     /// Partitions for topics Switchboard creates when they are missing.
     pub topic_partitions: i32,
     /// Replication factor for topics Switchboard creates.
@@ -128,6 +132,7 @@ impl Default for KafkaConfig {
         Self {
             bootstrap_servers: "127.0.0.1:9092".into(),
             properties: BTreeMap::new(),
+            consumer_properties: BTreeMap::new(),
             topic_partitions: 12,
             topic_replication: 1,
             reads_topic_limits: true,
@@ -163,10 +168,15 @@ impl KafkaConfig {
     /// in bursts with half a second of nothing between, and the raw
     /// consumer read a fifth of its speed (benches/README.md, routing,
     /// 2026-12-01). 10 ms keeps the prefetch bounded all the same.
+    /// [`Self::consumer_properties`] come last.
     pub fn consumer_config(&self, extra: &[(&str, &str)]) -> ClientConfig {
         let mut base = vec![("fetch.queue.backoff.ms", "10")];
         base.extend_from_slice(extra);
-        self.client_config(&base)
+        let mut config = self.client_config(&base);
+        for (k, v) in &self.consumer_properties {
+            config.set(k, v);
+        }
+        config
     }
 
     /// A client config with the bootstrap servers and pass-through properties.
@@ -581,6 +591,29 @@ mod tests {
         ] {
             assert_eq!(producer.get(key), Some(value), "{key}");
         }
+    }
+
+    /// Consumer properties reach consumers, after the shared ones, and no
+    /// producer.
+    #[test]
+    fn consumer_properties_reach_consumers_only() {
+        let config: KafkaConfig = serde_json::from_str(
+            r#"{"properties": {"fetch.wait.max.ms": "100", "client.id": "a"},
+                "consumer_properties": {"fetch.wait.max.ms": "10", "fetch.min.bytes": "65536"}}"#,
+        )
+        .unwrap();
+        let consumer = config.consumer_config(&[("group.id", "g")]);
+        for (key, value) in [
+            ("fetch.wait.max.ms", "10"),
+            ("fetch.min.bytes", "65536"),
+            ("client.id", "a"),
+            ("group.id", "g"),
+        ] {
+            assert_eq!(consumer.get(key), Some(value), "{key}");
+        }
+        let producer = config.producer_config(&[]);
+        assert_eq!(producer.get("fetch.min.bytes"), None);
+        assert_eq!(producer.get("fetch.wait.max.ms"), Some("100"));
     }
 
     /// A config read from a file reads the topics' limits: the field is
