@@ -700,6 +700,27 @@ fn as_ingested(envelopes: Vec<Envelope>) -> anyhow::Result<Vec<Envelope>> {
         .collect()
 }
 
+/// A routing worker as a process of its own (`switchboard-workers` beside
+/// this binary, its config file and log in `dir`), routing everything to
+/// analytics: no bots, no rules file, and the queue stage, which this job
+/// never feeds, off.
+fn analytics_worker(
+    mut config: switchboard_workers::config::WorkersConfig,
+    dir: &std::path::Path,
+) -> anyhow::Result<crate::faults::processes::Proc> {
+    config.bots.clear();
+    config.rules_file = None;
+    config.agents.enabled = false;
+    let config_file = dir.join("worker.toml");
+    std::fs::write(&config_file, toml::to_string(&config)?)?;
+    crate::faults::processes::Worker::spawn(
+        &crate::faults::processes::binaries(None),
+        "worker",
+        dir,
+        &config_file,
+    )
+}
+
 /// Routing: the raw consumer and the raw pipe reading the preloaded topic,
 /// then a worker routing the same records to analytics. Each reports its
 /// rate and its CPU time per message (from `/proc`: this process's for the
@@ -824,16 +845,7 @@ pub async fn routing(
     // until 2026-12-01). Everything goes to analytics (no rules file); the
     // queue stage, which this job never feeds, is off.
     let dir = tempfile::tempdir()?;
-    workers_config.bots.clear();
-    workers_config.agents.enabled = false;
-    let config_file = dir.path().join("worker.toml");
-    std::fs::write(&config_file, toml::to_string(&workers_config)?)?;
-    let mut worker = crate::faults::processes::Worker::spawn(
-        &crate::faults::processes::binaries(None),
-        "worker",
-        dir.path(),
-        &config_file,
-    )?;
+    let mut worker = analytics_worker(workers_config, dir.path())?;
     let pid = worker.pid()?.to_string();
     let counter = Arc::new(TopicCounter::new(kafka, &config.analytics_topic)?);
     // Counting asks each partition's leader: off the runtime's threads.
@@ -1061,6 +1073,8 @@ pub async fn latency(
     duration: Duration,
     rpc: Rpc,
     conversations: u64,
+    processes: bool,
+    consumer_properties: &BTreeMap<String, String>,
 ) -> anyhow::Result<ScenarioReport> {
     let mut report = ScenarioReport::new(
         "end-to-end latency at load",
@@ -1071,12 +1085,44 @@ pub async fn latency(
             ("conversations", conversations.to_string()),
             ("partitions", kafka.topic_partitions.to_string()),
             ("destination", "analytics (a Kafka topic)".into()),
+            (
+                "layout",
+                if processes {
+                    "the node and the worker each a process of its own; the generator and the sinks in this one"
+                } else {
+                    "the generator, node, worker and sinks in this process"
+                }
+                .into(),
+            ),
+            (
+                "consumer_properties",
+                format!("{consumer_properties:?} (Switchboard's consumers only)"),
+            ),
         ],
     );
-    let config = PipelineConfig::isolated(kafka.clone(), "bench.latency");
+    // Switchboard's consumers only: Kafka alone's run and the sinks keep
+    // librdkafka's defaults.
+    let switchboard_kafka = KafkaConfig {
+        consumer_properties: consumer_properties.clone(),
+        ..kafka.clone()
+    };
+    let config = PipelineConfig::isolated(switchboard_kafka, "bench.latency");
     config.create_topics().await?;
-    let pipeline = Pipeline::start(&config, RecordingBot::default()).await?;
-    let address = format!("http://{}", pipeline.grpc_addr);
+    let dir = tempfile::tempdir()?;
+    let layout = if processes {
+        Layout::Processes {
+            node: Box::new(
+                NodeProcess::spawn(&sibling_broker(), kafka, &config.messages_topic, &[]).await?,
+            ),
+            worker: Box::new(analytics_worker(
+                config.workers_config(config.bot_addr),
+                dir.path(),
+            )?),
+        }
+    } else {
+        Layout::InProcess(Pipeline::start(&config, RecordingBot::default()).await?)
+    };
+    let address = layout.address();
     let raw = raw_target(kafka, "latency-raw").await?;
     let Target::Kafka {
         topic: raw_topic, ..
@@ -1117,6 +1163,7 @@ pub async fn latency(
         let alone = loadgen::run(raw.clone(), options.clone(), Some(raw_sink.clone())).await?;
         let kafka_p99 = alone.end_to_end.as_ref().map_or(0.0, |e| e.latency_ms.p99);
         report.push_run(&format!("Kafka alone at {rate}/s"), alone, &[]);
+        let before = layout.cpu();
         let run = loadgen::run(
             Target::connect(&address, 4).await?,
             LoadOptions { rpc, ..options },
@@ -1127,14 +1174,70 @@ pub async fn latency(
             .end_to_end
             .as_ref()
             .map_or(0.0, |e| e.latency_ms.p99 / kafka_p99.max(1e-3));
-        report.push_run(
-            &format!("Switchboard at {rate}/s"),
-            run,
-            &[("e2e_p99_x_kafka", ratio)],
-        );
+        let mut extra = vec![("e2e_p99_x_kafka", ratio)];
+        if let Some(((node, worker), (node_now, worker_now))) = before.zip(layout.cpu()) {
+            // Over the run and its drain; the worker may still route the
+            // last messages' state a flush later, which is not counted.
+            let per_message = |cpu: Duration| cpu.as_secs_f64() * 1e6 / run.acked.max(1) as f64;
+            extra.push((
+                "node_cpu_us_per_message",
+                per_message(node_now.saturating_sub(node)),
+            ));
+            extra.push((
+                "worker_cpu_us_per_message",
+                per_message(worker_now.saturating_sub(worker)),
+            ));
+        }
+        report.push_run(&format!("Switchboard at {rate}/s"), run, &extra);
     }
-    pipeline.stop().await?;
+    layout.stop().await?;
     Ok(report)
+}
+
+/// Where the latency scenario's node and worker run.
+enum Layout {
+    /// Both in this process, beside the generator and the sinks, with a
+    /// bot and the queue stage.
+    InProcess(Pipeline),
+    /// Each a process of its own, as deployed: their CPU is read apart.
+    Processes {
+        node: Box<NodeProcess>,
+        worker: Box<crate::faults::processes::Proc>,
+    },
+}
+
+impl Layout {
+    fn address(&self) -> String {
+        match self {
+            Self::InProcess(pipeline) => format!("http://{}", pipeline.grpc_addr),
+            Self::Processes { node, .. } => node.address.clone(),
+        }
+    }
+
+    /// The node's and the worker's CPU time so far, when they are processes
+    /// of their own.
+    fn cpu(&self) -> Option<(Duration, Duration)> {
+        match self {
+            Self::InProcess(_) => None,
+            Self::Processes { node, worker } => {
+                Some((cpu_of_pid(node.child.id())?, cpu_of_pid(worker.pid().ok())?))
+            }
+        }
+    }
+
+    async fn stop(self) -> anyhow::Result<()> {
+        match self {
+            Self::InProcess(pipeline) => pipeline.stop().await,
+            Self::Processes { node, mut worker } => {
+                node.stop().await?;
+                anyhow::ensure!(
+                    worker.stop(Duration::from_secs(15)).await?,
+                    "the worker did not stop cleanly"
+                );
+                Ok(())
+            }
+        }
+    }
 }
 
 /// An ingestion node in a process of its own (`switchboard-broker`), so its

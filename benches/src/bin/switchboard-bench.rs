@@ -211,6 +211,17 @@ enum Scenario {
         /// Conversations.
         #[arg(long, default_value_t = 10_000)]
         conversations: u64,
+        /// Run the ingestion node and the worker each as a process of its
+        /// own (`switchboard-broker` and `switchboard-workers` beside this
+        /// binary), as they are deployed, and report each one's CPU per
+        /// message; by default both run in this process.
+        #[arg(long)]
+        processes: bool,
+        /// A librdkafka property for Switchboard's consumers (the worker's
+        /// and the node's; not Kafka alone's, nor the sinks'), as
+        /// `KEY=VALUE`; repeatable. E.g. `fetch.min.bytes=65536`.
+        #[arg(long = "consumer-property", value_parser = key_value)]
+        consumer_properties: Vec<(String, String)>,
     },
     /// Twice the sustainable rate on an ingestion node, then recovery.
     Overload {
@@ -258,6 +269,14 @@ impl ScenarioArgs {
             topic_partitions: self.partitions,
             ..Default::default()
         }
+    }
+}
+
+/// `KEY=VALUE`, split at the first `=`.
+fn key_value(arg: &str) -> Result<(String, String), String> {
+    match arg.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("expected KEY=VALUE, got {arg:?}")),
     }
 }
 
@@ -377,7 +396,20 @@ async fn run_scenario(scenario: Scenario, output: &Output) -> anyhow::Result<()>
             duration,
             rpc,
             conversations,
-        } => scenarios::latency(&common.kafka(), &rates, duration, rpc, conversations).await?,
+            processes,
+            consumer_properties,
+        } => {
+            scenarios::latency(
+                &common.kafka(),
+                &rates,
+                duration,
+                rpc,
+                conversations,
+                processes,
+                &consumer_properties.into_iter().collect(),
+            )
+            .await?
+        }
         Scenario::Overload {
             common,
             probe,
@@ -464,4 +496,51 @@ async fn main() {
         std::process::exit(1);
     }
     std::process::exit(0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_value_splits_at_the_first_equals_sign() {
+        assert_eq!(
+            key_value("fetch.min.bytes=65536"),
+            Ok(("fetch.min.bytes".into(), "65536".into()))
+        );
+        assert_eq!(key_value("a=b=c"), Ok(("a".into(), "b=c".into())));
+        assert_eq!(key_value("a="), Ok(("a".into(), String::new())));
+        for bad in ["fetch.min.bytes", "=1", ""] {
+            let err = key_value(bad).unwrap_err();
+            assert!(err.contains("KEY=VALUE"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn latency_takes_consumer_properties() {
+        let args = Args::try_parse_from([
+            "switchboard-bench",
+            "latency",
+            "--processes",
+            "--consumer-property",
+            "fetch.min.bytes=65536",
+            "--consumer-property",
+            "fetch.wait.max.ms=10",
+        ])
+        .unwrap();
+        let Some(Scenario::Latency {
+            processes,
+            consumer_properties,
+            ..
+        }) = args.scenario
+        else {
+            panic!("not the latency scenario");
+        };
+        assert!(processes);
+        assert_eq!(consumer_properties.len(), 2);
+        assert!(
+            Args::try_parse_from(["switchboard-bench", "latency", "--consumer-property", "x"])
+                .is_err()
+        );
+    }
 }
