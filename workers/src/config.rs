@@ -454,6 +454,22 @@ mod tests {
         config
     }
 
+    /// The fetch tuning of docs/operations.md, "Scaling", as written there.
+    #[test]
+    fn consumer_properties_load_from_the_file() {
+        let config = load_toml(
+            "[kafka.consumer_properties]\n\"fetch.min.bytes\" = \"65536\"\n\"fetch.wait.max.ms\" = \"10\"\n",
+        )
+        .unwrap();
+        let consumer = config.kafka.consumer_config(&[]);
+        assert_eq!(consumer.get("fetch.min.bytes"), Some("65536"));
+        assert_eq!(consumer.get("fetch.wait.max.ms"), Some("10"));
+        assert_eq!(
+            config.kafka.producer_config(&[]).get("fetch.min.bytes"),
+            None
+        );
+    }
+
     #[test]
     fn auto_offset_reset_is_latest_unless_set_and_checked() {
         assert_eq!(
