@@ -1096,7 +1096,7 @@ pub async fn latency(
             ),
             (
                 "consumer_properties",
-                format!("{consumer_properties:?} (Switchboard's consumers only)"),
+                format!("{consumer_properties:?} (the worker's consumers; in-process, the node's too)"),
             ),
         ],
     );
@@ -1176,8 +1176,8 @@ pub async fn latency(
             .map_or(0.0, |e| e.latency_ms.p99 / kafka_p99.max(1e-3));
         let mut extra = vec![("e2e_p99_x_kafka", ratio)];
         if let Some(((node, worker), (node_now, worker_now))) = before.zip(layout.cpu()) {
-            // Over the run and its drain; the worker may still route the
-            // last messages' state a flush later, which is not counted.
+            // Over the run, to the sink's last record; the worker's next
+            // state flush may come after it and is not counted.
             let per_message = |cpu: Duration| cpu.as_secs_f64() * 1e6 / run.acked.max(1) as f64;
             extra.push((
                 "node_cpu_us_per_message",

@@ -217,8 +217,8 @@ enum Scenario {
         /// message; by default both run in this process.
         #[arg(long)]
         processes: bool,
-        /// A librdkafka property for Switchboard's consumers (the worker's
-        /// and the node's; not Kafka alone's, nor the sinks'), as
+        /// A librdkafka property for the worker's consumers (in-process,
+        /// the node's too; never Kafka alone's, nor the sinks'), as
         /// `KEY=VALUE`; repeatable. E.g. `fetch.min.bytes=65536`.
         #[arg(long = "consumer-property", value_parser = key_value)]
         consumer_properties: Vec<(String, String)>,
