@@ -48,7 +48,9 @@ use crate::{
 
 /// How often the idle sweep runs, and how many conversations it looks at
 /// each time: a million conversations are all looked at in about 17
-/// minutes, a few milliseconds of the loop's time per second.
+/// minutes, a few milliseconds of the loop's time per second. A pass over a
+/// smaller partition ends sooner, and the next begins no sooner than
+/// [`crate::state::expiry::ExpiryPolicy::sweep_pass`] after it began.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 const SWEEP_BATCH: usize = 1000;
 

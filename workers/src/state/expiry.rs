@@ -92,6 +92,13 @@ pub fn minimal(state: &ConversationState) -> ConversationState {
 }
 
 impl ExpiryPolicy {
+    /// How often the idle sweep may begin a pass over every state: a
+    /// hundredth of `idle`, between 1 s and 1 minute. A state is expired at
+    /// most that much (plus the pass's own length) after it became idle.
+    pub fn sweep_pass(&self) -> Duration {
+        (self.idle / 100).clamp(Duration::from_secs(1), Duration::from_secs(60))
+    }
+
     /// What to do with `state` at `now`.
     pub fn verdict(&self, state: &ConversationState, now: SystemTime) -> Verdict {
         if *state == ConversationState::default() || state.owner() == Owner::Human {

@@ -74,6 +74,8 @@ pub struct PartitionStates {
     disk: DiskStore,
     /// Where the idle sweep stopped.
     sweep_after: Option<String>,
+    /// When the sweep's current pass over every state began.
+    pass_began: Option<SystemTime>,
 }
 
 /// A conversation's state, encoded for the state topic; `None` for a
@@ -95,6 +97,7 @@ impl PartitionStates {
             unwritten: foldhash::HashMap::default(),
             disk: DiskStore::open(dir, topic, partition, DISK_CACHE_BYTES)?,
             sweep_after: None,
+            pass_began: None,
         })
     }
 
@@ -311,6 +314,11 @@ impl PartitionStates {
     /// (starting over after the last), and expires the idle ones. Returns
     /// the keys whose state changed, for the caller to flush. `busy` tells
     /// a conversation with a message in flight: left alone.
+    ///
+    /// A new pass over every state begins no sooner than
+    /// [`ExpiryPolicy::sweep_pass`] after the last one began: a partition
+    /// of a few thousand conversations is not read and decoded whole every
+    /// second to find states idle for days.
     pub fn sweep(
         &mut self,
         policy: &ExpiryPolicy,
@@ -318,6 +326,14 @@ impl PartitionStates {
         limit: usize,
         busy: impl Fn(&str) -> bool,
     ) -> Result<Vec<String>, DiskError> {
+        if self.sweep_after.is_none() {
+            if let Some(began) = self.pass_began
+                && now.duration_since(began).unwrap_or_default() < policy.sweep_pass()
+            {
+                return Ok(Vec::new());
+            }
+            self.pass_began = Some(now);
+        }
         let found = self.disk.scan(self.sweep_after.as_deref(), limit)?;
         self.sweep_after = if found.len() < limit {
             None
@@ -360,5 +376,55 @@ impl PartitionStates {
     /// Conversations on disk.
     pub fn on_disk(&self) -> Result<u64, DiskError> {
         self.disk.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use switchboard_proto::v1::Owner;
+
+    use super::*;
+
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    /// A pass over every state begins no sooner than a pass's interval
+    /// after the last: a state that turns idle just after a pass is
+    /// expired by the next one, not on the next tick.
+    #[test]
+    fn the_sweep_begins_a_new_pass_once_per_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut states =
+            PartitionStates::open(dir.path(), "state", 0, NonZeroUsize::new(10).unwrap()).unwrap();
+        let policy = ExpiryPolicy { idle: 8 * DAY };
+        assert_eq!(policy.sweep_pass(), Duration::from_secs(60));
+        let t0 = SystemTime::now();
+        // Idle 10 s after t0.
+        *states.get_mut("a").unwrap() = ConversationState {
+            owner: Owner::Bot as i32,
+            updated_at: Some(switchboard_proto::timestamp(
+                t0 - 8 * DAY + Duration::from_secs(10),
+            )),
+            ..Default::default()
+        };
+        states.changed("a", 1);
+        let encoded = states.encode_unflushed("a").unwrap();
+        states.flushed(1, &[("a".into(), encoded)], None).unwrap();
+
+        let sweep = |states: &mut PartitionStates, after: u64| {
+            states
+                .sweep(&policy, t0 + Duration::from_secs(after), 1000, |_| false)
+                .unwrap()
+        };
+        assert!(sweep(&mut states, 0).is_empty(), "not idle yet");
+        assert!(
+            sweep(&mut states, 30).is_empty(),
+            "idle now, but the last pass began 30 s ago"
+        );
+        assert_eq!(sweep(&mut states, 61), ["a"], "the next pass expires it");
+        assert_eq!(
+            ConversationState::default(),
+            *states.get_mut("a").unwrap(),
+            "forgotten"
+        );
     }
 }
