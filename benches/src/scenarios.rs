@@ -1108,8 +1108,8 @@ pub async fn latency(
     };
     let config = PipelineConfig::isolated(switchboard_kafka, "bench.latency");
     config.create_topics().await?;
-    let dir = tempfile::tempdir()?;
     let layout = if processes {
+        let dir = tempfile::tempdir()?;
         Layout::Processes {
             node: Box::new(
                 NodeProcess::spawn(&sibling_broker(), kafka, &config.messages_topic, &[]).await?,
@@ -1118,6 +1118,7 @@ pub async fn latency(
                 config.workers_config(config.bot_addr),
                 dir.path(),
             )?),
+            _dir: dir,
         }
     } else {
         Layout::InProcess(Pipeline::start(&config, RecordingBot::default()).await?)
@@ -1203,6 +1204,8 @@ enum Layout {
     Processes {
         node: Box<NodeProcess>,
         worker: Box<crate::faults::processes::Proc>,
+        /// The worker's config file and log, for as long as it runs.
+        _dir: tempfile::TempDir,
     },
 }
 
@@ -1219,7 +1222,7 @@ impl Layout {
     fn cpu(&self) -> Option<(Duration, Duration)> {
         match self {
             Self::InProcess(_) => None,
-            Self::Processes { node, worker } => {
+            Self::Processes { node, worker, .. } => {
                 Some((cpu_of_pid(node.child.id())?, cpu_of_pid(worker.pid().ok())?))
             }
         }
@@ -1228,7 +1231,9 @@ impl Layout {
     async fn stop(self) -> anyhow::Result<()> {
         match self {
             Self::InProcess(pipeline) => pipeline.stop().await,
-            Self::Processes { node, mut worker } => {
+            Self::Processes {
+                node, mut worker, ..
+            } => {
                 node.stop().await?;
                 anyhow::ensure!(
                     worker.stop(Duration::from_secs(15)).await?,

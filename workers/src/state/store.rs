@@ -327,8 +327,12 @@ impl PartitionStates {
         busy: impl Fn(&str) -> bool,
     ) -> Result<Vec<String>, DiskError> {
         if self.sweep_after.is_none() {
+            // A wall clock set back lets the next pass begin: it must not
+            // stall the sweep until the clock is back where it was.
             if let Some(began) = self.pass_began
-                && now.duration_since(began).unwrap_or_default() < policy.sweep_pass()
+                && now
+                    .duration_since(began)
+                    .is_ok_and(|since| since < policy.sweep_pass())
             {
                 return Ok(Vec::new());
             }
@@ -426,5 +430,21 @@ mod tests {
             *states.get_mut("a").unwrap(),
             "forgotten"
         );
+
+        // A state idle for long, then the wall clock set back an hour: the
+        // next pass is not held off until the clock is back.
+        *states.get_mut("b").unwrap() = ConversationState {
+            owner: Owner::Bot as i32,
+            updated_at: Some(switchboard_proto::timestamp(t0 - 30 * DAY)),
+            ..Default::default()
+        };
+        states.changed("b", 2);
+        let encoded = states.encode_unflushed("b").unwrap();
+        states.flushed(2, &[("b".into(), encoded)], None).unwrap();
+        assert!(sweep(&mut states, 62).is_empty(), "a pass began at 61 s");
+        let set_back = states
+            .sweep(&policy, t0 - Duration::from_secs(3600), 1000, |_| false)
+            .unwrap();
+        assert_eq!(set_back, ["b"]);
     }
 }
