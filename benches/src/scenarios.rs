@@ -40,6 +40,7 @@ use switchboard_runtime::kafka::KafkaConfig;
 use switchboard_testkit::RecordingBot;
 
 use crate::{
+    faults::processes::{Node, Proc, Worker, binaries},
     loadgen::{
         self, ChannelArg, LoadOptions, Rpc, SinkSpec, Target, report::LoadReport, sink::SinkFormat,
     },
@@ -414,14 +415,17 @@ pub async fn ingest(
     );
     let topic = format!("bench.ingest.{}", uuid::Uuid::now_v7().simple());
     kafka.ensure_topics(&[&topic]).await?;
-    let node = NodeProcess::spawn(
+    let logs = tempfile::tempdir()?;
+    let node = Node::spawn(
         broker,
-        kafka,
+        "node",
+        logs.path(),
+        &kafka.bootstrap_servers,
         &topic,
         &[("MAX_IN_FLIGHT", node_max_in_flight.to_string())],
     )
     .await?;
-    let pid = node.child.id();
+    let pid = node.proc.pid().ok();
     // The node's producer meets its topic's leaders before anything counts.
     loadgen::run(
         Target::connect(&node.address, 4).await?,
@@ -707,18 +711,13 @@ fn as_ingested(envelopes: Vec<Envelope>) -> anyhow::Result<Vec<Envelope>> {
 fn analytics_worker(
     mut config: switchboard_workers::config::WorkersConfig,
     dir: &std::path::Path,
-) -> anyhow::Result<crate::faults::processes::Proc> {
+) -> anyhow::Result<Proc> {
     config.bots.clear();
     config.rules_file = None;
     config.agents.enabled = false;
     let config_file = dir.join("worker.toml");
     std::fs::write(&config_file, toml::to_string(&config)?)?;
-    crate::faults::processes::Worker::spawn(
-        &crate::faults::processes::binaries(None),
-        "worker",
-        dir,
-        &config_file,
-    )
+    Worker::spawn(&binaries(None), "worker", dir, &config_file)
 }
 
 /// Routing: the raw consumer and the raw pipe reading the preloaded topic,
@@ -1112,7 +1111,15 @@ pub async fn latency(
         let dir = tempfile::tempdir()?;
         Layout::Processes {
             node: Box::new(
-                NodeProcess::spawn(&sibling_broker(), kafka, &config.messages_topic, &[]).await?,
+                Node::spawn(
+                    &sibling_broker(),
+                    "node",
+                    dir.path(),
+                    &kafka.bootstrap_servers,
+                    &config.messages_topic,
+                    &[],
+                )
+                .await?,
             ),
             worker: Box::new(analytics_worker(
                 config.workers_config(config.bot_addr),
@@ -1202,9 +1209,10 @@ enum Layout {
     InProcess(Pipeline),
     /// Each a process of its own, as deployed: their CPU is read apart.
     Processes {
-        node: Box<NodeProcess>,
-        worker: Box<crate::faults::processes::Proc>,
-        /// The worker's config file and log, for as long as it runs.
+        node: Box<Node>,
+        worker: Box<Proc>,
+        /// The node's and the worker's logs and the worker's config file,
+        /// for as long as they run.
         _dir: tempfile::TempDir,
     },
 }
@@ -1222,9 +1230,10 @@ impl Layout {
     fn cpu(&self) -> Option<(Duration, Duration)> {
         match self {
             Self::InProcess(_) => None,
-            Self::Processes { node, worker, .. } => {
-                Some((cpu_of_pid(node.child.id())?, cpu_of_pid(worker.pid().ok())?))
-            }
+            Self::Processes { node, worker, .. } => Some((
+                cpu_of_pid(node.proc.pid().ok())?,
+                cpu_of_pid(worker.pid().ok())?,
+            )),
         }
     }
 
@@ -1245,81 +1254,9 @@ impl Layout {
     }
 }
 
-/// An ingestion node in a process of its own (`switchboard-broker`), so its
-/// memory is measured apart from the load generator's.
-struct NodeProcess {
-    address: String,
-    child: tokio::process::Child,
-}
-
-impl NodeProcess {
-    /// Starts `binary` on free ports, publishing to `topic`, with
-    /// `settings` (config keys, as `SWITCHBOARD_BROKER_<KEY>` variables),
-    /// and waits until it answers.
-    async fn spawn(
-        binary: &std::path::Path,
-        kafka: &KafkaConfig,
-        topic: &str,
-        settings: &[(&str, String)],
-    ) -> anyhow::Result<Self> {
-        let free_port = || -> anyhow::Result<u16> {
-            Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-                .local_addr()?
-                .port())
-        };
-        let (grpc, metrics) = (free_port()?, free_port()?);
-        let mut command = tokio::process::Command::new(binary);
-        for (key, value) in settings {
-            command.env(format!("SWITCHBOARD_BROKER_{key}"), value);
-        }
-        let child = command
-            .args(["--grpc-addr", &format!("127.0.0.1:{grpc}")])
-            .args(["--metrics-addr", &format!("127.0.0.1:{metrics}")])
-            .args(["--http-addr", "off"])
-            .args(["--kafka-bootstrap", &kafka.bootstrap_servers])
-            .args(["--messages-topic", topic])
-            .env("RUST_LOG", "warn")
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "cannot start {} ({e}); build it first: cargo build --release -p switchboard-broker",
-                    binary.display()
-                )
-            })?;
-        let address = format!("http://127.0.0.1:{grpc}");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Target::connect(&address, 1).await.is_err() {
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "{} did not answer on {address} within 30 s",
-                binary.display()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        Ok(Self { address, child })
-    }
-
-    /// Stops the node with SIGTERM (it drains), waiting up to 30 s.
-    async fn stop(mut self) -> anyhow::Result<()> {
-        if let Some(pid) = self.child.id() {
-            tokio::process::Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .status()
-                .await?;
-        }
-        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await??;
-        anyhow::ensure!(status.success(), "the node exited with {status}");
-        Ok(())
-    }
-}
-
 /// `switchboard-broker` beside this executable (`target/release`).
 pub fn sibling_broker() -> std::path::PathBuf {
-    std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent().map(|dir| dir.join("switchboard-broker")))
-        .unwrap_or_else(|| "switchboard-broker".into())
+    binaries(None).join("switchboard-broker")
 }
 
 /// Overload: an ingestion node (`broker`, its own process, with its
@@ -1353,15 +1290,18 @@ pub async fn overload(
     );
     let topic = format!("bench.overload.{}", uuid::Uuid::now_v7().simple());
     kafka.ensure_topics(&[&topic]).await?;
-    let node = NodeProcess::spawn(
+    let logs = tempfile::tempdir()?;
+    let node = Node::spawn(
         broker,
-        kafka,
+        "node",
+        logs.path(),
+        &kafka.bootstrap_servers,
         &topic,
         &[("DEDUPE__MAX_ENTRIES", dedupe_entries.to_string())],
     )
     .await?;
     let base = LoadOptions {
-        memory_of: node.child.id(),
+        memory_of: node.proc.pid().ok(),
         ..load(Rpc::Unary, conversations, 200)
     };
     let run = loadgen::run(

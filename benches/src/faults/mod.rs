@@ -244,12 +244,15 @@ pub async fn run(scenario: Scenario, options: &FaultOptions) -> anyhow::Result<F
     for n in 0..2 {
         nodes.push(
             Node::spawn(
-                &bin,
+                &bin.join("switchboard-broker"),
                 &format!("node-{n}"),
                 &dir,
                 &options.kafka,
-                options.replication,
                 &topic,
+                &[
+                    ("KAFKA__TOPIC_REPLICATION", options.replication.to_string()),
+                    ("KAFKA__TOPIC_PARTITIONS", processes::PARTITIONS.to_string()),
+                ],
             )
             .await?,
         );

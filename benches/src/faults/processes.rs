@@ -156,19 +156,22 @@ pub struct Node {
 }
 
 impl Node {
-    /// Starts `switchboard-broker` from `bin` on free ports.
+    /// Starts the ingestion node `binary` (`switchboard-broker`) on free
+    /// ports, publishing to `topic`, with `settings` (config keys, as
+    /// `SWITCHBOARD_BROKER_<KEY>` variables) and its log in
+    /// `dir/<name>.log`, and waits until it answers.
     pub async fn spawn(
-        bin: &Path,
+        binary: &Path,
         name: &str,
         dir: &Path,
         kafka: &str,
-        replication: i32,
         topic: &str,
+        settings: &[(&str, String)],
     ) -> anyhow::Result<Self> {
         let (grpc, metrics) = (free_port()?, free_port()?);
         let spec = Spec {
             name: name.to_owned(),
-            binary: bin.join("switchboard-broker"),
+            binary: binary.to_owned(),
             args: [
                 "--grpc-addr",
                 &format!("127.0.0.1:{grpc}"),
@@ -185,16 +188,10 @@ impl Node {
             ]
             .map(str::to_owned)
             .to_vec(),
-            env: vec![
-                (
-                    "SWITCHBOARD_BROKER_KAFKA__TOPIC_REPLICATION".into(),
-                    replication.to_string(),
-                ),
-                (
-                    "SWITCHBOARD_BROKER_KAFKA__TOPIC_PARTITIONS".into(),
-                    PARTITIONS.to_string(),
-                ),
-            ],
+            env: settings
+                .iter()
+                .map(|(key, value)| (format!("SWITCHBOARD_BROKER_{key}"), value.clone()))
+                .collect(),
             log: dir.join(format!("{name}.log")),
         };
         let node = Self {
@@ -203,6 +200,17 @@ impl Node {
         };
         node.wait_serving().await?;
         Ok(node)
+    }
+
+    /// Stops the node with SIGTERM (it drains), and fails unless it exits
+    /// by itself, successfully, within 30 s.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.proc.stop(Duration::from_secs(30)).await?,
+            "the node did not stop cleanly (see {})",
+            self.proc.log().display()
+        );
+        Ok(())
     }
 
     /// Waits until the node accepts connections (60 s at most).
