@@ -12,6 +12,8 @@
 //! - [`scenarios`]: benchmark scenarios on a real Kafka, each comparing
 //!   Switchboard with its practical limit (raw librdkafka, a
 //!   partition-serial consumer, Kafka's own latency) within one run.
+//! - [`raw_pipe`]: consume, decode, produce one record per message: the
+//!   limit a routing stage is measured against.
 //! - [`faults`]: fault scenarios on real processes and a real Kafka
 //!   (nodes and workers killed or frozen, Kafka brokers killed, a bot
 //!   failing), each ending with the reconciler's report.
@@ -31,6 +33,7 @@ pub mod embedded;
 pub mod faults;
 pub mod loadgen;
 pub mod pipeline;
+pub mod raw_pipe;
 pub mod reconcile;
 pub mod scaling;
 pub mod scenarios;

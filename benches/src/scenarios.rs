@@ -40,11 +40,12 @@ use switchboard_runtime::kafka::KafkaConfig;
 use switchboard_testkit::RecordingBot;
 
 use crate::{
-    faults::processes::{Node, Proc, Worker, binaries},
+    faults::processes::{Node, Proc, RawPipe, Worker, binaries},
     loadgen::{
         self, ChannelArg, LoadOptions, Rpc, SinkSpec, Target, report::LoadReport, sink::SinkFormat,
     },
     pipeline::{Pipeline, PipelineConfig},
+    raw_pipe,
 };
 
 /// One measured variant of a scenario.
@@ -542,7 +543,7 @@ pub fn cpu_of(pid: &str) -> Duration {
 }
 
 /// CPU time process `pid` has used so far, if a process is given.
-fn cpu_of_pid(pid: Option<u32>) -> Option<Duration> {
+pub(crate) fn cpu_of_pid(pid: Option<u32>) -> Option<Duration> {
     pid.map(|pid| cpu_of(&pid.to_string()))
 }
 
@@ -577,105 +578,6 @@ impl TopicCounter {
             })
             .sum()
     }
-}
-
-/// The raw pipe: librdkafka reads `from`, decodes every envelope and
-/// produces one analytics record (the envelope and a decision) per message
-/// to `to`, with the workers' producer settings; each offset is stored
-/// only after its record's delivery report. The practical limit for a
-/// stage that writes one record per message. Pipes `warmup` messages, then
-/// `messages` more; returns the time from the end of the warm-up (or the
-/// first record, without one) to the last delivery, and the CPU used
-/// meanwhile.
-async fn raw_pipe(
-    kafka: &KafkaConfig,
-    from: &str,
-    to: &str,
-    warmup: usize,
-    messages: usize,
-    kafka_pid: Option<u32>,
-) -> anyhow::Result<PipeRun> {
-    use futures::{StreamExt as _, stream::FuturesUnordered};
-    use rdkafka::producer::{FutureProducer, FutureRecord};
-    use switchboard_proto::v1::{AnalyticsRecord, RouteDecision};
-
-    let consumer: StreamConsumer = kafka
-        .consumer_config(&[
-            ("group.id", "switchboard-bench-pipe"),
-            ("enable.auto.commit", "true"),
-            ("enable.auto.offset.store", "false"),
-        ])
-        .create()?;
-    let mut partitions = rdkafka::TopicPartitionList::new();
-    for p in 0..kafka.topic_partitions {
-        partitions.add_partition_offset(from, p, rdkafka::Offset::Beginning)?;
-    }
-    consumer.assign(&partitions)?;
-    let producer: FutureProducer = kafka.producer_config(&[("linger.ms", "2")]).create()?;
-    let mut pending = FuturesUnordered::new();
-    let (mut taken, mut done) = (0, 0);
-    let total = warmup + messages;
-    let mut started = None;
-    let mut cpu = Duration::ZERO;
-    let mut kafka_before = None;
-    while done < total {
-        tokio::select! {
-            biased;
-            Some((partition, offset, delivery)) = pending.next(), if !pending.is_empty() => {
-                let delivery: Result<Result<_, _>, _> = delivery;
-                if let Ok(Err((e, _))) = delivery {
-                    anyhow::bail!("raw pipe delivery failed: {e}");
-                }
-                consumer.store_offset(from, partition, offset + 1)?;
-                done += 1;
-                if done == warmup {
-                    started = Some(Instant::now());
-                    cpu = process_cpu();
-                    kafka_before = cpu_of_pid(kafka_pid);
-                }
-            }
-            message = consumer.recv(), if taken < total && pending.len() < 10_000 => {
-                let message = message?;
-                if started.is_none() && warmup == 0 {
-                    started = Some(Instant::now());
-                    cpu = process_cpu();
-                    kafka_before = cpu_of_pid(kafka_pid);
-                }
-                taken += 1;
-                let envelope = Envelope::decode(message.payload().unwrap_or_default())?;
-                let key = envelope.conversation_key();
-                let record = AnalyticsRecord {
-                    decision: Some(RouteDecision {
-                        message_id: envelope.message_id.clone(),
-                        reason: "no rule matched".into(),
-                        ..Default::default()
-                    }),
-                    envelope: Some(envelope),
-                }
-                .encode_to_vec();
-                let delivery = producer
-                    .send_result(FutureRecord::to(to).key(&key).payload(&record))
-                    .map_err(|(e, _)| anyhow::anyhow!("raw pipe produce: {e}"))?;
-                let (partition, offset) = (message.partition(), message.offset());
-                pending.push(async move { (partition, offset, delivery.await) });
-            }
-        }
-    }
-    Ok(PipeRun {
-        elapsed: started.map_or(Duration::ZERO, |s| s.elapsed()),
-        cpu: process_cpu().saturating_sub(cpu),
-        kafka_cpu: kafka_before
-            .zip(cpu_of_pid(kafka_pid))
-            .map(|(before, now)| now.saturating_sub(before)),
-    })
-}
-
-/// The raw pipe's measured window: its length, this process's CPU and
-/// Kafka's (when its process is known).
-struct PipeRun {
-    elapsed: Duration,
-    cpu: Duration,
-    kafka_cpu: Option<Duration>,
 }
 
 /// `envelopes` as the ingestion node writes channel messages: each with a
@@ -814,15 +716,19 @@ pub async fn routing(
 
     tracing::info!("raw pipe");
     let pipe_topic = format!("{}.pipe", config.analytics_topic);
-    let pipe = raw_pipe(
+    let pipe = raw_pipe::run(
         kafka,
         &config.messages_topic,
         &pipe_topic,
-        warmup,
-        messages,
+        raw_pipe::Until::Count { warmup, messages },
         kafka_pid,
     )
     .await?;
+    anyhow::ensure!(
+        pipe.skipped == 0,
+        "the raw pipe found {} records that are not envelopes",
+        pipe.skipped
+    );
     let pipe_rate = messages as f64 / pipe.elapsed.as_secs_f64().max(1e-9);
     let per_pipe_message = |cpu: Duration| cpu.as_secs_f64() * 1e6 / messages as f64;
     let pipe_cpu = per_pipe_message(pipe.cpu);
@@ -1062,10 +968,11 @@ pub async fn slow_destination(
 }
 
 /// Latency at load: for each rate, Kafka alone (the raw producer to a topic
-/// and a consumer of it, open loop) and then Switchboard (`rpc` to an
-/// ingestion node, a routing worker, the analytics topic), each for
-/// `duration`, after an unreported warm-up of both. Latency runs from the
-/// intended send time to the arrival.
+/// and a consumer of it, open loop), with `processes` Kafka and the raw
+/// pipe (a process of its own at the worker's place), and then Switchboard
+/// (`rpc` to an ingestion node, a routing worker, the analytics topic),
+/// each for `duration`, after an unreported warm-up of each. Latency runs
+/// from the intended send time to the arrival.
 pub async fn latency(
     kafka: &KafkaConfig,
     rates: &[f64],
@@ -1095,7 +1002,7 @@ pub async fn latency(
             ),
             (
                 "consumer_properties",
-                format!("{consumer_properties:?} (the worker's consumers; in-process, the node's too)"),
+                format!("{consumer_properties:?} (the worker's consumers and the raw pipe's; in-process, the node's too)"),
             ),
         ],
     );
@@ -1105,7 +1012,7 @@ pub async fn latency(
         consumer_properties: consumer_properties.clone(),
         ..kafka.clone()
     };
-    let config = PipelineConfig::isolated(switchboard_kafka, "bench.latency");
+    let config = PipelineConfig::isolated(switchboard_kafka.clone(), "bench.latency");
     config.create_topics().await?;
     let layout = if processes {
         let dir = tempfile::tempdir()?;
@@ -1131,6 +1038,15 @@ pub async fn latency(
         Layout::InProcess(Pipeline::start(&config, RecordingBot::default()).await?)
     };
     let address = layout.address();
+    // With processes, the raw pipe at the worker's place: Kafka's two hops
+    // and a stage that writes a record per message, without the node and
+    // without routing; its CPU per message at the same rate is the
+    // worker's baseline.
+    let piped = if processes {
+        Some(PipedKafka::start(kafka, &switchboard_kafka).await?)
+    } else {
+        None
+    };
     let raw = raw_target(kafka, "latency-raw").await?;
     let Target::Kafka {
         topic: raw_topic, ..
@@ -1156,6 +1072,9 @@ pub async fn latency(
         ..load(Rpc::Kafka, conversations, 200)
     };
     loadgen::run(raw.clone(), warm_up.clone(), None).await?;
+    if let Some(piped) = &piped {
+        loadgen::run(piped.target.clone(), warm_up.clone(), None).await?;
+    }
     loadgen::run(
         Target::connect(&address, 4).await?,
         LoadOptions { rpc, ..warm_up },
@@ -1171,6 +1090,31 @@ pub async fn latency(
         let alone = loadgen::run(raw.clone(), options.clone(), Some(raw_sink.clone())).await?;
         let kafka_p99 = alone.end_to_end.as_ref().map_or(0.0, |e| e.latency_ms.p99);
         report.push_run(&format!("Kafka alone at {rate}/s"), alone, &[]);
+        let mut pipe_cpu = None;
+        if let Some(piped) = &piped {
+            let before = piped.cpu();
+            let run = loadgen::run(
+                piped.target.clone(),
+                options.clone(),
+                Some(piped.sink.clone()),
+            )
+            .await?;
+            let per_message =
+                piped.cpu().saturating_sub(before).as_secs_f64() * 1e6 / run.acked.max(1) as f64;
+            pipe_cpu = Some(per_message);
+            let ratio = run
+                .end_to_end
+                .as_ref()
+                .map_or(0.0, |e| e.latency_ms.p99 / kafka_p99.max(1e-3));
+            report.push_run(
+                &format!("Kafka and the raw pipe at {rate}/s"),
+                run,
+                &[
+                    ("e2e_p99_x_kafka", ratio),
+                    ("pipe_cpu_us_per_message", per_message),
+                ],
+            );
+        }
         let before = layout.cpu();
         let run = loadgen::run(
             Target::connect(&address, 4).await?,
@@ -1191,15 +1135,74 @@ pub async fn latency(
                 "node_cpu_us_per_message",
                 per_message(node_now.saturating_sub(node)),
             ));
-            extra.push((
-                "worker_cpu_us_per_message",
-                per_message(worker_now.saturating_sub(worker)),
-            ));
+            let worker_cpu = per_message(worker_now.saturating_sub(worker));
+            extra.push(("worker_cpu_us_per_message", worker_cpu));
+            if let Some(pipe_cpu) = pipe_cpu {
+                extra.push(("worker_cpu_x_pipe", worker_cpu / pipe_cpu.max(1e-9)));
+            }
         }
         report.push_run(&format!("Switchboard at {rate}/s"), run, &extra);
     }
     layout.stop().await?;
+    if let Some(piped) = piped {
+        piped.stop().await?;
+    }
     Ok(report)
+}
+
+/// The latency scenario's baseline for a stage: the raw producer to a
+/// topic, the raw pipe (a process of its own) to another, and a sink.
+struct PipedKafka {
+    /// The raw producer to the pipe's topic.
+    target: Target,
+    /// The pipe's analytics records.
+    sink: SinkSpec,
+    pipe: Proc,
+    /// The pipe's log.
+    dir: tempfile::TempDir,
+}
+
+impl PipedKafka {
+    /// Creates the topics (the producer's on `kafka`) and starts the pipe,
+    /// its consumer configured by `pipe_kafka` as the worker's is.
+    async fn start(kafka: &KafkaConfig, pipe_kafka: &KafkaConfig) -> anyhow::Result<Self> {
+        let target = raw_target(kafka, "latency-pipe-in").await?;
+        let Target::Kafka { topic: from, .. } = &target else {
+            unreachable!("raw_target is Kafka")
+        };
+        let to = format!("bench.latency-pipe-out.{}", uuid::Uuid::now_v7().simple());
+        kafka.ensure_topics(&[&to]).await?;
+        let dir = tempfile::tempdir()?;
+        let pipe = RawPipe::spawn("pipe", dir.path(), pipe_kafka, from, &to)?;
+        Ok(Self {
+            target,
+            sink: SinkSpec {
+                kafka: kafka.clone(),
+                topic: to,
+                format: SinkFormat::Analytics,
+            },
+            pipe,
+            dir,
+        })
+    }
+
+    /// The pipe's CPU time so far.
+    fn cpu(&self) -> Duration {
+        cpu_of_pid(self.pipe.pid().ok()).unwrap_or_default()
+    }
+
+    /// Stops the pipe; if it does not exit by itself, successfully, its
+    /// log is kept.
+    async fn stop(mut self) -> anyhow::Result<()> {
+        if !self.pipe.stop(Duration::from_secs(15)).await? {
+            let dir = self.dir.keep();
+            anyhow::bail!(
+                "the raw pipe did not stop cleanly (see {})",
+                dir.join("pipe.log").display()
+            );
+        }
+        Ok(())
+    }
 }
 
 /// Where the latency scenario's node and worker run.

@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 use switchboard_benches::{
     faults::{self, FaultOptions, report::FaultReport},
     loadgen::{self, LoadOptions, Rpc, SinkSpec, Target, plot, sink::SinkFormat},
+    raw_pipe,
     reconcile::{self, Until, ledger::Ledger, records::TopicNames},
     scaling::{self, ScalingOptions},
     scenarios::{self, ScenarioReport},
@@ -214,12 +215,35 @@ enum Scenario {
         /// Run the ingestion node and the worker each as a process of its
         /// own (`switchboard-broker` and `switchboard-workers` beside this
         /// binary), as they are deployed, and report each one's CPU per
-        /// message; by default both run in this process.
+        /// message; also run the raw pipe (`pipe`) as a process at the
+        /// worker's place, the worker's baseline at each rate. By default
+        /// the node and the worker run in this process, with no pipe.
         #[arg(long)]
         processes: bool,
-        /// A librdkafka property for the worker's consumers (in-process,
-        /// the node's too; never Kafka alone's, nor the sinks'), as
-        /// `KEY=VALUE`; repeatable. E.g. `fetch.min.bytes=65536`.
+        /// A librdkafka property for the worker's consumers and the raw
+        /// pipe's (in-process, the node's too; never Kafka alone's, nor the
+        /// sinks'), as `KEY=VALUE`; repeatable. E.g.
+        /// `fetch.min.bytes=65536`.
+        #[arg(long = "consumer-property", value_parser = key_value)]
+        consumer_properties: Vec<(String, String)>,
+    },
+    /// The raw pipe alone, until Ctrl-C or SIGTERM: reads every partition
+    /// of `--from` from its beginning, decodes each envelope and produces
+    /// one analytics record per message to `--to`, storing each offset
+    /// after its record's delivery report (records that are not envelopes
+    /// are skipped). The latency scenario starts it at the worker's place
+    /// with `--processes`.
+    Pipe {
+        #[command(flatten)]
+        common: ScenarioArgs,
+        /// The topic to read.
+        #[arg(long)]
+        from: String,
+        /// The topic to write.
+        #[arg(long)]
+        to: String,
+        /// A librdkafka property for its consumer, as `KEY=VALUE`;
+        /// repeatable.
         #[arg(long = "consumer-property", value_parser = key_value)]
         consumer_properties: Vec<(String, String)>,
     },
@@ -410,6 +434,23 @@ async fn run_scenario(scenario: Scenario, output: &Output) -> anyhow::Result<()>
             )
             .await?
         }
+        Scenario::Pipe {
+            common,
+            from,
+            to,
+            consumer_properties,
+        } => {
+            let kafka = KafkaConfig {
+                consumer_properties: consumer_properties.into_iter().collect(),
+                ..common.kafka()
+            };
+            let stop = switchboard_runtime::shutdown::Shutdown::new();
+            switchboard_runtime::shutdown::on_signals(stop.clone());
+            let run =
+                raw_pipe::run(&kafka, &from, &to, raw_pipe::Until::Stopped(stop), None).await?;
+            tracing::info!(piped = run.piped, skipped = run.skipped, "raw pipe stopped");
+            return Ok(());
+        }
         Scenario::Overload {
             common,
             probe,
@@ -514,6 +555,36 @@ mod tests {
             let err = key_value(bad).unwrap_err();
             assert!(err.contains("KEY=VALUE"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn pipe_takes_its_topics_and_consumer_properties() {
+        let args = Args::try_parse_from([
+            "switchboard-bench",
+            "pipe",
+            "--from",
+            "in",
+            "--to",
+            "out",
+            "--consumer-property",
+            "fetch.wait.max.ms=10",
+        ])
+        .unwrap();
+        let Some(Scenario::Pipe {
+            from,
+            to,
+            consumer_properties,
+            ..
+        }) = args.scenario
+        else {
+            panic!("not the pipe");
+        };
+        assert_eq!((from.as_str(), to.as_str()), ("in", "out"));
+        assert_eq!(
+            consumer_properties,
+            [("fetch.wait.max.ms".to_owned(), "10".to_owned())]
+        );
+        assert!(Args::try_parse_from(["switchboard-bench", "pipe", "--from", "in"]).is_err());
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The processes a fault scenario runs and hurts: ingestion nodes
 //! (`switchboard-broker`) and routing workers (`switchboard-workers`),
 //! each its own child process with its log in the run's folder; and the
-//! deploy/kafka scripts that kill and start Kafka brokers.
+//! deploy/kafka scripts that kill and start Kafka brokers. The benchmark
+//! scenarios start their nodes, workers and raw pipes (`RawPipe`) here too.
 
 use std::{
     path::{Path, PathBuf},
@@ -311,6 +312,45 @@ impl Worker {
                 "SWITCHBOARD_WORKERS_METRICS_ADDR".into(),
                 format!("127.0.0.1:{}", free_port()?),
             )],
+            log: dir.join(format!("{name}.log")),
+        })
+    }
+}
+
+/// The raw pipe (`switchboard-bench pipe`: this binary) as a process of
+/// its own, reading `from` and writing `to` on `kafka`, its consumer tuned
+/// by `kafka.consumer_properties` as a worker's would be.
+pub struct RawPipe;
+
+impl RawPipe {
+    /// Starts it, its log in `dir/<name>.log`.
+    pub fn spawn(
+        name: &str,
+        dir: &Path,
+        kafka: &switchboard_runtime::kafka::KafkaConfig,
+        from: &str,
+        to: &str,
+    ) -> anyhow::Result<Proc> {
+        let mut args = vec![
+            "pipe".to_owned(),
+            "--kafka".into(),
+            kafka.bootstrap_servers.clone(),
+            "--partitions".into(),
+            kafka.topic_partitions.to_string(),
+            "--from".into(),
+            from.to_owned(),
+            "--to".into(),
+            to.to_owned(),
+        ];
+        for (key, value) in &kafka.consumer_properties {
+            args.push("--consumer-property".into());
+            args.push(format!("{key}={value}"));
+        }
+        Proc::spawn(Spec {
+            name: name.to_owned(),
+            binary: std::env::current_exe()?,
+            args,
+            env: Vec::new(),
             log: dir.join(format!("{name}.log")),
         })
     }
