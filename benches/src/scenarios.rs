@@ -513,7 +513,7 @@ pub async fn ingest(
             report.push_run(&name, run, &extra);
         }
     }
-    node.stop().await?;
+    keep_logs_on_error(node.stop().await, logs)?;
     Ok(report)
 }
 
@@ -1032,7 +1032,7 @@ pub async fn latency(
                 config.workers_config(config.bot_addr),
                 dir.path(),
             )?),
-            _dir: dir,
+            logs: dir,
         }
     } else {
         Layout::InProcess(Pipeline::start(&config, RecordingBot::default()).await?)
@@ -1159,7 +1159,7 @@ struct PipedKafka {
     sink: SinkSpec,
     pipe: Proc,
     /// The pipe's log.
-    dir: tempfile::TempDir,
+    logs: tempfile::TempDir,
 }
 
 impl PipedKafka {
@@ -1182,7 +1182,7 @@ impl PipedKafka {
                 format: SinkFormat::Analytics,
             },
             pipe,
-            dir,
+            logs: dir,
         })
     }
 
@@ -1194,14 +1194,12 @@ impl PipedKafka {
     /// Stops the pipe; if it does not exit by itself, successfully, its
     /// log is kept.
     async fn stop(mut self) -> anyhow::Result<()> {
-        if !self.pipe.stop(Duration::from_secs(15)).await? {
-            let dir = self.dir.keep();
-            anyhow::bail!(
-                "the raw pipe did not stop cleanly (see {})",
-                dir.join("pipe.log").display()
-            );
-        }
-        Ok(())
+        let stopped = match self.pipe.stop(Duration::from_secs(15)).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(anyhow::anyhow!("the raw pipe did not stop cleanly")),
+            Err(e) => Err(e),
+        };
+        keep_logs_on_error(stopped, self.logs)
     }
 }
 
@@ -1216,7 +1214,7 @@ enum Layout {
         worker: Box<Proc>,
         /// The node's and the worker's logs and the worker's config file,
         /// for as long as they run.
-        _dir: tempfile::TempDir,
+        logs: tempfile::TempDir,
     },
 }
 
@@ -1244,17 +1242,34 @@ impl Layout {
         match self {
             Self::InProcess(pipeline) => pipeline.stop().await,
             Self::Processes {
-                node, mut worker, ..
+                node,
+                mut worker,
+                logs,
             } => {
-                node.stop().await?;
-                anyhow::ensure!(
-                    worker.stop(Duration::from_secs(15)).await?,
-                    "the worker did not stop cleanly"
-                );
-                Ok(())
+                let stopped = async {
+                    node.stop().await?;
+                    anyhow::ensure!(
+                        worker.stop(Duration::from_secs(15)).await?,
+                        "the worker did not stop cleanly"
+                    );
+                    Ok(())
+                };
+                keep_logs_on_error(stopped.await, logs)
             }
         }
     }
+}
+
+/// `result`; if it is an error, the process logs in `logs` are kept, and
+/// the error says where, instead of going with the temporary folder.
+fn keep_logs_on_error<T>(result: anyhow::Result<T>, logs: tempfile::TempDir) -> anyhow::Result<T> {
+    result.map_err(|e| {
+        let kept = logs.keep();
+        e.context(format!(
+            "the processes' logs are kept in {}",
+            kept.display()
+        ))
+    })
 }
 
 /// `switchboard-broker` beside this executable (`target/release`).
@@ -1341,6 +1356,30 @@ pub async fn overload(
         ];
         report.push_run(name, run, &extra);
     }
-    node.stop().await?;
+    keep_logs_on_error(node.stop().await, logs)?;
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn process_logs_are_kept_only_when_something_failed() {
+        let logs = tempfile::tempdir().unwrap();
+        let path = logs.path().to_owned();
+        std::fs::write(path.join("node.log"), "the node's last words").unwrap();
+        let error = keep_logs_on_error::<()>(Err(anyhow::anyhow!("the node did not stop")), logs)
+            .unwrap_err();
+        let message = format!("{error:#}");
+        assert!(message.contains(&path.display().to_string()), "{message}");
+        assert!(message.contains("the node did not stop"), "{message}");
+        assert!(path.join("node.log").exists(), "kept after a failure");
+        std::fs::remove_dir_all(&path).unwrap();
+
+        let logs = tempfile::tempdir().unwrap();
+        let path = logs.path().to_owned();
+        assert_eq!(keep_logs_on_error(Ok(7), logs).unwrap(), 7);
+        assert!(!path.exists(), "deleted when all went well");
+    }
 }
