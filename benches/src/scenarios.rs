@@ -425,95 +425,103 @@ pub async fn ingest(
         &topic,
         &[("MAX_IN_FLIGHT", node_max_in_flight.to_string())],
     )
-    .await?;
-    let pid = node.proc.pid().ok();
-    // The node's producer meets its topic's leaders before anything counts.
-    loadgen::run(
-        Target::connect(&node.address, 4).await?,
-        LoadOptions {
-            messages: Some(WARM_UP_MESSAGES),
-            ..load(Rpc::Unary, conversations, body_bytes)
-        },
-        None,
-    )
-    .await?;
+    .await;
+    let node = match node {
+        Ok(node) => node,
+        Err(e) => return finish(Err(e), Ok(()), logs),
+    };
+    let measured = async {
+        let pid = node.proc.pid().ok();
+        // The node's producer meets its topic's leaders before anything counts.
+        loadgen::run(
+            Target::connect(&node.address, 4).await?,
+            LoadOptions {
+                messages: Some(WARM_UP_MESSAGES),
+                ..load(Rpc::Unary, conversations, body_bytes)
+            },
+            None,
+        )
+        .await?;
 
-    // (raw closed-loop rate, raw CPU/msg) per mode; (node CPU/msg) at saturation per RPC.
-    let mut raw: [(f64, f64); 2] = [(0.0, 0.0); 2];
-    let mut raw_p99 = 0.0;
-    let mut saturated_cpu: HashMap<&str, f64> = HashMap::new();
-    for (mode, steady) in [(0, false), (1, true)] {
-        for variant in INGEST_VARIANTS {
-            let options = LoadOptions {
-                concurrency: variant.concurrency,
-                ..if steady {
-                    LoadOptions {
-                        rate: Some(steady_rate),
-                        duration: Some(steady_duration),
-                        ..load(variant.rpc, conversations, body_bytes)
-                    }
-                } else {
-                    LoadOptions {
-                        messages: Some(messages),
-                        ..load(variant.rpc, conversations, body_bytes)
-                    }
-                }
-            };
-            let (target, watched) = if variant.rpc == Rpc::Kafka {
-                (raw_target(kafka, "ingest-raw").await?, None)
-            } else {
-                (Target::connect(&node.address, 4).await?, pid)
-            };
-            let mark = CpuMark::now(watched, kafka_pid);
-            // Errors (a saturated host) are reported with the run, not fatal.
-            let run = loadgen::run(target, options, None).await?;
-            let CpuPerMessage {
-                generator: generator_cpu,
-                node: node_cpu,
-                kafka: kafka_cpu,
-            } = mark.per_message(watched, kafka_pid, run.acked);
-            let mut extra = vec![("generator_cpu_us_per_msg", generator_cpu)];
-            if let Some(kafka_cpu) = kafka_cpu {
-                // What one message costs the machine, every process included:
-                // on a saturated host, the closed-loop rate follows it.
-                let total = generator_cpu + node_cpu.unwrap_or(0.0) + kafka_cpu;
-                extra.push(("kafka_cpu_us_per_msg", kafka_cpu));
-                extra.push(("total_cpu_us_per_msg", total));
-            }
-            match node_cpu {
-                None => {
-                    raw[mode] = (run.acked_rate, generator_cpu);
-                    raw_p99 = run.latency_ms.p99;
-                    extra.push(("cpu_us_per_msg", generator_cpu));
-                }
-                Some(node_cpu) => {
-                    extra.push(("cpu_us_per_msg", node_cpu));
-                    extra.push(("cpu_x_raw", node_cpu / raw[mode].1.max(1e-9)));
-                    if steady {
-                        extra.push(("p99_x_raw", run.latency_ms.p99 / raw_p99.max(1e-3)));
-                        if let Some(saturated) = saturated_cpu.get(variant.name) {
-                            extra.push(("cpu_x_saturation", node_cpu / saturated.max(1e-9)));
+        // (raw closed-loop rate, raw CPU/msg) per mode; (node CPU/msg) at saturation per RPC.
+        let mut raw: [(f64, f64); 2] = [(0.0, 0.0); 2];
+        let mut raw_p99 = 0.0;
+        let mut saturated_cpu: HashMap<&str, f64> = HashMap::new();
+        for (mode, steady) in [(0, false), (1, true)] {
+            for variant in INGEST_VARIANTS {
+                let options = LoadOptions {
+                    concurrency: variant.concurrency,
+                    ..if steady {
+                        LoadOptions {
+                            rate: Some(steady_rate),
+                            duration: Some(steady_duration),
+                            ..load(variant.rpc, conversations, body_bytes)
                         }
                     } else {
-                        extra.push(("rate_x_raw", run.acked_rate / raw[mode].0.max(1e-9)));
-                        saturated_cpu.insert(variant.name, node_cpu);
+                        LoadOptions {
+                            messages: Some(messages),
+                            ..load(variant.rpc, conversations, body_bytes)
+                        }
+                    }
+                };
+                let (target, watched) = if variant.rpc == Rpc::Kafka {
+                    (raw_target(kafka, "ingest-raw").await?, None)
+                } else {
+                    (Target::connect(&node.address, 4).await?, pid)
+                };
+                let mark = CpuMark::now(watched, kafka_pid);
+                // Errors (a saturated host) are reported with the run, not fatal.
+                let run = loadgen::run(target, options, None).await?;
+                let CpuPerMessage {
+                    generator: generator_cpu,
+                    node: node_cpu,
+                    kafka: kafka_cpu,
+                } = mark.per_message(watched, kafka_pid, run.acked);
+                let mut extra = vec![("generator_cpu_us_per_msg", generator_cpu)];
+                if let Some(kafka_cpu) = kafka_cpu {
+                    // What one message costs the machine, every process included:
+                    // on a saturated host, the closed-loop rate follows it.
+                    let total = generator_cpu + node_cpu.unwrap_or(0.0) + kafka_cpu;
+                    extra.push(("kafka_cpu_us_per_msg", kafka_cpu));
+                    extra.push(("total_cpu_us_per_msg", total));
+                }
+                match node_cpu {
+                    None => {
+                        raw[mode] = (run.acked_rate, generator_cpu);
+                        raw_p99 = run.latency_ms.p99;
+                        extra.push(("cpu_us_per_msg", generator_cpu));
+                    }
+                    Some(node_cpu) => {
+                        extra.push(("cpu_us_per_msg", node_cpu));
+                        extra.push(("cpu_x_raw", node_cpu / raw[mode].1.max(1e-9)));
+                        if steady {
+                            extra.push(("p99_x_raw", run.latency_ms.p99 / raw_p99.max(1e-3)));
+                            if let Some(saturated) = saturated_cpu.get(variant.name) {
+                                extra.push(("cpu_x_saturation", node_cpu / saturated.max(1e-9)));
+                            }
+                        } else {
+                            extra.push(("rate_x_raw", run.acked_rate / raw[mode].0.max(1e-9)));
+                            saturated_cpu.insert(variant.name, node_cpu);
+                        }
                     }
                 }
+                let name = if steady {
+                    format!("{}, open loop at {steady_rate}/s", variant.name)
+                } else if variant.rpc == Rpc::Batch {
+                    format!(
+                        "{}, {} batches in flight",
+                        variant.name, variant.concurrency
+                    )
+                } else {
+                    format!("{}, {} in flight", variant.name, variant.concurrency)
+                };
+                report.push_run(&name, run, &extra);
             }
-            let name = if steady {
-                format!("{}, open loop at {steady_rate}/s", variant.name)
-            } else if variant.rpc == Rpc::Batch {
-                format!(
-                    "{}, {} batches in flight",
-                    variant.name, variant.concurrency
-                )
-            } else {
-                format!("{}, {} in flight", variant.name, variant.concurrency)
-            };
-            report.push_run(&name, run, &extra);
         }
+        Ok(())
     }
-    keep_logs_on_error(node.stop().await, logs)?;
+    .await;
+    finish(measured, node.stop().await, logs)?;
     Ok(report)
 }
 
@@ -846,10 +854,7 @@ pub async fn routing(
     // What the write-behind cost while routing: the state topic's offsets
     // (its records, and one commit marker per partition per flush).
     let state_offsets = TopicCounter::new(kafka, &config.state_topic)?.count();
-    anyhow::ensure!(
-        worker.stop(Duration::from_secs(15)).await?,
-        "the worker did not stop cleanly"
-    );
+    worker.stop_cleanly(Duration::from_secs(15)).await?;
     let worker_rate = measured as f64 / elapsed.as_secs_f64().max(1e-9);
     let mut extra = vec![
         ("cpu_us_per_message", worker_cpu),
@@ -1014,139 +1019,157 @@ pub async fn latency(
     };
     let config = PipelineConfig::isolated(switchboard_kafka.clone(), "bench.latency");
     config.create_topics().await?;
-    let layout = if processes {
-        let dir = tempfile::tempdir()?;
-        Layout::Processes {
-            node: Box::new(
-                Node::spawn(
-                    &sibling_broker(),
-                    "node",
-                    dir.path(),
-                    &kafka.bootstrap_servers,
-                    &config.messages_topic,
-                    &[],
-                )
-                .await?,
-            ),
-            worker: Box::new(analytics_worker(
-                config.workers_config(config.bot_addr),
-                dir.path(),
-            )?),
-            logs: dir,
-        }
-    } else {
-        Layout::InProcess(Pipeline::start(&config, RecordingBot::default()).await?)
-    };
-    let address = layout.address();
-    // With processes, the raw pipe at the worker's place: Kafka's two hops
-    // and a stage that writes a record per message, without the node and
-    // without routing; its CPU per message at the same rate is the
-    // worker's baseline.
-    let piped = if processes {
-        Some(PipedKafka::start(kafka, &switchboard_kafka).await?)
-    } else {
-        None
-    };
-    let raw = raw_target(kafka, "latency-raw").await?;
-    let Target::Kafka {
-        topic: raw_topic, ..
-    } = &raw
-    else {
-        unreachable!("raw_target is Kafka")
-    };
-    let raw_sink = SinkSpec {
-        kafka: kafka.clone(),
-        topic: raw_topic.clone(),
-        format: SinkFormat::Envelope,
-    };
-    let analytics_sink = SinkSpec {
-        kafka: kafka.clone(),
-        topic: config.analytics_topic.clone(),
-        format: SinkFormat::Analytics,
-    };
-    // Warm up both paths (connections, the JVM, caches) at the first rate;
-    // these runs are not reported.
-    let warm_up = LoadOptions {
-        rate: rates.first().copied(),
-        duration: Some(duration.min(Duration::from_secs(10))),
-        ..load(Rpc::Kafka, conversations, 200)
-    };
-    loadgen::run(raw.clone(), warm_up.clone(), None).await?;
-    if let Some(piped) = &piped {
-        loadgen::run(piped.target.clone(), warm_up.clone(), None).await?;
+    // The node's, the worker's and the raw pipe's logs, when they are
+    // processes.
+    let logs = tempfile::tempdir()?;
+    let started = async {
+        let layout = if processes {
+            Layout::Processes {
+                node: Box::new(
+                    Node::spawn(
+                        &sibling_broker(),
+                        "node",
+                        logs.path(),
+                        &kafka.bootstrap_servers,
+                        &config.messages_topic,
+                        &[],
+                    )
+                    .await?,
+                ),
+                worker: Box::new(analytics_worker(
+                    config.workers_config(config.bot_addr),
+                    logs.path(),
+                )?),
+            }
+        } else {
+            Layout::InProcess(Pipeline::start(&config, RecordingBot::default()).await?)
+        };
+        // With processes, the raw pipe at the worker's place: Kafka's two
+        // hops and a stage that writes a record per message, without the
+        // node and without routing; its CPU per message at the same rate is
+        // the worker's baseline.
+        let piped = if processes {
+            Some(PipedKafka::start(kafka, &switchboard_kafka, logs.path()).await?)
+        } else {
+            None
+        };
+        anyhow::Ok((layout, piped))
     }
-    loadgen::run(
-        Target::connect(&address, 4).await?,
-        LoadOptions { rpc, ..warm_up },
-        None,
-    )
-    .await?;
-    for &rate in rates {
-        let options = LoadOptions {
-            rate: Some(rate),
-            duration: Some(duration),
+    .await;
+    let (layout, piped) = match started {
+        Ok(started) => started,
+        Err(e) => return finish(Err(e), Ok(()), logs),
+    };
+    let measured = async {
+        let address = layout.address();
+        let raw = raw_target(kafka, "latency-raw").await?;
+        let Target::Kafka {
+            topic: raw_topic, ..
+        } = &raw
+        else {
+            unreachable!("raw_target is Kafka")
+        };
+        let raw_sink = SinkSpec {
+            kafka: kafka.clone(),
+            topic: raw_topic.clone(),
+            format: SinkFormat::Envelope,
+        };
+        let analytics_sink = SinkSpec {
+            kafka: kafka.clone(),
+            topic: config.analytics_topic.clone(),
+            format: SinkFormat::Analytics,
+        };
+        // Warm up both paths (connections, the JVM, caches) at the first rate;
+        // these runs are not reported.
+        let warm_up = LoadOptions {
+            rate: rates.first().copied(),
+            duration: Some(duration.min(Duration::from_secs(10))),
             ..load(Rpc::Kafka, conversations, 200)
         };
-        let alone = loadgen::run(raw.clone(), options.clone(), Some(raw_sink.clone())).await?;
-        let kafka_p99 = alone.end_to_end.as_ref().map_or(0.0, |e| e.latency_ms.p99);
-        report.push_run(&format!("Kafka alone at {rate}/s"), alone, &[]);
-        let mut pipe_cpu = None;
+        loadgen::run(raw.clone(), warm_up.clone(), None).await?;
         if let Some(piped) = &piped {
-            let before = piped.cpu();
+            loadgen::run(piped.target.clone(), warm_up.clone(), None).await?;
+        }
+        loadgen::run(
+            Target::connect(&address, 4).await?,
+            LoadOptions { rpc, ..warm_up },
+            None,
+        )
+        .await?;
+        for &rate in rates {
+            let options = LoadOptions {
+                rate: Some(rate),
+                duration: Some(duration),
+                ..load(Rpc::Kafka, conversations, 200)
+            };
+            let alone = loadgen::run(raw.clone(), options.clone(), Some(raw_sink.clone())).await?;
+            let kafka_p99 = alone.end_to_end.as_ref().map_or(0.0, |e| e.latency_ms.p99);
+            report.push_run(&format!("Kafka alone at {rate}/s"), alone, &[]);
+            let mut pipe_cpu = None;
+            if let Some(piped) = &piped {
+                let before = piped.cpu();
+                let run = loadgen::run(
+                    piped.target.clone(),
+                    options.clone(),
+                    Some(piped.sink.clone()),
+                )
+                .await?;
+                let per_message = piped.cpu().saturating_sub(before).as_secs_f64() * 1e6
+                    / run.acked.max(1) as f64;
+                pipe_cpu = Some(per_message);
+                let ratio = run
+                    .end_to_end
+                    .as_ref()
+                    .map_or(0.0, |e| e.latency_ms.p99 / kafka_p99.max(1e-3));
+                report.push_run(
+                    &format!("Kafka and the raw pipe at {rate}/s"),
+                    run,
+                    &[
+                        ("e2e_p99_x_kafka", ratio),
+                        ("pipe_cpu_us_per_message", per_message),
+                    ],
+                );
+            }
+            let before = layout.cpu();
             let run = loadgen::run(
-                piped.target.clone(),
-                options.clone(),
-                Some(piped.sink.clone()),
+                Target::connect(&address, 4).await?,
+                LoadOptions { rpc, ..options },
+                Some(analytics_sink.clone()),
             )
             .await?;
-            let per_message =
-                piped.cpu().saturating_sub(before).as_secs_f64() * 1e6 / run.acked.max(1) as f64;
-            pipe_cpu = Some(per_message);
             let ratio = run
                 .end_to_end
                 .as_ref()
                 .map_or(0.0, |e| e.latency_ms.p99 / kafka_p99.max(1e-3));
-            report.push_run(
-                &format!("Kafka and the raw pipe at {rate}/s"),
-                run,
-                &[
-                    ("e2e_p99_x_kafka", ratio),
-                    ("pipe_cpu_us_per_message", per_message),
-                ],
-            );
-        }
-        let before = layout.cpu();
-        let run = loadgen::run(
-            Target::connect(&address, 4).await?,
-            LoadOptions { rpc, ..options },
-            Some(analytics_sink.clone()),
-        )
-        .await?;
-        let ratio = run
-            .end_to_end
-            .as_ref()
-            .map_or(0.0, |e| e.latency_ms.p99 / kafka_p99.max(1e-3));
-        let mut extra = vec![("e2e_p99_x_kafka", ratio)];
-        if let Some(((node, worker), (node_now, worker_now))) = before.zip(layout.cpu()) {
-            // Over the run, to the sink's last record; the worker's next
-            // state flush may come after it and is not counted.
-            let per_message = |cpu: Duration| cpu.as_secs_f64() * 1e6 / run.acked.max(1) as f64;
-            extra.push((
-                "node_cpu_us_per_message",
-                per_message(node_now.saturating_sub(node)),
-            ));
-            let worker_cpu = per_message(worker_now.saturating_sub(worker));
-            extra.push(("worker_cpu_us_per_message", worker_cpu));
-            if let Some(pipe_cpu) = pipe_cpu {
-                extra.push(("worker_cpu_x_pipe", worker_cpu / pipe_cpu.max(1e-9)));
+            let mut extra = vec![("e2e_p99_x_kafka", ratio)];
+            if let Some(((node, worker), (node_now, worker_now))) = before.zip(layout.cpu()) {
+                // Over the run, to the sink's last record; the worker's next
+                // state flush may come after it and is not counted.
+                let per_message = |cpu: Duration| cpu.as_secs_f64() * 1e6 / run.acked.max(1) as f64;
+                extra.push((
+                    "node_cpu_us_per_message",
+                    per_message(node_now.saturating_sub(node)),
+                ));
+                let worker_cpu = per_message(worker_now.saturating_sub(worker));
+                extra.push(("worker_cpu_us_per_message", worker_cpu));
+                if let Some(pipe_cpu) = pipe_cpu {
+                    extra.push(("worker_cpu_x_pipe", worker_cpu / pipe_cpu.max(1e-9)));
+                }
             }
+            report.push_run(&format!("Switchboard at {rate}/s"), run, &extra);
         }
-        report.push_run(&format!("Switchboard at {rate}/s"), run, &extra);
+        Ok(())
     }
-    layout.stop().await?;
-    if let Some(piped) = piped {
-        piped.stop().await?;
+    .await;
+    let stopped = async {
+        layout.stop().await?;
+        match piped {
+            Some(mut piped) => piped.pipe.stop_cleanly(Duration::from_secs(15)).await,
+            None => Ok(()),
+        }
     }
+    .await;
+    finish(measured, stopped, logs)?;
     Ok(report)
 }
 
@@ -1158,22 +1181,24 @@ struct PipedKafka {
     /// The pipe's analytics records.
     sink: SinkSpec,
     pipe: Proc,
-    /// The pipe's log.
-    logs: tempfile::TempDir,
 }
 
 impl PipedKafka {
     /// Creates the topics (the producer's on `kafka`) and starts the pipe,
-    /// its consumer configured by `pipe_kafka` as the worker's is.
-    async fn start(kafka: &KafkaConfig, pipe_kafka: &KafkaConfig) -> anyhow::Result<Self> {
+    /// its consumer configured by `pipe_kafka` as the worker's is, with its
+    /// log in `logs`.
+    async fn start(
+        kafka: &KafkaConfig,
+        pipe_kafka: &KafkaConfig,
+        logs: &std::path::Path,
+    ) -> anyhow::Result<Self> {
         let target = raw_target(kafka, "latency-pipe-in").await?;
         let Target::Kafka { topic: from, .. } = &target else {
             unreachable!("raw_target is Kafka")
         };
         let to = format!("bench.latency-pipe-out.{}", uuid::Uuid::now_v7().simple());
         kafka.ensure_topics(&[&to]).await?;
-        let dir = tempfile::tempdir()?;
-        let pipe = RawPipe::spawn("pipe", dir.path(), pipe_kafka, from, &to)?;
+        let pipe = RawPipe::spawn("pipe", logs, pipe_kafka, from, &to)?;
         Ok(Self {
             target,
             sink: SinkSpec {
@@ -1182,24 +1207,12 @@ impl PipedKafka {
                 format: SinkFormat::Analytics,
             },
             pipe,
-            logs: dir,
         })
     }
 
     /// The pipe's CPU time so far.
     fn cpu(&self) -> Duration {
         cpu_of_pid(self.pipe.pid().ok()).unwrap_or_default()
-    }
-
-    /// Stops the pipe; if it does not exit by itself, successfully, its
-    /// log is kept.
-    async fn stop(mut self) -> anyhow::Result<()> {
-        let stopped = match self.pipe.stop(Duration::from_secs(15)).await {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(anyhow::anyhow!("the raw pipe did not stop cleanly")),
-            Err(e) => Err(e),
-        };
-        keep_logs_on_error(stopped, self.logs)
     }
 }
 
@@ -1209,13 +1222,7 @@ enum Layout {
     /// bot and the queue stage.
     InProcess(Pipeline),
     /// Each a process of its own, as deployed: their CPU is read apart.
-    Processes {
-        node: Box<Node>,
-        worker: Box<Proc>,
-        /// The node's and the worker's logs and the worker's config file,
-        /// for as long as they run.
-        logs: tempfile::TempDir,
-    },
+    Processes { node: Box<Node>, worker: Box<Proc> },
 }
 
 impl Layout {
@@ -1241,28 +1248,35 @@ impl Layout {
     async fn stop(self) -> anyhow::Result<()> {
         match self {
             Self::InProcess(pipeline) => pipeline.stop().await,
-            Self::Processes {
-                node,
-                mut worker,
-                logs,
-            } => {
-                let stopped = async {
-                    node.stop().await?;
-                    anyhow::ensure!(
-                        worker.stop(Duration::from_secs(15)).await?,
-                        "the worker did not stop cleanly"
-                    );
-                    Ok(())
-                };
-                keep_logs_on_error(stopped.await, logs)
+            Self::Processes { node, mut worker } => {
+                node.stop().await?;
+                worker.stop_cleanly(Duration::from_secs(15)).await
             }
         }
     }
 }
 
-/// `result`; if it is an error, the process logs in `logs` are kept, and
-/// the error says where, instead of going with the temporary folder.
-fn keep_logs_on_error<T>(result: anyhow::Result<T>, logs: tempfile::TempDir) -> anyhow::Result<T> {
+/// A scenario's end: `measured`, the result of its runs, unless its
+/// processes did not stop cleanly (`stopped`); when both failed, the runs'
+/// error wins and the stop's is logged. On an error the processes' logs in
+/// `logs` are kept, and the error says where, instead of going with the
+/// temporary folder.
+fn finish<T>(
+    measured: anyhow::Result<T>,
+    stopped: anyhow::Result<()>,
+    logs: tempfile::TempDir,
+) -> anyhow::Result<T> {
+    let result = match stopped {
+        Ok(()) => measured,
+        Err(e) if measured.is_ok() => Err(e),
+        Err(e) => {
+            tracing::warn!(
+                error = format!("{e:#}"),
+                "the processes did not stop cleanly either"
+            );
+            measured
+        }
+    };
     result.map_err(|e| {
         let kept = logs.keep();
         e.context(format!(
@@ -1317,46 +1331,54 @@ pub async fn overload(
         &topic,
         &[("DEDUPE__MAX_ENTRIES", dedupe_entries.to_string())],
     )
-    .await?;
-    let base = LoadOptions {
-        memory_of: node.proc.pid().ok(),
-        ..load(Rpc::Unary, conversations, 200)
+    .await;
+    let node = match node {
+        Ok(node) => node,
+        Err(e) => return finish(Err(e), Ok(()), logs),
     };
-    let run = loadgen::run(
-        Target::connect(&node.address, 4).await?,
-        LoadOptions {
-            concurrency: 256,
-            duration: Some(probe),
-            ..base.clone()
-        },
-        None,
-    )
-    .await?;
-    let sustainable = run.acked_rate.round().max(1.0);
-    report.push_run("closed loop, 256 in flight: the sustainable rate", run, &[]);
-    for (name, factor, length) in [
-        ("open loop at 2× sustainable", 2.0, duration),
-        ("open loop at 0.5× sustainable: recovery", 0.5, recovery),
-    ] {
+    let measured = async {
+        let base = LoadOptions {
+            memory_of: node.proc.pid().ok(),
+            ..load(Rpc::Unary, conversations, 200)
+        };
         let run = loadgen::run(
             Target::connect(&node.address, 4).await?,
             LoadOptions {
-                rate: Some(sustainable * factor),
-                duration: Some(length),
+                concurrency: 256,
+                duration: Some(probe),
                 ..base.clone()
             },
             None,
         )
         .await?;
-        let refused = |code: &str| run.errors.get(code).copied().unwrap_or(0) as f64;
-        let extra = [
-            ("offered_per_second", run.offered_rate.round()),
-            ("resource_exhausted", refused("ResourceExhausted")),
-            ("unavailable", refused("Unavailable")),
-        ];
-        report.push_run(name, run, &extra);
+        let sustainable = run.acked_rate.round().max(1.0);
+        report.push_run("closed loop, 256 in flight: the sustainable rate", run, &[]);
+        for (name, factor, length) in [
+            ("open loop at 2× sustainable", 2.0, duration),
+            ("open loop at 0.5× sustainable: recovery", 0.5, recovery),
+        ] {
+            let run = loadgen::run(
+                Target::connect(&node.address, 4).await?,
+                LoadOptions {
+                    rate: Some(sustainable * factor),
+                    duration: Some(length),
+                    ..base.clone()
+                },
+                None,
+            )
+            .await?;
+            let refused = |code: &str| run.errors.get(code).copied().unwrap_or(0) as f64;
+            let extra = [
+                ("offered_per_second", run.offered_rate.round()),
+                ("resource_exhausted", refused("ResourceExhausted")),
+                ("unavailable", refused("Unavailable")),
+            ];
+            report.push_run(name, run, &extra);
+        }
+        Ok(())
     }
-    keep_logs_on_error(node.stop().await, logs)?;
+    .await;
+    finish(measured, node.stop().await, logs)?;
     Ok(report)
 }
 
@@ -1366,20 +1388,37 @@ mod tests {
 
     #[test]
     fn process_logs_are_kept_only_when_something_failed() {
-        let logs = tempfile::tempdir().unwrap();
-        let path = logs.path().to_owned();
-        std::fs::write(path.join("node.log"), "the node's last words").unwrap();
-        let error = keep_logs_on_error::<()>(Err(anyhow::anyhow!("the node did not stop")), logs)
-            .unwrap_err();
-        let message = format!("{error:#}");
-        assert!(message.contains(&path.display().to_string()), "{message}");
-        assert!(message.contains("the node did not stop"), "{message}");
-        assert!(path.join("node.log").exists(), "kept after a failure");
-        std::fs::remove_dir_all(&path).unwrap();
+        fn failed<T>(what: &str) -> anyhow::Result<T> {
+            Err(anyhow::anyhow!("{what}"))
+        }
+        // The runs failed, the stop went well; the stop failed after good
+        // runs; both failed, the runs' error first.
+        for (measured, stopped, expected) in [
+            (failed("the run failed"), Ok(()), "the run failed"),
+            (
+                Ok(7),
+                failed("the node did not stop"),
+                "the node did not stop",
+            ),
+            (
+                failed("the run failed"),
+                failed("the node did not stop"),
+                "the run failed",
+            ),
+        ] {
+            let logs = tempfile::tempdir().unwrap();
+            let path = logs.path().to_owned();
+            std::fs::write(path.join("node.log"), "the node's last words").unwrap();
+            let message = format!("{:#}", finish(measured, stopped, logs).unwrap_err());
+            assert!(message.contains(&path.display().to_string()), "{message}");
+            assert!(message.contains(expected), "{message}");
+            assert!(path.join("node.log").exists(), "kept after a failure");
+            std::fs::remove_dir_all(&path).unwrap();
+        }
 
         let logs = tempfile::tempdir().unwrap();
         let path = logs.path().to_owned();
-        assert_eq!(keep_logs_on_error(Ok(7), logs).unwrap(), 7);
+        assert_eq!(finish(Ok(7), Ok(()), logs).unwrap(), 7);
         assert!(!path.exists(), "deleted when all went well");
     }
 }

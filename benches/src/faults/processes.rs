@@ -146,6 +146,18 @@ impl Proc {
             }
         }
     }
+
+    /// [`Self::stop`], failing unless the process exits by itself,
+    /// successfully, within `grace`; the error names its log.
+    pub async fn stop_cleanly(&mut self, grace: Duration) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.stop(grace).await?,
+            "{} did not stop cleanly within {grace:?} (see {})",
+            self.spec.name,
+            self.spec.log.display()
+        );
+        Ok(())
+    }
 }
 
 /// An ingestion node.
@@ -206,12 +218,7 @@ impl Node {
     /// Stops the node with SIGTERM (it drains), and fails unless it exits
     /// by itself, successfully, within 30 s.
     pub async fn stop(mut self) -> anyhow::Result<()> {
-        anyhow::ensure!(
-            self.proc.stop(Duration::from_secs(30)).await?,
-            "the node did not stop cleanly (see {})",
-            self.proc.log().display()
-        );
-        Ok(())
+        self.proc.stop_cleanly(Duration::from_secs(30)).await
     }
 
     /// Waits until the node accepts connections (60 s at most).
