@@ -105,6 +105,14 @@ pub struct WorkersConfig {
     /// (routed again from the committed offset, reaching the same state).
     #[serde(with = "humantime_serde")]
     pub state_flush_interval: Duration,
+    /// Threads of the worker's async runtime. 1 (the default) runs the
+    /// consume loop, every partition's routing and the other stages on the
+    /// main thread: a message is handed between them without waking
+    /// another thread, which at a steady rate costs less CPU per message
+    /// than a multi-threaded scheduler (benches/README.md). librdkafka's
+    /// own threads come on top. A worker is scaled by processes, one per
+    /// core; 0 is one thread per core, N is N threads.
+    pub runtime_threads: usize,
     /// Channel message ids remembered per conversation (in its state) to
     /// drop copies that reached Kafka twice (through different ingestion
     /// nodes, or after a node's dedupe window). 0 turns this check off.
@@ -204,6 +212,7 @@ impl Default for WorkersConfig {
             max_unacknowledged_per_partition: 4096,
             max_finished_ahead_per_partition: 30_000,
             state_flush_interval: Duration::from_secs(1),
+            runtime_threads: 1,
             recent_message_ids: 20,
             state_dir: None,
             max_cached_conversations_per_partition: 50_000,
@@ -412,6 +421,24 @@ impl WorkersConfig {
     }
 }
 
+impl WorkersConfig {
+    /// The async runtime `runtime_threads` asks for: the main thread alone
+    /// (1), one thread per core (0), or that many threads.
+    pub fn runtime(&self) -> std::io::Result<tokio::runtime::Runtime> {
+        let mut builder = match self.runtime_threads {
+            1 => tokio::runtime::Builder::new_current_thread(),
+            threads => {
+                let mut builder = tokio::runtime::Builder::new_multi_thread();
+                if threads > 1 {
+                    builder.worker_threads(threads);
+                }
+                builder
+            }
+        };
+        builder.enable_all().build()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;
@@ -512,6 +539,37 @@ mod tests {
         .unwrap_err();
         assert!(error.to_string().contains("30days"), "{error}");
         assert!(load_toml("max_cached_conversations_per_partition = 0\n").is_err());
+    }
+
+    #[test]
+    fn the_runtime_has_the_threads_asked_for() {
+        use tokio::runtime::RuntimeFlavor;
+        let runtime = load_toml("").unwrap().runtime().unwrap();
+        assert_eq!(
+            runtime.handle().runtime_flavor(),
+            RuntimeFlavor::CurrentThread
+        );
+        let runtime = load_toml("runtime_threads = 3\n")
+            .unwrap()
+            .runtime()
+            .unwrap();
+        assert_eq!(
+            runtime.handle().runtime_flavor(),
+            RuntimeFlavor::MultiThread
+        );
+        assert_eq!(runtime.metrics().num_workers(), 3);
+        let runtime = load_toml("runtime_threads = 0\n")
+            .unwrap()
+            .runtime()
+            .unwrap();
+        assert_eq!(
+            runtime.handle().runtime_flavor(),
+            RuntimeFlavor::MultiThread
+        );
+        assert_eq!(
+            runtime.metrics().num_workers(),
+            std::thread::available_parallelism().unwrap().get()
+        );
     }
 
     #[test]

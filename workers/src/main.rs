@@ -89,20 +89,23 @@ enum ReplayFrom {
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let _telemetry = telemetry::init("switchboard-workers");
-    let args = Args::parse();
-    let shutdown = shutdown::Shutdown::new();
-    shutdown::on_signals(shutdown.clone());
+fn main() -> anyhow::Result<()> {
+    let mut args = Args::parse();
     let config = WorkersConfig::load(
         args.config.as_deref(),
         Overrides::default()
-            .set("rules_file", args.rules_file)
-            .set("group_id", args.group_id)
+            .set("rules_file", args.rules_file.take())
+            .set("group_id", args.group_id.take())
             .set("metrics_addr", args.metrics_addr)
-            .kafka_bootstrap(args.kafka_bootstrap),
+            .kafka_bootstrap(args.kafka_bootstrap.take()),
     )?;
+    config.runtime()?.block_on(run(args, config))
+}
+
+async fn run(args: Args, config: WorkersConfig) -> anyhow::Result<()> {
+    let _telemetry = telemetry::init("switchboard-workers");
+    let shutdown = shutdown::Shutdown::new();
+    shutdown::on_signals(shutdown.clone());
     if let Some(Command::Replay(replay)) = args.command {
         let request = ReplayRequest {
             topic: match replay.from {
