@@ -88,6 +88,9 @@ pub struct BrokerConfig {
     /// Time allowed after the shutdown signal for in-flight calls to finish.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Threads of the node's async runtime: 0 (the default) is one per
+    /// core, 1 runs every connection and call on the main thread, N is N.
+    pub runtime_threads: usize,
     /// Tenants file: hashed API keys and rate limits (see `auth`). Without
     /// one, authentication and rate limits are off.
     pub auth_file: Option<PathBuf>,
@@ -136,6 +139,7 @@ impl Default for BrokerConfig {
             max_envelope_bytes: 1 << 20,
             max_clock_skew: Duration::from_secs(300),
             shutdown_grace: Duration::from_secs(10),
+            runtime_threads: 0,
             auth_file: None,
             auth_reload_interval: Duration::from_secs(2),
             dedupe: DedupeConfig::default(),

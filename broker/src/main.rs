@@ -4,7 +4,7 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use clap::Parser;
 use switchboard_broker::{config::BrokerConfig, server::Broker};
-use switchboard_runtime::{config::Overrides, shutdown, telemetry};
+use switchboard_runtime::{config::Overrides, shutdown, telemetry, threads};
 
 /// Switchboard ingestion node: gRPC in, canonical envelopes out to Kafka.
 ///
@@ -38,12 +38,8 @@ struct Args {
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let _telemetry = telemetry::init("switchboard-broker");
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let shutdown = shutdown::Shutdown::new();
-    shutdown::on_signals(shutdown.clone());
     let config = BrokerConfig::load(
         args.config.as_deref(),
         Overrides::default()
@@ -53,6 +49,13 @@ async fn main() -> anyhow::Result<()> {
             .set("messages_topic", args.messages_topic)
             .kafka_bootstrap(args.kafka_bootstrap),
     )?;
+    threads::runtime(config.runtime_threads)?.block_on(run(config))
+}
+
+async fn run(config: BrokerConfig) -> anyhow::Result<()> {
+    let _telemetry = telemetry::init("switchboard-broker");
+    let shutdown = shutdown::Shutdown::new();
+    shutdown::on_signals(shutdown.clone());
     if let Some(addr) = config.metrics_addr {
         telemetry::install_metrics(addr).map_err(anyhow::Error::msg)?;
         switchboard_broker::metrics::describe();

@@ -12,6 +12,7 @@
 //! - [`telemetry`]: logs, the Prometheus exporter and OTLP span export.
 //! - [`retry`]: retries with jittered exponential backoff, cancel-safe.
 //! - [`headers`]: reading Kafka record headers.
+//! - [`threads`]: the async runtime, as many threads as configured.
 
 #![forbid(unsafe_code)]
 
@@ -21,4 +22,5 @@ pub mod kafka;
 pub mod retry;
 pub mod shutdown;
 pub mod telemetry;
+pub mod threads;
 pub mod trace;

@@ -421,24 +421,6 @@ impl WorkersConfig {
     }
 }
 
-impl WorkersConfig {
-    /// The async runtime `runtime_threads` asks for: the main thread alone
-    /// (1), one thread per core (0), or that many threads.
-    pub fn runtime(&self) -> std::io::Result<tokio::runtime::Runtime> {
-        let mut builder = match self.runtime_threads {
-            1 => tokio::runtime::Builder::new_current_thread(),
-            threads => {
-                let mut builder = tokio::runtime::Builder::new_multi_thread();
-                if threads > 1 {
-                    builder.worker_threads(threads);
-                }
-                builder
-            }
-        };
-        builder.enable_all().build()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;
@@ -542,33 +524,11 @@ mod tests {
     }
 
     #[test]
-    fn the_runtime_has_the_threads_asked_for() {
-        use tokio::runtime::RuntimeFlavor;
-        let runtime = load_toml("").unwrap().runtime().unwrap();
+    fn one_runtime_thread_unless_set() {
+        assert_eq!(load_toml("").unwrap().runtime_threads, 1);
         assert_eq!(
-            runtime.handle().runtime_flavor(),
-            RuntimeFlavor::CurrentThread
-        );
-        let runtime = load_toml("runtime_threads = 3\n")
-            .unwrap()
-            .runtime()
-            .unwrap();
-        assert_eq!(
-            runtime.handle().runtime_flavor(),
-            RuntimeFlavor::MultiThread
-        );
-        assert_eq!(runtime.metrics().num_workers(), 3);
-        let runtime = load_toml("runtime_threads = 0\n")
-            .unwrap()
-            .runtime()
-            .unwrap();
-        assert_eq!(
-            runtime.handle().runtime_flavor(),
-            RuntimeFlavor::MultiThread
-        );
-        assert_eq!(
-            runtime.metrics().num_workers(),
-            std::thread::available_parallelism().unwrap().get()
+            load_toml("runtime_threads = 0\n").unwrap().runtime_threads,
+            0
         );
     }
 

@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
 use clap::{Parser, Subcommand};
-use switchboard_runtime::{config::Overrides, shutdown, telemetry};
+use switchboard_runtime::{config::Overrides, shutdown, telemetry, threads};
 use switchboard_workers::{
     agents::service::QueueStage,
     broadcast::{report::ReportStage, service::BroadcastStage},
@@ -99,7 +99,7 @@ fn main() -> anyhow::Result<()> {
             .set("metrics_addr", args.metrics_addr)
             .kafka_bootstrap(args.kafka_bootstrap.take()),
     )?;
-    config.runtime()?.block_on(run(args, config))
+    threads::runtime(config.runtime_threads)?.block_on(run(args, config))
 }
 
 async fn run(args: Args, config: WorkersConfig) -> anyhow::Result<()> {
