@@ -102,8 +102,11 @@ pub async fn run(
             biased;
             Some((partition, offset, delivery)) = pending.next(), if !pending.is_empty() => {
                 let delivery: Option<Result<Result<_, _>, _>> = delivery;
-                if let Some(Ok(Err((e, _)))) = delivery {
-                    anyhow::bail!("raw pipe delivery failed: {e}");
+                match delivery {
+                    Some(Ok(Err((e, _)))) => anyhow::bail!("raw pipe delivery failed: {e}"),
+                    // No report at all: never acknowledged, so not stored.
+                    Some(Err(_)) => anyhow::bail!("raw pipe delivery dropped before Kafka answered"),
+                    Some(Ok(Ok(_))) | None => {}
                 }
                 consumer.store_offset(from, partition, offset + 1)?;
                 done += 1;
